@@ -1,0 +1,200 @@
+// DVM public API: a runtime kernel generator.
+//
+// A Kernel is a fused operator program built once with the builder methods
+// below and launched many times. CodeGen() encodes it, for concrete shapes,
+// into bytecode (docs/bytecode.md); the bytecode is verified and decoded into
+// virtual instructions that a CPU virtual machine runs tile by tile.
+//
+//   dvm::Kernel k(dvm::KernelType::kDynamic);
+//   auto* x = k.Load(nullptr, {-1, -1}, dvm::DType::kFloat32);
+//   auto* y = k.Unary(dvm::UnaryOp::kExp, x);
+//   k.Store(nullptr, y);
+//   k.Launch({{x_ptr, {rows, cols}}}, {{y_ptr, {}}});
+//
+// Static kernels fix their shapes when built; dynamic kernels take dims of
+// -1 that are bound at every launch. Codegen runs again only when the shape
+// set changes; recent programs are kept in a bounded cache keyed by shape.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace dvm {
+
+enum class DType : uint8_t { kFloat32, kFloat16, kBFloat16, kInt32, kInt8, kBool };
+constexpr int kNumDTypes = 6;
+const char* DTypeName(DType t);
+size_t DTypeSize(DType t);
+
+enum class UnaryOp : uint8_t {
+  kSqrt, kRsqrt, kAbs, kNeg, kExp, kLog, kReciprocal, kTanh, kSigmoid,
+  kErf, kRelu, kSin, kCos, kFloor, kCeil, kRound, kIsFinite, kLogicalNot,
+};
+constexpr int kNumUnaryOps = 18;
+const char* UnaryOpName(UnaryOp op);
+
+enum class BinaryOp : uint8_t {
+  kAdd, kSub, kMul, kDiv, kPow, kMaximum, kMinimum, kEqual, kNotEqual,
+  kLess, kLessEqual, kGreater, kGreaterEqual, kLogicalAnd, kLogicalOr,
+};
+constexpr int kNumBinaryOps = 15;
+const char* BinaryOpName(BinaryOp op);
+
+enum class ReduceOp : uint8_t { kSum, kMax, kMin, kProd };
+constexpr int kNumReduceOps = 4;
+const char* ReduceOpName(ReduceOp op);
+
+enum class KernelType : uint8_t { kStatic, kDynamic };
+
+// Every error DVM reports. The message names the op and the offending values
+// (shape, dtype, axis, bytecode offset). Nothing owned by the caller is
+// written when an error is thrown.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+using Shape = std::vector<int64_t>;
+using Dims = std::span<const int64_t>;
+
+// Opaque handle to a value of a kernel under construction.
+class NDObject;
+
+// A buffer bound at launch. `shape` is required for inputs of dynamic
+// kernels and ignored for outputs (their shapes are inferred). `bytes`, when
+// non-zero, is the capacity of the buffer and is checked against what the
+// program reads or writes.
+struct TensorArg {
+  void* data = nullptr;
+  Shape shape;
+  size_t bytes = 0;
+};
+
+struct KernelStats {
+  uint64_t launches = 0;
+  uint64_t codegens = 0;      // programs generated (cache misses)
+  uint64_t cache_hits = 0;    // launches served by a cached program
+  double last_codegen_us = 0; // time of the most recent codegen
+};
+
+class Kernel {
+ public:
+  explicit Kernel(KernelType type = KernelType::kStatic);
+  ~Kernel();
+  Kernel(Kernel&&) noexcept;
+  Kernel& operator=(Kernel&&) noexcept;
+  Kernel(const Kernel&) = delete;
+  Kernel& operator=(const Kernel&) = delete;
+
+  KernelType type() const;
+
+  // ---- inputs and outputs -------------------------------------------------
+  // `addr` may be null when the buffer is bound at launch. For dynamic
+  // kernels a dim of -1 is bound at launch (the rank is fixed here).
+  NDObject* Load(void* addr, Dims shape, DType type);
+  // Slice [start, start+size) on every axis.
+  NDObject* SliceLoad(void* addr, Dims shape, DType type, Dims start, Dims size);
+  // Python-style slice start:end:step on every axis (step > 0).
+  NDObject* StridedSliceLoad(void* addr, Dims shape, DType type, Dims start, Dims end,
+                             Dims step);
+  // Writes `value` to an output buffer with the value's shape and dtype.
+  NDObject* Store(void* addr, NDObject* value);
+  // Writes `value` into a larger output of shape `padded_shape`, at offset
+  // `pad_before` on each axis (empty = zeros); the rest is `pad_value`.
+  NDObject* PadStore(void* addr, NDObject* value, Dims padded_shape, Dims pad_before = {},
+                     double pad_value = 0.0);
+
+  // ---- compute ------------------------------------------------------------
+  NDObject* Unary(UnaryOp op, NDObject* x);
+  NDObject* Binary(BinaryOp op, NDObject* a, NDObject* b);
+  NDObject* Binary(BinaryOp op, NDObject* a, double scalar);
+  NDObject* Binary(BinaryOp op, double scalar, NDObject* b);
+  NDObject* Select(NDObject* cond, NDObject* a, NDObject* b);
+  NDObject* Cast(NDObject* x, DType type);
+  // numpy broadcasting to `shape`; in dynamic kernels -1 keeps the input dim.
+  NDObject* Broadcast(NDObject* x, Dims shape);
+  NDObject* Broadcast(double scalar, Dims shape, DType type);
+  // One dim may be -1 (inferred from the element count).
+  NDObject* Reshape(NDObject* x, Dims shape);
+  NDObject* Transpose(NDObject* x, Dims perm);
+  NDObject* Copy(NDObject* x);
+  NDObject* Reduce(ReduceOp op, NDObject* x, Dims axes, bool keepdims);
+  // True when any element is non-zero; a rank-0 bool.
+  NDObject* ElemAny(NDObject* x);
+
+  // initializer_list conveniences: k.Load(p, {4, 8}, DType::kFloat32).
+  NDObject* Load(void* addr, std::initializer_list<int64_t> shape, DType type) {
+    return Load(addr, Dims(shape.begin(), shape.size()), type);
+  }
+  NDObject* Broadcast(NDObject* x, std::initializer_list<int64_t> shape) {
+    return Broadcast(x, Dims(shape.begin(), shape.size()));
+  }
+  NDObject* Reshape(NDObject* x, std::initializer_list<int64_t> shape) {
+    return Reshape(x, Dims(shape.begin(), shape.size()));
+  }
+  NDObject* Transpose(NDObject* x, std::initializer_list<int64_t> perm) {
+    return Transpose(x, Dims(perm.begin(), perm.size()));
+  }
+  NDObject* Reduce(ReduceOp op, NDObject* x, std::initializer_list<int64_t> axes,
+                   bool keepdims) {
+    return Reduce(op, x, Dims(axes.begin(), axes.size()), keepdims);
+  }
+
+  // Shape and dtype of a value as known when built (-1 for unbound dims).
+  Shape GetShape(NDObject* v) const;
+  DType GetDType(NDObject* v) const;
+  size_t num_inputs() const;
+  size_t num_outputs() const;
+
+  // ---- compile and run ----------------------------------------------------
+  // Static kernels: generate the program now. Dynamic kernels: validate the
+  // graph; programs are generated at launch for each new shape set.
+  void CodeGen();
+  // Static kernel, addresses given to Load/Store.
+  void Launch();
+  // Relocation: the buffers of inputs/outputs in the order they were
+  // created (static kernels; shapes as built).
+  void Launch(std::span<void* const> inputs, std::span<void* const> outputs);
+  // Buffers with shapes (dynamic kernels) and optional capacities.
+  void Launch(std::span<const TensorArg> inputs, std::span<const TensorArg> outputs);
+  void Launch(std::initializer_list<TensorArg> inputs, std::initializer_list<TensorArg> outputs) {
+    Launch(std::span<const TensorArg>(inputs.begin(), inputs.size()),
+           std::span<const TensorArg>(outputs.begin(), outputs.size()));
+  }
+  // Output shapes for the given input shapes (generates the program if
+  // needed). For static kernels `input_shapes` may be empty.
+  std::vector<Shape> OutputShapes(std::span<const Shape> input_shapes = {});
+
+  // The IR as text.
+  std::string Dump() const;
+  // Disassembly of the most recently generated program.
+  std::string Das() const;
+  // Bytecode of the most recently generated program.
+  const std::vector<uint8_t>& Bytecode() const;
+
+  const KernelStats& stats() const;
+  // Maximum number of programs a dynamic kernel keeps (default 16).
+  void SetCacheCapacity(size_t n);
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Threads used by launches (default: DVM_NUM_THREADS or all cores).
+void SetNumThreads(int n);
+int GetNumThreads();
+
+// Disassembles a bytecode buffer (verifying it first).
+std::string Disassemble(std::span<const uint8_t> bytecode);
+// Verifies a bytecode buffer; throws dvm::Error naming the offset and rule.
+void Verify(std::span<const uint8_t> bytecode);
+
+}  // namespace dvm
