@@ -65,6 +65,9 @@ using Dims = std::span<const int64_t>;
 
 // Opaque handle to a value of a kernel under construction.
 class NDObject;
+namespace ir {
+struct Graph;
+}
 
 // A buffer bound at launch. `shape` is required for inputs of dynamic
 // kernels and ignored for outputs (their shapes are inferred). `bytes`, when
@@ -185,6 +188,7 @@ class Kernel {
   struct Impl;
 
  private:
+  friend const ir::Graph& GetGraph(const Kernel& k);
   std::unique_ptr<Impl> impl_;
 };
 

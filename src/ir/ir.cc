@@ -116,9 +116,7 @@ Shape BroadcastShapes(const Shape& a, const Shape& b, const char* what, int node
   return out;
 }
 
-namespace {
-
-Shape InferOne(const Graph& g, int id, const std::vector<Shape>& sh, std::span<const Shape> ins) {
+Shape InferNode(const Graph& g, int id, const std::vector<Shape>& sh, std::span<const Shape> ins) {
   const Node& n = g.nodes[id];
   auto in = [&](int k) -> const Shape& { return sh[n.in[k]]; };
   switch (n.op) {
@@ -234,13 +232,11 @@ Shape InferOne(const Graph& g, int id, const std::vector<Shape>& sh, std::span<c
   return {};
 }
 
-}  // namespace
-
 void InferShapes(const Graph& g, std::span<const Shape> input_shapes, std::vector<Shape>& shapes) {
   if (!input_shapes.empty() && input_shapes.size() != g.inputs.size())
     Fail("launch: kernel has ", g.inputs.size(), " inputs, got ", input_shapes.size(), " shapes");
   shapes.resize(g.nodes.size());
-  for (size_t i = 0; i < g.nodes.size(); ++i) shapes[i] = InferOne(g, int(i), shapes, input_shapes);
+  for (size_t i = 0; i < g.nodes.size(); ++i) shapes[i] = InferNode(g, int(i), shapes, input_shapes);
 }
 
 std::string Dump(const Graph& g) {

@@ -66,6 +66,10 @@ struct Graph {
 void InferShapes(const Graph& g, std::span<const Shape> input_shapes,
                  std::vector<Shape>& shapes);
 
+// Shape of node `id` given the shapes of the nodes before it.
+Shape InferNode(const Graph& g, int id, const std::vector<Shape>& shapes,
+                std::span<const Shape> input_shapes);
+
 // Numpy broadcast of two shapes; throws naming `what` on failure.
 Shape BroadcastShapes(const Shape& a, const Shape& b, const char* what, int node);
 

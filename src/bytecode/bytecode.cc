@@ -1,0 +1,99 @@
+// Bytecode encoder (the layout is documented in docs/bytecode.md).
+#include <cstring>
+
+#include "bytecode/format.h"
+#include "ir/error.h"
+
+namespace dvm::bc {
+
+int64_t FullElems(const Stage& s) {
+  int64_t n = 1;
+  for (int i = 0; i < s.full_rank; ++i) n *= s.full_dims[i];
+  return n;
+}
+int64_t RedElems(const Stage& s) {
+  int64_t n = 1;
+  for (int i = 0; i < s.red_rank; ++i) n *= s.red_dims[i];
+  return n;
+}
+
+namespace {
+
+struct Writer {
+  std::vector<uint8_t>& out;
+  template <typename T>
+  void Put(T v) {
+    size_t at = out.size();
+    out.resize(at + sizeof(T));
+    std::memcpy(out.data() + at, &v, sizeof(T));
+  }
+  void PutAt(size_t at, uint32_t v) { std::memcpy(out.data() + at, &v, 4); }
+};
+
+void Check(bool ok, const char* what) {
+  if (!ok) Fail("bytecode encoder: ", what, " out of range");
+}
+
+}  // namespace
+
+void Encode(const Program& p, std::vector<uint8_t>& out) {
+  Check(p.tensors.size() <= 0xffff, "tensor count");
+  Check(p.consts.size() <= 0xffff, "constant count");
+  Check(p.stages.size() <= 0xffff, "stage count");
+  Check(p.num_regs <= 255, "register count");
+  out.clear();
+  Writer w{out};
+  w.Put<uint32_t>(kMagic);
+  w.Put<uint16_t>(kVersion);
+  w.Put<uint16_t>(32);
+  w.Put<uint32_t>(0);  // total size, patched below
+  w.Put<uint16_t>(static_cast<uint16_t>(p.tensors.size()));
+  w.Put<uint16_t>(static_cast<uint16_t>(p.consts.size()));
+  w.Put<uint16_t>(static_cast<uint16_t>(p.stages.size()));
+  w.Put<uint16_t>(p.num_regs);
+  w.Put<uint32_t>(p.tile_cap);
+  w.Put<uint64_t>(0);
+  for (const TensorDesc& t : p.tensors) {
+    w.Put<uint8_t>(static_cast<uint8_t>(t.dtype));
+    w.Put<uint8_t>(static_cast<uint8_t>(t.kind));
+    w.Put<uint16_t>(t.slot);
+    w.Put<uint32_t>(0);
+    w.Put<int64_t>(t.numel);
+  }
+  for (const Const& c : p.consts) {
+    w.Put<uint8_t>(static_cast<uint8_t>(c.dtype));
+    w.Put<uint8_t>(0);
+    w.Put<uint16_t>(0);
+    w.Put<uint32_t>(c.bits);
+  }
+  for (const Stage& s : p.stages) {
+    Check(s.views.size() <= 0xffff, "view count");
+    Check(s.insts.size() <= 0xffff, "instruction count");
+    w.Put<uint8_t>(static_cast<uint8_t>(s.mode));
+    w.Put<uint8_t>(s.full_rank);
+    w.Put<uint8_t>(s.red_rank);
+    w.Put<uint8_t>(0);
+    w.Put<uint16_t>(static_cast<uint16_t>(s.views.size()));
+    w.Put<uint16_t>(static_cast<uint16_t>(s.insts.size()));
+    for (uint16_t n : s.sections) w.Put<uint16_t>(n);
+    w.Put<uint16_t>(0);
+    for (int64_t v : s.p) w.Put<int64_t>(v);
+    for (int i = 0; i < s.full_rank; ++i) w.Put<int64_t>(s.full_dims[i]);
+    for (int i = 0; i < s.red_rank; ++i) w.Put<int64_t>(s.red_dims[i]);
+    for (const View& v : s.views) {
+      w.Put<uint16_t>(v.tensor);
+      w.Put<uint8_t>(static_cast<uint8_t>(v.level));
+      w.Put<uint8_t>(0);
+      w.Put<uint32_t>(0);
+      w.Put<int64_t>(v.offset);
+      int rank = v.level == Level::kFull ? s.full_rank : s.red_rank;
+      for (int i = 0; i < rank; ++i) w.Put<int64_t>(v.strides[i]);
+    }
+    size_t at = out.size();
+    out.resize(at + 8 * s.insts.size());
+    if (!s.insts.empty()) std::memcpy(out.data() + at, s.insts.data(), 8 * s.insts.size());
+  }
+  w.PutAt(8, static_cast<uint32_t>(out.size()));
+}
+
+}  // namespace dvm::bc

@@ -1,0 +1,94 @@
+// The DVM bytecode container (docs/bytecode.md has the byte-level layout).
+//
+//   header (32 B) | tensor table | constant pool | stage 0 | stage 1 | ...
+//
+// A program is a sequence of stages run in order (a barrier between them).
+// Each stage is one loop nest over an iteration domain, in one of three
+// modes, and carries its own views (how a tensor is addressed from the
+// domain) and instruction stream:
+//
+//   ELEM  tiles of p0 consecutive elements of the domain (flat order).
+//   ROW   rows of p0 = K elements (the reduced trailing extent); a tile is
+//         p1 rows; reduced-level values have one lane per row. The last row
+//         may be short (a chunked full reduction).
+//   COL   domain = [O, R, C] flattened (R reduced, in the middle); a tile is
+//         p2 columns of one o; the body runs for each r, in blocks of p3
+//         rows (block_init / body / block_merge), then post.
+//
+// Sections of the instruction stream, executed per tile: tile_init,
+// block_init, body, block_merge, post (ELEM and ROW use only body).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "bytecode/isa.h"
+#include "dvm/dvm.h"
+
+namespace dvm::bc {
+
+constexpr uint32_t kMagic = 0x424d5644;  // "DVMB"
+constexpr uint16_t kVersion = 1;
+constexpr int kMaxRank = 8;
+constexpr int kNumSections = 5;
+enum Section { kTileInit, kBlockInit, kBody, kBlockMerge, kPost };
+enum class Mode : uint8_t { kElem, kRow, kCol };
+enum class TensorKind : uint8_t { kInput, kOutput, kWorkspace };
+enum class Level : uint8_t { kFull, kRed };
+
+struct TensorDesc {
+  DType dtype = DType::kFloat32;
+  TensorKind kind = TensorKind::kInput;
+  uint16_t slot = 0;  // input/output slot, or workspace number
+  int64_t numel = 0;  // elements the program may address
+};
+
+struct Const {
+  DType dtype = DType::kFloat32;
+  uint32_t bits = 0;  // f32 bits for floats, two's complement for ints
+};
+
+struct View {
+  uint16_t tensor = 0;
+  Level level = Level::kFull;
+  int64_t offset = 0;
+  int64_t strides[kMaxRank] = {};  // one per dim of its level's domain
+};
+
+struct Stage {
+  Mode mode = Mode::kElem;
+  uint8_t full_rank = 0, red_rank = 0;
+  int64_t full_dims[kMaxRank] = {};
+  int64_t red_dims[kMaxRank] = {};
+  int64_t p[4] = {};
+  uint16_t sections[kNumSections] = {};
+  std::vector<View> views;
+  std::vector<Inst> insts;
+};
+
+struct Program {
+  uint16_t num_regs = 0;
+  uint32_t tile_cap = 0;  // lanes per register
+  std::vector<TensorDesc> tensors;
+  std::vector<Const> consts;
+  std::vector<Stage> stages;
+};
+
+// Serialises a program. The encoder asserts (throws) on out-of-range fields.
+void Encode(const Program& p, std::vector<uint8_t>& out);
+
+// Parses and verifies bytecode. On any violation throws dvm::Error
+// "bytecode offset N: <rule>: <details>". The contract: a program that
+// verifies cannot make the VM read or write outside its tensors, its
+// registers or its constant pool, whatever buffers of the declared sizes
+// are bound to it.
+void Parse(std::span<const uint8_t> bytes, Program& out);
+
+std::string Disassemble(const Program& p);
+
+int64_t FullElems(const Stage& s);
+int64_t RedElems(const Stage& s);
+
+}  // namespace dvm::bc

@@ -1,0 +1,322 @@
+// Bytecode parser and verifier.
+//
+// Contract: a program that verifies cannot make the VM read or write outside
+// its tensors (of the declared element counts), its registers or its
+// constant pool, nor divide by zero or loop forever. Every check names the
+// byte offset of the field it rejects and the rule, e.g.
+//   "bytecode offset 120: view outside tensor: view 2 of stage 0 reaches
+//    element 4096 of tensor 1 (4096 elements)".
+// The checks mirror the decoder one to one; tests/verifier_test.cc has one
+// negative test per rule.
+#include <cstring>
+
+#include "bytecode/format.h"
+#include "ir/error.h"
+
+namespace dvm::bc {
+namespace {
+
+constexpr int64_t kMaxElems = int64_t{1} << 48;
+constexpr uint64_t kMaxScratchBytes = uint64_t{1} << 30;
+
+struct Reader {
+  std::span<const uint8_t> b;
+  size_t pos = 0;
+  template <typename T>
+  T Get(const char* field) {
+    if (b.size() - pos < sizeof(T) || pos > b.size())
+      Fail("bytecode offset ", pos, ": truncated: ", field, " needs ", sizeof(T), " bytes, ",
+           b.size() - std::min(pos, b.size()), " left");
+    T v;
+    std::memcpy(&v, b.data() + pos, sizeof(T));
+    pos += sizeof(T);
+    return v;
+  }
+};
+
+[[noreturn]] void Bad(size_t off, const char* rule, const std::string& detail) {
+  Fail("bytecode offset ", off, ": ", rule, ": ", detail);
+}
+
+template <typename... A>
+std::string Str(A&&... a) {
+  std::ostringstream os;
+  (os << ... << a);
+  return os.str();
+}
+
+bool ValidDType(uint8_t d) { return d < kNumDTypes; }
+bool FloatType(DType t) {
+  return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16;
+}
+
+bool TypeAllowed(TypeClass c, DType t) {
+  switch (c) {
+    case TypeClass::F: return FloatType(t);
+    case TypeClass::N: return t != DType::kBool;
+    case TypeClass::A: return true;
+    case TypeClass::B: return t == DType::kBool;
+  }
+  return false;
+}
+
+// Register state tracked by the dataflow check.
+struct RegState {
+  bool defined = false;
+  DType dtype = DType::kFloat32;
+  Level level = Level::kFull;
+};
+
+void VerifyStage(const Program& p, const Stage& s, size_t stage_no, size_t inst_off) {
+  // Register dataflow in execution order of the sections.
+  std::vector<RegState> regs(p.num_regs);
+  size_t idx = 0;
+  bool col = s.mode == Mode::kCol;
+  for (int sec = 0; sec < kNumSections; ++sec) {
+    for (int k = 0; k < s.sections[sec]; ++k, ++idx) {
+      const Inst& in = s.insts[idx];
+      size_t off = inst_off + 8 * idx;
+      auto where = [&] { return Str("stage ", stage_no, " instruction ", idx); };
+      if (in.op >= kNumOpcodes) Bad(off, "unknown opcode", Str(where(), " has opcode ", int(in.op)));
+      const OpInfo& info = kOpInfo[in.op];
+      if (!ValidDType(in.type)) Bad(off + 1, "bad dtype", Str(where(), " (", info.name, ") type ", int(in.type)));
+      DType type = DType(in.type);
+      uint8_t src_raw = (in.flags & kSrcMask) >> kSrcShift;
+      if (!ValidDType(src_raw)) Bad(off + 5, "bad dtype", Str(where(), " (", info.name, ") operand dtype ", int(src_raw)));
+      DType src = DType(src_raw);
+      Level lvl = (in.flags & kLevelRed) ? Level::kRed : Level::kFull;
+      uint8_t form = in.flags & kFormMask;
+      if ((in.flags & 0x60) != 0 || form == 3)
+        Bad(off + 5, "bad flags", Str(where(), " (", info.name, ") flags ", int(in.flags)));
+      if (form != kFormRR && info.kind != Kind::kBin)
+        Bad(off + 5, "bad flags", Str(where(), " (", info.name, ") scalar form on a non-binary op"));
+      if (lvl == Level::kRed && s.mode == Mode::kElem)
+        Bad(off + 5, "bad level", Str(where(), " (", info.name, ") reduced level in an ELEM stage"));
+      // The type class applies to the result for B ops, to the operands otherwise.
+      DType checked = info.types == TypeClass::B ? src : type;
+      if (info.types == TypeClass::B ? type != DType::kBool : !TypeAllowed(info.types, checked))
+        Bad(off + 1, "dtype not allowed", Str(where(), " (", info.name, ") on ", DTypeName(checked)));
+      if (info.kind != Kind::kLoad && info.kind != Kind::kFill && info.kind != Kind::kStore &&
+          info.types != TypeClass::B && info.kind != Kind::kCast && src != type)
+        Bad(off + 5, "dtype mismatch", Str(where(), " (", info.name, ") operand ", DTypeName(src), " result ", DTypeName(type)));
+      auto reg = [&](uint8_t r, size_t at) -> RegState& {
+        if (r >= p.num_regs) Bad(at, "register out of range", Str(where(), " (", info.name, ") uses r", int(r), " of ", p.num_regs));
+        return regs[r];
+      };
+      auto use = [&](uint8_t r, size_t at, DType want, Level want_lvl) {
+        RegState& st = reg(r, at);
+        if (!st.defined) Bad(at, "register read before write", Str(where(), " (", info.name, ") reads r", int(r)));
+        if (st.dtype != want)
+          Bad(at, "operand dtype mismatch", Str(where(), " (", info.name, ") reads r", int(r), " holding ", DTypeName(st.dtype), ", expects ", DTypeName(want)));
+        if (!col && st.level != want_lvl)
+          Bad(at, "operand level mismatch", Str(where(), " (", info.name, ") reads r", int(r), " at the wrong tile level"));
+      };
+      auto def = [&](uint8_t r, DType t, Level l) {
+        RegState& st = reg(r, off + 2);
+        st = {true, t, l};
+      };
+      auto view = [&](Level want) -> const View& {
+        if (in.c >= s.views.size()) Bad(off + 6, "view out of range", Str(where(), " (", info.name, ") uses view ", in.c, " of ", s.views.size()));
+        const View& v = s.views[in.c];
+        if (v.level != want) Bad(off + 6, "view level mismatch", Str(where(), " (", info.name, ") view ", in.c));
+        return v;
+      };
+      switch (info.kind) {
+        case Kind::kLoad: {
+          const View& v = view(lvl);
+          if (p.tensors[v.tensor].dtype != type)
+            Bad(off + 1, "dtype mismatch", Str(where(), " (LOAD) of ", DTypeName(p.tensors[v.tensor].dtype), " tensor as ", DTypeName(type)));
+          def(in.dst, type, lvl);
+          break;
+        }
+        case Kind::kStore: {
+          const View& v = view(lvl);
+          const TensorDesc& t = p.tensors[v.tensor];
+          if (t.kind == TensorKind::kInput) Bad(off + 6, "store to input", Str(where(), " (STORE) writes input tensor ", v.tensor));
+          if (t.dtype != type) Bad(off + 1, "dtype mismatch", Str(where(), " (STORE) of ", DTypeName(type), " into ", DTypeName(t.dtype), " tensor"));
+          use(in.a, off + 3, type, lvl);
+          break;
+        }
+        case Kind::kFill:
+          if (in.c >= p.consts.size()) Bad(off + 6, "constant out of range", Str(where(), " (FILL) uses K", in.c, " of ", p.consts.size()));
+          if (p.consts[in.c].dtype != type) Bad(off + 6, "constant dtype mismatch", Str(where(), " (FILL) K", in.c));
+          def(in.dst, type, lvl);
+          break;
+        case Kind::kUn:
+        case Kind::kCast:
+          use(in.a, off + 3, src, lvl);
+          def(in.dst, type, lvl);
+          break;
+        case Kind::kBin: {
+          auto operand_const = [&] {
+            if (in.c >= p.consts.size()) Bad(off + 6, "constant out of range", Str(where(), " (", info.name, ") uses K", in.c, " of ", p.consts.size()));
+            if (p.consts[in.c].dtype != src) Bad(off + 6, "constant dtype mismatch", Str(where(), " (", info.name, ") K", in.c));
+          };
+          use(in.a, off + 3, src, lvl);
+          if (form == kFormRR) use(in.b, off + 4, src, lvl);
+          else operand_const();
+          def(in.dst, type, lvl);
+          break;
+        }
+        case Kind::kSel:
+          if (in.c >= 256) Bad(off + 6, "register out of range", Str(where(), " (SELECT) uses r", in.c));
+          use(in.a, off + 3, DType::kBool, lvl);
+          use(in.b, off + 4, type, lvl);
+          use(static_cast<uint8_t>(in.c), off + 6, type, lvl);
+          def(in.dst, type, lvl);
+          break;
+        case Kind::kRed:
+        case Kind::kBcast: {
+          if (s.mode != Mode::kRow) Bad(off, "bad mode", Str(where(), " (", info.name, ") outside a ROW stage"));
+          bool red = info.kind == Kind::kRed;
+          if (lvl != (red ? Level::kRed : Level::kFull)) Bad(off + 5, "bad level", Str(where(), " (", info.name, ") result level"));
+          use(in.a, off + 3, type, red ? Level::kFull : Level::kRed);
+          if (in.dst == in.a) Bad(off + 2, "aliased operands", Str(where(), " (", info.name, ") may not write its operand"));
+          def(in.dst, type, lvl);
+          break;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void Parse(std::span<const uint8_t> bytes, Program& p) {
+  Reader r{bytes};
+  if (bytes.size() < 32) Bad(0, "truncated", Str("header needs 32 bytes, got ", bytes.size()));
+  if (r.Get<uint32_t>("magic") != kMagic) Bad(0, "bad magic", "not DVM bytecode");
+  uint16_t version = r.Get<uint16_t>("version");
+  if (version != kVersion) Bad(4, "unsupported version", Str("version ", version, ", expected ", kVersion));
+  if (r.Get<uint16_t>("header size") != 32) Bad(6, "bad header size", "expected 32");
+  uint32_t total = r.Get<uint32_t>("total size");
+  if (total != bytes.size()) Bad(8, "size mismatch", Str("header says ", total, " bytes, buffer has ", bytes.size()));
+  uint16_t nt = r.Get<uint16_t>("tensor count");
+  uint16_t nc = r.Get<uint16_t>("constant count");
+  uint16_t ns = r.Get<uint16_t>("stage count");
+  p.num_regs = r.Get<uint16_t>("register count");
+  p.tile_cap = r.Get<uint32_t>("tile capacity");
+  if (p.num_regs < 1 || p.num_regs > 255) Bad(18, "register count out of range", Str(p.num_regs, " (1..255)"));
+  if (p.tile_cap < 16 || p.tile_cap > (1u << 26) || p.tile_cap % 16 != 0)
+    Bad(20, "tile capacity out of range", Str(p.tile_cap, " (16..2^26, a multiple of 16)"));
+  if (uint64_t(p.num_regs) * p.tile_cap * 4 > kMaxScratchBytes)
+    Bad(18, "scratch too large", Str(p.num_regs, " registers of ", p.tile_cap, " lanes"));
+  if (r.Get<uint64_t>("reserved") != 0) Bad(24, "reserved field not zero", "header");
+
+  p.tensors.resize(nt);
+  for (int i = 0; i < nt; ++i) {
+    size_t off = r.pos;
+    TensorDesc& t = p.tensors[i];
+    uint8_t dt = r.Get<uint8_t>("tensor dtype");
+    uint8_t kind = r.Get<uint8_t>("tensor kind");
+    t.slot = r.Get<uint16_t>("tensor slot");
+    r.Get<uint32_t>("reserved");
+    t.numel = r.Get<int64_t>("tensor size");
+    if (!ValidDType(dt)) Bad(off, "bad dtype", Str("tensor ", i, " dtype ", int(dt)));
+    if (kind > 2) Bad(off + 1, "bad tensor kind", Str("tensor ", i, " kind ", int(kind)));
+    if (t.numel < 0 || t.numel > kMaxElems) Bad(off + 8, "tensor size out of range", Str("tensor ", i, " has ", t.numel, " elements"));
+    t.dtype = DType(dt);
+    t.kind = TensorKind(kind);
+  }
+  p.consts.resize(nc);
+  for (int i = 0; i < nc; ++i) {
+    size_t off = r.pos;
+    uint8_t dt = r.Get<uint8_t>("constant dtype");
+    r.Get<uint8_t>("reserved");
+    r.Get<uint16_t>("reserved");
+    p.consts[i].bits = r.Get<uint32_t>("constant value");
+    if (!ValidDType(dt)) Bad(off, "bad dtype", Str("constant ", i, " dtype ", int(dt)));
+    p.consts[i].dtype = DType(dt);
+  }
+  p.stages.resize(ns);
+  for (int si = 0; si < ns; ++si) {
+    Stage& s = p.stages[si];
+    size_t soff = r.pos;
+    uint8_t mode = r.Get<uint8_t>("stage mode");
+    s.full_rank = r.Get<uint8_t>("full rank");
+    s.red_rank = r.Get<uint8_t>("reduced rank");
+    r.Get<uint8_t>("reserved");
+    uint16_t nv = r.Get<uint16_t>("view count");
+    uint16_t ni = r.Get<uint16_t>("instruction count");
+    int sum = 0;
+    for (auto& sec : s.sections) sum += sec = r.Get<uint16_t>("section length");
+    r.Get<uint16_t>("reserved");
+    for (auto& v : s.p) v = r.Get<int64_t>("stage parameter");
+    if (mode > 2) Bad(soff, "bad stage mode", Str("stage ", si, " mode ", int(mode)));
+    s.mode = Mode(mode);
+    if (s.full_rank > kMaxRank || s.red_rank > kMaxRank) Bad(soff + 1, "rank out of range", Str("stage ", si));
+    if (sum != ni) Bad(soff + 8, "section lengths", Str("stage ", si, " sections add to ", sum, ", instruction count ", ni));
+    if (s.mode != Mode::kCol && sum != s.sections[kBody]) Bad(soff + 8, "section lengths", Str("stage ", si, " uses loop sections outside COL mode"));
+    auto dims = [&](int64_t* d, int rank, const char* what) {
+      int64_t n = 1;
+      for (int i = 0; i < rank; ++i) {
+        size_t off = r.pos;
+        d[i] = r.Get<int64_t>(what);
+        if (d[i] < 0 || (d[i] > 0 && n > kMaxElems / d[i])) Bad(off, "dim out of range", Str("stage ", si, " ", what, " ", i, " = ", d[i]));
+        n *= d[i];
+      }
+      return n;
+    };
+    int64_t n_full = dims(s.full_dims, s.full_rank, "full dim");
+    int64_t n_red = dims(s.red_dims, s.red_rank, "reduced dim");
+    const int64_t cap = p.tile_cap;
+    size_t poff = soff + 20;
+    switch (s.mode) {
+      case Mode::kElem:
+        if (s.p[0] < 1 || s.p[0] > cap) Bad(poff, "bad tile length", Str("stage ", si, " tile ", s.p[0], " (capacity ", cap, ")"));
+        break;
+      case Mode::kRow: {
+        int64_t K = s.p[0], rows = s.p[1];
+        if (K < 0 || rows < 1 || rows > cap || (K > 0 && rows > cap / K))
+          Bad(poff, "bad row tiling", Str("stage ", si, " K=", K, " rows=", rows, " (capacity ", cap, ")"));
+        bool ok = K == 0 ? n_full == 0 : (n_red > 0 && (n_red - 1) * K < n_full && n_full <= n_red * K) || (n_red == 0 && n_full == 0);
+        if (!ok || (K > 0 && n_full != n_red * K && rows != 1))
+          Bad(poff, "bad row geometry", Str("stage ", si, " ", n_full, " elements in ", n_red, " rows of ", K));
+        break;
+      }
+      case Mode::kCol: {
+        int64_t R = s.p[0], C = s.p[1], w = s.p[2], blk = s.p[3];
+        if (R < 0 || C < 1 || w < 1 || w > cap || blk < 1)
+          Bad(poff, "bad column tiling", Str("stage ", si, " R=", R, " C=", C, " cols=", w, " block=", blk));
+        int64_t O = n_red / C;
+        if (n_red % C != 0 || O * R * C != n_full)
+          Bad(poff, "bad column geometry", Str("stage ", si, " ", n_full, " elements vs O*R*C with C=", C, " R=", R));
+        break;
+      }
+    }
+    s.views.resize(nv);
+    for (int vi = 0; vi < nv; ++vi) {
+      size_t voff = r.pos;
+      View& v = s.views[vi];
+      v.tensor = r.Get<uint16_t>("view tensor");
+      uint8_t lvl = r.Get<uint8_t>("view level");
+      r.Get<uint8_t>("reserved");
+      r.Get<uint32_t>("reserved");
+      v.offset = r.Get<int64_t>("view offset");
+      if (v.tensor >= nt) Bad(voff, "tensor out of range", Str("stage ", si, " view ", vi, " names tensor ", v.tensor, " of ", nt));
+      if (lvl > 1) Bad(voff + 2, "bad view level", Str("stage ", si, " view ", vi));
+      v.level = Level(lvl);
+      int rank = v.level == Level::kFull ? s.full_rank : s.red_rank;
+      const int64_t* d = v.level == Level::kFull ? s.full_dims : s.red_dims;
+      int64_t n = v.level == Level::kFull ? n_full : n_red;
+      __int128 hi = v.offset;
+      for (int i = 0; i < rank; ++i) {
+        v.strides[i] = r.Get<int64_t>("view stride");
+        if (v.strides[i] < 0 || v.strides[i] > kMaxElems) Bad(r.pos - 8, "bad stride", Str("stage ", si, " view ", vi, " stride ", v.strides[i]));
+        hi += __int128(d[i] > 0 ? d[i] - 1 : 0) * v.strides[i];
+      }
+      const TensorDesc& t = p.tensors[v.tensor];
+      if (n > 0 && (v.offset < 0 || hi >= t.numel))
+        Bad(voff + 8, "view outside tensor", Str("stage ", si, " view ", vi, " reaches element ", static_cast<int64_t>(hi), " of tensor ", v.tensor, " (", t.numel, " elements)"));
+    }
+    size_t inst_off = r.pos;
+    if (bytes.size() - r.pos < size_t(ni) * 8) Bad(r.pos, "truncated", Str("stage ", si, " needs ", ni * 8, " instruction bytes"));
+    s.insts.resize(ni);
+    if (ni) std::memcpy(s.insts.data(), bytes.data() + r.pos, size_t(ni) * 8);
+    r.pos += size_t(ni) * 8;
+    VerifyStage(p, s, si, inst_off);
+  }
+  if (r.pos != bytes.size()) Bad(r.pos, "trailing bytes", Str(bytes.size() - r.pos, " bytes after the last stage"));
+}
+
+}  // namespace dvm::bc

@@ -1,0 +1,1057 @@
+#include "codegen/codegen.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "bytecode/format.h"
+#include "ir/dtype.h"
+#include "ir/error.h"
+
+namespace dvm::codegen {
+namespace {
+
+using bc::Level;
+using bc::Mode;
+using bc::Opcode;
+
+// ---- lowered IR ---------------------------------------------------------------
+
+enum class L : uint8_t { kLoad, kConst, kUn, kBin, kSel, kCast, kCopy, kReduce, kChunk };
+
+struct LNode {
+  L op = L::kCopy;
+  uint8_t sub = 0;
+  DType dtype = DType::kFloat32;
+  int in[3] = {-1, -1, -1};
+  Shape shape;
+  // kLoad: tensor view over `shape`.
+  int tensor = -1;
+  int64_t offset = 0;
+  Shape strides;
+  // kBin scalar forms / kConst.
+  uint8_t form = bc::kFormRR;
+  double scalar = 0;
+  // kReduce: reduced axes of the input (bit per axis), as keepdims.
+  uint32_t rmask = 0;
+  int num_in() const { return in[0] < 0 ? 0 : in[1] < 0 ? 1 : in[2] < 0 ? 2 : 3; }
+  bool leaf() const { return op == L::kLoad || op == L::kConst; }
+};
+
+struct Root {
+  int value;
+  int tensor;
+  int64_t offset;
+  Shape strides;  // over the value's shape
+};
+
+Shape Contiguous(const Shape& s) {
+  Shape st(s.size());
+  int64_t acc = 1;
+  for (size_t i = s.size(); i-- > 0;) {
+    st[i] = acc;
+    acc *= s[i];
+  }
+  return st;
+}
+
+int64_t Numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+bool IsContiguousView(const LNode& n) {
+  int64_t acc = 1;
+  for (size_t i = n.shape.size(); i-- > 0;) {
+    if (n.shape[i] != 1 && n.strides[i] != acc) return false;
+    acc *= n.shape[i];
+  }
+  return true;
+}
+
+uint32_t ConstBits(double v, DType t) {
+  if (IsFloat(t)) return F32Bits(static_cast<float>(v));
+  int32_t i = t == DType::kBool ? (v != 0) : SatF32ToI32(v);
+  if (t == DType::kInt8) i = WrapI8(i);
+  return static_cast<uint32_t>(i);
+}
+
+double ReduceIdentity(ReduceOp op, DType t) {
+  switch (op) {
+    case ReduceOp::kSum: return 0;
+    case ReduceOp::kProd: return 1;
+    case ReduceOp::kMax:
+      return IsFloat(t) ? -HUGE_VAL : t == DType::kInt8 ? -128 : t == DType::kBool ? 0 : -2147483648.0;
+    case ReduceOp::kMin:
+      return IsFloat(t) ? HUGE_VAL : t == DType::kInt8 ? 127 : t == DType::kBool ? 1 : 2147483647.0;
+  }
+  return 0;
+}
+
+Opcode CombineOp(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum: return Opcode::ADD;
+    case ReduceOp::kMax: return Opcode::MAX;
+    case ReduceOp::kMin: return Opcode::MIN;
+    case ReduceOp::kProd: return Opcode::MUL;
+  }
+  return Opcode::ADD;
+}
+Opcode RowOp(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum: return Opcode::RSUM;
+    case ReduceOp::kMax: return Opcode::RMAX;
+    case ReduceOp::kMin: return Opcode::RMIN;
+    case ReduceOp::kProd: return Opcode::RPROD;
+  }
+  return Opcode::RSUM;
+}
+
+constexpr Opcode kUnaryOpcode[] = {Opcode::SQRT, Opcode::RSQRT, Opcode::ABS,   Opcode::NEG,
+                                   Opcode::EXP,  Opcode::LOG,   Opcode::RECIP, Opcode::TANH,
+                                   Opcode::SIGMOID, Opcode::ERF, Opcode::RELU, Opcode::SIN,
+                                   Opcode::COS,  Opcode::FLOOR, Opcode::CEIL,  Opcode::ROUND,
+                                   Opcode::ISFINITE, Opcode::NOT};
+constexpr Opcode kBinaryOpcode[] = {Opcode::ADD, Opcode::SUB, Opcode::MUL, Opcode::DIV, Opcode::POW,
+                                    Opcode::MAX, Opcode::MIN, Opcode::EQ,  Opcode::NE,  Opcode::LT,
+                                    Opcode::LE,  Opcode::GT,  Opcode::GE,  Opcode::AND, Opcode::OR};
+
+// ---- the generator -------------------------------------------------------------
+
+struct StagePlan {
+  Mode mode = Mode::kElem;
+  Shape dom;          // domain, rank r
+  uint32_t rmask = 0; // reduced axes of dom
+  int chunk_node = -1;
+  std::vector<int> roots;
+  std::vector<int> reads_ws;  // workspace tensors read
+  std::vector<int> writes;    // tensors written
+};
+
+class Gen {
+ public:
+  Gen(const ir::Graph& g, std::span<const Shape> ins, Result& out, const Tiling& t)
+      : g_(g), ins_(ins), out_(out), t_(t) {}
+
+  void Run() {
+    ir::InferShapes(g_, ins_, shapes_);
+    SetupTensors();
+    Lower();
+    for (size_t i = 0; i < roots_.size(); ++i)
+      if (root_plan_[i] < 0) Process(static_cast<int>(i));
+    Emit();
+  }
+
+ private:
+  // -- tensors --
+  void SetupTensors() {
+    for (size_t s = 0; s < g_.inputs.size(); ++s) {
+      const ir::Node& n = g_.nodes[g_.inputs[s]];
+      Shape full = n.a0;
+      if (!ins_.empty()) full = ins_[s];
+      int64_t numel = ir::NumElements(full, "load");
+      tensors_.push_back({n.dtype, bc::TensorKind::kInput, static_cast<uint16_t>(s), numel});
+      out_.input_numel.push_back(numel);
+    }
+    out_.output_shapes.clear();
+    for (size_t s = 0; s < g_.outputs.size(); ++s) {
+      const ir::Node& n = g_.nodes[g_.outputs[s]];
+      const Shape& sh = shapes_[g_.outputs[s]];
+      tensors_.push_back({n.dtype, bc::TensorKind::kOutput, static_cast<uint16_t>(s), ir::NumElements(sh, "store")});
+      out_.output_shapes.push_back(sh);
+    }
+  }
+  int OutputTensor(int slot) const { return static_cast<int>(g_.inputs.size()) + slot; }
+
+  int AddWorkspace(DType t, int64_t numel) {
+    int slot = static_cast<int>(out_.workspace_bytes.size());
+    out_.workspace_bytes.push_back(numel * static_cast<int64_t>(DTypeSize(t)));
+    tensors_.push_back({t, bc::TensorKind::kWorkspace, static_cast<uint16_t>(slot), numel});
+    return static_cast<int>(tensors_.size()) - 1;
+  }
+
+  int Add(LNode n) {
+    ln_.push_back(std::move(n));
+    mat_.push_back(-1);
+    mat_plan_.push_back(-1);
+    return static_cast<int>(ln_.size()) - 1;
+  }
+
+  int MakeLoad(int tensor, DType t, Shape shape, int64_t offset, Shape strides) {
+    LNode n;
+    n.op = L::kLoad;
+    n.dtype = t;
+    n.shape = std::move(shape);
+    n.tensor = tensor;
+    n.offset = offset;
+    n.strides = std::move(strides);
+    return Add(std::move(n));
+  }
+
+  // Stores `v` to a new workspace and returns a load of it (shape of v).
+  int Materialize(int v) {
+    if (mat_[v] >= 0) return mat_[v];
+    const LNode& n = ln_[v];
+    int ws = AddWorkspace(n.dtype, Numel(n.shape));
+    Shape shape = n.shape;
+    DType dt = n.dtype;
+    AddRoot({v, ws, 0, Contiguous(shape)});
+    const int ri = static_cast<int>(roots_.size()) - 1;
+    Process(ri);
+    int load = MakeLoad(ws, dt, shape, 0, Contiguous(shape));
+    mat_[v] = load;
+    mat_plan_[v] = root_plan_[ri];
+    return load;
+  }
+  void AddRoot(Root r) {
+    roots_.push_back(std::move(r));
+    root_plan_.push_back(-1);
+  }
+  // A materialised value is read from its workspace by stages after the one
+  // that writes it; that stage (and earlier ones) compute it.
+  int Resolve(int v) const { return mat_[v] >= 0 && mat_plan_[v] < cur_plan_ ? mat_[v] : v; }
+
+  // A value with a new shape of the same element order.
+  int Reshaped(int v, const Shape& shape) {
+    LNode& n = ln_[v];
+    if (n.op == L::kConst) {
+      LNode c = n;
+      c.shape = shape;
+      return Add(std::move(c));
+    }
+    if (n.op != L::kLoad || !IsContiguousView(n)) v = Materialize(v);
+    const LNode& l = ln_[v];
+    return MakeLoad(l.tensor, l.dtype, shape, l.offset, Contiguous(shape));
+  }
+
+  // -- lowering --
+  void Lower() {
+    const size_t n = g_.nodes.size();
+    map_.assign(n, -1);
+    // Uses: is every consumer of a node a plain store?
+    std::vector<uint8_t> only_stores(n, 1), used(n, 0);
+    for (const ir::Node& node : g_.nodes)
+      for (int k = 0; k < node.num_inputs(); ++k) {
+        used[node.in[k]] = 1;
+        if (!(node.op == ir::Op::kStore && node.sub == 0)) only_stores[node.in[k]] = 0;
+      }
+    for (size_t i = 0; i < n; ++i) {
+      const ir::Node& node = g_.nodes[i];
+      const Shape& shape = shapes_[i];
+      auto in = [&](int k) { return map_[node.in[k]]; };
+      LNode l;
+      l.dtype = node.dtype;
+      l.shape = shape;
+      switch (node.op) {
+        case ir::Op::kLoad: {
+          const Shape& full = ins_.empty() ? node.a0 : ins_[node.io];
+          Shape st = Contiguous(full);
+          int64_t off = 0;
+          Shape strides = st;
+          if (!node.a1.empty())
+            for (size_t d = 0; d < full.size(); ++d) {
+              off += node.a1[d] * st[d];
+              strides[d] = st[d] * node.a3[d];
+            }
+          map_[i] = MakeLoad(node.io, node.dtype, shape, off, strides);
+          continue;
+        }
+        case ir::Op::kStore: {
+          int v = in(0);
+          int tensor = OutputTensor(node.io);
+          Shape st = Contiguous(shape);
+          if (node.sub == 0) {
+            pending_stores_.push_back({v, tensor, 0, Contiguous(ln_[v].shape)});
+          } else {
+            if (Numel(shapes_[node.in[0]]) != Numel(shape)) {
+              LNode fill;
+              fill.op = L::kConst;
+              fill.dtype = node.dtype;
+              fill.shape = shape;
+              fill.scalar = node.scalar;
+              pending_stores_.push_back({Add(std::move(fill)), tensor, 0, st});
+            }
+            int64_t off = 0;
+            for (size_t d = 0; d < node.a1.size(); ++d) off += node.a1[d] * st[d];
+            pending_stores_.push_back({v, tensor, off, st});
+          }
+          continue;
+        }
+        case ir::Op::kUnary:
+          l.op = L::kUn;
+          l.sub = static_cast<uint8_t>(kUnaryOpcode[node.sub]);
+          l.in[0] = in(0);
+          break;
+        case ir::Op::kBinary:
+        case ir::Op::kBinaryTS:
+        case ir::Op::kBinaryST:
+          l.op = L::kBin;
+          l.sub = static_cast<uint8_t>(kBinaryOpcode[node.sub]);
+          l.in[0] = in(0);
+          if (node.op == ir::Op::kBinary) l.in[1] = in(1);
+          l.form = node.op == ir::Op::kBinary ? bc::kFormRR : node.op == ir::Op::kBinaryTS ? bc::kFormRK : bc::kFormKR;
+          l.scalar = node.scalar;
+          break;
+        case ir::Op::kScalar:
+          l.op = L::kConst;
+          l.scalar = node.scalar;
+          break;
+        case ir::Op::kSelect:
+          l.op = L::kSel;
+          for (int k = 0; k < 3; ++k) l.in[k] = in(k);
+          break;
+        case ir::Op::kCast:
+          l.op = L::kCast;
+          l.in[0] = in(0);
+          break;
+        case ir::Op::kCopy:
+          l.op = L::kCopy;
+          l.in[0] = in(0);
+          break;
+        case ir::Op::kBroadcast: {
+          const LNode& x = ln_[in(0)];
+          if (x.op == L::kLoad || x.op == L::kConst) {
+            LNode b = x;
+            b.shape = shape;
+            if (x.op == L::kLoad) {
+              b.strides.assign(shape.size(), 0);
+              size_t off = shape.size() - x.shape.size();
+              for (size_t d = 0; d < x.shape.size(); ++d)
+                b.strides[off + d] = x.shape[d] == shape[off + d] ? x.strides[d] : 0;
+            }
+            map_[i] = Add(std::move(b));
+            continue;
+          }
+          l.op = L::kCopy;
+          l.in[0] = in(0);
+          break;
+        }
+        case ir::Op::kReshape: {
+          int v = in(0);
+          if (only_stores[i] && used[i]) {
+            // Stores of a reshaped value write the same bytes: store it as is.
+            map_[i] = v;
+            continue;
+          }
+          map_[i] = Reshaped(v, shape);
+          continue;
+        }
+        case ir::Op::kTranspose: {
+          int v = in(0);
+          if (ln_[v].op == L::kConst) {
+            LNode c = ln_[v];
+            c.shape = shape;
+            map_[i] = Add(std::move(c));
+            continue;
+          }
+          if (ln_[v].op != L::kLoad) v = Materialize(v);
+          LNode t = ln_[v];
+          t.shape = shape;
+          for (size_t d = 0; d < shape.size(); ++d) t.strides[d] = ln_[v].strides[node.a0[d]];
+          map_[i] = Add(std::move(t));
+          continue;
+        }
+        case ir::Op::kReduce:
+        case ir::Op::kElemAny: {
+          int x = in(0);
+          ReduceOp op = ReduceOp(node.sub);
+          Shape axes = node.a0;
+          if (node.op == ir::Op::kElemAny) {
+            LNode ne;
+            ne.op = L::kBin;
+            ne.sub = static_cast<uint8_t>(Opcode::NE);
+            ne.dtype = DType::kBool;
+            ne.shape = ln_[x].shape;
+            ne.in[0] = x;
+            ne.form = bc::kFormRK;
+            ne.scalar = 0;
+            x = Add(std::move(ne));
+            op = ReduceOp::kMax;
+            axes.clear();
+            for (size_t d = 0; d < ln_[x].shape.size(); ++d) axes.push_back(static_cast<int64_t>(d));
+          }
+          map_[i] = LowerReduce(x, op, axes, node.dtype);
+          const Shape& kept = ln_[map_[i]].shape;
+          if (kept != shape && !(only_stores[i] && used[i])) map_[i] = Reshaped(map_[i], shape);
+          continue;
+        }
+      }
+      map_[i] = Add(std::move(l));
+    }
+    for (Root& r : pending_stores_) AddRoot(r);
+  }
+
+  // Reduce x over `axes` keeping dims; returns the lowered node.
+  int LowerReduce(int x, ReduceOp op, const Shape& axes, DType dt) {
+    Shape xs = ln_[x].shape;
+    const int r = static_cast<int>(xs.size());
+    std::vector<int> red;  // non-trivial reduced axes
+    for (int64_t a : axes)
+      if (xs[a] != 1) red.push_back(static_cast<int>(a));
+    if (red.empty()) return x;
+    // Split into blocks of axes that are adjacent once size-1 dims are ignored;
+    // reduce the innermost block first.
+    std::vector<std::vector<int>> blocks;
+    for (int a : red) {
+      bool adjacent = !blocks.empty();
+      if (adjacent)
+        for (int d = blocks.back().back() + 1; d < a; ++d)
+          if (xs[d] != 1) adjacent = false;
+      if (!adjacent) blocks.emplace_back();
+      blocks.back().push_back(a);
+    }
+    int cur = x;
+    for (size_t b = blocks.size(); b-- > 0;) {
+      Shape in_shape = ln_[cur].shape;
+      uint32_t mask = 0;
+      Shape out_shape = in_shape;
+      for (int a : blocks[b]) {
+        mask |= 1u << a;
+        out_shape[a] = 1;
+      }
+      bool all = true;
+      for (int d = 0; d < r; ++d)
+        if (in_shape[d] != 1 && !(mask >> d & 1)) all = false;
+      int64_t n = Numel(in_shape);
+      if (all && n > t_.chunk) {
+        // Full reduction: partials of fixed-size chunks (independent of the
+        // thread count), then one row over the partials.
+        int64_t nch = (n + t_.chunk - 1) / t_.chunk;
+        LNode c;
+        c.op = L::kChunk;
+        c.sub = static_cast<uint8_t>(op);
+        c.dtype = dt;
+        c.in[0] = cur;
+        c.shape = {nch};
+        int chunk = Add(std::move(c));
+        int ws = Materialize(chunk);
+        Shape ls(r, 1);
+        ls[r - 1] = nch;
+        Shape lst(r, 0);
+        lst[r - 1] = 1;
+        int load = MakeLoad(ln_[ws].tensor, dt, ls, 0, lst);
+        LNode fin;
+        fin.op = L::kReduce;
+        fin.sub = static_cast<uint8_t>(op);
+        fin.dtype = dt;
+        fin.in[0] = load;
+        fin.rmask = 1u << (r - 1);
+        fin.shape = Shape(r, 1);
+        cur = Add(std::move(fin));
+        continue;
+      }
+      LNode red_node;
+      red_node.op = L::kReduce;
+      red_node.sub = static_cast<uint8_t>(op);
+      red_node.dtype = dt;
+      red_node.in[0] = cur;
+      red_node.rmask = mask;
+      red_node.shape = out_shape;
+      cur = Add(std::move(red_node));
+    }
+    return cur;
+  }
+
+  // -- staging --
+  // Aligns shape s (right) to rank r; dims of missing axes are 1.
+  static int64_t DimAt(const Shape& s, int r, int i) {
+    int off = r - static_cast<int>(s.size());
+    return i < off ? 1 : s[i - off];
+  }
+  static bool FitsIn(const Shape& s, const Shape& dom) {
+    int r = static_cast<int>(dom.size());
+    if (static_cast<int>(s.size()) > r) {
+      for (size_t i = 0; i + r < s.size(); ++i)
+        if (s[i] != 1) return false;
+    }
+    for (int i = 0; i < r; ++i) {
+      int64_t d = DimAt(s, r, i);
+      if (d != 1 && d != dom[i]) return false;
+    }
+    return true;
+  }
+  static bool SameShape(const Shape& s, const Shape& dom) {
+    int r = static_cast<int>(std::max(s.size(), dom.size()));
+    for (int i = 0; i < r; ++i)
+      if (DimAt(s, r, i) != DimAt(dom, r, i)) return false;
+    return true;
+  }
+  static Shape RedShape(const Shape& dom, uint32_t mask) {
+    Shape s = dom;
+    for (size_t i = 0; i < s.size(); ++i)
+      if (mask >> i & 1) s[i] = 1;
+    return s;
+  }
+
+  enum Lvl : uint8_t { kAny, kFull, kRed };
+
+  // Computed nodes reachable from v (through materialised values as leaves),
+  // in increasing id order.
+  void Slice(int v, std::vector<int>& out) {
+    out.clear();
+    std::vector<int> stack{Resolve(v)};
+    seen_.assign(ln_.size(), 0);
+    while (!stack.empty()) {
+      int n = stack.back();
+      stack.pop_back();
+      if (seen_[n]) continue;
+      seen_[n] = 1;
+      if (ln_[n].leaf()) continue;
+      out.push_back(n);
+      if (ln_[n].op == L::kChunk) continue;
+      for (int k = 0; k < ln_[n].num_in(); ++k) stack.push_back(Resolve(ln_[n].in[k]));
+    }
+    std::sort(out.begin(), out.end());
+  }
+
+  void Process(int ri) {
+    std::vector<int> slice;
+    for (;;) {
+      const int v = Resolve(roots_[ri].value);
+      StagePlan plan;
+      if (ln_[v].op == L::kChunk) {
+        plan.mode = Mode::kRow;
+        plan.chunk_node = v;
+        plan.dom = ln_[ln_[v].in[0]].shape;
+        Slice(ln_[v].in[0], slice);
+        if (!CheckSlice(slice, plan)) continue;
+        Commit(ri, plan, slice);
+        return;
+      }
+      Slice(v, slice);
+      int gov = -1;
+      for (int n : slice)
+        if (ln_[n].op == L::kReduce) gov = n;
+      if (gov < 0) {
+        plan.mode = Mode::kElem;
+        plan.dom = ln_[v].shape;
+        if (!CheckSlice(slice, plan)) continue;
+        Commit(ri, plan, slice);
+        return;
+      }
+      plan.dom = ln_[Resolve(ln_[gov].in[0])].shape;
+      plan.rmask = ln_[gov].rmask;
+      bool restart = false;
+      for (int n : slice)
+        if (ln_[n].op == L::kReduce && n != gov &&
+            (ln_[n].rmask != plan.rmask || !SameShape(ln_[Resolve(ln_[n].in[0])].shape, plan.dom))) {
+          Materialize(n);
+          restart = true;
+          break;
+        }
+      if (restart) continue;
+      // ROW when the reduced axes are the trailing non-trivial ones.
+      bool trailing = true, seen_red = false;
+      for (size_t i = 0; i < plan.dom.size(); ++i) {
+        if (plan.dom[i] == 1) continue;
+        if (plan.rmask >> i & 1) seen_red = true;
+        else if (seen_red) trailing = false;
+      }
+      plan.mode = trailing ? Mode::kRow : Mode::kCol;
+      if (!CheckSlice(slice, plan)) continue;
+      const Lvl root_lvl = lvl_[v];
+      const Shape want = root_lvl == kRed ? RedShape(plan.dom, plan.rmask) : plan.dom;
+      if (root_lvl == kAny || !SameShape(ln_[v].shape, want)) {
+        Materialize(gov);
+        continue;
+      }
+      Commit(ri, plan, slice);
+      return;
+    }
+  }
+
+  // Assigns levels; materialises what cannot live in the plan's nest.
+  // Returns false when it changed the graph (the caller re-slices).
+  bool CheckSlice(const std::vector<int>& slice, const StagePlan& plan) {
+    lvl_.resize(ln_.size());
+    const Shape red = RedShape(plan.dom, plan.rmask);
+    auto leaf_lvl = [&](int n) -> Lvl {
+      if (plan.mode == Mode::kElem || plan.chunk_node >= 0) return kFull;
+      return FitsIn(ln_[n].shape, red) ? kAny : kFull;
+    };
+    for (int n : slice) {
+      const LNode& x = ln_[n];
+      if (x.op == L::kChunk) continue;
+      if (!FitsIn(x.shape, x.op == L::kReduce ? red : plan.dom)) {
+        for (int k = 0; k < x.num_in(); ++k)
+          if (!ln_[Resolve(x.in[k])].leaf()) {
+            Materialize(Resolve(x.in[k]));
+            return false;
+          }
+        Fail("codegen: node shape ", ir::ShapeStr(x.shape), " does not fit domain ", ir::ShapeStr(plan.dom));
+      }
+      if (plan.mode == Mode::kElem || plan.chunk_node >= 0) {
+        lvl_[n] = kFull;
+        continue;
+      }
+      if (x.op == L::kReduce) {
+        int in = Resolve(x.in[0]);
+        Lvl li = ln_[in].leaf() ? leaf_lvl(in) : lvl_[in];
+        if (li == kRed) {  // reduce of a reduced value: its own stage
+          Materialize(in);
+          return false;
+        }
+        lvl_[n] = kRed;
+        continue;
+      }
+      bool any_full = !FitsIn(x.shape, red), any_red = false;
+      for (int k = 0; k < x.num_in(); ++k) {
+        int in = Resolve(x.in[k]);
+        Lvl li = ln_[in].leaf() ? leaf_lvl(in) : lvl_[in];
+        any_full |= li == kFull;
+        any_red |= li == kRed;
+      }
+      if (any_full && any_red && plan.mode == Mode::kCol) {
+        // A full-tile value needs a reduced one: only ROW tiles hold both.
+        for (int k = 0; k < x.num_in(); ++k) {
+          int in = Resolve(x.in[k]);
+          if (!ln_[in].leaf() && lvl_[in] == kRed) {
+            Materialize(in);
+            return false;
+          }
+        }
+      }
+      lvl_[n] = any_full ? kFull : any_red ? kRed : kAny;
+    }
+    return true;
+  }
+
+  void Commit(int ri, const StagePlan& p, const std::vector<int>& slice) {
+    // Workspaces the slice reads (through materialised loads).
+    std::vector<int> reads;
+    for (int n : slice)
+      for (int k = 0; k < ln_[n].num_in(); ++k) {
+        const LNode& in = ln_[Resolve(ln_[n].in[k])];
+        if (in.op == L::kLoad && tensors_[in.tensor].kind == bc::TensorKind::kWorkspace) reads.push_back(in.tensor);
+      }
+    {
+      const LNode& rv = ln_[Resolve(roots_[ri].value)];
+      if (rv.op == L::kLoad && tensors_[rv.tensor].kind == bc::TensorKind::kWorkspace) reads.push_back(rv.tensor);
+    }
+    const int wt = roots_[ri].tensor;
+    if (!plans_.empty()) {
+      StagePlan& last = plans_.back();
+      bool same = last.mode == p.mode && last.rmask == p.rmask && last.chunk_node < 0 && p.chunk_node < 0 &&
+                  last.dom == p.dom;
+      for (int t : reads)
+        if (std::find(last.writes.begin(), last.writes.end(), t) != last.writes.end()) same = false;
+      if (std::find(last.writes.begin(), last.writes.end(), wt) != last.writes.end()) same = false;
+      if (same) {
+        last.roots.push_back(ri);
+        last.writes.push_back(wt);
+        root_plan_[ri] = static_cast<int>(plans_.size()) - 1;
+        return;
+      }
+    }
+    StagePlan np = p;
+    np.roots = {ri};
+    np.writes = {wt};
+    np.reads_ws = reads;
+    plans_.push_back(std::move(np));
+    root_plan_[ri] = static_cast<int>(plans_.size()) - 1;
+  }
+
+  // -- emission --
+  struct VInstr {
+    bc::Inst in;
+    int sec;
+    int dst_v = -1, a_v = -1, b_v = -1, c_v = -1;  // virtual registers
+    bool no_alias = false;
+  };
+
+  struct StageEmit {
+    bc::Stage st;
+    std::vector<VInstr> code;
+    int nvregs = 0;
+    // memo: (node, level) -> vreg
+    std::vector<int> memo[2];
+    std::vector<Lvl> lvl;
+    Shape dom, red;
+    uint32_t rmask = 0;
+    bool col = false, row = false, chunk = false;
+    std::vector<bc::View> views;  // in domain dims (before coalescing)
+  };
+
+  uint16_t Const(double v, DType t) {
+    uint32_t bits = ConstBits(v, t);
+    for (size_t i = 0; i < consts_.size(); ++i)
+      if (consts_[i].dtype == t && consts_[i].bits == bits) return static_cast<uint16_t>(i);
+    consts_.push_back({t, bits});
+    return static_cast<uint16_t>(consts_.size() - 1);
+  }
+
+  int NewV(StageEmit& e) { return e.nvregs++; }
+
+  void Push(StageEmit& e, int sec, Opcode op, DType type, DType src, bool red, int dst, int a = -1, int b = -1,
+            int c_reg = -1, uint16_t c = 0, uint8_t form = 0, bool no_alias = false) {
+    VInstr v;
+    v.in = {static_cast<uint8_t>(op), static_cast<uint8_t>(type), 0, 0, 0,
+            bc::MakeFlags(form, static_cast<uint8_t>(src), red), c};
+    v.sec = sec;
+    v.dst_v = dst;
+    v.a_v = a;
+    v.b_v = b;
+    v.c_v = c_reg;
+    v.no_alias = no_alias;
+    e.code.push_back(v);
+  }
+
+  uint16_t ViewFor(StageEmit& e, int tensor, int64_t offset, const Shape& shape, const Shape& strides, bool red) {
+    bc::View v;
+    v.tensor = static_cast<uint16_t>(tensor);
+    v.level = red ? Level::kRed : Level::kFull;
+    v.offset = offset;
+    const Shape& dom = red ? e.red : e.dom;
+    const int r = static_cast<int>(dom.size());
+    const int off = r - static_cast<int>(shape.size());
+    for (int i = 0; i < r; ++i) {
+      int j = i - off;
+      int64_t d = j < 0 ? 1 : shape[j];
+      v.strides[i] = (j < 0 || (d == 1 && dom[i] != 1) || dom[i] == 1) ? 0 : strides[j];
+    }
+    for (size_t i = 0; i < e.views.size(); ++i) {
+      const bc::View& w = e.views[i];
+      if (w.tensor == v.tensor && w.level == v.level && w.offset == v.offset &&
+          std::equal(w.strides, w.strides + r, v.strides))
+        return static_cast<uint16_t>(i);
+    }
+    e.views.push_back(v);
+    return static_cast<uint16_t>(e.views.size() - 1);
+  }
+
+  // Emits node n at the requested level; returns its virtual register.
+  int EmitNode(StageEmit& e, int n, bool red) {
+    n = Resolve(n);
+    int& memo = e.memo[red][n];
+    if (memo >= 0) return memo;
+    const LNode& x = ln_[n];
+    const int sec = (e.col && red) ? bc::kPost : bc::kBody;
+    int result = -1;
+    if (x.op == L::kLoad) {
+      result = NewV(e);
+      uint16_t view = ViewFor(e, x.tensor, x.offset, x.shape, x.strides, red);
+      Push(e, sec, Opcode::LOAD, x.dtype, x.dtype, red, result, -1, -1, -1, view);
+    } else if (x.op == L::kConst) {
+      result = NewV(e);
+      Push(e, sec, Opcode::FILL, x.dtype, x.dtype, red, result, -1, -1, -1, Const(x.scalar, x.dtype));
+    } else if (x.op == L::kChunk || x.op == L::kReduce) {
+      const ReduceOp op = ReduceOp(x.sub);
+      const int in = EmitNode(e, x.in[0], false);
+      if (e.col) {
+        const uint16_t ident = Const(ReduceIdentity(op, x.dtype), x.dtype);
+        const int acc = NewV(e), part = NewV(e);
+        const Opcode comb = CombineOp(op);
+        Push(e, bc::kTileInit, Opcode::FILL, x.dtype, x.dtype, true, acc, -1, -1, -1, ident);
+        Push(e, bc::kBlockInit, Opcode::FILL, x.dtype, x.dtype, true, part, -1, -1, -1, ident);
+        // The body's accumulate must come after the operand, which is in body.
+        Push(e, bc::kBody, comb, x.dtype, x.dtype, true, part, part, in);
+        Push(e, bc::kBlockMerge, comb, x.dtype, x.dtype, true, acc, acc, part);
+        result = acc;
+      } else {
+        result = NewV(e);
+        Push(e, bc::kBody, RowOp(op), x.dtype, x.dtype, true, result, in, -1, -1, 0, 0, true);
+      }
+      if (!red) {  // a reduced value used at full level: repeat it over each row
+        int b = NewV(e);
+        Push(e, bc::kBody, Opcode::BCAST, x.dtype, x.dtype, false, b, result, -1, -1, 0, 0, true);
+        e.memo[1][n] = result;
+        result = b;
+      }
+    } else {
+      const Lvl nl = e.lvl[n];
+      if (!red && nl == kRed) {
+        int r = EmitNode(e, n, true);
+        int b = NewV(e);
+        Push(e, bc::kBody, Opcode::BCAST, x.dtype, x.dtype, false, b, r, -1, -1, 0, 0, true);
+        memo = b;
+        return b;
+      }
+      int ops[3] = {-1, -1, -1};
+      for (int k = 0; k < x.num_in(); ++k) ops[k] = EmitNode(e, x.in[k], red);
+      result = NewV(e);
+      const DType src = ln_[Resolve(x.in[0])].dtype;
+      switch (x.op) {
+        case L::kUn: Push(e, sec, Opcode(x.sub), x.dtype, src, red, result, ops[0]); break;
+        case L::kCast: Push(e, sec, Opcode::CAST, x.dtype, src, red, result, ops[0]); break;
+        case L::kCopy: Push(e, sec, Opcode::COPY, x.dtype, src, red, result, ops[0]); break;
+        case L::kSel: Push(e, sec, Opcode::SELECT, x.dtype, x.dtype, red, result, ops[0], ops[1], ops[2]); break;
+        case L::kBin: {
+          uint16_t c = x.form == bc::kFormRR ? 0 : Const(x.scalar, src);
+          Push(e, sec, Opcode(x.sub), x.dtype, src, red, result, ops[0], ops[1], -1, c, x.form);
+          break;
+        }
+        default: break;
+      }
+    }
+    e.memo[red][n] = result;
+    return result;
+  }
+
+  void EmitStage(const StagePlan& p) {
+    StageEmit e;
+    e.dom = p.dom;
+    e.rmask = p.chunk_node >= 0 ? 0 : p.rmask;
+    e.red = RedShape(p.dom, e.rmask);
+    e.col = p.mode == Mode::kCol;
+    e.row = p.mode == Mode::kRow;
+    e.chunk = p.chunk_node >= 0;
+    if (e.chunk) {
+      e.red = {ln_[p.chunk_node].shape[0]};
+    }
+    e.memo[0].assign(ln_.size(), -1);
+    e.memo[1].assign(ln_.size(), -1);
+    // Levels for this plan.
+    std::vector<int> slice;
+    e.lvl.assign(ln_.size(), kAny);
+    for (int ri : p.roots) {
+      Slice(roots_[ri].value, slice);
+      if (!CheckSlice(slice, p)) Fail("codegen: internal error: stage plan changed at emission");
+      for (int n : slice) e.lvl[n] = lvl_[n];
+    }
+    for (int ri : p.roots) {
+      const Root& r = roots_[ri];
+      const int v = Resolve(r.value);
+      bool red = !e.chunk && p.mode != Mode::kElem && (ln_[v].op == L::kReduce || e.lvl[v] == kRed);
+      if (e.chunk) red = true;
+      int reg = EmitNode(e, v, red);
+      const LNode& x = ln_[v];
+      const int sec = (e.col && red) ? bc::kPost : bc::kBody;
+      uint16_t view;
+      if (e.chunk) {
+        view = ViewFor(e, r.tensor, 0, {x.shape[0]}, {1}, true);
+      } else {
+        view = ViewFor(e, r.tensor, r.offset, x.shape, r.strides, red);
+      }
+      Push(e, sec, Opcode::STORE, x.dtype, x.dtype, red, -1, reg, -1, -1, view);
+    }
+    FinishStage(e, p);
+  }
+
+  void FinishStage(StageEmit& e, const StagePlan& p) {
+    bc::Stage& s = e.st;
+    s.mode = p.mode;
+    // Coalesce the full domain: drop size-1 dims, merge neighbours.
+    const int r = static_cast<int>(e.dom.size());
+    std::vector<int> keep;
+    for (int i = 0; i < r; ++i)
+      if (e.dom[i] != 1) keep.push_back(i);
+    // Groups of dims [first..last] in `keep` merged.
+    std::vector<std::pair<int, int>> groups;
+    for (int i : keep) {
+      if (!groups.empty()) {
+        int prev = groups.back().second;
+        bool ok = ((e.rmask >> prev) & 1) == ((e.rmask >> i) & 1);
+        for (const bc::View& v : e.views)
+          if (v.level == Level::kFull && v.strides[prev] != v.strides[i] * e.dom[i]) ok = false;
+        if (ok) {
+          groups.back().second = i;
+          continue;
+        }
+      }
+      groups.push_back({i, i});
+    }
+    if (groups.size() > bc::kMaxRank) Fail("codegen: iteration domain ", ir::ShapeStr(e.dom), " has too many dims");
+    s.full_rank = static_cast<uint8_t>(groups.size());
+    for (size_t gi = 0; gi < groups.size(); ++gi) {
+      int64_t d = 1;
+      for (int i : keep)
+        if (i >= groups[gi].first && i <= groups[gi].second) d *= e.dom[i];
+      s.full_dims[gi] = d;
+    }
+    // Reduced domain.
+    std::vector<std::pair<int, int>> rgroups;
+    if (!e.chunk) {
+      for (int i : keep) {
+        if (e.rmask >> i & 1) continue;
+        if (!rgroups.empty()) {
+          int prev = rgroups.back().second;
+          bool ok = true;
+          for (int j = prev + 1; j < i; ++j)
+            if (e.dom[j] != 1) ok = false;  // a reduced dim in between
+          for (const bc::View& v : e.views)
+            if (v.level == Level::kRed && v.strides[prev] != v.strides[i] * e.dom[i]) ok = false;
+          if (ok) {
+            rgroups.back().second = i;
+            continue;
+          }
+        }
+        rgroups.push_back({i, i});
+      }
+      s.red_rank = static_cast<uint8_t>(rgroups.size());
+      for (size_t gi = 0; gi < rgroups.size(); ++gi) {
+        int64_t d = 1;
+        for (int i = rgroups[gi].first; i <= rgroups[gi].second; ++i) d *= e.dom[i];
+        s.red_dims[gi] = d;
+      }
+    } else {
+      s.red_rank = 1;
+      s.red_dims[0] = e.red[0];
+    }
+    if (p.mode == Mode::kElem) s.red_rank = 0;
+    for (bc::View v : e.views) {
+      bc::View o = v;
+      std::fill(std::begin(o.strides), std::end(o.strides), 0);
+      if (v.level == Level::kFull) {
+        for (size_t gi = 0; gi < groups.size(); ++gi) o.strides[gi] = v.strides[groups[gi].second];
+      } else if (e.chunk) {
+        o.strides[0] = v.strides[0];
+      } else {
+        for (size_t gi = 0; gi < rgroups.size(); ++gi) o.strides[gi] = v.strides[rgroups[gi].second];
+      }
+      s.views.push_back(o);
+    }
+    // Loop parameters.
+    const int64_t n_full = bc::FullElems(s);
+    int64_t cap = 16;
+    switch (p.mode) {
+      case Mode::kElem:
+        s.p[0] = std::min<int64_t>(t_.elem_tile, std::max<int64_t>(n_full, 1));
+        cap = s.p[0];
+        break;
+      case Mode::kRow: {
+        int64_t K;
+        if (e.chunk) {
+          K = t_.chunk;
+        } else {
+          K = 1;
+          for (int i = 0; i < r; ++i)
+            if (e.rmask >> i & 1) K *= e.dom[i];
+        }
+        int64_t rows = K == 0 ? t_.row_tile : std::max<int64_t>(1, t_.row_tile / K);
+        if (e.chunk) rows = 1;
+        s.p[0] = K;
+        s.p[1] = rows;
+        cap = std::max<int64_t>(rows * std::max<int64_t>(K, 1), rows);
+        break;
+      }
+      case Mode::kCol: {
+        int64_t R = 1, C = 1;
+        bool after = false;
+        for (int i = 0; i < r; ++i) {
+          if (e.rmask >> i & 1) {
+            R *= e.dom[i];
+            after = true;
+          } else if (after) {
+            C *= e.dom[i];
+          }
+        }
+        s.p[0] = R;
+        s.p[1] = C;
+        s.p[2] = std::min<int64_t>(t_.col_width, std::max<int64_t>(C, 1));
+        s.p[3] = t_.col_block;
+        cap = s.p[2];
+        break;
+      }
+    }
+    tile_cap_ = std::max(tile_cap_, (cap + 15) / 16 * 16);
+    // Empty domains need no stage (a ROW with rows but K == 0 still runs).
+    if (n_full == 0 && bc::RedElems(s) == 0) return;
+    if (p.mode == Mode::kElem && n_full == 0) return;
+    if (p.mode == Mode::kCol && s.p[1] == 0) return;
+    AllocRegs(e);
+    stages_.push_back(std::move(e.st));
+  }
+
+  void AllocRegs(StageEmit& e) {
+    // Order by section, keeping emission order inside a section.
+    std::stable_sort(e.code.begin(), e.code.end(), [](const VInstr& a, const VInstr& b) { return a.sec < b.sec; });
+    std::vector<int> last(e.nvregs, -1);
+    for (size_t i = 0; i < e.code.size(); ++i) {
+      const VInstr& v = e.code[i];
+      for (int r : {v.a_v, v.b_v, v.c_v, v.dst_v})
+        if (r >= 0) last[r] = static_cast<int>(i);
+    }
+    // Accumulators live across the whole tile loop.
+    for (const VInstr& v : e.code)
+      if (v.sec == bc::kTileInit || v.sec == bc::kBlockInit) last[v.dst_v] = std::max<int>(last[v.dst_v], static_cast<int>(e.code.size()));
+    std::vector<int> phys(e.nvregs, -1);
+    std::vector<int> free_list;
+    int used = 0;
+    auto alloc = [&]() {
+      if (!free_list.empty()) {
+        int p = free_list.back();
+        free_list.pop_back();
+        return p;
+      }
+      if (used >= 255) Fail("codegen: kernel needs more than 255 tile registers");
+      return used++;
+    };
+    auto release = [&](int vr, int i) {
+      if (vr >= 0 && last[vr] == i && phys[vr] >= 0) {
+        free_list.push_back(phys[vr]);
+        last[vr] = -2;  // released
+      }
+    };
+    for (size_t i = 0; i < e.code.size(); ++i) {
+      VInstr& v = e.code[i];
+      const int ii = static_cast<int>(i);
+      auto p = [&](int vr) { return vr >= 0 ? phys[vr] : 0; };
+      v.in.a = static_cast<uint8_t>(p(v.a_v));
+      v.in.b = static_cast<uint8_t>(p(v.b_v));
+      if (v.c_v >= 0) v.in.c = static_cast<uint16_t>(p(v.c_v));
+      if (!v.no_alias) {
+        release(v.a_v, ii);
+        if (v.b_v != v.a_v) release(v.b_v, ii);
+        if (v.c_v != v.a_v && v.c_v != v.b_v) release(v.c_v, ii);
+      }
+      if (v.dst_v >= 0) {
+        if (phys[v.dst_v] < 0) phys[v.dst_v] = alloc();
+        v.in.dst = static_cast<uint8_t>(phys[v.dst_v]);
+      }
+      if (v.no_alias) release(v.a_v, ii);
+      if (v.dst_v >= 0 && last[v.dst_v] == ii) release(v.dst_v, ii);
+    }
+    num_regs_ = std::max(num_regs_, used);
+    bc::Stage& s = e.st;
+    for (const VInstr& v : e.code) {
+      s.insts.push_back(v.in);
+      s.sections[v.sec]++;
+    }
+  }
+
+  void Emit() {
+    for (size_t k = 0; k < plans_.size(); ++k) {
+      cur_plan_ = static_cast<int>(k);
+      EmitStage(plans_[k]);
+    }
+    bc::Program prog;
+    prog.num_regs = static_cast<uint16_t>(std::max(num_regs_, 1));
+    prog.tile_cap = static_cast<uint32_t>(tile_cap_);
+    prog.tensors = tensors_;
+    prog.consts = consts_;
+    prog.stages = std::move(stages_);
+    bc::Encode(prog, out_.bytecode);
+  }
+
+  const ir::Graph& g_;
+  std::span<const Shape> ins_;
+  Result& out_;
+  const Tiling& t_;
+  std::vector<Shape> shapes_;
+  std::vector<int> map_;
+  std::vector<LNode> ln_;
+  std::vector<int> mat_;
+  std::vector<Root> roots_, pending_stores_;
+  std::vector<bc::TensorDesc> tensors_;
+  std::vector<bc::Const> consts_;
+  std::vector<StagePlan> plans_;
+  std::vector<bc::Stage> stages_;
+  std::vector<Lvl> lvl_;
+  std::vector<uint8_t> seen_;
+  std::vector<int> mat_plan_, root_plan_;
+  int cur_plan_ = 1 << 30;
+  int num_regs_ = 0;
+  int64_t tile_cap_ = 16;
+};
+
+}  // namespace
+
+void Generate(const ir::Graph& g, std::span<const Shape> input_shapes, Result& out, const Tiling& tiling) {
+  out.bytecode.clear();
+  out.output_shapes.clear();
+  out.input_numel.clear();
+  out.workspace_bytes.clear();
+  Gen(g, input_shapes, out, tiling).Run();
+}
+
+}  // namespace dvm::codegen

@@ -1,0 +1,607 @@
+// Kernel: the builder (validates every op as it is recorded), the per-shape
+// program cache and the launch path.
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <list>
+
+#include "bytecode/format.h"
+#include "codegen/codegen.h"
+#include "ir/dtype.h"
+#include "ir/error.h"
+#include "ir/ir.h"
+#include "kernel_internal.h"
+#include "vm/cpu/vm.h"
+
+namespace dvm {
+
+namespace {
+
+struct AlignedFree {
+  void operator()(void* p) const { std::free(p); }
+};
+
+// One generated program: bytecode, decoded executable and its workspaces.
+struct Program {
+  std::vector<Shape> key;  // input shapes
+  codegen::Result res;
+  std::unique_ptr<vm::Executable> exe;
+  std::vector<std::unique_ptr<void, AlignedFree>> workspaces;
+  std::vector<void*> ptrs;  // tensor pointer table; inputs/outputs filled per launch
+};
+
+bool IsUnaryFloatOnly(UnaryOp op) {
+  switch (op) {
+    case UnaryOp::kSqrt:
+    case UnaryOp::kRsqrt:
+    case UnaryOp::kExp:
+    case UnaryOp::kLog:
+    case UnaryOp::kReciprocal:
+    case UnaryOp::kTanh:
+    case UnaryOp::kSigmoid:
+    case UnaryOp::kErf:
+    case UnaryOp::kSin:
+    case UnaryOp::kCos: return true;
+    default: return false;
+  }
+}
+
+bool IsPredicate(BinaryOp op) { return op >= BinaryOp::kEqual; }
+bool IsArith(BinaryOp op) { return op <= BinaryOp::kPow; }
+
+}  // namespace
+
+struct Kernel::Impl {
+  ir::Graph g;
+  std::vector<Shape> shapes;  // build-time shapes
+  std::list<std::unique_ptr<Program>> cache;  // most recent first
+  size_t capacity = 16;
+  Program* last = nullptr;
+  KernelStats stats;
+  bool codegen_called = false;
+
+  int Id(NDObject* v, const char* op) const {
+    auto id = static_cast<int64_t>(reinterpret_cast<uintptr_t>(v)) - 1;
+    if (v == nullptr || id < 0 || id >= static_cast<int64_t>(g.nodes.size()))
+      Fail(op, ": invalid value handle");
+    if (g.nodes[id].op == ir::Op::kStore) Fail(op, ": the result of a store cannot be used as an operand");
+    return static_cast<int>(id);
+  }
+  static NDObject* Handle(int id) { return reinterpret_cast<NDObject*>(static_cast<uintptr_t>(id) + 1); }
+
+  void CheckMutable(const char* op) const {
+    if (codegen_called && g.type == KernelType::kStatic)
+      Fail(op, ": kernel already generated; build a new kernel to change it");
+  }
+
+  // Appends a node after inferring its shape; nothing is kept on error.
+  NDObject* Push(ir::Node n) {
+    g.nodes.push_back(std::move(n));
+    try {
+      shapes.push_back(ir::InferNode(g, static_cast<int>(g.nodes.size()) - 1, shapes, {}));
+    } catch (...) {
+      g.nodes.pop_back();
+      throw;
+    }
+    g.nodes.back().shape = shapes.back();
+    return Handle(static_cast<int>(g.nodes.size()) - 1);
+  }
+
+  void CheckShape(Dims shape, const char* op) const {
+    if (shape.size() > 8) Fail(op, ": rank ", shape.size(), " exceeds 8");
+    for (size_t i = 0; i < shape.size(); ++i) {
+      int64_t d = shape[i];
+      if (d < -1 || (d == -1 && g.type == KernelType::kStatic))
+        Fail(op, ": bad dim ", d, " at axis ", i, " of ", ir::ShapeStr(shape),
+             g.type == KernelType::kStatic ? " (static kernels need concrete dims)" : "");
+    }
+  }
+
+  // The cached program whose input shapes are at(0..n-1), moved to the front.
+  template <class ShapeAt>
+  Program* Find(size_t n, ShapeAt at) {
+    for (auto it = cache.begin(); it != cache.end(); ++it) {
+      const std::vector<Shape>& key = (*it)->key;
+      bool match = key.size() == n;
+      for (size_t i = 0; i < n && match; ++i) match = key[i] == at(i);
+      if (match) {
+        if (it != cache.begin()) cache.splice(cache.begin(), cache, it);
+        ++stats.cache_hits;
+        last = cache.front().get();
+        return last;
+      }
+    }
+    return nullptr;
+  }
+  Program& GetProgram(std::span<const Shape> in_shapes);
+  void Run(Program& p, std::span<void* const> in, std::span<void* const> out,
+           std::span<const size_t> in_bytes, std::span<const size_t> out_bytes);
+};
+
+Kernel::Kernel(KernelType type) : impl_(std::make_unique<Impl>()) { impl_->g.type = type; }
+Kernel::~Kernel() = default;
+Kernel::Kernel(Kernel&&) noexcept = default;
+Kernel& Kernel::operator=(Kernel&&) noexcept = default;
+KernelType Kernel::type() const { return impl_->g.type; }
+
+const ir::Graph& GetGraph(const Kernel& k) { return k.impl_->g; }
+
+// ---- builder -------------------------------------------------------------------
+
+NDObject* Kernel::Load(void* addr, Dims shape, DType type) {
+  return StridedSliceLoad(addr, shape, type, {}, {}, {});
+}
+
+NDObject* Kernel::SliceLoad(void* addr, Dims shape, DType type, Dims start, Dims size) {
+  if (start.size() != shape.size() || size.size() != shape.size())
+    Fail("slice load: start ", ir::ShapeStr(start), " and size ", ir::ShapeStr(size), " must have rank ",
+         shape.size());
+  Shape end(shape.size()), step(shape.size(), 1);
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (size[i] < 0) Fail("slice load: negative size ", size[i], " at axis ", i);
+    end[i] = start[i] + size[i];
+  }
+  return StridedSliceLoad(addr, shape, type, start, end, step);
+}
+
+NDObject* Kernel::StridedSliceLoad(void* addr, Dims shape, DType type, Dims start, Dims end, Dims step) {
+  Impl& k = *impl_;
+  const char* op = start.empty() ? "load" : "slice load";
+  k.CheckMutable(op);
+  k.CheckShape(shape, op);
+  if (static_cast<uint8_t>(type) >= kNumDTypes) Fail(op, ": bad dtype ", int(type));
+  ir::Node n;
+  n.op = ir::Op::kLoad;
+  n.dtype = type;
+  n.addr = addr;
+  n.io = static_cast<int32_t>(k.g.inputs.size());
+  n.a0.assign(shape.begin(), shape.end());
+  if (!start.empty()) {
+    if (end.size() != shape.size() || step.size() != shape.size() || start.size() != shape.size())
+      Fail("slice load: start/end/step must have rank ", shape.size());
+    n.a1.assign(start.begin(), start.end());
+    n.a2.assign(end.begin(), end.end());
+    n.a3.assign(step.begin(), step.end());
+  }
+  NDObject* h = k.Push(std::move(n));
+  k.g.inputs.push_back(static_cast<int32_t>(k.g.nodes.size()) - 1);
+  return h;
+}
+
+NDObject* Kernel::Store(void* addr, NDObject* value) {
+  Impl& k = *impl_;
+  k.CheckMutable("store");
+  ir::Node n;
+  n.op = ir::Op::kStore;
+  n.in[0] = k.Id(value, "store");
+  n.dtype = k.g.nodes[n.in[0]].dtype;
+  n.addr = addr;
+  n.io = static_cast<int32_t>(k.g.outputs.size());
+  NDObject* h = k.Push(std::move(n));
+  k.g.outputs.push_back(static_cast<int32_t>(k.g.nodes.size()) - 1);
+  return h;
+}
+
+NDObject* Kernel::PadStore(void* addr, NDObject* value, Dims padded_shape, Dims pad_before, double pad_value) {
+  Impl& k = *impl_;
+  k.CheckMutable("pad store");
+  k.CheckShape(padded_shape, "pad store");
+  for (int64_t d : padded_shape)
+    if (d < 0) Fail("pad store: padded shape ", ir::ShapeStr(padded_shape), " must be concrete");
+  ir::Node n;
+  n.op = ir::Op::kStore;
+  n.sub = 1;
+  n.in[0] = k.Id(value, "pad store");
+  n.dtype = k.g.nodes[n.in[0]].dtype;
+  n.addr = addr;
+  n.scalar = pad_value;
+  n.io = static_cast<int32_t>(k.g.outputs.size());
+  n.a0.assign(padded_shape.begin(), padded_shape.end());
+  if (!pad_before.empty()) {
+    if (pad_before.size() != padded_shape.size())
+      Fail("pad store: pad_before ", ir::ShapeStr(pad_before), " must have rank ", padded_shape.size());
+    n.a1.assign(pad_before.begin(), pad_before.end());
+  } else {
+    n.a1.assign(padded_shape.size(), 0);
+  }
+  NDObject* h = k.Push(std::move(n));
+  k.g.outputs.push_back(static_cast<int32_t>(k.g.nodes.size()) - 1);
+  return h;
+}
+
+NDObject* Kernel::Unary(UnaryOp op, NDObject* x) {
+  Impl& k = *impl_;
+  const char* name = UnaryOpName(op);
+  k.CheckMutable(name);
+  if (static_cast<int>(op) >= kNumUnaryOps) Fail("unary: bad op ", int(op));
+  ir::Node n;
+  n.op = ir::Op::kUnary;
+  n.sub = static_cast<uint8_t>(op);
+  n.in[0] = k.Id(x, name);
+  DType t = k.g.nodes[n.in[0]].dtype;
+  bool pred = op == UnaryOp::kIsFinite || op == UnaryOp::kLogicalNot;
+  if (IsUnaryFloatOnly(op) && !IsFloat(t)) Fail(name, ": dtype ", DTypeName(t), " not supported (floats only)");
+  if (!pred && t == DType::kBool) Fail(name, ": dtype bool not supported");
+  n.dtype = pred ? DType::kBool : t;
+  return k.Push(std::move(n));
+}
+
+namespace {
+void CheckBinaryDType(BinaryOp op, DType t) {
+  if (t == DType::kBool && IsArith(op)) Fail(BinaryOpName(op), ": dtype bool not supported (use logical ops)");
+}
+}  // namespace
+
+NDObject* Kernel::Binary(BinaryOp op, NDObject* a, NDObject* b) {
+  Impl& k = *impl_;
+  const char* name = BinaryOpName(op);
+  k.CheckMutable(name);
+  if (static_cast<int>(op) >= kNumBinaryOps) Fail("binary: bad op ", int(op));
+  ir::Node n;
+  n.op = ir::Op::kBinary;
+  n.sub = static_cast<uint8_t>(op);
+  n.in[0] = k.Id(a, name);
+  n.in[1] = k.Id(b, name);
+  DType ta = k.g.nodes[n.in[0]].dtype, tb = k.g.nodes[n.in[1]].dtype;
+  if (ta != tb) Fail(name, ": dtype mismatch ", DTypeName(ta), " vs ", DTypeName(tb), " (cast one operand)");
+  CheckBinaryDType(op, ta);
+  n.dtype = IsPredicate(op) ? DType::kBool : ta;
+  return k.Push(std::move(n));
+}
+
+NDObject* Kernel::Binary(BinaryOp op, NDObject* a, double scalar) {
+  Impl& k = *impl_;
+  const char* name = BinaryOpName(op);
+  k.CheckMutable(name);
+  if (static_cast<int>(op) >= kNumBinaryOps) Fail("binary: bad op ", int(op));
+  ir::Node n;
+  n.op = ir::Op::kBinaryTS;
+  n.sub = static_cast<uint8_t>(op);
+  n.in[0] = k.Id(a, name);
+  n.scalar = scalar;
+  DType t = k.g.nodes[n.in[0]].dtype;
+  CheckBinaryDType(op, t);
+  n.dtype = IsPredicate(op) ? DType::kBool : t;
+  return k.Push(std::move(n));
+}
+
+NDObject* Kernel::Binary(BinaryOp op, double scalar, NDObject* b) {
+  NDObject* h = Binary(op, b, scalar);
+  impl_->g.nodes.back().op = ir::Op::kBinaryST;
+  return h;
+}
+
+NDObject* Kernel::Select(NDObject* cond, NDObject* a, NDObject* b) {
+  Impl& k = *impl_;
+  k.CheckMutable("select");
+  ir::Node n;
+  n.op = ir::Op::kSelect;
+  n.in[0] = k.Id(cond, "select");
+  n.in[1] = k.Id(a, "select");
+  n.in[2] = k.Id(b, "select");
+  DType tc = k.g.nodes[n.in[0]].dtype, ta = k.g.nodes[n.in[1]].dtype, tb = k.g.nodes[n.in[2]].dtype;
+  if (tc != DType::kBool) Fail("select: condition must be bool, got ", DTypeName(tc));
+  if (ta != tb) Fail("select: dtype mismatch ", DTypeName(ta), " vs ", DTypeName(tb));
+  n.dtype = ta;
+  return k.Push(std::move(n));
+}
+
+NDObject* Kernel::Cast(NDObject* x, DType type) {
+  Impl& k = *impl_;
+  k.CheckMutable("cast");
+  if (static_cast<uint8_t>(type) >= kNumDTypes) Fail("cast: bad dtype ", int(type));
+  ir::Node n;
+  n.op = ir::Op::kCast;
+  n.in[0] = k.Id(x, "cast");
+  n.dtype = type;
+  return k.Push(std::move(n));
+}
+
+NDObject* Kernel::Broadcast(NDObject* x, Dims shape) {
+  Impl& k = *impl_;
+  k.CheckMutable("broadcast");
+  k.CheckShape(shape, "broadcast");
+  ir::Node n;
+  n.op = ir::Op::kBroadcast;
+  n.in[0] = k.Id(x, "broadcast");
+  n.dtype = k.g.nodes[n.in[0]].dtype;
+  n.a0.assign(shape.begin(), shape.end());
+  return k.Push(std::move(n));
+}
+
+NDObject* Kernel::Broadcast(double scalar, Dims shape, DType type) {
+  Impl& k = *impl_;
+  k.CheckMutable("broadcast");
+  k.CheckShape(shape, "broadcast");
+  for (int64_t d : shape)
+    if (d < 0) Fail("broadcast: scalar broadcast needs a concrete shape, got ", ir::ShapeStr(shape));
+  ir::Node n;
+  n.op = ir::Op::kScalar;
+  n.dtype = type;
+  n.scalar = scalar;
+  n.a0.assign(shape.begin(), shape.end());
+  return k.Push(std::move(n));
+}
+
+NDObject* Kernel::Reshape(NDObject* x, Dims shape) {
+  Impl& k = *impl_;
+  k.CheckMutable("reshape");
+  if (shape.size() > 8) Fail("reshape: rank ", shape.size(), " exceeds 8");
+  int infer = 0;
+  for (int64_t d : shape) {
+    if (d < -1) Fail("reshape: bad dim ", d, " in ", ir::ShapeStr(shape));
+    infer += d == -1;
+  }
+  if (infer > 1) Fail("reshape: more than one -1 in ", ir::ShapeStr(shape));
+  ir::Node n;
+  n.op = ir::Op::kReshape;
+  n.in[0] = k.Id(x, "reshape");
+  n.dtype = k.g.nodes[n.in[0]].dtype;
+  n.a0.assign(shape.begin(), shape.end());
+  return k.Push(std::move(n));
+}
+
+NDObject* Kernel::Transpose(NDObject* x, Dims perm) {
+  Impl& k = *impl_;
+  k.CheckMutable("transpose");
+  ir::Node n;
+  n.op = ir::Op::kTranspose;
+  n.in[0] = k.Id(x, "transpose");
+  n.dtype = k.g.nodes[n.in[0]].dtype;
+  const size_t r = k.shapes[n.in[0]].size();
+  if (perm.size() != r) Fail("transpose: perm ", ir::ShapeStr(perm), " must have rank ", r);
+  std::vector<bool> seen(r, false);
+  for (int64_t p : perm) {
+    if (p < 0 || p >= static_cast<int64_t>(r) || seen[p])
+      Fail("transpose: perm ", ir::ShapeStr(perm), " is not a permutation of 0..", r - 1);
+    seen[p] = true;
+  }
+  n.a0.assign(perm.begin(), perm.end());
+  return k.Push(std::move(n));
+}
+
+NDObject* Kernel::Copy(NDObject* x) {
+  Impl& k = *impl_;
+  k.CheckMutable("copy");
+  ir::Node n;
+  n.op = ir::Op::kCopy;
+  n.in[0] = k.Id(x, "copy");
+  n.dtype = k.g.nodes[n.in[0]].dtype;
+  return k.Push(std::move(n));
+}
+
+NDObject* Kernel::Reduce(ReduceOp op, NDObject* x, Dims axes, bool keepdims) {
+  Impl& k = *impl_;
+  const char* name = "reduce";
+  k.CheckMutable(name);
+  if (static_cast<int>(op) >= kNumReduceOps) Fail("reduce: bad op ", int(op));
+  ir::Node n;
+  n.op = ir::Op::kReduce;
+  n.sub = static_cast<uint8_t>(op);
+  n.in[0] = k.Id(x, name);
+  n.dtype = k.g.nodes[n.in[0]].dtype;
+  n.keepdims = keepdims;
+  if (n.dtype == DType::kBool && (op == ReduceOp::kSum || op == ReduceOp::kProd))
+    Fail("reduce_", ReduceOpName(op), ": dtype bool not supported (cast first)");
+  const int64_t r = static_cast<int64_t>(k.shapes[n.in[0]].size());
+  for (int64_t a : axes) {
+    int64_t na = a < 0 ? a + r : a;
+    if (na < 0 || na >= r) Fail("reduce_", ReduceOpName(op), ": axis ", a, " out of range for rank ", r);
+    if (std::find(n.a0.begin(), n.a0.end(), na) != n.a0.end())
+      Fail("reduce_", ReduceOpName(op), ": duplicate axis ", a);
+    n.a0.push_back(na);
+  }
+  std::sort(n.a0.begin(), n.a0.end());
+  return k.Push(std::move(n));
+}
+
+NDObject* Kernel::ElemAny(NDObject* x) {
+  Impl& k = *impl_;
+  k.CheckMutable("elem_any");
+  ir::Node n;
+  n.op = ir::Op::kElemAny;
+  n.in[0] = k.Id(x, "elem_any");
+  n.dtype = DType::kBool;
+  return k.Push(std::move(n));
+}
+
+Shape Kernel::GetShape(NDObject* v) const {
+  auto id = static_cast<int64_t>(reinterpret_cast<uintptr_t>(v)) - 1;
+  if (v == nullptr || id < 0 || id >= static_cast<int64_t>(impl_->g.nodes.size())) Fail("shape: invalid value handle");
+  return impl_->shapes[id];
+}
+DType Kernel::GetDType(NDObject* v) const {
+  auto id = static_cast<int64_t>(reinterpret_cast<uintptr_t>(v)) - 1;
+  if (v == nullptr || id < 0 || id >= static_cast<int64_t>(impl_->g.nodes.size())) Fail("dtype: invalid value handle");
+  return impl_->g.nodes[id].dtype;
+}
+size_t Kernel::num_inputs() const { return impl_->g.inputs.size(); }
+size_t Kernel::num_outputs() const { return impl_->g.outputs.size(); }
+
+// ---- programs ------------------------------------------------------------------
+
+Program& Kernel::Impl::GetProgram(std::span<const Shape> in_shapes) {
+  if (Program* hit = Find(in_shapes.size(), [&](size_t i) -> const Shape& { return in_shapes[i]; }))
+    return *hit;
+  auto t0 = std::chrono::steady_clock::now();
+  auto p = std::make_unique<Program>();
+  p->key.assign(in_shapes.begin(), in_shapes.end());
+  codegen::Generate(g, in_shapes, p->res);
+  p->exe = std::make_unique<vm::Executable>(p->res.bytecode);
+  const bc::Program& prog = p->exe->program();
+  p->ptrs.assign(prog.tensors.size(), nullptr);
+  for (size_t i = 0; i < prog.tensors.size(); ++i) {
+    const bc::TensorDesc& t = prog.tensors[i];
+    if (t.kind != bc::TensorKind::kWorkspace) continue;
+    size_t bytes = (static_cast<size_t>(t.numel) * DTypeSize(t.dtype) + 63) / 64 * 64;
+    void* mem = bytes ? std::aligned_alloc(64, bytes) : nullptr;
+    if (bytes && !mem) Fail("launch: cannot allocate ", bytes, " bytes of workspace");
+    p->workspaces.emplace_back(mem);
+    p->ptrs[i] = mem;
+  }
+  stats.last_codegen_us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  ++stats.codegens;
+  cache.push_front(std::move(p));
+  while (cache.size() > std::max<size_t>(capacity, 1)) cache.pop_back();
+  last = cache.front().get();
+  return *last;
+}
+
+void Kernel::Impl::Run(Program& p, std::span<void* const> in, std::span<void* const> out,
+                       std::span<const size_t> in_bytes, std::span<const size_t> out_bytes) {
+  if (in.size() != g.inputs.size())
+    Fail("launch: kernel has ", g.inputs.size(), " inputs, got ", in.size());
+  if (out.size() != g.outputs.size())
+    Fail("launch: kernel has ", g.outputs.size(), " outputs, got ", out.size());
+  const bc::Program& prog = p.exe->program();
+  for (size_t i = 0; i < prog.tensors.size(); ++i) {
+    const bc::TensorDesc& t = prog.tensors[i];
+    if (t.kind == bc::TensorKind::kWorkspace) continue;
+    const bool is_in = t.kind == bc::TensorKind::kInput;
+    void* ptr = is_in ? in[t.slot] : out[t.slot];
+    const size_t need = static_cast<size_t>(t.numel) * DTypeSize(t.dtype);
+    const char* what = is_in ? "input" : "output";
+    if (ptr == nullptr && need > 0) Fail("launch: ", what, " ", t.slot, " buffer is null");
+    std::span<const size_t> caps = is_in ? in_bytes : out_bytes;
+    if (!caps.empty() && caps[t.slot] != 0 && caps[t.slot] < need)
+      Fail("launch: ", what, " ", t.slot, " buffer has ", caps[t.slot], " bytes, needs ", need, " (",
+           t.numel, " x ", DTypeName(t.dtype), ")");
+    p.ptrs[i] = ptr;
+  }
+  p.exe->Run(p.ptrs.data());
+  ++stats.launches;
+}
+
+namespace {
+std::vector<Shape> BuiltInputShapes(const ir::Graph& g) {
+  std::vector<Shape> s;
+  for (int32_t id : g.inputs) s.push_back(g.nodes[id].a0);
+  return s;
+}
+}  // namespace
+
+void Kernel::CodeGen() {
+  Impl& k = *impl_;
+  if (k.g.outputs.empty()) Fail("codegen: kernel has no outputs");
+  k.codegen_called = true;
+  if (k.g.type == KernelType::kStatic) k.GetProgram(BuiltInputShapes(k.g));
+}
+
+void Kernel::Launch() {
+  Impl& k = *impl_;
+  std::vector<void*> in, out;
+  for (int32_t id : k.g.inputs) in.push_back(k.g.nodes[id].addr);
+  for (int32_t id : k.g.outputs) out.push_back(k.g.nodes[id].addr);
+  Launch(std::span<void* const>(in), std::span<void* const>(out));
+}
+
+void Kernel::Launch(std::span<void* const> inputs, std::span<void* const> outputs) {
+  Impl& k = *impl_;
+  if (k.g.type != KernelType::kStatic)
+    Fail("launch: dynamic kernels need input shapes (use Launch with TensorArg)");
+  if (k.g.outputs.empty()) Fail("launch: kernel has no outputs");
+  k.codegen_called = true;
+  Program& p = k.GetProgram(BuiltInputShapes(k.g));
+  k.Run(p, inputs, outputs, {}, {});
+}
+
+void Kernel::Launch(std::span<const TensorArg> inputs, std::span<const TensorArg> outputs) {
+  Impl& k = *impl_;
+  if (k.g.outputs.empty()) Fail("launch: kernel has no outputs");
+  if (inputs.size() != k.g.inputs.size())
+    Fail("launch: kernel has ", k.g.inputs.size(), " inputs, got ", inputs.size());
+  if (outputs.size() != k.g.outputs.size())
+    Fail("launch: kernel has ", k.g.outputs.size(), " outputs, got ", outputs.size());
+  k.codegen_called = true;
+  // Small launches are the common case: keep the argument arrays on the stack.
+  constexpr size_t kSmall = 16;
+  void* in_ptr_s[kSmall];
+  void* out_ptr_s[kSmall];
+  size_t in_cap_s[kSmall], out_cap_s[kSmall];
+  std::vector<void*> in_ptr_v, out_ptr_v;
+  std::vector<size_t> in_cap_v, out_cap_v;
+  void** in_ptr = in_ptr_s;
+  void** out_ptr = out_ptr_s;
+  size_t* in_cap = in_cap_s;
+  size_t* out_cap = out_cap_s;
+  if (inputs.size() > kSmall) {
+    in_ptr_v.resize(inputs.size());
+    in_cap_v.resize(inputs.size());
+    in_ptr = in_ptr_v.data();
+    in_cap = in_cap_v.data();
+  }
+  if (outputs.size() > kSmall) {
+    out_ptr_v.resize(outputs.size());
+    out_cap_v.resize(outputs.size());
+    out_ptr = out_ptr_v.data();
+    out_cap = out_cap_v.data();
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    in_ptr[i] = inputs[i].data;
+    in_cap[i] = inputs[i].bytes;
+  }
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    out_ptr[i] = outputs[i].data;
+    out_cap[i] = outputs[i].bytes;
+  }
+  Program* p;
+  if (k.g.type == KernelType::kStatic) {
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      const Shape& built = k.g.nodes[k.g.inputs[i]].a0;
+      if (!inputs[i].shape.empty() && inputs[i].shape != built)
+        Fail("launch: input ", i, " has shape ", ir::ShapeStr(inputs[i].shape), ", static kernel built for ",
+             ir::ShapeStr(built));
+    }
+    p = &k.GetProgram(BuiltInputShapes(k.g));
+  } else {
+    // Look up by the argument shapes without copying them.
+    p = k.Find(inputs.size(), [&](size_t i) -> const Shape& { return inputs[i].shape; });
+    if (!p) {
+      std::vector<Shape> shapes;
+      shapes.reserve(inputs.size());
+      for (const TensorArg& a : inputs) shapes.push_back(a.shape);
+      p = &k.GetProgram(shapes);
+    }
+  }
+  k.Run(*p, std::span<void* const>(in_ptr, inputs.size()), std::span<void* const>(out_ptr, outputs.size()),
+        std::span<const size_t>(in_cap, inputs.size()), std::span<const size_t>(out_cap, outputs.size()));
+}
+
+std::vector<Shape> Kernel::OutputShapes(std::span<const Shape> input_shapes) {
+  Impl& k = *impl_;
+  if (k.g.outputs.empty()) Fail("codegen: kernel has no outputs");
+  k.codegen_called = true;
+  if (k.g.type == KernelType::kStatic || input_shapes.empty())
+    return k.GetProgram(BuiltInputShapes(k.g)).res.output_shapes;
+  return k.GetProgram(input_shapes).res.output_shapes;
+}
+
+std::string Kernel::Dump() const { return ir::Dump(impl_->g); }
+
+std::string Kernel::Das() const {
+  if (!impl_->last) return "; no program generated yet\n";
+  return bc::Disassemble(impl_->last->exe->program());
+}
+
+const std::vector<uint8_t>& Kernel::Bytecode() const {
+  static const std::vector<uint8_t> kEmpty;
+  return impl_->last ? impl_->last->res.bytecode : kEmpty;
+}
+
+const KernelStats& Kernel::stats() const { return impl_->stats; }
+void Kernel::SetCacheCapacity(size_t n) { impl_->capacity = std::max<size_t>(n, 1); }
+
+std::string Disassemble(std::span<const uint8_t> bytecode) {
+  bc::Program p;
+  bc::Parse(bytecode, p);
+  return bc::Disassemble(p);
+}
+
+void Verify(std::span<const uint8_t> bytecode) {
+  bc::Program p;
+  bc::Parse(bytecode, p);
+}
+
+}  // namespace dvm

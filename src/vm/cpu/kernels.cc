@@ -1,0 +1,718 @@
+// SIMD micro-kernels of the VM, compiled for several ISAs with Highway and
+// chosen at run time (HWY_DYNAMIC_DISPATCH). Transcendentals come from
+// Highway's vector math; erf, which it lacks, is a rational approximation
+// (tests/kernels_test.cc bounds its error against std::erf). pow and integer
+// division have no vector instruction and run as scalar loops.
+#include "vm/cpu/kernels.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "ir/dtype.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "vm/cpu/kernels.cc"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>
+
+HWY_BEFORE_NAMESPACE();
+namespace dvm::vm::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+using DI = hn::ScalableTag<int32_t>;
+using VF = hn::Vec<DF>;
+using VI = hn::Vec<DI>;
+
+// ---- element functions -----------------------------------------------------
+
+inline VF ErfV(DF d, VF x) {
+  // Rational approximation on [-4, 4] (as in Eigen / XLA); |error| < 2e-7.
+  x = hn::Min(hn::Max(x, hn::Set(d, -4.0f)), hn::Set(d, 4.0f));
+  const VF x2 = hn::Mul(x, x);
+  VF p = hn::Set(d, -2.72614225801306e-10f);
+  p = hn::MulAdd(x2, p, hn::Set(d, 2.77068142495902e-08f));
+  p = hn::MulAdd(x2, p, hn::Set(d, -2.10102402082508e-06f));
+  p = hn::MulAdd(x2, p, hn::Set(d, -5.69250639462346e-05f));
+  p = hn::MulAdd(x2, p, hn::Set(d, -7.34990630326855e-04f));
+  p = hn::MulAdd(x2, p, hn::Set(d, -2.95459980854025e-03f));
+  p = hn::MulAdd(x2, p, hn::Set(d, -1.60960333262415e-02f));
+  p = hn::Mul(x, p);
+  VF q = hn::Set(d, -1.45660718464996e-05f);
+  q = hn::MulAdd(x2, q, hn::Set(d, -2.13374055278905e-04f));
+  q = hn::MulAdd(x2, q, hn::Set(d, -1.68282697438203e-03f));
+  q = hn::MulAdd(x2, q, hn::Set(d, -7.37332916720468e-03f));
+  q = hn::MulAdd(x2, q, hn::Set(d, -1.42647390514189e-02f));
+  return hn::Div(p, q);
+}
+
+// NaN-propagating max/min, as torch.maximum.
+inline VF MaxP(DF d, VF a, VF b) {
+  VF m = hn::Max(a, b);
+  m = hn::IfThenElse(hn::IsNaN(b), b, m);
+  return hn::IfThenElse(hn::IsNaN(a), a, m);
+}
+inline VF MinP(DF d, VF a, VF b) {
+  VF m = hn::Min(a, b);
+  m = hn::IfThenElse(hn::IsNaN(b), b, m);
+  return hn::IfThenElse(hn::IsNaN(a), a, m);
+}
+
+inline VI Bool(DI di, hn::Mask<DI> m) { return hn::IfThenElseZero(m, hn::Set(di, 1)); }
+inline VI BoolF(DF df, hn::Mask<DF> m) {
+  const DI di;
+  return Bool(di, hn::RebindMask(di, m));
+}
+inline VI Wrap8(VI v) { return hn::ShiftRight<24>(hn::ShiftLeft<24>(v)); }
+
+// Rounds f32 lanes to bf16 precision (nearest even), keeping them in f32.
+inline VF RoundBF16(DF df, VF v) {
+  const DI di;
+  VI u = hn::BitCast(di, v);
+  VI lsb = hn::And(hn::ShiftRight<16>(u), hn::Set(di, 1));
+  VI r = hn::Add(u, hn::Add(hn::Set(di, 0x7fff), lsb));
+  r = hn::And(r, hn::Set(di, static_cast<int32_t>(0xffff0000u)));
+  VI nan = hn::Or(hn::And(u, hn::Set(di, static_cast<int32_t>(0xffff0000u))), hn::Set(di, 0x400000));
+  return hn::BitCast(df, hn::IfThenElse(hn::RebindMask(di, hn::IsNaN(v)), nan, r));
+}
+
+inline VF RoundF16(DF df, VF v) {
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  return hn::PromoteTo(df, hn::DemoteTo(dh, v));
+}
+
+// ---- handler templates ----------------------------------------------------
+
+template <class F>
+HWY_INLINE void MapF(const VInst& vi, TileCtx& c, F f) {
+  const DF d;
+  float* o = c.F(vi.dst);
+  const float* a = c.F(vi.a);
+  const int64_t n = c.n[vi.level];
+  for (int64_t i = 0; i < n; i += hn::Lanes(d)) hn::Store(f(d, hn::Load(d, a + i)), d, o + i);
+}
+
+template <bool kWrap8, class F>
+HWY_INLINE void MapI(const VInst& vi, TileCtx& c, F f) {
+  const DI d;
+  int32_t* o = c.I(vi.dst);
+  const int32_t* a = c.I(vi.a);
+  const int64_t n = c.n[vi.level];
+  for (int64_t i = 0; i < n; i += hn::Lanes(d)) {
+    VI r = f(d, hn::Load(d, a + i));
+    if (kWrap8) r = Wrap8(r);
+    hn::Store(r, d, o + i);
+  }
+}
+
+// Float unary -> float.
+#define DVM_UNF(NAME, EXPR)                                               \
+  void NAME(const VInst& vi, TileCtx& c) {                                \
+    MapF(vi, c, [](DF d, VF x) HWY_ATTR { return EXPR; });                \
+  }
+DVM_UNF(SqrtF, hn::Sqrt(x))
+DVM_UNF(RsqrtF, hn::Div(hn::Set(d, 1.0f), hn::Sqrt(x)))
+DVM_UNF(AbsF, hn::Abs(x))
+DVM_UNF(NegF, hn::Neg(x))
+DVM_UNF(ExpF, hn::Exp(d, x))
+DVM_UNF(LogF, hn::Log(d, x))
+DVM_UNF(RecipF, hn::Div(hn::Set(d, 1.0f), x))
+DVM_UNF(TanhF, hn::Tanh(d, x))
+DVM_UNF(SigmoidF, hn::Div(hn::Set(d, 1.0f), hn::Add(hn::Set(d, 1.0f), hn::Exp(d, hn::Neg(x)))))
+DVM_UNF(ErfF, ErfV(d, x))
+DVM_UNF(ReluF, hn::IfThenElse(hn::Lt(x, hn::Zero(d)), hn::Zero(d), x))
+DVM_UNF(SinF, hn::Sin(d, x))
+DVM_UNF(CosF, hn::Cos(d, x))
+DVM_UNF(FloorF, hn::Floor(x))
+DVM_UNF(CeilF, hn::Ceil(x))
+DVM_UNF(RoundF, hn::Round(x))
+DVM_UNF(CastToBF16, RoundBF16(d, x))
+DVM_UNF(CastToF16, RoundF16(d, x))
+#undef DVM_UNF
+
+void CopyRegs(const VInst& vi, TileCtx& c) {
+  if (vi.dst != vi.a) std::memcpy(c.F(vi.dst), c.F(vi.a), sizeof(float) * c.n[vi.level]);
+}
+
+// Integer unary (i32 lanes); kWrap8 wraps results to 8 bits.
+#define DVM_UNI(NAME, EXPR)                                                        \
+  template <bool kWrap8>                                                           \
+  void NAME(const VInst& vi, TileCtx& c) {                                         \
+    MapI<kWrap8>(vi, c, [](DI d, VI x) HWY_ATTR { return EXPR; });                 \
+  }
+DVM_UNI(AbsI, hn::IfThenElse(hn::Lt(x, hn::Zero(d)), hn::Sub(hn::Zero(d), x), x))
+DVM_UNI(NegI, hn::Sub(hn::Zero(d), x))
+DVM_UNI(ReluI, hn::Max(x, hn::Zero(d)))
+#undef DVM_UNI
+
+void IsFiniteF(const VInst& vi, TileCtx& c) {
+  const DF d;
+  const DI di;
+  int32_t* o = c.I(vi.dst);
+  const float* a = c.F(vi.a);
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+    hn::Store(BoolF(d, hn::IsFinite(hn::Load(d, a + i))), di, o + i);
+}
+void OnesI(const VInst& vi, TileCtx& c) {
+  const DI d;
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) hn::Store(hn::Set(d, 1), d, c.I(vi.dst) + i);
+}
+void NotF(const VInst& vi, TileCtx& c) {
+  const DF d;
+  const DI di;
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+    hn::Store(BoolF(d, hn::Eq(hn::Load(d, c.F(vi.a) + i), hn::Zero(d))), di, c.I(vi.dst) + i);
+}
+void NotI(const VInst& vi, TileCtx& c) {
+  const DI d;
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+    hn::Store(Bool(d, hn::Eq(hn::Load(d, c.I(vi.a) + i), hn::Zero(d))), d, c.I(vi.dst) + i);
+}
+
+// Binary ops. kForm: 0 = reg op reg, 1 = reg op const, 2 = const op reg.
+template <int kForm, class D, class T, class V>
+HWY_INLINE void Operands(const VInst& vi, const TileCtx& c, D d, const T* a, const T* b, int64_t i,
+                         V k, V& x, V& y) {
+  if (kForm == 0) {
+    x = hn::Load(d, a + i);
+    y = hn::Load(d, b + i);
+  } else if (kForm == 1) {
+    x = hn::Load(d, a + i);
+    y = k;
+  } else {
+    x = k;
+    y = hn::Load(d, a + i);
+  }
+}
+
+template <int kForm, class F>
+HWY_INLINE void BinFF(const VInst& vi, TileCtx& c, F f) {
+  const DF d;
+  float* o = c.F(vi.dst);
+  const float *a = c.F(vi.a), *b = c.F(vi.b);
+  const VF k = hn::Set(d, BitsF32(vi.kbits));
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+    VF x, y;
+    Operands<kForm>(vi, c, d, a, b, i, k, x, y);
+    hn::Store(f(d, x, y), d, o + i);
+  }
+}
+template <int kForm, class F>  // float operands, bool result
+HWY_INLINE void BinFB(const VInst& vi, TileCtx& c, F f) {
+  const DF d;
+  const DI di;
+  int32_t* o = c.I(vi.dst);
+  const float *a = c.F(vi.a), *b = c.F(vi.b);
+  const VF k = hn::Set(d, BitsF32(vi.kbits));
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+    VF x, y;
+    Operands<kForm>(vi, c, d, a, b, i, k, x, y);
+    hn::Store(BoolF(d, f(d, x, y)), di, o + i);
+  }
+}
+template <int kForm, bool kWrap8, class F>
+HWY_INLINE void BinII(const VInst& vi, TileCtx& c, F f) {
+  const DI d;
+  int32_t* o = c.I(vi.dst);
+  const int32_t *a = c.I(vi.a), *b = c.I(vi.b);
+  const VI k = hn::Set(d, static_cast<int32_t>(vi.kbits));
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+    VI x, y;
+    Operands<kForm>(vi, c, d, a, b, i, k, x, y);
+    VI r = f(d, x, y);
+    if (kWrap8) r = Wrap8(r);
+    hn::Store(r, d, o + i);
+  }
+}
+template <int kForm, class F>  // int operands, bool result
+HWY_INLINE void BinIB(const VInst& vi, TileCtx& c, F f) {
+  const DI d;
+  int32_t* o = c.I(vi.dst);
+  const int32_t *a = c.I(vi.a), *b = c.I(vi.b);
+  const VI k = hn::Set(d, static_cast<int32_t>(vi.kbits));
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+    VI x, y;
+    Operands<kForm>(vi, c, d, a, b, i, k, x, y);
+    hn::Store(Bool(d, f(d, x, y)), d, o + i);
+  }
+}
+
+#define DVM_BIN(NAME, KIND, EXPR)                                                    \
+  template <int kForm>                                                               \
+  void NAME(const VInst& vi, TileCtx& c) {                                           \
+    KIND<kForm>(vi, c, [](auto d, auto x, auto y) HWY_ATTR { return EXPR; });        \
+  }
+#define DVM_BINI(NAME, EXPR)                                                         \
+  template <int kForm, bool kWrap8>                                                  \
+  void NAME(const VInst& vi, TileCtx& c) {                                           \
+    BinII<kForm, kWrap8>(vi, c, [](auto d, auto x, auto y) HWY_ATTR { return EXPR; }); \
+  }
+DVM_BIN(AddF, BinFF, hn::Add(x, y))
+DVM_BIN(SubF, BinFF, hn::Sub(x, y))
+DVM_BIN(MulF, BinFF, hn::Mul(x, y))
+DVM_BIN(DivF, BinFF, hn::Div(x, y))
+DVM_BIN(MaxF, BinFF, MaxP(d, x, y))
+DVM_BIN(MinF, BinFF, MinP(d, x, y))
+DVM_BIN(EqF, BinFB, hn::Eq(x, y))
+DVM_BIN(NeF, BinFB, hn::Not(hn::Eq(x, y)))
+DVM_BIN(LtF, BinFB, hn::Lt(x, y))
+DVM_BIN(LeF, BinFB, hn::Le(x, y))
+DVM_BIN(GtF, BinFB, hn::Gt(x, y))
+DVM_BIN(GeF, BinFB, hn::Ge(x, y))
+DVM_BIN(AndF, BinFB, hn::And(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
+DVM_BIN(OrF, BinFB, hn::Or(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
+DVM_BINI(AddI, hn::Add(x, y))
+DVM_BINI(SubI, hn::Sub(x, y))
+DVM_BINI(MulI, hn::Mul(x, y))
+DVM_BINI(MaxI, hn::Max(x, y))
+DVM_BINI(MinI, hn::Min(x, y))
+DVM_BIN(EqI, BinIB, hn::Eq(x, y))
+DVM_BIN(NeI, BinIB, hn::Not(hn::Eq(x, y)))
+DVM_BIN(LtI, BinIB, hn::Lt(x, y))
+DVM_BIN(LeI, BinIB, hn::Not(hn::Gt(x, y)))
+DVM_BIN(GtI, BinIB, hn::Gt(x, y))
+DVM_BIN(GeI, BinIB, hn::Not(hn::Lt(x, y)))
+DVM_BIN(AndI, BinIB, hn::And(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
+DVM_BIN(OrI, BinIB, hn::Or(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
+#undef DVM_BIN
+#undef DVM_BINI
+
+// Scalar loops for ops without a vector instruction.
+template <int kForm, typename T, class F>
+HWY_INLINE void ScalarBin(const VInst& vi, TileCtx& c, F f) {
+  T* o = reinterpret_cast<T*>(c.regs) + vi.dst;
+  const T* a = reinterpret_cast<const T*>(c.regs) + vi.a;
+  const T* b = reinterpret_cast<const T*>(c.regs) + vi.b;
+  T k;
+  std::memcpy(&k, &vi.kbits, 4);
+  for (int64_t i = 0; i < c.n[vi.level]; ++i)
+    o[i] = kForm == 0 ? f(a[i], b[i]) : kForm == 1 ? f(a[i], k) : f(k, a[i]);
+}
+template <int kForm>
+void PowF(const VInst& vi, TileCtx& c) {
+  ScalarBin<kForm, float>(vi, c, [](float x, float y) { return std::pow(x, y); });
+}
+int32_t IntDiv(int32_t x, int32_t y) {
+  if (y == 0) return 0;
+  if (y == -1) return static_cast<int32_t>(0u - static_cast<uint32_t>(x));
+  return x / y;
+}
+int32_t IntPow(int32_t x, int32_t y) {
+  if (y < 0) return x == 1 ? 1 : x == -1 ? ((y & 1) ? -1 : 1) : 0;
+  uint32_t r = 1, b = static_cast<uint32_t>(x);
+  for (uint32_t e = static_cast<uint32_t>(y); e; e >>= 1, b *= b)
+    if (e & 1) r *= b;
+  return static_cast<int32_t>(r);
+}
+template <int kForm, bool kWrap8>
+void DivI(const VInst& vi, TileCtx& c) {
+  ScalarBin<kForm, int32_t>(vi, c, [](int32_t x, int32_t y) {
+    int32_t r = IntDiv(x, y);
+    return kWrap8 ? WrapI8(r) : r;
+  });
+}
+template <int kForm, bool kWrap8>
+void PowI(const VInst& vi, TileCtx& c) {
+  ScalarBin<kForm, int32_t>(vi, c, [](int32_t x, int32_t y) {
+    int32_t r = IntPow(x, y);
+    return kWrap8 ? WrapI8(r) : r;
+  });
+}
+
+void Select(const VInst& vi, TileCtx& c) {
+  const DI d;
+  int32_t* o = c.I(vi.dst);
+  const int32_t *m = c.I(vi.a), *x = c.I(vi.b), *y = c.I(vi.c);
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+    auto mask = hn::Ne(hn::Load(d, m + i), hn::Zero(d));
+    hn::Store(hn::IfThenElse(mask, hn::Load(d, x + i), hn::Load(d, y + i)), d, o + i);
+  }
+}
+
+// Casts. Register classes: f32 lanes for f32/f16/bf16, i32 lanes otherwise.
+void IntToFloat(const VInst& vi, TileCtx& c) {
+  const DF d;
+  const DI di;
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+    VF v = hn::ConvertTo(d, hn::Load(di, c.I(vi.a) + i));
+    if (vi.type == static_cast<uint8_t>(DType::kBFloat16)) v = RoundBF16(d, v);
+    if (vi.type == static_cast<uint8_t>(DType::kFloat16)) v = RoundF16(d, v);
+    hn::Store(v, d, c.F(vi.dst) + i);
+  }
+}
+void FloatToInt(const VInst& vi, TileCtx& c) {
+  const float* a = c.F(vi.a);
+  int32_t* o = c.I(vi.dst);
+  const bool i8 = vi.type == static_cast<uint8_t>(DType::kInt8);
+  for (int64_t i = 0; i < c.n[vi.level]; ++i) {
+    int32_t v = SatF32ToI32(a[i]);
+    o[i] = i8 ? WrapI8(v) : v;
+  }
+}
+void FloatToBool(const VInst& vi, TileCtx& c) {
+  const DF d;
+  const DI di;
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+    hn::Store(BoolF(d, hn::Ne(hn::Load(d, c.F(vi.a) + i), hn::Zero(d))), di, c.I(vi.dst) + i);
+}
+void IntToBool(const VInst& vi, TileCtx& c) {
+  const DI d;
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+    hn::Store(Bool(d, hn::Ne(hn::Load(d, c.I(vi.a) + i), hn::Zero(d))), d, c.I(vi.dst) + i);
+}
+void IntToI8(const VInst& vi, TileCtx& c) {
+  MapI<true>(vi, c, [](DI, VI x) HWY_ATTR { return x; });
+}
+
+// Row reductions: R[dst][i] = reduce(R[a][i*K .. i*K+K)). Fixed combination
+// order (per lane, then lanes in order; halves combined pairwise for long
+// rows), so results do not depend on threads.
+template <int kOp>  // 0 sum, 1 max, 2 min, 3 prod
+HWY_INLINE VF AccV(DF d, VF a, VF b) {
+  if (kOp == 0) return hn::Add(a, b);
+  if (kOp == 1) return MaxP(d, a, b);
+  if (kOp == 2) return MinP(d, a, b);
+  return hn::Mul(a, b);
+}
+template <int kOp>
+HWY_INLINE float AccS(float a, float b) {
+  if (kOp == 0) return a + b;
+  if (kOp == 3) return a * b;
+  if (std::isnan(a)) return a;
+  if (std::isnan(b)) return b;
+  return kOp == 1 ? (a > b ? a : b) : (a < b ? a : b);
+}
+template <int kOp>
+constexpr float AccInit() {
+  return kOp == 0 ? 0.0f
+         : kOp == 1 ? -std::numeric_limits<float>::infinity()
+         : kOp == 2 ? std::numeric_limits<float>::infinity()
+                    : 1.0f;
+}
+
+template <int kOp>
+float RowF(const float* x, int64_t K) {
+  const DF d;
+  const int64_t L = hn::Lanes(d);
+  if (K >= 8192) {  // pairwise halves keep the rounding error O(log K)
+    int64_t h = (K / 2) / (4 * L) * (4 * L);
+    return AccS<kOp>(RowF<kOp>(x, h), RowF<kOp>(x + h, K - h));
+  }
+  VF a0 = hn::Set(d, AccInit<kOp>()), a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 4 * L <= K; i += 4 * L) {
+    a0 = AccV<kOp>(d, a0, hn::LoadU(d, x + i));
+    a1 = AccV<kOp>(d, a1, hn::LoadU(d, x + i + L));
+    a2 = AccV<kOp>(d, a2, hn::LoadU(d, x + i + 2 * L));
+    a3 = AccV<kOp>(d, a3, hn::LoadU(d, x + i + 3 * L));
+  }
+  for (; i + L <= K; i += L) a0 = AccV<kOp>(d, a0, hn::LoadU(d, x + i));
+  a0 = AccV<kOp>(d, AccV<kOp>(d, a0, a1), AccV<kOp>(d, a2, a3));
+  HWY_ALIGN float lanes[hn::MaxLanes(d)];
+  hn::Store(a0, d, lanes);
+  float r = lanes[0];
+  for (int64_t l = 1; l < L; ++l) r = AccS<kOp>(r, lanes[l]);
+  for (; i < K; ++i) r = AccS<kOp>(r, x[i]);
+  return r;
+}
+
+template <int kOp>
+void RowReduceF(const VInst& vi, TileCtx& c) {
+  const int64_t rows = c.n[1];
+  const int64_t K = rows ? c.n[0] / rows : 0;
+  const float* x = c.F(vi.a);
+  float* o = c.F(vi.dst);
+  for (int64_t r = 0; r < rows; ++r) o[r] = RowF<kOp>(x + r * K, K);
+}
+
+template <int kOp, bool kWrap8>
+void RowReduceI(const VInst& vi, TileCtx& c) {
+  const int64_t rows = c.n[1];
+  const int64_t K = rows ? c.n[0] / rows : 0;
+  const int32_t* x = c.I(vi.a);
+  int32_t* o = c.I(vi.dst);
+  const bool is_bool = vi.type == static_cast<uint8_t>(DType::kBool);
+  const bool is_i8 = vi.type == static_cast<uint8_t>(DType::kInt8);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t* row = x + r * K;
+    uint32_t acc;
+    int32_t m;
+    switch (kOp) {
+      case 0:
+        acc = 0;
+        for (int64_t j = 0; j < K; ++j) acc += static_cast<uint32_t>(row[j]);
+        m = static_cast<int32_t>(acc);
+        break;
+      case 3:
+        acc = 1;
+        for (int64_t j = 0; j < K; ++j) acc *= static_cast<uint32_t>(row[j]);
+        m = static_cast<int32_t>(acc);
+        break;
+      case 1:
+        m = is_bool ? 0 : is_i8 ? -128 : std::numeric_limits<int32_t>::min();
+        for (int64_t j = 0; j < K; ++j) m = row[j] > m ? row[j] : m;
+        break;
+      default:
+        m = is_bool ? 1 : is_i8 ? 127 : std::numeric_limits<int32_t>::max();
+        for (int64_t j = 0; j < K; ++j) m = row[j] < m ? row[j] : m;
+        break;
+    }
+    o[r] = kWrap8 ? WrapI8(m) : m;
+  }
+}
+
+void Bcast(const VInst& vi, TileCtx& c) {
+  const int64_t rows = c.n[1];
+  const int64_t K = rows ? c.n[0] / rows : 0;
+  const int32_t* a = c.I(vi.a);
+  int32_t* o = c.I(vi.dst);
+  const DI d;
+  const int64_t L = hn::Lanes(d);
+  for (int64_t r = 0; r < rows; ++r) {
+    int32_t* row = o + r * K;
+    if (K >= L) {
+      const VI v = hn::Set(d, a[r]);
+      int64_t j = 0;
+      for (; j + L <= K; j += L) hn::StoreU(v, d, row + j);
+      for (; j < K; ++j) row[j] = a[r];
+    } else {
+      for (int64_t j = 0; j < K; ++j) row[j] = a[r];
+    }
+  }
+}
+
+// ---- contiguous conversions (tensor <-> register lanes) -------------------
+
+void LoadF32(void* dst, const void* src, int64_t n) { std::memcpy(dst, src, 4 * n); }
+void LoadF16(void* dst, const void* src, int64_t n) {
+  const DF d;
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  auto* o = static_cast<float*>(dst);
+  auto* s = static_cast<const hwy::float16_t*>(src);
+  int64_t i = 0;
+  for (; i + static_cast<int64_t>(hn::Lanes(d)) <= n; i += hn::Lanes(d))
+    hn::StoreU(hn::PromoteTo(d, hn::LoadU(dh, s + i)), d, o + i);
+  for (; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, s + i, 2);
+    o[i] = F16ToF32(h);
+  }
+}
+void LoadBF16(void* dst, const void* src, int64_t n) {
+  const DI di;
+  const hn::Rebind<uint16_t, DI> du16;
+  auto* o = static_cast<int32_t*>(dst);
+  auto* s = static_cast<const uint16_t*>(src);
+  int64_t i = 0;
+  for (; i + static_cast<int64_t>(hn::Lanes(di)) <= n; i += hn::Lanes(di)) {
+    VI v = hn::BitCast(di, hn::PromoteTo(hn::RebindToUnsigned<DI>(), hn::LoadU(du16, s + i)));
+    hn::StoreU(hn::ShiftLeft<16>(v), di, o + i);
+  }
+  for (; i < n; ++i) o[i] = static_cast<int32_t>(uint32_t(s[i]) << 16);
+}
+void LoadI32(void* dst, const void* src, int64_t n) { std::memcpy(dst, src, 4 * n); }
+void LoadI8(void* dst, const void* src, int64_t n) {
+  auto* o = static_cast<int32_t*>(dst);
+  auto* s = static_cast<const int8_t*>(src);
+  for (int64_t i = 0; i < n; ++i) o[i] = s[i];
+}
+void LoadBool(void* dst, const void* src, int64_t n) {
+  auto* o = static_cast<int32_t*>(dst);
+  auto* s = static_cast<const uint8_t*>(src);
+  for (int64_t i = 0; i < n; ++i) o[i] = s[i] != 0;
+}
+void StoreF16(void* dst, const void* src, int64_t n) {
+  const DF d;
+  const hn::Rebind<hwy::float16_t, DF> dh;
+  auto* o = static_cast<hwy::float16_t*>(dst);
+  auto* s = static_cast<const float*>(src);
+  int64_t i = 0;
+  for (; i + static_cast<int64_t>(hn::Lanes(d)) <= n; i += hn::Lanes(d))
+    hn::StoreU(hn::DemoteTo(dh, hn::LoadU(d, s + i)), dh, o + i);
+  for (; i < n; ++i) {
+    uint16_t h = F32ToF16(s[i]);
+    std::memcpy(o + i, &h, 2);
+  }
+}
+void StoreBF16(void* dst, const void* src, int64_t n) {
+  const DF d;
+  const DI di;
+  const hn::Rebind<uint16_t, DI> du16;
+  auto* o = static_cast<uint16_t*>(dst);
+  auto* s = static_cast<const float*>(src);
+  int64_t i = 0;
+  for (; i + static_cast<int64_t>(hn::Lanes(d)) <= n; i += hn::Lanes(d)) {
+    VI bits = hn::ShiftRight<16>(hn::BitCast(di, RoundBF16(d, hn::LoadU(d, s + i))));
+    bits = hn::And(bits, hn::Set(di, 0xffff));
+    hn::StoreU(hn::DemoteTo(du16, bits), du16, o + i);
+  }
+  for (; i < n; ++i) o[i] = F32ToBF16(s[i]);
+}
+void StoreI8(void* dst, const void* src, int64_t n) {
+  auto* o = static_cast<int8_t*>(dst);
+  auto* s = static_cast<const int32_t*>(src);
+  for (int64_t i = 0; i < n; ++i) o[i] = static_cast<int8_t>(static_cast<uint8_t>(s[i] & 0xff));
+}
+void StoreBool(void* dst, const void* src, int64_t n) {
+  auto* o = static_cast<uint8_t*>(dst);
+  auto* s = static_cast<const int32_t*>(src);
+  for (int64_t i = 0; i < n; ++i) o[i] = s[i] != 0;
+}
+
+// ---- selection ----------------------------------------------------------------
+
+template <template <int> class H>
+Handler Form(uint8_t form) {
+  return form == 0 ? &H<0>::Run : form == 1 ? &H<1>::Run : &H<2>::Run;
+}
+
+#define DVM_FORMS(NAME)                                                                  \
+  template <int kForm>                                                                   \
+  struct NAME##_ {                                                                       \
+    static void Run(const VInst& vi, TileCtx& c) { NAME<kForm>(vi, c); }                 \
+  };
+#define DVM_FORMS_I(NAME)                                                                \
+  template <int kForm>                                                                   \
+  struct NAME##_32 {                                                                     \
+    static void Run(const VInst& vi, TileCtx& c) { NAME<kForm, false>(vi, c); }          \
+  };                                                                                     \
+  template <int kForm>                                                                   \
+  struct NAME##_8 {                                                                      \
+    static void Run(const VInst& vi, TileCtx& c) { NAME<kForm, true>(vi, c); }           \
+  };
+DVM_FORMS(AddF) DVM_FORMS(SubF) DVM_FORMS(MulF) DVM_FORMS(DivF) DVM_FORMS(PowF)
+DVM_FORMS(MaxF) DVM_FORMS(MinF) DVM_FORMS(EqF) DVM_FORMS(NeF) DVM_FORMS(LtF)
+DVM_FORMS(LeF) DVM_FORMS(GtF) DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF)
+DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI)
+DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI)
+DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI)
+DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
+#undef DVM_FORMS
+#undef DVM_FORMS_I
+
+Handler SelectHandlerT(const bc::Inst& in) {
+  using bc::Opcode;
+  const DType type = DType(in.type);
+  const DType src = DType((in.flags & bc::kSrcMask) >> bc::kSrcShift);
+  const bool fsrc = IsFloat(src);
+  const bool i8 = type == DType::kInt8;
+  const uint8_t form = in.flags & bc::kFormMask;
+#define DVM_IBIN(NAME) return i8 ? Form<NAME##_8>(form) : Form<NAME##_32>(form)
+  switch (Opcode(in.op)) {
+    case Opcode::LOAD:
+    case Opcode::STORE:
+    case Opcode::FILL:
+    case Opcode::kCount: return nullptr;
+    case Opcode::COPY: return &CopyRegs;
+    case Opcode::SQRT: return &SqrtF;
+    case Opcode::RSQRT: return &RsqrtF;
+    case Opcode::ABS: return fsrc ? &AbsF : i8 ? &AbsI<true> : &AbsI<false>;
+    case Opcode::NEG: return fsrc ? &NegF : i8 ? &NegI<true> : &NegI<false>;
+    case Opcode::EXP: return &ExpF;
+    case Opcode::LOG: return &LogF;
+    case Opcode::RECIP: return &RecipF;
+    case Opcode::TANH: return &TanhF;
+    case Opcode::SIGMOID: return &SigmoidF;
+    case Opcode::ERF: return &ErfF;
+    case Opcode::RELU: return fsrc ? &ReluF : i8 ? &ReluI<true> : &ReluI<false>;
+    case Opcode::SIN: return &SinF;
+    case Opcode::COS: return &CosF;
+    case Opcode::FLOOR: return fsrc ? &FloorF : &CopyRegs;
+    case Opcode::CEIL: return fsrc ? &CeilF : &CopyRegs;
+    case Opcode::ROUND: return fsrc ? &RoundF : &CopyRegs;
+    case Opcode::ISFINITE: return fsrc ? &IsFiniteF : &OnesI;
+    case Opcode::NOT: return fsrc ? &NotF : &NotI;
+    case Opcode::ADD: if (fsrc) return Form<AddF_>(form); DVM_IBIN(AddI);
+    case Opcode::SUB: if (fsrc) return Form<SubF_>(form); DVM_IBIN(SubI);
+    case Opcode::MUL: if (fsrc) return Form<MulF_>(form); DVM_IBIN(MulI);
+    case Opcode::DIV: if (fsrc) return Form<DivF_>(form); DVM_IBIN(DivI);
+    case Opcode::POW: if (fsrc) return Form<PowF_>(form); DVM_IBIN(PowI);
+    case Opcode::MAX: if (fsrc) return Form<MaxF_>(form); DVM_IBIN(MaxI);
+    case Opcode::MIN: if (fsrc) return Form<MinF_>(form); DVM_IBIN(MinI);
+    case Opcode::EQ: return fsrc ? Form<EqF_>(form) : Form<EqI_>(form);
+    case Opcode::NE: return fsrc ? Form<NeF_>(form) : Form<NeI_>(form);
+    case Opcode::LT: return fsrc ? Form<LtF_>(form) : Form<LtI_>(form);
+    case Opcode::LE: return fsrc ? Form<LeF_>(form) : Form<LeI_>(form);
+    case Opcode::GT: return fsrc ? Form<GtF_>(form) : Form<GtI_>(form);
+    case Opcode::GE: return fsrc ? Form<GeF_>(form) : Form<GeI_>(form);
+    case Opcode::AND: return fsrc ? Form<AndF_>(form) : Form<AndI_>(form);
+    case Opcode::OR: return fsrc ? Form<OrF_>(form) : Form<OrI_>(form);
+    case Opcode::SELECT: return &Select;
+    case Opcode::CAST:
+      if (fsrc) {
+        if (type == DType::kFloat32) return &CopyRegs;
+        if (type == DType::kBFloat16) return &CastToBF16;
+        if (type == DType::kFloat16) return &CastToF16;
+        if (type == DType::kBool) return &FloatToBool;
+        return &FloatToInt;
+      }
+      if (IsFloat(type)) return &IntToFloat;
+      if (type == DType::kBool) return &IntToBool;
+      if (type == DType::kInt8) return &IntToI8;
+      return &CopyRegs;
+    case Opcode::RSUM: return fsrc ? &RowReduceF<0> : i8 ? &RowReduceI<0, true> : &RowReduceI<0, false>;
+    case Opcode::RMAX: return fsrc ? &RowReduceF<1> : &RowReduceI<1, false>;
+    case Opcode::RMIN: return fsrc ? &RowReduceF<2> : &RowReduceI<2, false>;
+    case Opcode::RPROD: return fsrc ? &RowReduceF<3> : i8 ? &RowReduceI<3, true> : &RowReduceI<3, false>;
+    case Opcode::BCAST: return &Bcast;
+  }
+#undef DVM_IBIN
+  return nullptr;
+}
+
+ConvertFn LoadConverterT(DType t) {
+  switch (t) {
+    case DType::kFloat32: return &LoadF32;
+    case DType::kFloat16: return &LoadF16;
+    case DType::kBFloat16: return &LoadBF16;
+    case DType::kInt32: return &LoadI32;
+    case DType::kInt8: return &LoadI8;
+    case DType::kBool: return &LoadBool;
+  }
+  return nullptr;
+}
+ConvertFn StoreConverterT(DType t) {
+  switch (t) {
+    case DType::kFloat32: return &LoadF32;
+    case DType::kFloat16: return &StoreF16;
+    case DType::kBFloat16: return &StoreBF16;
+    case DType::kInt32: return &LoadI32;
+    case DType::kInt8: return &StoreI8;
+    case DType::kBool: return &StoreBool;
+  }
+  return nullptr;
+}
+
+float ErfScalarT(float x) {
+  const hn::CappedTag<float, 1> d1;
+  (void)d1;
+  const DF d;
+  HWY_ALIGN float buf[hn::MaxLanes(d)];
+  hn::Store(ErfV(d, hn::Set(d, x)), d, buf);
+  return buf[0];
+}
+
+const char* TargetNameT() { return hwy::TargetName(HWY_TARGET); }
+
+}  // namespace dvm::vm::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace dvm::vm {
+
+HWY_EXPORT(SelectHandlerT);
+HWY_EXPORT(LoadConverterT);
+HWY_EXPORT(StoreConverterT);
+HWY_EXPORT(ErfScalarT);
+HWY_EXPORT(TargetNameT);
+
+Handler SelectHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(SelectHandlerT)(in); }
+ConvertFn LoadConverter(DType t) { return HWY_DYNAMIC_DISPATCH(LoadConverterT)(t); }
+ConvertFn StoreConverter(DType t) { return HWY_DYNAMIC_DISPATCH(StoreConverterT)(t); }
+float ErfApprox(float x) { return HWY_DYNAMIC_DISPATCH(ErfScalarT)(x); }
+const char* TargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameT)(); }
+
+}  // namespace dvm::vm
+#endif

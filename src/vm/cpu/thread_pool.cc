@@ -1,0 +1,93 @@
+#include "vm/cpu/thread_pool.h"
+
+#include <cstdlib>
+
+#include "dvm/dvm.h"
+
+namespace dvm::vm {
+
+ThreadPool& ThreadPool::Get() {
+  static ThreadPool pool;
+  return pool;
+}
+
+ThreadPool::ThreadPool() {
+  int n = static_cast<int>(std::thread::hardware_concurrency());
+  if (const char* env = std::getenv("DVM_NUM_THREADS")) {
+    int v = std::atoi(env);
+    if (v > 0) n = v;
+  }
+  Start(n < 1 ? 1 : n);
+}
+
+ThreadPool::~ThreadPool() { Stop(); }
+
+void ThreadPool::Start(int n) {
+  num_threads_ = n;
+  stop_.store(false);
+  for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+}
+
+void ThreadPool::Stop() {
+  stop_.store(true);
+  generation_.fetch_add(1);
+  generation_.notify_all();
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+}
+
+void ThreadPool::SetNumThreads(int n) {
+  if (n < 1) n = 1;
+  std::lock_guard<std::mutex> lock(run_mu_);
+  if (n == num_threads_) return;
+  Stop();
+  Start(n);
+}
+
+void ThreadPool::WorkerLoop(int index) {
+  uint64_t seen = generation_.load();
+  for (;;) {
+    // Spin briefly (back-to-back launches), then sleep.
+    uint64_t g = generation_.load(std::memory_order_acquire);
+    for (int spin = 0; g == seen && spin < 20000; ++spin) g = generation_.load(std::memory_order_acquire);
+    while (g == seen) {
+      generation_.wait(seen);
+      g = generation_.load(std::memory_order_acquire);
+    }
+    seen = g;
+    if (stop_.load()) return;
+    if (index < participants_) job_(ctx_, index);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+  }
+}
+
+void ThreadPool::Run(int participants, Job job, void* ctx) {
+  if (participants > num_threads_) participants = num_threads_;
+  std::unique_lock<std::mutex> lock(run_mu_, std::try_to_lock);
+  if (participants <= 1 || !lock.owns_lock()) {
+    // Busy with another launch (or one participant): run everything here.
+    // Jobs take work from a shared counter, so one participant finishes it.
+    job(ctx, 0);
+    return;
+  }
+  job_ = job;
+  ctx_ = ctx;
+  participants_ = participants;
+  pending_.store(static_cast<int>(workers_.size()), std::memory_order_release);
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+  generation_.notify_all();
+  job(ctx, 0);
+  int p = pending_.load(std::memory_order_acquire);
+  for (int spin = 0; p != 0 && spin < 200000; ++spin) p = pending_.load(std::memory_order_acquire);
+  while (p != 0) {
+    pending_.wait(p);
+    p = pending_.load(std::memory_order_acquire);
+  }
+}
+
+}  // namespace dvm::vm
+
+namespace dvm {
+void SetNumThreads(int n) { vm::ThreadPool::Get().SetNumThreads(n); }
+int GetNumThreads() { return vm::ThreadPool::Get().num_threads(); }
+}  // namespace dvm

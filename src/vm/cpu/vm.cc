@@ -1,0 +1,315 @@
+#include "vm/cpu/vm.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+
+#include "ir/dtype.h"
+#include "ir/error.h"
+#include "vm/cpu/thread_pool.h"
+
+namespace dvm::vm {
+namespace {
+
+// ---- strided access ----------------------------------------------------------
+
+uint32_t LoadOne(DType t, const uint8_t* p) {
+  switch (t) {
+    case DType::kFloat32:
+    case DType::kInt32: {
+      uint32_t v;
+      std::memcpy(&v, p, 4);
+      return v;
+    }
+    case DType::kFloat16: {
+      uint16_t h;
+      std::memcpy(&h, p, 2);
+      return F32Bits(F16ToF32(h));
+    }
+    case DType::kBFloat16: {
+      uint16_t h;
+      std::memcpy(&h, p, 2);
+      return uint32_t(h) << 16;
+    }
+    case DType::kInt8: return static_cast<uint32_t>(static_cast<int32_t>(static_cast<int8_t>(*p)));
+    case DType::kBool: return *p != 0;
+  }
+  return 0;
+}
+
+void StoreOne(DType t, uint8_t* p, uint32_t v) {
+  switch (t) {
+    case DType::kFloat32:
+    case DType::kInt32: std::memcpy(p, &v, 4); break;
+    case DType::kFloat16: {
+      uint16_t h = F32ToF16(BitsF32(v));
+      std::memcpy(p, &h, 2);
+      break;
+    }
+    case DType::kBFloat16: {
+      uint16_t h = F32ToBF16(BitsF32(v));
+      std::memcpy(p, &h, 2);
+      break;
+    }
+    case DType::kInt8: *p = static_cast<uint8_t>(v & 0xff); break;
+    case DType::kBool: *p = v != 0; break;
+  }
+}
+
+// Calls run(element_offset, inner_stride, count, lane) for each run of
+// consecutive domain elements along the innermost dim, covering the flat
+// range [f, f + n) of the view's domain.
+template <class F>
+inline void ForEachRun(const ViewRt& v, int64_t f, int64_t n, F run) {
+  if (n <= 0) return;
+  if (v.rank == 0) {
+    run(v.offset, 0, n, 0);
+    return;
+  }
+  const int r = v.rank;
+  if (r == 1) {
+    run(v.offset + f * v.strides[0], v.strides[0], n, 0);
+    return;
+  }
+  int64_t idx[bc::kMaxRank];
+  int64_t rem = f;
+  for (int i = r - 1; i >= 0; --i) {
+    idx[i] = rem % v.dims[i];
+    rem /= v.dims[i];
+  }
+  const int64_t inner = v.dims[r - 1], s_in = v.strides[r - 1];
+  int64_t lane = 0;
+  while (lane < n) {
+    int64_t addr = v.offset;
+    for (int i = 0; i < r; ++i) addr += idx[i] * v.strides[i];
+    const int64_t cnt = std::min(inner - idx[r - 1], n - lane);
+    run(addr, s_in, cnt, lane);
+    lane += cnt;
+    idx[r - 1] += cnt;
+    for (int i = r - 1; i > 0 && idx[i] == v.dims[i]; --i) {
+      idx[i] = 0;
+      ++idx[i - 1];
+    }
+  }
+}
+
+void LoadHandler(const VInst& vi, TileCtx& c) {
+  const ViewRt& v = c.stage->views[vi.view];
+  const uint8_t* base = static_cast<const uint8_t*>(c.ptrs[v.tensor]);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(c.regs) + vi.dst;
+  ForEachRun(v, c.start[vi.level], c.n[vi.level], [&](int64_t off, int64_t s, int64_t cnt, int64_t lane) {
+    if (s == 1) {
+      v.load(dst + lane, base + off * v.esize, cnt);
+    } else if (s == 0) {
+      uint32_t x = LoadOne(v.dtype, base + off * v.esize);
+      std::fill(dst + lane, dst + lane + cnt, x);
+    } else {
+      for (int64_t j = 0; j < cnt; ++j) dst[lane + j] = LoadOne(v.dtype, base + (off + j * s) * v.esize);
+    }
+  });
+}
+
+void StoreHandler(const VInst& vi, TileCtx& c) {
+  const ViewRt& v = c.stage->views[vi.view];
+  uint8_t* base = static_cast<uint8_t*>(c.ptrs[v.tensor]);
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(c.regs) + vi.a;
+  ForEachRun(v, c.start[vi.level], c.n[vi.level], [&](int64_t off, int64_t s, int64_t cnt, int64_t lane) {
+    if (s == 1) {
+      v.store(base + off * v.esize, src + lane, cnt);
+    } else {
+      for (int64_t j = 0; j < cnt; ++j) StoreOne(v.dtype, base + (off + j * s) * v.esize, src[lane + j]);
+    }
+  });
+}
+
+void FillHandler(const VInst& vi, TileCtx& c) {
+  uint32_t* dst = reinterpret_cast<uint32_t*>(c.regs) + vi.dst;
+  std::fill(dst, dst + c.n[vi.level], vi.kbits);
+}
+
+// ---- per-thread scratch -------------------------------------------------------
+
+struct Scratch {
+  std::unique_ptr<uint8_t, decltype(&std::free)> buf{nullptr, &std::free};
+  size_t size = 0;
+  uint8_t* Get(size_t bytes) {
+    if (bytes > size) {
+      size_t n = (bytes + 63) / 64 * 64;
+      buf.reset(static_cast<uint8_t*>(std::aligned_alloc(64, n)));
+      if (!buf) Fail("vm: out of memory for ", n, " bytes of tile scratch");
+      std::memset(buf.get(), 0, n);
+      size = n;
+    }
+    return buf.get();
+  }
+};
+thread_local Scratch tls_scratch;
+
+inline void RunCode(const VInst* b, const VInst* e, TileCtx& c) {
+  for (; b != e; ++b) b->fn(*b, c);
+}
+
+// ---- tile loops ---------------------------------------------------------------------
+
+void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
+  const VInst* code = s.code.data();
+  switch (s.mode) {
+    case bc::Mode::kElem: {
+      const int64_t T = s.p[0];
+      c.start[0] = c.start[1] = t * T;
+      c.n[0] = c.n[1] = std::min(T, s.n_full - t * T);
+      RunCode(code + s.sec[bc::kBody], code + s.sec[bc::kBody + 1], c);
+      break;
+    }
+    case bc::Mode::kRow: {
+      const int64_t K = s.p[0], rows = s.p[1];
+      const int64_t m0 = t * rows;
+      const int64_t r = std::min(rows, s.n_red - m0);
+      c.start[1] = m0;
+      c.n[1] = r;
+      c.start[0] = m0 * K;
+      c.n[0] = std::min(r * K, s.n_full - m0 * K);
+      RunCode(code + s.sec[bc::kBody], code + s.sec[bc::kBody + 1], c);
+      break;
+    }
+    case bc::Mode::kCol: {
+      const int64_t R = s.p[0], C = s.p[1], w = s.p[2], blk = s.p[3];
+      const int64_t chunks = (C + w - 1) / w;
+      const int64_t o = t / chunks, c0 = (t % chunks) * w;
+      const int64_t cw = std::min(w, C - c0);
+      c.n[0] = c.n[1] = cw;
+      c.start[1] = o * C + c0;
+      c.start[0] = o * R * C + c0;
+      auto sec = [&](int k) { RunCode(code + s.sec[k], code + s.sec[k + 1], c); };
+      sec(bc::kTileInit);
+      for (int64_t rb = 0; rb < R; rb += blk) {
+        sec(bc::kBlockInit);
+        const int64_t re = std::min(R, rb + blk);
+        for (int64_t r = rb; r < re; ++r) {
+          c.start[0] = (o * R + r) * C + c0;
+          sec(bc::kBody);
+        }
+        sec(bc::kBlockMerge);
+      }
+      sec(bc::kPost);
+      break;
+    }
+  }
+}
+
+struct StageJob {
+  const StageRt* stage;
+  void* const* ptrs;
+  size_t scratch_bytes;
+  int64_t grain;
+  std::atomic<int64_t> next{0};
+};
+
+void RunStageJob(void* ctx, int) {
+  auto* job = static_cast<StageJob*>(ctx);
+  TileCtx c;
+  c.regs = tls_scratch.Get(job->scratch_bytes);
+  c.stage = job->stage;
+  c.ptrs = job->ptrs;
+  const int64_t nt = job->stage->ntiles;
+  for (;;) {
+    int64_t t0 = job->next.fetch_add(job->grain, std::memory_order_relaxed);
+    if (t0 >= nt) break;
+    int64_t t1 = std::min(nt, t0 + job->grain);
+    for (int64_t t = t0; t < t1; ++t) RunTile(*job->stage, t, c);
+  }
+}
+
+}  // namespace
+
+Executable::Executable(std::span<const uint8_t> bytecode) {
+  bc::Parse(bytecode, prog_);
+  const uint32_t cap = prog_.tile_cap;
+  stages_.resize(prog_.stages.size());
+  for (size_t si = 0; si < prog_.stages.size(); ++si) {
+    const bc::Stage& s = prog_.stages[si];
+    StageRt& rt = stages_[si];
+    rt.mode = s.mode;
+    rt.n_full = bc::FullElems(s);
+    rt.n_red = bc::RedElems(s);
+    std::copy(std::begin(s.p), std::end(s.p), rt.p);
+    switch (s.mode) {
+      case bc::Mode::kElem: rt.ntiles = (rt.n_full + s.p[0] - 1) / s.p[0]; break;
+      case bc::Mode::kRow: rt.ntiles = (rt.n_red + s.p[1] - 1) / s.p[1]; break;
+      case bc::Mode::kCol: rt.ntiles = (rt.n_red / s.p[1]) * ((s.p[1] + s.p[2] - 1) / s.p[2]); break;
+    }
+    work_ += rt.n_full + rt.n_red;
+    rt.views.resize(s.views.size());
+    for (size_t vi = 0; vi < s.views.size(); ++vi) {
+      const bc::View& v = s.views[vi];
+      ViewRt& r = rt.views[vi];
+      r.tensor = v.tensor;
+      r.dtype = prog_.tensors[v.tensor].dtype;
+      r.esize = static_cast<uint8_t>(DTypeSize(r.dtype));
+      r.offset = v.offset;
+      bool full = v.level == bc::Level::kFull;
+      r.rank = full ? s.full_rank : s.red_rank;
+      for (int i = 0; i < r.rank; ++i) {
+        r.dims[i] = full ? s.full_dims[i] : s.red_dims[i];
+        r.strides[i] = v.strides[i];
+      }
+      r.load = LoadConverter(r.dtype);
+      r.store = StoreConverter(r.dtype);
+    }
+    rt.code.resize(s.insts.size());
+    int at = 0;
+    for (int k = 0; k < bc::kNumSections; ++k) {
+      rt.sec[k] = at;
+      at += s.sections[k];
+    }
+    rt.sec[bc::kNumSections] = at;
+    for (size_t i = 0; i < s.insts.size(); ++i) {
+      const bc::Inst& in = s.insts[i];
+      VInst& v = rt.code[i];
+      const bc::OpInfo& info = bc::kOpInfo[in.op];
+      v.dst = in.dst * cap;
+      v.a = in.a * cap;
+      v.b = in.b * cap;
+      v.c = in.c * cap;
+      v.level = (in.flags & bc::kLevelRed) ? 1 : 0;
+      v.type = in.type;
+      v.src = (in.flags & bc::kSrcMask) >> bc::kSrcShift;
+      v.view = in.c;
+      bool konst = info.kind == bc::Kind::kFill ||
+                   (info.kind == bc::Kind::kBin && (in.flags & bc::kFormMask) != bc::kFormRR);
+      if (konst) v.kbits = prog_.consts[in.c].bits;
+      switch (info.kind) {
+        case bc::Kind::kLoad: v.fn = &LoadHandler; break;
+        case bc::Kind::kStore: v.fn = &StoreHandler; break;
+        case bc::Kind::kFill: v.fn = &FillHandler; break;
+        default: v.fn = SelectHandler(in);
+      }
+      if (!v.fn)
+        Fail("bytecode: stage ", si, " instruction ", i, " (", info.name, ".", DTypeName(DType(in.type)),
+             ") has no handler");
+    }
+  }
+}
+
+void Executable::Run(void* const* ptrs) const {
+  const size_t scratch = size_t(prog_.num_regs) * prog_.tile_cap * 4;
+  ThreadPool& pool = ThreadPool::Get();
+  for (const StageRt& s : stages_) {
+    if (s.ntiles == 0) continue;
+    StageJob job;
+    job.stage = &s;
+    job.ptrs = ptrs;
+    job.scratch_bytes = scratch;
+    // Small stages run on the calling thread without waking the pool.
+    const int64_t per_tile = std::max<int64_t>(1, (s.n_full + s.n_red) / s.ntiles);
+    const bool small = s.n_full + s.n_red < 48 * 1024 || s.ntiles < 2;
+    int threads = small ? 1 : static_cast<int>(std::min<int64_t>(pool.num_threads(), s.ntiles));
+    job.grain = std::max<int64_t>(1, std::min<int64_t>(s.ntiles / (threads * 8), 16384 / per_tile + 1));
+    if (threads <= 1) RunStageJob(&job, 0);
+    else pool.Run(threads, &RunStageJob, &job);
+  }
+}
+
+}  // namespace dvm::vm

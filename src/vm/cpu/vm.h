@@ -1,0 +1,53 @@
+// The CPU virtual machine: verifies bytecode, decodes it once into virtual
+// instructions and runs the stages' tile loops on the thread pool.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "bytecode/format.h"
+#include "vm/cpu/kernels.h"
+
+namespace dvm::vm {
+
+struct ViewRt {
+  uint16_t tensor = 0;
+  DType dtype = DType::kFloat32;
+  uint8_t esize = 4;
+  int rank = 0;
+  int64_t offset = 0;
+  int64_t dims[bc::kMaxRank] = {};
+  int64_t strides[bc::kMaxRank] = {};
+  ConvertFn load = nullptr, store = nullptr;
+};
+
+struct StageRt {
+  bc::Mode mode = bc::Mode::kElem;
+  int64_t n_full = 0, n_red = 0, ntiles = 0;
+  int64_t p[4] = {};
+  std::vector<VInst> code;
+  int sec[bc::kNumSections + 1] = {};  // section begin offsets into code
+  std::vector<ViewRt> views;
+};
+
+class Executable {
+ public:
+  // Verifies and decodes; throws dvm::Error on malformed bytecode.
+  explicit Executable(std::span<const uint8_t> bytecode);
+
+  // ptrs[i] is the base of tensor i of the program (inputs, outputs and
+  // workspaces, as the tensor table orders them).
+  void Run(void* const* ptrs) const;
+
+  const bc::Program& program() const { return prog_; }
+  // Work estimate (elements touched) used to decide on parallelism.
+  int64_t work() const { return work_; }
+
+ private:
+  bc::Program prog_;
+  std::vector<StageRt> stages_;
+  int64_t work_ = 0;
+};
+
+}  // namespace dvm::vm
