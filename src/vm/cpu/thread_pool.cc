@@ -25,7 +25,10 @@ ThreadPool::~ThreadPool() { Stop(); }
 void ThreadPool::Start(int n) {
   num_threads_ = n;
   stop_.store(false);
-  for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+  // Workers start from the current generation: a job posted before a new
+  // thread first runs is still seen by it.
+  const uint64_t gen = generation_.load();
+  for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, gen] { WorkerLoop(i, gen); });
 }
 
 void ThreadPool::Stop() {
@@ -44,8 +47,7 @@ void ThreadPool::SetNumThreads(int n) {
   Start(n);
 }
 
-void ThreadPool::WorkerLoop(int index) {
-  uint64_t seen = generation_.load();
+void ThreadPool::WorkerLoop(int index, uint64_t seen) {
   for (;;) {
     // Spin briefly (back-to-back launches), then sleep.
     uint64_t g = generation_.load(std::memory_order_acquire);

@@ -27,7 +27,7 @@ class ThreadPool {
   ThreadPool();
   void Start(int n);
   void Stop();
-  void WorkerLoop(int index);
+  void WorkerLoop(int index, uint64_t seen);
 
   int num_threads_ = 1;
   std::vector<std::thread> workers_;
