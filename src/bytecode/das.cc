@@ -77,6 +77,14 @@ std::string Disassemble(const Program& p) {
           case Kind::kUn:
           case Kind::kRed:
           case Kind::kBcast: os << r(in.dst) << ", " << r(in.a); break;
+          case Kind::kWide: {
+            static const char* kRed[] = {"sum", "max", "min", "prod"};
+            const char* op = in.b < 4 ? kRed[in.b] : "?";
+            if (Opcode(in.op) == Opcode::WNARROW) os << r(in.dst) << ", w" << int(in.a);
+            else if (Opcode(in.op) == Opcode::WFILL) os << "w" << int(in.dst) << ", " << op;
+            else os << "w" << int(in.dst) << ", " << r(in.a) << ", " << op;
+            break;
+          }
           case Kind::kCast:
             os << r(in.dst) << ", " << r(in.a) << " (from "
                << DTypeName(DType((in.flags & kSrcMask) >> kSrcShift)) << ")";

@@ -34,7 +34,9 @@ namespace dvm::bc {
 //   kCast   dst := cast(R[a]) from the operand dtype to dtype `type`
 //   kRed    dst (reduced) := reduce each row of R[a] (full)
 //   kBcast  dst (full) := R[a] (reduced) repeated over each row
-enum class Kind : uint8_t { kLoad, kStore, kFill, kUn, kBin, kSel, kCast, kRed, kBcast };
+//   kWide   f64 accumulators of COL reductions: a wide register W[r] takes
+//           the lanes of registers r and r+1; b holds the ReduceOp
+enum class Kind : uint8_t { kLoad, kStore, kFill, kUn, kBin, kSel, kCast, kRed, kBcast, kWide };
 
 // Type classes an instruction's `type` may have.
 //   F: floats only.  N: numbers (floats, i32, i8).  A: any dtype.
@@ -85,7 +87,10 @@ enum class Kind : uint8_t { kLoad, kStore, kFill, kUn, kBin, kSel, kCast, kRed, 
   X(RMAX,       kRed,        A,     "R[dst][i] := max of row i of R[a]")        \
   X(RMIN,       kRed,        A,     "R[dst][i] := min of row i of R[a]")        \
   X(RPROD,      kRed,        N,     "R[dst][i] := product of row i of R[a]")    \
-  X(BCAST,      kBcast,      A,     "R[dst][i*K+j] := R[a][i]")
+  X(BCAST,      kBcast,      A,     "R[dst][i*K+j] := R[a][i]")                \
+  X(WFILL,      kWide,       F,     "W[dst] := identity of reduce op b, in f64") \
+  X(WACC,       kWide,       F,     "W[dst] := W[dst] op_b R[a], in f64")       \
+  X(WNARROW,    kWide,       F,     "R[dst] := W[a] rounded to f32")
 // clang-format on
 
 enum class Opcode : uint8_t {

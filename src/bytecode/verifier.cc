@@ -60,11 +60,19 @@ bool TypeAllowed(TypeClass c, DType t) {
   return false;
 }
 
+// A tensor holds values of `type`: the same dtype, or f16/bf16 values kept
+// unrounded in an f32 workspace.
+bool StorageMatches(const TensorDesc& t, DType type) {
+  if (t.dtype == type) return true;
+  return t.kind == TensorKind::kWorkspace && t.dtype == DType::kFloat32 && FloatType(type);
+}
+
 // Register state tracked by the dataflow check.
 struct RegState {
   bool defined = false;
   DType dtype = DType::kFloat32;
   Level level = Level::kFull;
+  bool wide = false;  // first register of an f64 accumulator pair
 };
 
 void VerifyStage(const Program& p, const Stage& s, size_t stage_no, size_t inst_off) {
@@ -106,6 +114,7 @@ void VerifyStage(const Program& p, const Stage& s, size_t stage_no, size_t inst_
       auto use = [&](uint8_t r, size_t at, DType want, Level want_lvl) {
         RegState& st = reg(r, at);
         if (!st.defined) Bad(at, "register read before write", Str(where(), " (", info.name, ") reads r", int(r)));
+        if (st.wide) Bad(at, "wide register misuse", Str(where(), " (", info.name, ") reads wide r", int(r), " as a tile"));
         if (st.dtype != want)
           Bad(at, "operand dtype mismatch", Str(where(), " (", info.name, ") reads r", int(r), " holding ", DTypeName(st.dtype), ", expects ", DTypeName(want)));
         if (!col && st.level != want_lvl)
@@ -113,7 +122,12 @@ void VerifyStage(const Program& p, const Stage& s, size_t stage_no, size_t inst_
       };
       auto def = [&](uint8_t r, DType t, Level l) {
         RegState& st = reg(r, off + 2);
-        st = {true, t, l};
+        st = {true, t, l, false};
+        if (r > 0 && regs[r - 1].wide) regs[r - 1].defined = false;  // clobbers a wide pair
+      };
+      auto wide = [&](uint8_t r, size_t at) -> RegState& {
+        if (r + 1 >= p.num_regs) Bad(at, "register out of range", Str(where(), " (", info.name, ") wide r", int(r), " needs r", r + 1, " of ", p.num_regs));
+        return regs[r];
       };
       auto view = [&](Level want) -> const View& {
         if (in.c >= s.views.size()) Bad(off + 6, "view out of range", Str(where(), " (", info.name, ") uses view ", in.c, " of ", s.views.size()));
@@ -124,7 +138,7 @@ void VerifyStage(const Program& p, const Stage& s, size_t stage_no, size_t inst_
       switch (info.kind) {
         case Kind::kLoad: {
           const View& v = view(lvl);
-          if (p.tensors[v.tensor].dtype != type)
+          if (!StorageMatches(p.tensors[v.tensor], type))
             Bad(off + 1, "dtype mismatch", Str(where(), " (LOAD) of ", DTypeName(p.tensors[v.tensor].dtype), " tensor as ", DTypeName(type)));
           def(in.dst, type, lvl);
           break;
@@ -133,7 +147,7 @@ void VerifyStage(const Program& p, const Stage& s, size_t stage_no, size_t inst_
           const View& v = view(lvl);
           const TensorDesc& t = p.tensors[v.tensor];
           if (t.kind == TensorKind::kInput) Bad(off + 6, "store to input", Str(where(), " (STORE) writes input tensor ", v.tensor));
-          if (t.dtype != type) Bad(off + 1, "dtype mismatch", Str(where(), " (STORE) of ", DTypeName(type), " into ", DTypeName(t.dtype), " tensor"));
+          if (!StorageMatches(t, type)) Bad(off + 1, "dtype mismatch", Str(where(), " (STORE) of ", DTypeName(type), " into ", DTypeName(t.dtype), " tensor"));
           use(in.a, off + 3, type, lvl);
           break;
         }
@@ -165,6 +179,24 @@ void VerifyStage(const Program& p, const Stage& s, size_t stage_no, size_t inst_
           use(static_cast<uint8_t>(in.c), off + 6, type, lvl);
           def(in.dst, type, lvl);
           break;
+        case Kind::kWide: {
+          if (s.mode != Mode::kCol) Bad(off, "bad mode", Str(where(), " (", info.name, ") outside a COL stage"));
+          if (in.b > 3) Bad(off + 4, "bad reduce op", Str(where(), " (", info.name, ") op ", int(in.b)));
+          if (Opcode(in.op) == Opcode::WNARROW) {
+            RegState& w = wide(in.a, off + 3);
+            if (!w.defined || !w.wide || w.dtype != type) Bad(off + 3, "wide register misuse", Str(where(), " (WNARROW) reads r", int(in.a)));
+            def(in.dst, type, lvl);
+          } else {
+            RegState& w = wide(in.dst, off + 2);
+            if (Opcode(in.op) == Opcode::WACC) {
+              if (!w.defined || !w.wide || w.dtype != type) Bad(off + 2, "wide register misuse", Str(where(), " (WACC) accumulates into r", int(in.dst)));
+              use(in.a, off + 3, type, lvl);
+            }
+            w = {true, type, lvl, true};
+            regs[in.dst + 1].defined = false;
+          }
+          break;
+        }
         case Kind::kRed:
         case Kind::kBcast: {
           if (s.mode != Mode::kRow) Bad(off, "bad mode", Str(where(), " (", info.name, ") outside a ROW stage"));

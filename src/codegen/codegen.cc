@@ -192,7 +192,9 @@ class Gen {
   int Materialize(int v) {
     if (mat_[v] >= 0) return mat_[v];
     const LNode& n = ln_[v];
-    int ws = AddWorkspace(n.dtype, Numel(n.shape));
+    // f16/bf16 values live in f32 between stages: rounding happens only at
+    // casts and stores to the caller's tensors.
+    int ws = AddWorkspace(IsFloat(n.dtype) ? DType::kFloat32 : n.dtype, Numel(n.shape));
     Shape shape = n.shape;
     DType dt = n.dtype;
     AddRoot({v, ws, 0, Contiguous(shape)});
@@ -670,6 +672,7 @@ class Gen {
     uint32_t rmask = 0;
     bool col = false, row = false, chunk = false;
     std::vector<bc::View> views;  // in domain dims (before coalescing)
+    std::vector<uint8_t> wide;    // vregs that are f64 accumulator pairs
   };
 
   uint16_t Const(double v, DType t) {
@@ -683,9 +686,9 @@ class Gen {
   int NewV(StageEmit& e) { return e.nvregs++; }
 
   void Push(StageEmit& e, int sec, Opcode op, DType type, DType src, bool red, int dst, int a = -1, int b = -1,
-            int c_reg = -1, uint16_t c = 0, uint8_t form = 0, bool no_alias = false) {
+            int c_reg = -1, uint16_t c = 0, uint8_t form = 0, bool no_alias = false, uint8_t b_raw = 0) {
     VInstr v;
-    v.in = {static_cast<uint8_t>(op), static_cast<uint8_t>(type), 0, 0, 0,
+    v.in = {static_cast<uint8_t>(op), static_cast<uint8_t>(type), 0, 0, b_raw,
             bc::MakeFlags(form, static_cast<uint8_t>(src), red), c};
     v.sec = sec;
     v.dst_v = dst;
@@ -737,15 +740,22 @@ class Gen {
     } else if (x.op == L::kChunk || x.op == L::kReduce) {
       const ReduceOp op = ReduceOp(x.sub);
       const int in = EmitNode(e, x.in[0], false);
-      if (e.col) {
+      if (e.col && IsFloat(x.dtype)) {
+        // f64 accumulator pair; rounded to f32 once, after the loop.
+        const int acc = NewV(e);
+        e.wide.resize(e.nvregs, 0);
+        e.wide[acc] = 1;
+        const uint8_t sub = static_cast<uint8_t>(op);
+        Push(e, bc::kTileInit, Opcode::WFILL, x.dtype, x.dtype, true, acc, -1, -1, -1, 0, 0, false, sub);
+        Push(e, bc::kBody, Opcode::WACC, x.dtype, x.dtype, true, acc, in, -1, -1, 0, 0, false, sub);
+        result = NewV(e);
+        Push(e, bc::kPost, Opcode::WNARROW, x.dtype, x.dtype, true, result, acc);
+      } else if (e.col) {  // integers wrap: exact in any order
         const uint16_t ident = Const(ReduceIdentity(op, x.dtype), x.dtype);
-        const int acc = NewV(e), part = NewV(e);
+        const int acc = NewV(e);
         const Opcode comb = CombineOp(op);
         Push(e, bc::kTileInit, Opcode::FILL, x.dtype, x.dtype, true, acc, -1, -1, -1, ident);
-        Push(e, bc::kBlockInit, Opcode::FILL, x.dtype, x.dtype, true, part, -1, -1, -1, ident);
-        // The body's accumulate must come after the operand, which is in body.
-        Push(e, bc::kBody, comb, x.dtype, x.dtype, true, part, part, in);
-        Push(e, bc::kBlockMerge, comb, x.dtype, x.dtype, true, acc, acc, part);
+        Push(e, bc::kBody, comb, x.dtype, x.dtype, true, acc, acc, in);
         result = acc;
       } else {
         result = NewV(e);
@@ -964,6 +974,7 @@ class Gen {
     // Accumulators live across the whole tile loop.
     for (const VInstr& v : e.code)
       if (v.sec == bc::kTileInit || v.sec == bc::kBlockInit) last[v.dst_v] = std::max<int>(last[v.dst_v], static_cast<int>(e.code.size()));
+    e.wide.resize(e.nvregs, 0);
     std::vector<int> phys(e.nvregs, -1);
     std::vector<int> free_list;
     int used = 0;
@@ -987,7 +998,7 @@ class Gen {
       const int ii = static_cast<int>(i);
       auto p = [&](int vr) { return vr >= 0 ? phys[vr] : 0; };
       v.in.a = static_cast<uint8_t>(p(v.a_v));
-      v.in.b = static_cast<uint8_t>(p(v.b_v));
+      if (v.b_v >= 0) v.in.b = static_cast<uint8_t>(p(v.b_v));
       if (v.c_v >= 0) v.in.c = static_cast<uint16_t>(p(v.c_v));
       if (!v.no_alias) {
         release(v.a_v, ii);
@@ -995,6 +1006,11 @@ class Gen {
         if (v.c_v != v.a_v && v.c_v != v.b_v) release(v.c_v, ii);
       }
       if (v.dst_v >= 0) {
+        if (phys[v.dst_v] < 0 && e.wide[v.dst_v]) {  // a fresh pair, held to the end
+          if (used + 2 > 255) Fail("codegen: kernel needs more than 255 tile registers");
+          phys[v.dst_v] = used;
+          used += 2;
+        }
         if (phys[v.dst_v] < 0) phys[v.dst_v] = alloc();
         v.in.dst = static_cast<uint8_t>(phys[v.dst_v]);
       }

@@ -5,6 +5,7 @@
 // division have no vector instruction and run as scalar loops.
 #include "vm/cpu/kernels.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -261,8 +262,9 @@ DVM_BIN(LtF, BinFB, hn::Lt(x, y))
 DVM_BIN(LeF, BinFB, hn::Le(x, y))
 DVM_BIN(GtF, BinFB, hn::Gt(x, y))
 DVM_BIN(GeF, BinFB, hn::Ge(x, y))
-DVM_BIN(AndF, BinFB, hn::And(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
-DVM_BIN(OrF, BinFB, hn::Or(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
+// Float truth is x != 0 with NaN true: Not(Eq), since Ne is an ordered compare.
+DVM_BIN(AndF, BinFB, hn::AndNot(hn::Eq(x, hn::Zero(d)), hn::Not(hn::Eq(y, hn::Zero(d)))))
+DVM_BIN(OrF, BinFB, hn::Not(hn::And(hn::Eq(x, hn::Zero(d)), hn::Eq(y, hn::Zero(d)))))
 DVM_BINI(AddI, hn::Add(x, y))
 DVM_BINI(SubI, hn::Sub(x, y))
 DVM_BINI(MulI, hn::Mul(x, y))
@@ -355,7 +357,7 @@ void FloatToBool(const VInst& vi, TileCtx& c) {
   const DF d;
   const DI di;
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
-    hn::Store(BoolF(d, hn::Ne(hn::Load(d, c.F(vi.a) + i), hn::Zero(d))), di, c.I(vi.dst) + i);
+    hn::Store(BoolF(d, hn::Not(hn::Eq(hn::Load(d, c.F(vi.a) + i), hn::Zero(d)))), di, c.I(vi.dst) + i);
 }
 void IntToBool(const VInst& vi, TileCtx& c) {
   const DI d;
@@ -392,30 +394,101 @@ constexpr float AccInit() {
                     : 1.0f;
 }
 
+using DD = hn::Repartition<double, DF>;
+using VD = hn::Vec<DD>;
+
+// Sums and products accumulate in f64 (then round once), so long
+// reductions stay within f32 tolerances of the exact result.
+template <int kOp>
+HWY_INLINE VD AccD(DD d, VD a, VD b) {
+  if (kOp == 0) return hn::Add(a, b);
+  if (kOp == 3) return hn::Mul(a, b);
+  VD m = kOp == 1 ? hn::Max(a, b) : hn::Min(a, b);
+  m = hn::IfThenElse(hn::IsNaN(b), b, m);
+  return hn::IfThenElse(hn::IsNaN(a), a, m);
+}
+template <int kOp>
+HWY_INLINE double AccSD(double a, double b) {
+  if (kOp == 0) return a + b;
+  if (kOp == 3) return a * b;
+  if (std::isnan(a)) return a;
+  if (std::isnan(b)) return b;
+  return kOp == 1 ? (a > b ? a : b) : (a < b ? a : b);
+}
+
 template <int kOp>
 float RowF(const float* x, int64_t K) {
   const DF d;
   const int64_t L = hn::Lanes(d);
-  if (K >= 8192) {  // pairwise halves keep the rounding error O(log K)
-    int64_t h = (K / 2) / (4 * L) * (4 * L);
-    return AccS<kOp>(RowF<kOp>(x, h), RowF<kOp>(x + h, K - h));
+  if (kOp == 1 || kOp == 2) {  // max/min are exact in f32
+    VF a0 = hn::Set(d, AccInit<kOp>()), a1 = a0;
+    int64_t i = 0;
+    for (; i + 2 * L <= K; i += 2 * L) {
+      a0 = AccV<kOp>(d, a0, hn::LoadU(d, x + i));
+      a1 = AccV<kOp>(d, a1, hn::LoadU(d, x + i + L));
+    }
+    for (; i + L <= K; i += L) a0 = AccV<kOp>(d, a0, hn::LoadU(d, x + i));
+    a0 = AccV<kOp>(d, a0, a1);
+    HWY_ALIGN float lanes[hn::MaxLanes(d)];
+    hn::Store(a0, d, lanes);
+    float r = lanes[0];
+    for (int64_t l = 1; l < L; ++l) r = AccS<kOp>(r, lanes[l]);
+    for (; i < K; ++i) r = AccS<kOp>(r, x[i]);
+    return r;
   }
-  VF a0 = hn::Set(d, AccInit<kOp>()), a1 = a0, a2 = a0, a3 = a0;
+  const DD dd;
+  const hn::Rebind<float, DD> dh;  // as many floats as dd has doubles
+  const int64_t LD = hn::Lanes(dd);
+  const double init = kOp == 0 ? 0.0 : 1.0;
+  VD a0 = hn::Set(dd, init), a1 = a0, a2 = a0, a3 = a0;
   int64_t i = 0;
-  for (; i + 4 * L <= K; i += 4 * L) {
-    a0 = AccV<kOp>(d, a0, hn::LoadU(d, x + i));
-    a1 = AccV<kOp>(d, a1, hn::LoadU(d, x + i + L));
-    a2 = AccV<kOp>(d, a2, hn::LoadU(d, x + i + 2 * L));
-    a3 = AccV<kOp>(d, a3, hn::LoadU(d, x + i + 3 * L));
+  for (; i + 4 * LD <= K; i += 4 * LD) {
+    a0 = AccD<kOp>(dd, a0, hn::PromoteTo(dd, hn::LoadU(dh, x + i)));
+    a1 = AccD<kOp>(dd, a1, hn::PromoteTo(dd, hn::LoadU(dh, x + i + LD)));
+    a2 = AccD<kOp>(dd, a2, hn::PromoteTo(dd, hn::LoadU(dh, x + i + 2 * LD)));
+    a3 = AccD<kOp>(dd, a3, hn::PromoteTo(dd, hn::LoadU(dh, x + i + 3 * LD)));
   }
-  for (; i + L <= K; i += L) a0 = AccV<kOp>(d, a0, hn::LoadU(d, x + i));
-  a0 = AccV<kOp>(d, AccV<kOp>(d, a0, a1), AccV<kOp>(d, a2, a3));
-  HWY_ALIGN float lanes[hn::MaxLanes(d)];
-  hn::Store(a0, d, lanes);
-  float r = lanes[0];
-  for (int64_t l = 1; l < L; ++l) r = AccS<kOp>(r, lanes[l]);
-  for (; i < K; ++i) r = AccS<kOp>(r, x[i]);
-  return r;
+  a0 = AccD<kOp>(dd, AccD<kOp>(dd, a0, a1), AccD<kOp>(dd, a2, a3));
+  HWY_ALIGN double lanes[hn::MaxLanes(dd)];
+  hn::Store(a0, dd, lanes);
+  double r = lanes[0];
+  for (size_t l = 1; l < hn::Lanes(dd); ++l) r = AccSD<kOp>(r, lanes[l]);
+  for (; i < K; ++i) r = AccSD<kOp>(r, x[i]);
+  return static_cast<float>(r);
+}
+
+// Wide (f64) accumulators for COL reductions. W[r] spans registers r, r+1.
+template <int kOp>
+void WAccT(const VInst& vi, TileCtx& c) {
+  const DD dd;
+  const hn::Rebind<float, DD> dh;
+  double* w = reinterpret_cast<double*>(c.F(vi.dst));
+  const float* a = c.F(vi.a);
+  const int64_t n = c.n[vi.level];
+  const int64_t LD = hn::Lanes(dd);
+  int64_t i = 0;
+  for (; i + LD <= n; i += LD)
+    hn::StoreU(AccD<kOp>(dd, hn::LoadU(dd, w + i), hn::PromoteTo(dd, hn::LoadU(dh, a + i))), dd, w + i);
+  for (; i < n; ++i) w[i] = AccSD<kOp>(w[i], a[i]);
+}
+void WAcc(const VInst& vi, TileCtx& c) {
+  switch (vi.sub) {
+    case 0: WAccT<0>(vi, c); break;
+    case 1: WAccT<1>(vi, c); break;
+    case 2: WAccT<2>(vi, c); break;
+    default: WAccT<3>(vi, c); break;
+  }
+}
+void WFill(const VInst& vi, TileCtx& c) {
+  double* w = reinterpret_cast<double*>(c.F(vi.dst));
+  const double inf = std::numeric_limits<double>::infinity();
+  const double init = vi.sub == 0 ? 0.0 : vi.sub == 1 ? -inf : vi.sub == 2 ? inf : 1.0;
+  std::fill(w, w + c.n[vi.level], init);
+}
+void WNarrow(const VInst& vi, TileCtx& c) {
+  const double* w = reinterpret_cast<const double*>(c.F(vi.a));
+  float* o = c.F(vi.dst);
+  for (int64_t i = 0; i < c.n[vi.level]; ++i) o[i] = static_cast<float>(w[i]);
 }
 
 template <int kOp>
@@ -657,6 +730,9 @@ Handler SelectHandlerT(const bc::Inst& in) {
     case Opcode::RMIN: return fsrc ? &RowReduceF<2> : &RowReduceI<2, false>;
     case Opcode::RPROD: return fsrc ? &RowReduceF<3> : i8 ? &RowReduceI<3, true> : &RowReduceI<3, false>;
     case Opcode::BCAST: return &Bcast;
+    case Opcode::WFILL: return &WFill;
+    case Opcode::WACC: return &WAcc;
+    case Opcode::WNARROW: return &WNarrow;
   }
 #undef DVM_IBIN
   return nullptr;

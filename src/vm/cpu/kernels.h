@@ -35,6 +35,7 @@ struct VInst {
   uint16_t view = 0;                      // LOAD/STORE view index
   uint8_t level = 0;                      // 0 full, 1 reduced
   uint8_t type = 0, src = 0;              // result dtype, operand dtype
+  uint8_t sub = 0;                        // raw b byte (reduce op of wide ops)
 };
 
 // The SIMD handler for an instruction (runtime ISA dispatch), or nullptr when

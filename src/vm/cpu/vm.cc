@@ -277,6 +277,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
       v.type = in.type;
       v.src = (in.flags & bc::kSrcMask) >> bc::kSrcShift;
       v.view = in.c;
+      v.sub = in.b;
       bool konst = info.kind == bc::Kind::kFill ||
                    (info.kind == bc::Kind::kBin && (in.flags & bc::kFormMask) != bc::kFormRR);
       if (konst) v.kbits = prog_.consts[in.c].bits;
