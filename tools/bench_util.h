@@ -1,0 +1,262 @@
+// Shared helpers of the dvm command line: argument parsing, timing,
+// statistics, tables and a hand-written JSON report.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace dvmtool {
+
+// ---- commands (each returns the process exit status) -----------------------
+class Args;
+int DemoMain(Args& args);
+int BenchCodegenMain(Args& args);
+int BenchVmMain(Args& args);
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// "--name value" / "--name=value" options and "--flag" switches. Every
+// argument must be consumed: Finish() rejects what no command asked for.
+class Args {
+ public:
+  Args(int argc, char** argv, int first) : a_(argv + first, argv + argc), used_(a_.size()) {}
+
+  bool Flag(const std::string& name) {
+    for (size_t i = 0; i < a_.size(); ++i)
+      if (!used_[i] && a_[i] == name) return used_[i] = true;
+    return false;
+  }
+  std::string Str(const std::string& name, std::string def) {
+    for (size_t i = 0; i < a_.size(); ++i) {
+      if (used_[i]) continue;
+      if (a_[i] == name) {
+        if (i + 1 >= a_.size()) throw UsageError(name + " needs a value");
+        used_[i] = used_[i + 1] = true;
+        return a_[i + 1];
+      }
+      if (a_[i].rfind(name + "=", 0) == 0) {
+        used_[i] = true;
+        return a_[i].substr(name.size() + 1);
+      }
+    }
+    return def;
+  }
+  long Int(const std::string& name, long def, long lo = 0, long hi = 1L << 40) {
+    std::string s = Str(name, "");
+    if (s.empty()) return def;
+    char* end = nullptr;
+    long v = std::strtol(s.c_str(), &end, 10);
+    if (*end || v < lo || v > hi)
+      throw UsageError(name + " wants an integer in [" + std::to_string(lo) + ", " +
+                       std::to_string(hi) + "], got '" + s + "'");
+    return v;
+  }
+  void Finish() const {
+    for (size_t i = 0; i < a_.size(); ++i)
+      if (!used_[i]) throw UsageError("unknown argument '" + a_[i] + "'");
+  }
+
+ private:
+  std::vector<std::string> a_;
+  std::vector<bool> used_;
+};
+
+// ---- timing and statistics -------------------------------------------------
+inline double NowUs() {
+  using namespace std::chrono;
+  return duration<double, std::micro>(steady_clock::now().time_since_epoch()).count();
+}
+
+struct Stats {
+  double median = 0, min = 0, max = 0, p99 = 0, mean = 0;
+};
+
+inline Stats Summarize(std::vector<double> v) {
+  Stats s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  s.min = v.front();
+  s.max = v.back();
+  s.p99 = v[std::min(n - 1, static_cast<size_t>(std::ceil(0.99 * n)) - 1)];
+  for (double x : v) s.mean += x;
+  s.mean /= n;
+  return s;
+}
+
+// The 1-minute load average (Linux), or -1. Benchmarks print it: these
+// machines are shared and a busy one makes every figure noisy.
+inline double LoadAverage() {
+  double v = -1;
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &v) != 1) v = -1;
+    std::fclose(f);
+  }
+  return v;
+}
+
+inline double Geomean(const std::vector<double>& v) {
+  if (v.empty()) return 0;
+  double s = 0;
+  for (double x : v) s += std::log(x);
+  return std::exp(s / v.size());
+}
+
+// Deterministic, fast uniform floats in [lo, hi).
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : s_(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t Next() {
+    s_ ^= s_ << 13;
+    s_ ^= s_ >> 7;
+    s_ ^= s_ << 17;
+    return s_;
+  }
+  float Uniform(float lo, float hi) { return lo + (hi - lo) * float(Next() >> 40) * 0x1p-24f; }
+  int64_t Int(int64_t lo, int64_t hi) { return lo + int64_t(Next() % uint64_t(hi - lo + 1)); }
+  template <class T>
+  void Fill(T* p, size_t n, float lo, float hi) {
+    for (size_t i = 0; i < n; ++i) p[i] = Uniform(lo, hi);
+  }
+
+ private:
+  uint64_t s_;
+};
+
+// ---- formatting --------------------------------------------------------------
+inline std::string Fmt(double v, int prec = 2) {
+  char b[64];
+  if (!std::isfinite(v)) return "-";
+  std::snprintf(b, sizeof b, "%.*f", prec, v);
+  return b;
+}
+
+inline std::string ShapeString(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+// A plain text table: columns sized to their widest cell, the first one
+// left-aligned, the others right-aligned.
+class Table {
+ public:
+  explicit Table(std::vector<std::string> head) { rows_.push_back(std::move(head)); }
+  void Row(std::vector<std::string> r) { rows_.push_back(std::move(r)); }
+  void Print(FILE* f = stdout) const {
+    std::vector<size_t> w;
+    for (auto& r : rows_)
+      for (size_t i = 0; i < r.size(); ++i) {
+        if (w.size() <= i) w.push_back(0);
+        w[i] = std::max(w[i], r[i].size());
+      }
+    for (size_t k = 0; k < rows_.size(); ++k) {
+      const auto& r = rows_[k];
+      for (size_t i = 0; i < r.size(); ++i)
+        std::fprintf(f, i == 0 ? "%-*s" : "  %*s", int(w[i]), r[i].c_str());
+      std::fprintf(f, "\n");
+      if (k == 0) {
+        size_t total = 0;
+        for (size_t x : w) total += x + 2;
+        std::fprintf(f, "%s\n", std::string(total - 2, '-').c_str());
+      }
+    }
+  }
+
+ private:
+  std::vector<std::vector<std::string>> rows_;
+};
+
+// ---- JSON --------------------------------------------------------------------
+// An object written in insertion order; values are numbers, strings, booleans
+// or already-serialised JSON.
+class JsonObject {
+ public:
+  JsonObject& Num(const std::string& k, double v) {
+    char b[64];
+    if (std::isfinite(v)) std::snprintf(b, sizeof b, "%.6g", v);
+    else std::snprintf(b, sizeof b, "null");
+    return Raw(k, b);
+  }
+  JsonObject& Str(const std::string& k, const std::string& v) { return Raw(k, Quote(v)); }
+  JsonObject& Bool(const std::string& k, bool v) { return Raw(k, v ? "true" : "false"); }
+  JsonObject& Raw(const std::string& k, const std::string& json) {
+    kv_.emplace_back(k, json);
+    return *this;
+  }
+  std::string str() const {
+    std::string s = "{";
+    for (size_t i = 0; i < kv_.size(); ++i)
+      s += (i ? ", " : "") + Quote(kv_[i].first) + ": " + kv_[i].second;
+    return s + "}";
+  }
+  static std::string Quote(const std::string& v) {
+    std::string s = "\"";
+    for (char c : v) {
+      if (c == '"' || c == '\\') s += '\\', s += c;
+      else if (static_cast<unsigned char>(c) < 0x20) {
+        char b[8];
+        std::snprintf(b, sizeof b, "\\u%04x", c);
+        s += b;
+      } else s += c;
+    }
+    return s + "\"";
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> kv_;
+};
+
+inline std::string JsonArray(const std::vector<std::string>& items, const char* sep = ",\n    ") {
+  std::string s = "[";
+  for (size_t i = 0; i < items.size(); ++i) s += (i ? sep : "") + items[i];
+  return s + "]";
+}
+
+// The report shape every bench writes:
+// {"suite": ..., "threads": N, "cases": [{"name", "metrics"}...], "summary": {...}}
+struct Report {
+  std::string suite;
+  int threads = 0;
+  std::vector<std::string> cases;  // serialised case objects
+  JsonObject summary;
+
+  void AddCase(const std::string& name, const JsonObject& metrics, const std::string& shape = "") {
+    JsonObject c;
+    c.Str("name", name);
+    if (!shape.empty()) c.Str("shape", shape);
+    c.Raw("metrics", metrics.str());
+    cases.push_back(c.str());
+  }
+  std::string str() const {
+    return "{\"suite\": " + JsonObject::Quote(suite) + ", \"threads\": " + std::to_string(threads) +
+           ",\n  \"cases\": " + JsonArray(cases) + ",\n  \"summary\": " + summary.str() + "}\n";
+  }
+  // Writes the report when a path was given; false (with a message) on failure.
+  bool Write(const std::string& path) const {
+    if (path.empty()) return true;
+    std::ofstream f(path);
+    f << str();
+    if (!f) {
+      std::fprintf(stderr, "dvm: cannot write %s\n", path.c_str());
+      return false;
+    }
+    std::printf("wrote %s\n", path.c_str());
+    return true;
+  }
+};
+
+inline const char* Bar(bool ok) { return ok ? "PASS" : "MISS"; }
+
+}  // namespace dvmtool

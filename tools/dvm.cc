@@ -1,0 +1,135 @@
+// The dvm command line: demo, bench, das, dump.
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "bench_util.h"
+#include "dvm/dvm.h"
+#include "kernels.h"
+
+namespace dvmtool {
+namespace {
+
+const char kUsage[] = R"(usage: dvm <command> [options]
+
+commands:
+  demo [--requests N] [--seed S] [--max-len L] [--hidden H] [--threads T] [--quiet]
+      Dynamic-shape execution: a stream of requests with random sequence
+      lengths through three dynamic kernels (bias+residual+layernorm, GELU,
+      softmax); every output is checked against a scalar loop in double.
+  bench codegen [--json FILE] [--iters N]
+      Codegen time of a new shape for 1-, 10- and 50-op dynamic kernels, and
+      the launch time of a cached program.
+  bench vm [--json FILE] [--threads N] [--reps R]
+      Cached-program run time against hand-fused AOT C++ loops and unfused
+      per-op loops, at L2- and DRAM-sized shapes. R reps for L2-sized cases
+      (default 20), max(3, R/2) for DRAM-sized ones.
+  das [--kernel K] [--rows R] [--cols C] [--out FILE]
+      Generate the program of an example kernel for [R, C] and disassemble
+      it; --out also writes the bytecode to FILE.
+  das --file FILE
+      Verify and disassemble a bytecode file.
+  dump [--kernel K]
+      Print the IR of an example kernel.
+
+  K is one of: layernorm (bias + residual + layernorm, default), gelu,
+  softmax, chain10, chain50.
+)";
+
+// Builds example kernel `name`; returns its input shapes for [rows, cols].
+std::vector<dvm::Shape> BuildExample(dvm::Kernel& k, const std::string& name, int64_t rows,
+                                     int64_t cols) {
+  if (name == "layernorm") {
+    BuildLayerNorm(k, cols, true);
+    return {{rows, cols}, {cols}, {rows, cols}, {cols}, {cols}};
+  }
+  if (name == "gelu") {
+    BuildGelu(k, 2);
+    return {{rows, cols}};
+  }
+  if (name == "softmax") {
+    BuildSoftmax(k);
+    return {{rows, cols}};
+  }
+  if (name == "chain10" || name == "chain50") {
+    BuildChain(k, name == "chain10" ? 10 : 50);
+    return {{rows, cols}, {cols}, {rows, cols}, {cols}};
+  }
+  throw UsageError("unknown kernel '" + name + "'");
+}
+
+int DasMain(Args& args, bool das) {
+  std::string file = das ? args.Str("--file", "") : "";
+  if (!file.empty()) {
+    args.Finish();
+    std::ifstream f(file, std::ios::binary);
+    if (!f) throw UsageError("cannot read " + file);
+    std::vector<uint8_t> bc((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::fputs(dvm::Disassemble(bc).c_str(), stdout);
+    return 0;
+  }
+  std::string name = args.Str("--kernel", "layernorm");
+  int64_t rows = args.Int("--rows", 4, 0, 1L << 30);
+  int64_t cols = args.Int("--cols", 768, 1, 1L << 30);
+  std::string out = das ? args.Str("--out", "") : "";
+  args.Finish();
+  dvm::Kernel k(dvm::KernelType::kDynamic);
+  auto shapes = BuildExample(k, name, rows, cols);
+  if (!das) {
+    std::fputs(k.Dump().c_str(), stdout);
+    return 0;
+  }
+  k.CodeGen();
+  auto outs = k.OutputShapes(shapes);
+  std::printf("; kernel %s, inputs", name.c_str());
+  for (auto& s : shapes) std::printf(" %s", ShapeString(s).c_str());
+  std::printf(", outputs");
+  for (auto& s : outs) std::printf(" %s", ShapeString(s).c_str());
+  std::printf(", %zu bytes of bytecode\n", k.Bytecode().size());
+  std::fputs(k.Das().c_str(), stdout);
+  if (!out.empty()) {
+    std::ofstream f(out, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(k.Bytecode().data()), std::streamsize(k.Bytecode().size()));
+    if (!f) throw UsageError("cannot write " + out);
+  }
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  std::string cmd = argc > 1 ? argv[1] : "--help";
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (cmd == "bench") {
+    std::string suite = argc > 2 ? argv[2] : "";
+    Args args(argc, argv, 3);
+    if (suite == "codegen") return BenchCodegenMain(args);
+    if (suite == "vm") return BenchVmMain(args);
+    throw UsageError("bench wants 'codegen' or 'vm'");
+  }
+  Args args(argc, argv, 2);
+  if (cmd == "demo") return DemoMain(args);
+  if (cmd == "das" || cmd == "dump") return DasMain(args, cmd == "das");
+  throw UsageError("unknown command '" + cmd + "'");
+}
+
+}  // namespace
+}  // namespace dvmtool
+
+int main(int argc, char** argv) {
+  try {
+    return dvmtool::Main(argc, argv);
+  } catch (const dvmtool::UsageError& e) {
+    std::fprintf(stderr, "dvm: %s\n(dvm --help lists the commands)\n", e.what());
+    return 2;
+  } catch (const dvm::Error& e) {
+    std::fprintf(stderr, "dvm: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dvm: %s\n", e.what());
+    return 1;
+  }
+}
