@@ -14,6 +14,36 @@ using bc::Level;
 using bc::Mode;
 using bc::Opcode;
 
+// Shapes and strides in codegen: rank <= 8, held inline (no heap traffic in
+// the hot path).
+struct Dims8 {
+  int64_t v[bc::kMaxRank] = {};
+  uint8_t n = 0;
+  Dims8() = default;
+  Dims8(std::initializer_list<int64_t> l) {
+    for (int64_t x : l) v[n++] = x;
+  }
+  explicit Dims8(size_t r, int64_t fill = 0) : n(static_cast<uint8_t>(r)) { std::fill(v, v + r, fill); }
+  Dims8(const Shape& s) : n(static_cast<uint8_t>(s.size())) {  // NOLINT: implicit on purpose
+    if (s.size() > bc::kMaxRank) Fail("codegen: rank ", s.size(), " exceeds ", bc::kMaxRank);
+    std::copy(s.begin(), s.end(), v);
+  }
+  size_t size() const { return n; }
+  int64_t& operator[](size_t i) { return v[i]; }
+  int64_t operator[](size_t i) const { return v[i]; }
+  int64_t* begin() { return v; }
+  int64_t* end() { return v + n; }
+  const int64_t* begin() const { return v; }
+  const int64_t* end() const { return v + n; }
+  void assign(size_t r, int64_t x) {
+    n = static_cast<uint8_t>(r);
+    std::fill(v, v + r, x);
+  }
+  bool operator==(const Dims8& o) const { return n == o.n && std::equal(v, v + n, o.v); }
+  operator std::span<const int64_t>() const { return {v, n}; }
+  Shape vec() const { return Shape(v, v + n); }
+};
+
 // ---- lowered IR ---------------------------------------------------------------
 
 enum class L : uint8_t { kLoad, kConst, kUn, kBin, kSel, kCast, kCopy, kReduce, kChunk };
@@ -23,11 +53,11 @@ struct LNode {
   uint8_t sub = 0;
   DType dtype = DType::kFloat32;
   int in[3] = {-1, -1, -1};
-  Shape shape;
+  Dims8 shape;
   // kLoad: tensor view over `shape`.
   int tensor = -1;
   int64_t offset = 0;
-  Shape strides;
+  Dims8 strides;
   // kBin scalar forms / kConst.
   uint8_t form = bc::kFormRR;
   double scalar = 0;
@@ -41,11 +71,11 @@ struct Root {
   int value;
   int tensor;
   int64_t offset;
-  Shape strides;  // over the value's shape
+  Dims8 strides;  // over the value's shape
 };
 
-Shape Contiguous(const Shape& s) {
-  Shape st(s.size());
+Dims8 Contiguous(const Dims8& s) {
+  Dims8 st(s.size());
   int64_t acc = 1;
   for (size_t i = s.size(); i-- > 0;) {
     st[i] = acc;
@@ -54,7 +84,7 @@ Shape Contiguous(const Shape& s) {
   return st;
 }
 
-int64_t Numel(const Shape& s) {
+int64_t Numel(const Dims8& s) {
   int64_t n = 1;
   for (int64_t d : s) n *= d;
   return n;
@@ -120,7 +150,7 @@ constexpr Opcode kBinaryOpcode[] = {Opcode::ADD, Opcode::SUB, Opcode::MUL, Opcod
 
 struct StagePlan {
   Mode mode = Mode::kElem;
-  Shape dom;          // domain, rank r
+  Dims8 dom;          // domain, rank r
   uint32_t rmask = 0; // reduced axes of dom
   int chunk_node = -1;
   std::vector<int> roots;
@@ -130,11 +160,28 @@ struct StagePlan {
 
 class Gen {
  public:
-  Gen(const ir::Graph& g, std::span<const Shape> ins, Result& out, const Tiling& t)
-      : g_(g), ins_(ins), out_(out), t_(t) {}
-
-  void Run() {
-    ir::InferShapes(g_, ins_, shapes_);
+  // One generator per thread is reused, so its buffers keep their capacity
+  // and a codegen makes few heap allocations.
+  void Run(const ir::Graph& g, std::span<const Shape> ins, Result& out, const Tiling& t) {
+    g_ = &g;
+    ins_ = ins;
+    out_ = &out;
+    t_ = &t;
+    map_.clear();
+    ln_.clear();
+    mat_.clear();
+    mat_plan_.clear();
+    roots_.clear();
+    root_plan_.clear();
+    pending_stores_.clear();
+    tensors_.clear();
+    consts_.clear();
+    plans_.clear();
+    stages_.clear();
+    num_regs_ = 0;
+    tile_cap_ = 16;
+    cur_plan_ = 1 << 30;
+    ir::InferShapes(*g_, ins_, shapes_);
     SetupTensors();
     Lower();
     for (size_t i = 0; i < roots_.size(); ++i)
@@ -145,27 +192,27 @@ class Gen {
  private:
   // -- tensors --
   void SetupTensors() {
-    for (size_t s = 0; s < g_.inputs.size(); ++s) {
-      const ir::Node& n = g_.nodes[g_.inputs[s]];
+    for (size_t s = 0; s < g_->inputs.size(); ++s) {
+      const ir::Node& n = g_->nodes[g_->inputs[s]];
       Shape full = n.a0;
       if (!ins_.empty()) full = ins_[s];
       int64_t numel = ir::NumElements(full, "load");
       tensors_.push_back({n.dtype, bc::TensorKind::kInput, static_cast<uint16_t>(s), numel});
-      out_.input_numel.push_back(numel);
+      out_->input_numel.push_back(numel);
     }
-    out_.output_shapes.clear();
-    for (size_t s = 0; s < g_.outputs.size(); ++s) {
-      const ir::Node& n = g_.nodes[g_.outputs[s]];
-      const Shape& sh = shapes_[g_.outputs[s]];
+    out_->output_shapes.clear();
+    for (size_t s = 0; s < g_->outputs.size(); ++s) {
+      const ir::Node& n = g_->nodes[g_->outputs[s]];
+      const Shape& sh = shapes_[g_->outputs[s]];
       tensors_.push_back({n.dtype, bc::TensorKind::kOutput, static_cast<uint16_t>(s), ir::NumElements(sh, "store")});
-      out_.output_shapes.push_back(sh);
+      out_->output_shapes.push_back(sh);
     }
   }
-  int OutputTensor(int slot) const { return static_cast<int>(g_.inputs.size()) + slot; }
+  int OutputTensor(int slot) const { return static_cast<int>(g_->inputs.size()) + slot; }
 
   int AddWorkspace(DType t, int64_t numel) {
-    int slot = static_cast<int>(out_.workspace_bytes.size());
-    out_.workspace_bytes.push_back(numel * static_cast<int64_t>(DTypeSize(t)));
+    int slot = static_cast<int>(out_->workspace_bytes.size());
+    out_->workspace_bytes.push_back(numel * static_cast<int64_t>(DTypeSize(t)));
     tensors_.push_back({t, bc::TensorKind::kWorkspace, static_cast<uint16_t>(slot), numel});
     return static_cast<int>(tensors_.size()) - 1;
   }
@@ -177,7 +224,7 @@ class Gen {
     return static_cast<int>(ln_.size()) - 1;
   }
 
-  int MakeLoad(int tensor, DType t, Shape shape, int64_t offset, Shape strides) {
+  int MakeLoad(int tensor, DType t, Dims8 shape, int64_t offset, Dims8 strides) {
     LNode n;
     n.op = L::kLoad;
     n.dtype = t;
@@ -195,7 +242,7 @@ class Gen {
     // f16/bf16 values live in f32 between stages: rounding happens only at
     // casts and stores to the caller's tensors.
     int ws = AddWorkspace(IsFloat(n.dtype) ? DType::kFloat32 : n.dtype, Numel(n.shape));
-    Shape shape = n.shape;
+    Dims8 shape = n.shape;
     DType dt = n.dtype;
     AddRoot({v, ws, 0, Contiguous(shape)});
     const int ri = static_cast<int>(roots_.size()) - 1;
@@ -214,7 +261,7 @@ class Gen {
   int Resolve(int v) const { return mat_[v] >= 0 && mat_plan_[v] < cur_plan_ ? mat_[v] : v; }
 
   // A value with a new shape of the same element order.
-  int Reshaped(int v, const Shape& shape) {
+  int Reshaped(int v, const Dims8& shape) {
     LNode& n = ln_[v];
     if (n.op == L::kConst) {
       LNode c = n;
@@ -228,17 +275,17 @@ class Gen {
 
   // -- lowering --
   void Lower() {
-    const size_t n = g_.nodes.size();
+    const size_t n = g_->nodes.size();
     map_.assign(n, -1);
     // Uses: is every consumer of a node a plain store?
     std::vector<uint8_t> only_stores(n, 1), used(n, 0);
-    for (const ir::Node& node : g_.nodes)
+    for (const ir::Node& node : g_->nodes)
       for (int k = 0; k < node.num_inputs(); ++k) {
         used[node.in[k]] = 1;
         if (!(node.op == ir::Op::kStore && node.sub == 0)) only_stores[node.in[k]] = 0;
       }
     for (size_t i = 0; i < n; ++i) {
-      const ir::Node& node = g_.nodes[i];
+      const ir::Node& node = g_->nodes[i];
       const Shape& shape = shapes_[i];
       auto in = [&](int k) { return map_[node.in[k]]; };
       LNode l;
@@ -247,9 +294,9 @@ class Gen {
       switch (node.op) {
         case ir::Op::kLoad: {
           const Shape& full = ins_.empty() ? node.a0 : ins_[node.io];
-          Shape st = Contiguous(full);
+          Dims8 st = Contiguous(full);
           int64_t off = 0;
-          Shape strides = st;
+          Dims8 strides = st;
           if (!node.a1.empty())
             for (size_t d = 0; d < full.size(); ++d) {
               off += node.a1[d] * st[d];
@@ -261,7 +308,7 @@ class Gen {
         case ir::Op::kStore: {
           int v = in(0);
           int tensor = OutputTensor(node.io);
-          Shape st = Contiguous(shape);
+          Dims8 st = Contiguous(shape);
           if (node.sub == 0) {
             pending_stores_.push_back({v, tensor, 0, Contiguous(ln_[v].shape)});
           } else {
@@ -373,7 +420,7 @@ class Gen {
             for (size_t d = 0; d < ln_[x].shape.size(); ++d) axes.push_back(static_cast<int64_t>(d));
           }
           map_[i] = LowerReduce(x, op, axes, node.dtype);
-          const Shape& kept = ln_[map_[i]].shape;
+          const Dims8& kept = ln_[map_[i]].shape;
           if (kept != shape && !(only_stores[i] && used[i])) map_[i] = Reshaped(map_[i], shape);
           continue;
         }
@@ -384,8 +431,8 @@ class Gen {
   }
 
   // Reduce x over `axes` keeping dims; returns the lowered node.
-  int LowerReduce(int x, ReduceOp op, const Shape& axes, DType dt) {
-    Shape xs = ln_[x].shape;
+  int LowerReduce(int x, ReduceOp op, const Dims8& axes, DType dt) {
+    Dims8 xs = ln_[x].shape;
     const int r = static_cast<int>(xs.size());
     std::vector<int> red;  // non-trivial reduced axes
     for (int64_t a : axes)
@@ -404,9 +451,9 @@ class Gen {
     }
     int cur = x;
     for (size_t b = blocks.size(); b-- > 0;) {
-      Shape in_shape = ln_[cur].shape;
+      Dims8 in_shape = ln_[cur].shape;
       uint32_t mask = 0;
-      Shape out_shape = in_shape;
+      Dims8 out_shape = in_shape;
       for (int a : blocks[b]) {
         mask |= 1u << a;
         out_shape[a] = 1;
@@ -415,10 +462,10 @@ class Gen {
       for (int d = 0; d < r; ++d)
         if (in_shape[d] != 1 && !(mask >> d & 1)) all = false;
       int64_t n = Numel(in_shape);
-      if (all && n > t_.chunk) {
+      if (all && n > t_->chunk) {
         // Full reduction: partials of fixed-size chunks (independent of the
         // thread count), then one row over the partials.
-        int64_t nch = (n + t_.chunk - 1) / t_.chunk;
+        int64_t nch = (n + t_->chunk - 1) / t_->chunk;
         LNode c;
         c.op = L::kChunk;
         c.sub = static_cast<uint8_t>(op);
@@ -427,9 +474,9 @@ class Gen {
         c.shape = {nch};
         int chunk = Add(std::move(c));
         int ws = Materialize(chunk);
-        Shape ls(r, 1);
+        Dims8 ls(r, 1);
         ls[r - 1] = nch;
-        Shape lst(r, 0);
+        Dims8 lst(r, 0);
         lst[r - 1] = 1;
         int load = MakeLoad(ln_[ws].tensor, dt, ls, 0, lst);
         LNode fin;
@@ -438,7 +485,7 @@ class Gen {
         fin.dtype = dt;
         fin.in[0] = load;
         fin.rmask = 1u << (r - 1);
-        fin.shape = Shape(r, 1);
+        fin.shape = Dims8(r, 1);
         cur = Add(std::move(fin));
         continue;
       }
@@ -456,11 +503,11 @@ class Gen {
 
   // -- staging --
   // Aligns shape s (right) to rank r; dims of missing axes are 1.
-  static int64_t DimAt(const Shape& s, int r, int i) {
+  static int64_t DimAt(const Dims8& s, int r, int i) {
     int off = r - static_cast<int>(s.size());
     return i < off ? 1 : s[i - off];
   }
-  static bool FitsIn(const Shape& s, const Shape& dom) {
+  static bool FitsIn(const Dims8& s, const Dims8& dom) {
     int r = static_cast<int>(dom.size());
     if (static_cast<int>(s.size()) > r) {
       for (size_t i = 0; i + r < s.size(); ++i)
@@ -472,14 +519,14 @@ class Gen {
     }
     return true;
   }
-  static bool SameShape(const Shape& s, const Shape& dom) {
+  static bool SameShape(const Dims8& s, const Dims8& dom) {
     int r = static_cast<int>(std::max(s.size(), dom.size()));
     for (int i = 0; i < r; ++i)
       if (DimAt(s, r, i) != DimAt(dom, r, i)) return false;
     return true;
   }
-  static Shape RedShape(const Shape& dom, uint32_t mask) {
-    Shape s = dom;
+  static Dims8 RedShape(const Dims8& dom, uint32_t mask) {
+    Dims8 s = dom;
     for (size_t i = 0; i < s.size(); ++i)
       if (mask >> i & 1) s[i] = 1;
     return s;
@@ -491,7 +538,8 @@ class Gen {
   // in increasing id order.
   void Slice(int v, std::vector<int>& out) {
     out.clear();
-    std::vector<int> stack{Resolve(v)};
+    std::vector<int>& stack = stack_;
+    stack.assign(1, Resolve(v));
     seen_.assign(ln_.size(), 0);
     while (!stack.empty()) {
       int n = stack.back();
@@ -552,7 +600,7 @@ class Gen {
       plan.mode = trailing ? Mode::kRow : Mode::kCol;
       if (!CheckSlice(slice, plan)) continue;
       const Lvl root_lvl = lvl_[v];
-      const Shape want = root_lvl == kRed ? RedShape(plan.dom, plan.rmask) : plan.dom;
+      const Dims8 want = root_lvl == kRed ? RedShape(plan.dom, plan.rmask) : plan.dom;
       if (root_lvl == kAny || !SameShape(ln_[v].shape, want)) {
         Materialize(gov);
         continue;
@@ -566,7 +614,7 @@ class Gen {
   // Returns false when it changed the graph (the caller re-slices).
   bool CheckSlice(const std::vector<int>& slice, const StagePlan& plan) {
     lvl_.resize(ln_.size());
-    const Shape red = RedShape(plan.dom, plan.rmask);
+    const Dims8 red = RedShape(plan.dom, plan.rmask);
     auto leaf_lvl = [&](int n) -> Lvl {
       if (plan.mode == Mode::kElem || plan.chunk_node >= 0) return kFull;
       return FitsIn(ln_[n].shape, red) ? kAny : kFull;
@@ -633,12 +681,20 @@ class Gen {
     const int wt = roots_[ri].tensor;
     if (!plans_.empty()) {
       StagePlan& last = plans_.back();
-      bool same = last.mode == p.mode && last.rmask == p.rmask && last.chunk_node < 0 && p.chunk_node < 0 &&
-                  last.dom == p.dom;
+      // Same nest; or an elementwise root over the full domain of a ROW/COL
+      // nest (its values are full-level there), in either order.
+      const bool nest = last.chunk_node < 0 && p.chunk_node < 0 && last.dom == p.dom;
+      const bool elem_into = nest && p.mode == Mode::kElem && last.mode != Mode::kElem;
+      const bool upgrade = nest && last.mode == Mode::kElem && p.mode != Mode::kElem;
+      bool same = nest && ((last.mode == p.mode && last.rmask == p.rmask) || elem_into || upgrade);
       for (int t : reads)
         if (std::find(last.writes.begin(), last.writes.end(), t) != last.writes.end()) same = false;
       if (std::find(last.writes.begin(), last.writes.end(), wt) != last.writes.end()) same = false;
       if (same) {
+        if (upgrade) {
+          last.mode = p.mode;
+          last.rmask = p.rmask;
+        }
         last.roots.push_back(ri);
         last.writes.push_back(wt);
         root_plan_[ri] = static_cast<int>(plans_.size()) - 1;
@@ -668,7 +724,7 @@ class Gen {
     // memo: (node, level) -> vreg
     std::vector<int> memo[2];
     std::vector<Lvl> lvl;
-    Shape dom, red;
+    Dims8 dom, red;
     uint32_t rmask = 0;
     bool col = false, row = false, chunk = false;
     std::vector<bc::View> views;  // in domain dims (before coalescing)
@@ -699,12 +755,12 @@ class Gen {
     e.code.push_back(v);
   }
 
-  uint16_t ViewFor(StageEmit& e, int tensor, int64_t offset, const Shape& shape, const Shape& strides, bool red) {
+  uint16_t ViewFor(StageEmit& e, int tensor, int64_t offset, const Dims8& shape, const Dims8& strides, bool red) {
     bc::View v;
     v.tensor = static_cast<uint16_t>(tensor);
     v.level = red ? Level::kRed : Level::kFull;
     v.offset = offset;
-    const Shape& dom = red ? e.red : e.dom;
+    const Dims8& dom = red ? e.red : e.dom;
     const int r = static_cast<int>(dom.size());
     const int off = r - static_cast<int>(shape.size());
     for (int i = 0; i < r; ++i) {
@@ -915,19 +971,19 @@ class Gen {
     int64_t cap = 16;
     switch (p.mode) {
       case Mode::kElem:
-        s.p[0] = std::min<int64_t>(t_.elem_tile, std::max<int64_t>(n_full, 1));
+        s.p[0] = std::min<int64_t>(t_->elem_tile, std::max<int64_t>(n_full, 1));
         cap = s.p[0];
         break;
       case Mode::kRow: {
         int64_t K;
         if (e.chunk) {
-          K = t_.chunk;
+          K = t_->chunk;
         } else {
           K = 1;
           for (int i = 0; i < r; ++i)
             if (e.rmask >> i & 1) K *= e.dom[i];
         }
-        int64_t rows = K == 0 ? t_.row_tile : std::max<int64_t>(1, t_.row_tile / K);
+        int64_t rows = K == 0 ? t_->row_tile : std::max<int64_t>(1, t_->row_tile / K);
         if (e.chunk) rows = 1;
         s.p[0] = K;
         s.p[1] = rows;
@@ -947,8 +1003,8 @@ class Gen {
         }
         s.p[0] = R;
         s.p[1] = C;
-        s.p[2] = std::min<int64_t>(t_.col_width, std::max<int64_t>(C, 1));
-        s.p[3] = t_.col_block;
+        s.p[2] = std::min<int64_t>(t_->col_width, std::max<int64_t>(C, 1));
+        s.p[3] = t_->col_block;
         cap = s.p[2];
         break;
       }
@@ -1036,13 +1092,13 @@ class Gen {
     prog.tensors = tensors_;
     prog.consts = consts_;
     prog.stages = std::move(stages_);
-    bc::Encode(prog, out_.bytecode);
+    bc::Encode(prog, out_->bytecode);
   }
 
-  const ir::Graph& g_;
+  const ir::Graph* g_ = nullptr;
   std::span<const Shape> ins_;
-  Result& out_;
-  const Tiling& t_;
+  Result* out_ = nullptr;
+  const Tiling* t_ = nullptr;
   std::vector<Shape> shapes_;
   std::vector<int> map_;
   std::vector<LNode> ln_;
@@ -1054,6 +1110,7 @@ class Gen {
   std::vector<bc::Stage> stages_;
   std::vector<Lvl> lvl_;
   std::vector<uint8_t> seen_;
+  std::vector<int> stack_;
   std::vector<int> mat_plan_, root_plan_;
   int cur_plan_ = 1 << 30;
   int num_regs_ = 0;
@@ -1067,7 +1124,8 @@ void Generate(const ir::Graph& g, std::span<const Shape> input_shapes, Result& o
   out.output_shapes.clear();
   out.input_numel.clear();
   out.workspace_bytes.clear();
-  Gen(g, input_shapes, out, tiling).Run();
+  thread_local Gen gen;
+  gen.Run(g, input_shapes, out, tiling);
 }
 
 }  // namespace dvm::codegen
