@@ -89,20 +89,20 @@ inline VF RoundF16(DF df, VF v) {
 template <class F>
 HWY_INLINE void MapF(const VInst& vi, TileCtx& c, F f) {
   const DF d;
-  float* o = c.F(vi.dst);
-  const float* a = c.F(vi.a);
+  const float* a = c.R<float>(vi.a);
+  float* o = c.W<float>(vi.dst);
   const int64_t n = c.n[vi.level];
-  for (int64_t i = 0; i < n; i += hn::Lanes(d)) hn::Store(f(d, hn::Load(d, a + i)), d, o + i);
+  for (int64_t i = 0; i < n; i += hn::Lanes(d)) hn::Store(f(d, hn::LoadU(d, a + i)), d, o + i);
 }
 
 template <bool kWrap8, class F>
 HWY_INLINE void MapI(const VInst& vi, TileCtx& c, F f) {
   const DI d;
-  int32_t* o = c.I(vi.dst);
-  const int32_t* a = c.I(vi.a);
+  const int32_t* a = c.R<int32_t>(vi.a);
+  int32_t* o = c.W<int32_t>(vi.dst);
   const int64_t n = c.n[vi.level];
   for (int64_t i = 0; i < n; i += hn::Lanes(d)) {
-    VI r = f(d, hn::Load(d, a + i));
+    VI r = f(d, hn::LoadU(d, a + i));
     if (kWrap8) r = Wrap8(r);
     hn::Store(r, d, o + i);
   }
@@ -134,7 +134,9 @@ DVM_UNF(CastToF16, RoundF16(d, x))
 #undef DVM_UNF
 
 void CopyRegs(const VInst& vi, TileCtx& c) {
-  if (vi.dst != vi.a) std::memcpy(c.F(vi.dst), c.F(vi.a), sizeof(float) * c.n[vi.level]);
+  const float* a = c.R<float>(vi.a);
+  float* o = c.W<float>(vi.dst);
+  if (o != a) std::memcpy(o, a, sizeof(float) * c.n[vi.level]);
 }
 
 // Integer unary (i32 lanes); kWrap8 wraps results to 8 bits.
@@ -151,25 +153,30 @@ DVM_UNI(ReluI, hn::Max(x, hn::Zero(d)))
 void IsFiniteF(const VInst& vi, TileCtx& c) {
   const DF d;
   const DI di;
-  int32_t* o = c.I(vi.dst);
-  const float* a = c.F(vi.a);
+  const float* a = c.R<float>(vi.a);
+  int32_t* o = c.W<int32_t>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
-    hn::Store(BoolF(d, hn::IsFinite(hn::Load(d, a + i))), di, o + i);
+    hn::Store(BoolF(d, hn::IsFinite(hn::LoadU(d, a + i))), di, o + i);
 }
 void OnesI(const VInst& vi, TileCtx& c) {
   const DI d;
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) hn::Store(hn::Set(d, 1), d, c.I(vi.dst) + i);
+  int32_t* o = c.W<int32_t>(vi.dst);
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) hn::Store(hn::Set(d, 1), d, o + i);
 }
 void NotF(const VInst& vi, TileCtx& c) {
   const DF d;
   const DI di;
+  const float* a = c.R<float>(vi.a);
+  int32_t* o = c.W<int32_t>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
-    hn::Store(BoolF(d, hn::Eq(hn::Load(d, c.F(vi.a) + i), hn::Zero(d))), di, c.I(vi.dst) + i);
+    hn::Store(BoolF(d, hn::Eq(hn::LoadU(d, a + i), hn::Zero(d))), di, o + i);
 }
 void NotI(const VInst& vi, TileCtx& c) {
   const DI d;
+  const int32_t* a = c.R<int32_t>(vi.a);
+  int32_t* o = c.W<int32_t>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
-    hn::Store(Bool(d, hn::Eq(hn::Load(d, c.I(vi.a) + i), hn::Zero(d))), d, c.I(vi.dst) + i);
+    hn::Store(Bool(d, hn::Eq(hn::LoadU(d, a + i), hn::Zero(d))), d, o + i);
 }
 
 // Binary ops. kForm: 0 = reg op reg, 1 = reg op const, 2 = const op reg.
@@ -177,22 +184,22 @@ template <int kForm, class D, class T, class V>
 HWY_INLINE void Operands(const VInst& vi, const TileCtx& c, D d, const T* a, const T* b, int64_t i,
                          V k, V& x, V& y) {
   if (kForm == 0) {
-    x = hn::Load(d, a + i);
-    y = hn::Load(d, b + i);
+    x = hn::LoadU(d, a + i);
+    y = hn::LoadU(d, b + i);
   } else if (kForm == 1) {
-    x = hn::Load(d, a + i);
+    x = hn::LoadU(d, a + i);
     y = k;
   } else {
     x = k;
-    y = hn::Load(d, a + i);
+    y = hn::LoadU(d, a + i);
   }
 }
 
 template <int kForm, class F>
 HWY_INLINE void BinFF(const VInst& vi, TileCtx& c, F f) {
   const DF d;
-  float* o = c.F(vi.dst);
-  const float *a = c.F(vi.a), *b = c.F(vi.b);
+  const float *a = c.R<float>(vi.a), *b = c.R<float>(vi.b);
+  float* o = c.W<float>(vi.dst);
   const VF k = hn::Set(d, BitsF32(vi.kbits));
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
     VF x, y;
@@ -204,8 +211,8 @@ template <int kForm, class F>  // float operands, bool result
 HWY_INLINE void BinFB(const VInst& vi, TileCtx& c, F f) {
   const DF d;
   const DI di;
-  int32_t* o = c.I(vi.dst);
-  const float *a = c.F(vi.a), *b = c.F(vi.b);
+  const float *a = c.R<float>(vi.a), *b = c.R<float>(vi.b);
+  int32_t* o = c.W<int32_t>(vi.dst);
   const VF k = hn::Set(d, BitsF32(vi.kbits));
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
     VF x, y;
@@ -216,8 +223,8 @@ HWY_INLINE void BinFB(const VInst& vi, TileCtx& c, F f) {
 template <int kForm, bool kWrap8, class F>
 HWY_INLINE void BinII(const VInst& vi, TileCtx& c, F f) {
   const DI d;
-  int32_t* o = c.I(vi.dst);
-  const int32_t *a = c.I(vi.a), *b = c.I(vi.b);
+  const int32_t *a = c.R<int32_t>(vi.a), *b = c.R<int32_t>(vi.b);
+  int32_t* o = c.W<int32_t>(vi.dst);
   const VI k = hn::Set(d, static_cast<int32_t>(vi.kbits));
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
     VI x, y;
@@ -230,8 +237,8 @@ HWY_INLINE void BinII(const VInst& vi, TileCtx& c, F f) {
 template <int kForm, class F>  // int operands, bool result
 HWY_INLINE void BinIB(const VInst& vi, TileCtx& c, F f) {
   const DI d;
-  int32_t* o = c.I(vi.dst);
-  const int32_t *a = c.I(vi.a), *b = c.I(vi.b);
+  const int32_t *a = c.R<int32_t>(vi.a), *b = c.R<int32_t>(vi.b);
+  int32_t* o = c.W<int32_t>(vi.dst);
   const VI k = hn::Set(d, static_cast<int32_t>(vi.kbits));
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
     VI x, y;
@@ -284,9 +291,9 @@ DVM_BIN(OrI, BinIB, hn::Or(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
 // Scalar loops for ops without a vector instruction.
 template <int kForm, typename T, class F>
 HWY_INLINE void ScalarBin(const VInst& vi, TileCtx& c, F f) {
-  T* o = reinterpret_cast<T*>(c.regs) + vi.dst;
-  const T* a = reinterpret_cast<const T*>(c.regs) + vi.a;
-  const T* b = reinterpret_cast<const T*>(c.regs) + vi.b;
+  const T* a = c.R<T>(vi.a);
+  const T* b = c.R<T>(vi.b);
+  T* o = c.W<T>(vi.dst);
   T k;
   std::memcpy(&k, &vi.kbits, 4);
   for (int64_t i = 0; i < c.n[vi.level]; ++i)
@@ -325,11 +332,11 @@ void PowI(const VInst& vi, TileCtx& c) {
 
 void Select(const VInst& vi, TileCtx& c) {
   const DI d;
-  int32_t* o = c.I(vi.dst);
-  const int32_t *m = c.I(vi.a), *x = c.I(vi.b), *y = c.I(vi.c);
+  const int32_t *m = c.R<int32_t>(vi.a), *x = c.R<int32_t>(vi.b), *y = c.R<int32_t>(vi.c);
+  int32_t* o = c.W<int32_t>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
-    auto mask = hn::Ne(hn::Load(d, m + i), hn::Zero(d));
-    hn::Store(hn::IfThenElse(mask, hn::Load(d, x + i), hn::Load(d, y + i)), d, o + i);
+    auto mask = hn::Ne(hn::LoadU(d, m + i), hn::Zero(d));
+    hn::Store(hn::IfThenElse(mask, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, o + i);
   }
 }
 
@@ -337,16 +344,18 @@ void Select(const VInst& vi, TileCtx& c) {
 void IntToFloat(const VInst& vi, TileCtx& c) {
   const DF d;
   const DI di;
+  const int32_t* a = c.R<int32_t>(vi.a);
+  float* o = c.W<float>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
-    VF v = hn::ConvertTo(d, hn::Load(di, c.I(vi.a) + i));
+    VF v = hn::ConvertTo(d, hn::LoadU(di, a + i));
     if (vi.type == static_cast<uint8_t>(DType::kBFloat16)) v = RoundBF16(d, v);
     if (vi.type == static_cast<uint8_t>(DType::kFloat16)) v = RoundF16(d, v);
-    hn::Store(v, d, c.F(vi.dst) + i);
+    hn::Store(v, d, o + i);
   }
 }
 void FloatToInt(const VInst& vi, TileCtx& c) {
-  const float* a = c.F(vi.a);
-  int32_t* o = c.I(vi.dst);
+  const float* a = c.R<float>(vi.a);
+  int32_t* o = c.W<int32_t>(vi.dst);
   const bool i8 = vi.type == static_cast<uint8_t>(DType::kInt8);
   for (int64_t i = 0; i < c.n[vi.level]; ++i) {
     int32_t v = SatF32ToI32(a[i]);
@@ -356,13 +365,17 @@ void FloatToInt(const VInst& vi, TileCtx& c) {
 void FloatToBool(const VInst& vi, TileCtx& c) {
   const DF d;
   const DI di;
+  const float* a = c.R<float>(vi.a);
+  int32_t* o = c.W<int32_t>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
-    hn::Store(BoolF(d, hn::Not(hn::Eq(hn::Load(d, c.F(vi.a) + i), hn::Zero(d)))), di, c.I(vi.dst) + i);
+    hn::Store(BoolF(d, hn::Not(hn::Eq(hn::LoadU(d, a + i), hn::Zero(d)))), di, o + i);
 }
 void IntToBool(const VInst& vi, TileCtx& c) {
   const DI d;
+  const int32_t* a = c.R<int32_t>(vi.a);
+  int32_t* o = c.W<int32_t>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
-    hn::Store(Bool(d, hn::Ne(hn::Load(d, c.I(vi.a) + i), hn::Zero(d))), d, c.I(vi.dst) + i);
+    hn::Store(Bool(d, hn::Ne(hn::LoadU(d, a + i), hn::Zero(d))), d, o + i);
 }
 void IntToI8(const VInst& vi, TileCtx& c) {
   MapI<true>(vi, c, [](DI, VI x) HWY_ATTR { return x; });
@@ -462,8 +475,8 @@ template <int kOp>
 void WAccT(const VInst& vi, TileCtx& c) {
   const DD dd;
   const hn::Rebind<float, DD> dh;
-  double* w = reinterpret_cast<double*>(c.F(vi.dst));
-  const float* a = c.F(vi.a);
+  const float* a = c.R<float>(vi.a);
+  double* w = c.Acc(vi.dst);
   const int64_t n = c.n[vi.level];
   const int64_t LD = hn::Lanes(dd);
   int64_t i = 0;
@@ -480,14 +493,14 @@ void WAcc(const VInst& vi, TileCtx& c) {
   }
 }
 void WFill(const VInst& vi, TileCtx& c) {
-  double* w = reinterpret_cast<double*>(c.F(vi.dst));
+  double* w = c.Acc(vi.dst);
   const double inf = std::numeric_limits<double>::infinity();
   const double init = vi.sub == 0 ? 0.0 : vi.sub == 1 ? -inf : vi.sub == 2 ? inf : 1.0;
   std::fill(w, w + c.n[vi.level], init);
 }
 void WNarrow(const VInst& vi, TileCtx& c) {
-  const double* w = reinterpret_cast<const double*>(c.F(vi.a));
-  float* o = c.F(vi.dst);
+  const double* w = c.Acc(vi.a);
+  float* o = c.W<float>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; ++i) o[i] = static_cast<float>(w[i]);
 }
 
@@ -495,8 +508,8 @@ template <int kOp>
 void RowReduceF(const VInst& vi, TileCtx& c) {
   const int64_t rows = c.n[1];
   const int64_t K = rows ? c.n[0] / rows : 0;
-  const float* x = c.F(vi.a);
-  float* o = c.F(vi.dst);
+  const float* x = c.R<float>(vi.a);
+  float* o = c.W<float>(vi.dst);
   for (int64_t r = 0; r < rows; ++r) o[r] = RowF<kOp>(x + r * K, K);
 }
 
@@ -504,8 +517,8 @@ template <int kOp, bool kWrap8>
 void RowReduceI(const VInst& vi, TileCtx& c) {
   const int64_t rows = c.n[1];
   const int64_t K = rows ? c.n[0] / rows : 0;
-  const int32_t* x = c.I(vi.a);
-  int32_t* o = c.I(vi.dst);
+  const int32_t* x = c.R<int32_t>(vi.a);
+  int32_t* o = c.W<int32_t>(vi.dst);
   const bool is_bool = vi.type == static_cast<uint8_t>(DType::kBool);
   const bool is_i8 = vi.type == static_cast<uint8_t>(DType::kInt8);
   for (int64_t r = 0; r < rows; ++r) {
@@ -539,8 +552,8 @@ void RowReduceI(const VInst& vi, TileCtx& c) {
 void Bcast(const VInst& vi, TileCtx& c) {
   const int64_t rows = c.n[1];
   const int64_t K = rows ? c.n[0] / rows : 0;
-  const int32_t* a = c.I(vi.a);
-  int32_t* o = c.I(vi.dst);
+  const int32_t* a = c.R<int32_t>(vi.a);
+  int32_t* o = c.W<int32_t>(vi.dst);
   const DI d;
   const int64_t L = hn::Lanes(d);
   for (int64_t r = 0; r < rows; ++r) {

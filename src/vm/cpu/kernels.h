@@ -15,22 +15,38 @@ namespace dvm::vm {
 struct StageRt;
 struct VInst;
 
+// Registers: each has a slot in this thread's scratch. A register is read
+// through p[r], which a LOAD may point straight at the tensor (zero copy);
+// every write goes to the slot (W resets p[r]), so tensors are never written
+// through a register. Handlers fetch their operands before calling W.
 struct TileCtx {
-  uint8_t* regs = nullptr;   // this thread's scratch
-  int64_t n[2] = {0, 0};     // lanes of a full / reduced tile
-  int64_t start[2] = {0, 0}; // flat start of the tile in the full / reduced domain
+  uint8_t* regs = nullptr;    // this thread's scratch
+  size_t slot_bytes = 0;      // bytes per register slot
+  const void** p = nullptr;   // current data of each register
+  int64_t n[2] = {0, 0};      // lanes of a full / reduced tile
+  int64_t start[2] = {0, 0};  // flat start of the tile in the full / reduced domain
   const StageRt* stage = nullptr;
   void* const* ptrs = nullptr;  // tensor base pointers by tensor index
 
-  float* F(uint32_t off) const { return reinterpret_cast<float*>(regs) + off; }
-  int32_t* I(uint32_t off) const { return reinterpret_cast<int32_t*>(regs) + off; }
+  template <typename T>
+  const T* R(uint32_t r) const {
+    return static_cast<const T*>(p[r]);
+  }
+  template <typename T>
+  T* W(uint32_t r) const {
+    void* q = regs + r * slot_bytes;
+    p[r] = q;
+    return static_cast<T*>(q);
+  }
+  // A wide (f64) accumulator: always in scratch, registers r and r+1.
+  double* Acc(uint32_t r) const { return reinterpret_cast<double*>(regs + r * slot_bytes); }
 };
 
 using Handler = void (*)(const VInst&, TileCtx&);
 
 struct VInst {
   Handler fn = nullptr;
-  uint32_t dst = 0, a = 0, b = 0, c = 0;  // register lane offsets (reg * cap)
+  uint32_t dst = 0, a = 0, b = 0, c = 0;  // register numbers
   uint32_t kbits = 0;                     // constant operand (scalar forms, FILL)
   uint16_t view = 0;                      // LOAD/STORE view index
   uint8_t level = 0;                      // 0 full, 1 reduced

@@ -95,11 +95,38 @@ inline void ForEachRun(const ViewRt& v, int64_t f, int64_t n, F run) {
   }
 }
 
+// Offset of the tile's elements when they are one contiguous run, else -1.
+inline int64_t ContiguousRun(const ViewRt& v, int64_t f, int64_t n) {
+  if (v.rank == 0) return n == 1 ? v.offset : -1;
+  if (v.strides[v.rank - 1] != 1) return -1;
+  if (v.rank == 1) return v.offset + f;
+  const int64_t inner = v.dims[v.rank - 1];
+  int64_t idx = f % inner, rem = f / inner;
+  if (inner - idx < n) return -1;
+  int64_t addr = v.offset + idx;
+  for (int i = v.rank - 2; i >= 0; --i) {
+    addr += (rem % v.dims[i]) * v.strides[i];
+    rem /= v.dims[i];
+  }
+  return addr;
+}
+
 void LoadHandler(const VInst& vi, TileCtx& c) {
   const ViewRt& v = c.stage->views[vi.view];
   const uint8_t* base = static_cast<const uint8_t*>(c.ptrs[v.tensor]);
-  uint32_t* dst = reinterpret_cast<uint32_t*>(c.regs) + vi.dst;
-  ForEachRun(v, c.start[vi.level], c.n[vi.level], [&](int64_t off, int64_t s, int64_t cnt, int64_t lane) {
+  const int64_t f = c.start[vi.level], n = c.n[vi.level];
+  if (v.zero_copy && n > 0) {
+    // Registers hold 32-bit lanes: an f32/i32 tensor run is used in place.
+    // Kernels read whole vectors (up to 15 lanes past n): only when those
+    // stay inside the tensor.
+    const int64_t off = ContiguousRun(v, f, n);
+    if (off >= 0 && off + ((n + 15) & ~int64_t{15}) <= v.numel) {
+      c.p[vi.dst] = base + off * 4;
+      return;
+    }
+  }
+  uint32_t* dst = c.W<uint32_t>(vi.dst);
+  ForEachRun(v, f, n, [&](int64_t off, int64_t s, int64_t cnt, int64_t lane) {
     if (s == 1) {
       v.load(dst + lane, base + off * v.esize, cnt);
     } else if (s == 0) {
@@ -114,7 +141,7 @@ void LoadHandler(const VInst& vi, TileCtx& c) {
 void StoreHandler(const VInst& vi, TileCtx& c) {
   const ViewRt& v = c.stage->views[vi.view];
   uint8_t* base = static_cast<uint8_t*>(c.ptrs[v.tensor]);
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(c.regs) + vi.a;
+  const uint32_t* src = c.R<uint32_t>(vi.a);
   ForEachRun(v, c.start[vi.level], c.n[vi.level], [&](int64_t off, int64_t s, int64_t cnt, int64_t lane) {
     if (s == 1) {
       v.store(base + off * v.esize, src + lane, cnt);
@@ -125,7 +152,7 @@ void StoreHandler(const VInst& vi, TileCtx& c) {
 }
 
 void FillHandler(const VInst& vi, TileCtx& c) {
-  uint32_t* dst = reinterpret_cast<uint32_t*>(c.regs) + vi.dst;
+  uint32_t* dst = c.W<uint32_t>(vi.dst);
   std::fill(dst, dst + c.n[vi.level], vi.kbits);
 }
 
@@ -202,7 +229,8 @@ void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
 struct StageJob {
   const StageRt* stage;
   void* const* ptrs;
-  size_t scratch_bytes;
+  size_t scratch_bytes, slot_bytes;
+  int num_regs;
   int64_t grain;
   std::atomic<int64_t> next{0};
 };
@@ -211,6 +239,10 @@ void RunStageJob(void* ctx, int) {
   auto* job = static_cast<StageJob*>(ctx);
   TileCtx c;
   c.regs = tls_scratch.Get(job->scratch_bytes);
+  c.slot_bytes = job->slot_bytes;
+  const void* p[256];
+  for (int r = 0; r < job->num_regs; ++r) p[r] = c.regs + r * job->slot_bytes;
+  c.p = p;
   c.stage = job->stage;
   c.ptrs = job->ptrs;
   const int64_t nt = job->stage->ntiles;
@@ -226,7 +258,6 @@ void RunStageJob(void* ctx, int) {
 
 Executable::Executable(std::span<const uint8_t> bytecode) {
   bc::Parse(bytecode, prog_);
-  const uint32_t cap = prog_.tile_cap;
   stages_.resize(prog_.stages.size());
   for (size_t si = 0; si < prog_.stages.size(); ++si) {
     const bc::Stage& s = prog_.stages[si];
@@ -255,6 +286,8 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
         r.dims[i] = full ? s.full_dims[i] : s.red_dims[i];
         r.strides[i] = v.strides[i];
       }
+      r.numel = prog_.tensors[v.tensor].numel;
+      r.zero_copy = r.dtype == DType::kFloat32 || r.dtype == DType::kInt32;
       r.load = LoadConverter(r.dtype);
       r.store = StoreConverter(r.dtype);
     }
@@ -269,10 +302,10 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
       const bc::Inst& in = s.insts[i];
       VInst& v = rt.code[i];
       const bc::OpInfo& info = bc::kOpInfo[in.op];
-      v.dst = in.dst * cap;
-      v.a = in.a * cap;
-      v.b = in.b * cap;
-      v.c = in.c * cap;
+      v.dst = in.dst;
+      v.a = in.a;
+      v.b = in.b;
+      v.c = in.c;
       v.level = (in.flags & bc::kLevelRed) ? 1 : 0;
       v.type = in.type;
       v.src = (in.flags & bc::kSrcMask) >> bc::kSrcShift;
@@ -303,6 +336,8 @@ void Executable::Run(void* const* ptrs) const {
     job.stage = &s;
     job.ptrs = ptrs;
     job.scratch_bytes = scratch;
+    job.slot_bytes = size_t(prog_.tile_cap) * 4;
+    job.num_regs = prog_.num_regs;
     // Small stages run on the calling thread without waking the pool.
     const int64_t per_tile = std::max<int64_t>(1, (s.n_full + s.n_red) / s.ntiles);
     const bool small = s.n_full + s.n_red < 48 * 1024 || s.ntiles < 2;

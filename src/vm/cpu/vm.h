@@ -17,6 +17,8 @@ struct ViewRt {
   uint8_t esize = 4;
   int rank = 0;
   int64_t offset = 0;
+  int64_t numel = 0;        // elements of the tensor
+  bool zero_copy = false;   // storage is 32-bit lanes: contiguous runs load in place
   int64_t dims[bc::kMaxRank] = {};
   int64_t strides[bc::kMaxRank] = {};
   ConvertFn load = nullptr, store = nullptr;
