@@ -92,7 +92,7 @@ HWY_INLINE void MapF(const VInst& vi, TileCtx& c, F f) {
   const float* a = c.R<float>(vi.a);
   float* o = c.W<float>(vi.dst);
   const int64_t n = c.n[vi.level];
-  for (int64_t i = 0; i < n; i += hn::Lanes(d)) hn::Store(f(d, hn::LoadU(d, a + i)), d, o + i);
+  for (int64_t i = 0; i < n; i += hn::Lanes(d)) hn::StoreU(f(d, hn::LoadU(d, a + i)), d, o + i);
 }
 
 template <bool kWrap8, class F>
@@ -104,7 +104,7 @@ HWY_INLINE void MapI(const VInst& vi, TileCtx& c, F f) {
   for (int64_t i = 0; i < n; i += hn::Lanes(d)) {
     VI r = f(d, hn::LoadU(d, a + i));
     if (kWrap8) r = Wrap8(r);
-    hn::Store(r, d, o + i);
+    hn::StoreU(r, d, o + i);
   }
 }
 
@@ -156,12 +156,12 @@ void IsFiniteF(const VInst& vi, TileCtx& c) {
   const float* a = c.R<float>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
-    hn::Store(BoolF(d, hn::IsFinite(hn::LoadU(d, a + i))), di, o + i);
+    hn::StoreU(BoolF(d, hn::IsFinite(hn::LoadU(d, a + i))), di, o + i);
 }
 void OnesI(const VInst& vi, TileCtx& c) {
   const DI d;
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) hn::Store(hn::Set(d, 1), d, o + i);
+  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) hn::StoreU(hn::Set(d, 1), d, o + i);
 }
 void NotF(const VInst& vi, TileCtx& c) {
   const DF d;
@@ -169,14 +169,14 @@ void NotF(const VInst& vi, TileCtx& c) {
   const float* a = c.R<float>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
-    hn::Store(BoolF(d, hn::Eq(hn::LoadU(d, a + i), hn::Zero(d))), di, o + i);
+    hn::StoreU(BoolF(d, hn::Eq(hn::LoadU(d, a + i), hn::Zero(d))), di, o + i);
 }
 void NotI(const VInst& vi, TileCtx& c) {
   const DI d;
   const int32_t* a = c.R<int32_t>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
-    hn::Store(Bool(d, hn::Eq(hn::LoadU(d, a + i), hn::Zero(d))), d, o + i);
+    hn::StoreU(Bool(d, hn::Eq(hn::LoadU(d, a + i), hn::Zero(d))), d, o + i);
 }
 
 // Binary ops. kForm: 0 = reg op reg, 1 = reg op const, 2 = const op reg.
@@ -204,7 +204,7 @@ HWY_INLINE void BinFF(const VInst& vi, TileCtx& c, F f) {
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
     VF x, y;
     Operands<kForm>(vi, c, d, a, b, i, k, x, y);
-    hn::Store(f(d, x, y), d, o + i);
+    hn::StoreU(f(d, x, y), d, o + i);
   }
 }
 template <int kForm, class F>  // float operands, bool result
@@ -217,7 +217,7 @@ HWY_INLINE void BinFB(const VInst& vi, TileCtx& c, F f) {
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
     VF x, y;
     Operands<kForm>(vi, c, d, a, b, i, k, x, y);
-    hn::Store(BoolF(d, f(d, x, y)), di, o + i);
+    hn::StoreU(BoolF(d, f(d, x, y)), di, o + i);
   }
 }
 template <int kForm, bool kWrap8, class F>
@@ -231,7 +231,7 @@ HWY_INLINE void BinII(const VInst& vi, TileCtx& c, F f) {
     Operands<kForm>(vi, c, d, a, b, i, k, x, y);
     VI r = f(d, x, y);
     if (kWrap8) r = Wrap8(r);
-    hn::Store(r, d, o + i);
+    hn::StoreU(r, d, o + i);
   }
 }
 template <int kForm, class F>  // int operands, bool result
@@ -243,7 +243,7 @@ HWY_INLINE void BinIB(const VInst& vi, TileCtx& c, F f) {
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
     VI x, y;
     Operands<kForm>(vi, c, d, a, b, i, k, x, y);
-    hn::Store(Bool(d, f(d, x, y)), d, o + i);
+    hn::StoreU(Bool(d, f(d, x, y)), d, o + i);
   }
 }
 
@@ -336,7 +336,7 @@ void Select(const VInst& vi, TileCtx& c) {
   int32_t* o = c.W<int32_t>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
     auto mask = hn::Ne(hn::LoadU(d, m + i), hn::Zero(d));
-    hn::Store(hn::IfThenElse(mask, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, o + i);
+    hn::StoreU(hn::IfThenElse(mask, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, o + i);
   }
 }
 
@@ -350,7 +350,7 @@ void IntToFloat(const VInst& vi, TileCtx& c) {
     VF v = hn::ConvertTo(d, hn::LoadU(di, a + i));
     if (vi.type == static_cast<uint8_t>(DType::kBFloat16)) v = RoundBF16(d, v);
     if (vi.type == static_cast<uint8_t>(DType::kFloat16)) v = RoundF16(d, v);
-    hn::Store(v, d, o + i);
+    hn::StoreU(v, d, o + i);
   }
 }
 void FloatToInt(const VInst& vi, TileCtx& c) {
@@ -368,14 +368,14 @@ void FloatToBool(const VInst& vi, TileCtx& c) {
   const float* a = c.R<float>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
-    hn::Store(BoolF(d, hn::Not(hn::Eq(hn::LoadU(d, a + i), hn::Zero(d)))), di, o + i);
+    hn::StoreU(BoolF(d, hn::Not(hn::Eq(hn::LoadU(d, a + i), hn::Zero(d)))), di, o + i);
 }
 void IntToBool(const VInst& vi, TileCtx& c) {
   const DI d;
   const int32_t* a = c.R<int32_t>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
   for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
-    hn::Store(Bool(d, hn::Ne(hn::LoadU(d, a + i), hn::Zero(d))), d, o + i);
+    hn::StoreU(Bool(d, hn::Ne(hn::LoadU(d, a + i), hn::Zero(d))), d, o + i);
 }
 void IntToI8(const VInst& vi, TileCtx& c) {
   MapI<true>(vi, c, [](DI, VI x) HWY_ATTR { return x; });
@@ -443,7 +443,7 @@ float RowF(const float* x, int64_t K) {
     for (; i + L <= K; i += L) a0 = AccV<kOp>(d, a0, hn::LoadU(d, x + i));
     a0 = AccV<kOp>(d, a0, a1);
     HWY_ALIGN float lanes[hn::MaxLanes(d)];
-    hn::Store(a0, d, lanes);
+    hn::StoreU(a0, d, lanes);
     float r = lanes[0];
     for (int64_t l = 1; l < L; ++l) r = AccS<kOp>(r, lanes[l]);
     for (; i < K; ++i) r = AccS<kOp>(r, x[i]);
@@ -463,7 +463,7 @@ float RowF(const float* x, int64_t K) {
   }
   a0 = AccD<kOp>(dd, AccD<kOp>(dd, a0, a1), AccD<kOp>(dd, a2, a3));
   HWY_ALIGN double lanes[hn::MaxLanes(dd)];
-  hn::Store(a0, dd, lanes);
+  hn::StoreU(a0, dd, lanes);
   double r = lanes[0];
   for (size_t l = 1; l < hn::Lanes(dd); ++l) r = AccSD<kOp>(r, lanes[l]);
   for (; i < K; ++i) r = AccSD<kOp>(r, x[i]);
@@ -779,7 +779,7 @@ float ErfScalarT(float x) {
   (void)d1;
   const DF d;
   HWY_ALIGN float buf[hn::MaxLanes(d)];
-  hn::Store(ErfV(d, hn::Set(d, x)), d, buf);
+  hn::StoreU(ErfV(d, hn::Set(d, x)), d, buf);
   return buf[0];
 }
 

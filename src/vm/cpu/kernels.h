@@ -15,6 +15,9 @@ namespace dvm::vm {
 struct StageRt;
 struct VInst;
 
+constexpr uint32_t kNoBind = 0xffffffffu;
+constexpr uint16_t kNoForward = 0xffff;
+
 // Registers: each has a slot in this thread's scratch. A register is read
 // through p[r], which a LOAD may point straight at the tensor (zero copy);
 // every write goes to the slot (W resets p[r]), so tensors are never written
@@ -27,6 +30,8 @@ struct TileCtx {
   int64_t start[2] = {0, 0};  // flat start of the tile in the full / reduced domain
   const StageRt* stage = nullptr;
   void* const* ptrs = nullptr;  // tensor base pointers by tensor index
+  uint32_t bind_reg = kNoBind;  // a register whose write goes to bind_ptr
+  void* bind_ptr = nullptr;
 
   template <typename T>
   const T* R(uint32_t r) const {
@@ -34,7 +39,7 @@ struct TileCtx {
   }
   template <typename T>
   T* W(uint32_t r) const {
-    void* q = regs + r * slot_bytes;
+    void* q = r == bind_reg ? bind_ptr : regs + r * slot_bytes;
     p[r] = q;
     return static_cast<T*>(q);
   }
@@ -52,6 +57,8 @@ struct VInst {
   uint8_t level = 0;                      // 0 full, 1 reduced
   uint8_t type = 0, src = 0;              // result dtype, operand dtype
   uint8_t sub = 0;                        // raw b byte (reduce op of wide ops)
+  uint16_t fwd_view = kNoForward;         // store forwarding (see vm.cc)
+  Handler fn2 = nullptr;                  // the handler a forwarding wrapper runs
 };
 
 // The SIMD handler for an instruction (runtime ISA dispatch), or nullptr when

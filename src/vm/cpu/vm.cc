@@ -138,10 +138,32 @@ void LoadHandler(const VInst& vi, TileCtx& c) {
   });
 }
 
+// Where a store's tile lands when it can be written in place by the
+// instruction that computes it: one contiguous run of 32-bit lanes whose
+// length is a multiple of 16 (kernels write whole vectors), else null.
+inline void* ForwardTarget(const ViewRt& v, const TileCtx& c, int level) {
+  const int64_t n = c.n[level];
+  if (!v.zero_copy || n <= 0 || (n & 15) != 0) return nullptr;
+  const int64_t off = ContiguousRun(v, c.start[level], n);
+  return off < 0 ? nullptr : static_cast<uint8_t*>(c.ptrs[v.tensor]) + off * 4;
+}
+
+// Runs the instruction whose result a STORE writes, with that register bound
+// to the store's destination, so the result is written there directly.
+void ForwardedHandler(const VInst& vi, TileCtx& c) {
+  const ViewRt& v = c.stage->views[vi.fwd_view];
+  c.bind_reg = vi.dst;
+  c.bind_ptr = ForwardTarget(v, c, vi.level);
+  if (!c.bind_ptr) c.bind_reg = kNoBind;
+  vi.fn2(vi, c);
+  c.bind_reg = kNoBind;
+}
+
 void StoreHandler(const VInst& vi, TileCtx& c) {
   const ViewRt& v = c.stage->views[vi.view];
   uint8_t* base = static_cast<uint8_t*>(c.ptrs[v.tensor]);
   const uint32_t* src = c.R<uint32_t>(vi.a);
+  if (vi.fwd_view != kNoForward && src == ForwardTarget(v, c, vi.level)) return;  // already there
   ForEachRun(v, c.start[vi.level], c.n[vi.level], [&](int64_t off, int64_t s, int64_t cnt, int64_t lane) {
     if (s == 1) {
       v.store(base + off * v.esize, src + lane, cnt);
@@ -323,6 +345,36 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
       if (!v.fn)
         Fail("bytecode: stage ", si, " instruction ", i, " (", info.name, ".", DTypeName(DType(in.type)),
              ") has no handler");
+    }
+    ForwardStores(s, rt);
+  }
+}
+
+// Store forwarding: a STORE of a register whose value was computed by an
+// earlier instruction of the same section lets that instruction write into
+// the destination (see ForwardedHandler), when the tile allows it at run
+// time. Loads never alias outputs, so nothing reads the destination early.
+void Executable::ForwardStores(const bc::Stage& s, StageRt& rt) {
+  for (int sec = 0; sec < bc::kNumSections; ++sec) {
+    for (int i = rt.sec[sec]; i < rt.sec[sec + 1]; ++i) {
+      VInst& st = rt.code[i];
+      if (bc::Opcode(s.insts[i].op) != bc::Opcode::STORE || !rt.views[st.view].zero_copy) continue;
+      for (int j = i - 1; j >= rt.sec[sec]; --j) {
+        const bc::Inst& w = s.insts[j];
+        const bc::Kind kind = bc::kOpInfo[w.op].kind;
+        if (kind == bc::Kind::kStore) continue;
+        if (w.dst != s.insts[i].a) continue;
+        // The writer must be an ordinary handler at the store's level that
+        // has not been forwarded already (LOAD may alias its input instead).
+        if (kind == bc::Kind::kLoad || kind == bc::Kind::kWide || rt.code[j].fwd_view != kNoForward ||
+            rt.code[j].level != st.level)
+          break;
+        rt.code[j].fn2 = rt.code[j].fn;
+        rt.code[j].fn = &ForwardedHandler;
+        rt.code[j].fwd_view = st.view;
+        st.fwd_view = st.view;
+        break;
+      }
     }
   }
 }

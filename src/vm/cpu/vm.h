@@ -47,6 +47,8 @@ class Executable {
   int64_t work() const { return work_; }
 
  private:
+  static void ForwardStores(const bc::Stage& s, StageRt& rt);
+
   bc::Program prog_;
   std::vector<StageRt> stages_;
   int64_t work_ = 0;
