@@ -392,7 +392,10 @@ void Executable::Run(void* const* ptrs) const {
     job.num_regs = prog_.num_regs;
     // Small stages run on the calling thread without waking the pool.
     const int64_t per_tile = std::max<int64_t>(1, (s.n_full + s.n_red) / s.ntiles);
-    const bool small = s.n_full + s.n_red < 48 * 1024 || s.ntiles < 2;
+    // Work in lane-instructions: below ~64K (a few microseconds) waking
+    // the pool costs more than it saves.
+    const int64_t work = (s.n_full + s.n_red) * static_cast<int64_t>(s.code.size());
+    const bool small = work < 64 * 1024 || s.ntiles < 2;
     int threads = small ? 1 : static_cast<int>(std::min<int64_t>(pool.num_threads(), s.ntiles));
     job.grain = std::max<int64_t>(1, std::min<int64_t>(s.ntiles / (threads * 8), 16384 / per_tile + 1));
     if (threads <= 1) RunStageJob(&job, 0);
