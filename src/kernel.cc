@@ -406,6 +406,21 @@ NDObject* Kernel::ElemAny(NDObject* x) {
   return k.Push(std::move(n));
 }
 
+NDObject* Kernel::MatMul(NDObject* a, NDObject* b, bool trans_a, bool trans_b) {
+  Impl& k = *impl_;
+  k.CheckMutable("matmul");
+  ir::Node n;
+  n.op = ir::Op::kMatMul;
+  n.in[0] = k.Id(a, "matmul");
+  n.in[1] = k.Id(b, "matmul");
+  n.sub = static_cast<uint8_t>((trans_a ? 1 : 0) | (trans_b ? 2 : 0));
+  DType ta = k.g.nodes[n.in[0]].dtype, tb = k.g.nodes[n.in[1]].dtype;
+  if (ta != tb) Fail("matmul: dtype mismatch ", DTypeName(ta), " vs ", DTypeName(tb));
+  if (!IsFloat(ta)) Fail("matmul: dtype ", DTypeName(ta), " not supported (f32, f16, bf16)");
+  n.dtype = ta;
+  return k.Push(std::move(n));
+}
+
 Shape Kernel::GetShape(NDObject* v) const {
   auto id = static_cast<int64_t>(reinterpret_cast<uintptr_t>(v)) - 1;
   if (v == nullptr || id < 0 || id >= static_cast<int64_t>(impl_->g.nodes.size())) Fail("shape: invalid value handle");

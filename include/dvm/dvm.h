@@ -130,6 +130,12 @@ class Kernel {
   NDObject* Reduce(ReduceOp op, NDObject* x, Dims axes, bool keepdims);
   // True when any element is non-zero; a rank-0 bool.
   NDObject* ElemAny(NDObject* x);
+  // Matrix product over the last two dims: a [..., M, K] (or [..., K, M]
+  // with trans_a), b [..., K, N] (or [..., N, K] with trans_b); leading
+  // batch dims broadcast. f32/f16/bf16 inputs, f32 accumulation, result in
+  // the inputs' dtype. Elementwise ops on the result are fused into the
+  // GEMM's tiles (the epilogue runs on each block of C while it is in cache).
+  NDObject* MatMul(NDObject* a, NDObject* b, bool trans_a = false, bool trans_b = false);
 
   // initializer_list conveniences: k.Load(p, {4, 8}, DType::kFloat32).
   NDObject* Load(void* addr, std::initializer_list<int64_t> shape, DType type) {

@@ -80,6 +80,21 @@ void Encode(const Program& p, std::vector<uint8_t>& out) {
     for (int64_t v : s.p) w.Put<int64_t>(v);
     for (int i = 0; i < s.full_rank; ++i) w.Put<int64_t>(s.full_dims[i]);
     for (int i = 0; i < s.red_rank; ++i) w.Put<int64_t>(s.red_dims[i]);
+    if (s.mode == Mode::kGemm) {
+      const Gemm& g = s.gemm;
+      Check(g.batch_rank <= kMaxBatchRank, "batch rank");
+      w.Put<uint16_t>(g.a);
+      w.Put<uint16_t>(g.b);
+      w.Put<uint16_t>(g.c);
+      w.Put<uint8_t>(g.trans_a);
+      w.Put<uint8_t>(g.trans_b);
+      w.Put<uint8_t>(g.batch_rank);
+      for (int i = 0; i < 7; ++i) w.Put<uint8_t>(0);
+      for (int64_t v : {g.a_off, g.b_off, g.lda, g.ldb, g.tile_rows, g.tile_cols, g.body_tile}) w.Put<int64_t>(v);
+      for (int i = 0; i < g.batch_rank; ++i) w.Put<int64_t>(g.bdims[i]);
+      for (int i = 0; i < g.batch_rank; ++i) w.Put<int64_t>(g.a_bs[i]);
+      for (int i = 0; i < g.batch_rank; ++i) w.Put<int64_t>(g.b_bs[i]);
+    }
     for (const View& v : s.views) {
       w.Put<uint16_t>(v.tensor);
       w.Put<uint8_t>(static_cast<uint8_t>(v.level));

@@ -7,7 +7,7 @@
 namespace dvm::bc {
 namespace {
 
-const char* kModeNames[] = {"elem", "row", "col"};
+const char* kModeNames[] = {"elem", "row", "col", "gemm"};
 const char* kKindNames[] = {"in", "out", "ws"};
 const char* kSectionNames[] = {"tile_init", "block_init", "body", "block_merge", "post"};
 
@@ -51,6 +51,13 @@ std::string Disassemble(const Program& p) {
     os << " red=";
     Dims(os, s.red_dims, s.red_rank);
     os << " p=[" << s.p[0] << "," << s.p[1] << "," << s.p[2] << "," << s.p[3] << "]\n";
+    if (s.mode == Mode::kGemm) {
+      const Gemm& g = s.gemm;
+      os << "  gemm t" << g.c << " := t" << g.a << (g.trans_a ? "^T" : "") << " +" << g.a_off << " ld " << g.lda
+         << " @ t" << g.b << (g.trans_b ? "^T" : "") << " +" << g.b_off << " ld " << g.ldb << " batch=";
+      Dims(os, g.bdims, g.batch_rank);
+      os << " tile " << g.tile_rows << "x" << g.tile_cols << " body " << g.body_tile << "\n";
+    }
     for (size_t vi = 0; vi < s.views.size(); ++vi) {
       const View& v = s.views[vi];
       bool full = v.level == Level::kFull;

@@ -14,6 +14,10 @@
 //   COL   domain = [O, R, C] flattened (R reduced, in the middle); a tile is
 //         p2 columns of one o; the body runs for each r, in blocks of p3
 //         rows (block_init / body / block_merge), then post.
+//   GEMM  C[b] = op(A[b]) @ op(B[b]) (f32, BLAS) with p0 = M, p1 = N, p2 = K;
+//         a tile is a block of tile_rows x tile_cols of one batch entry;
+//         after the block is computed the body (the fused epilogue) runs on
+//         its rows, whose flat ranges in the domain [batch, M, N] it covers.
 //
 // Sections of the instruction stream, executed per tile: tile_init,
 // block_init, body, block_merge, post (ELEM and ROW use only body).
@@ -34,7 +38,8 @@ constexpr uint16_t kVersion = 1;
 constexpr int kMaxRank = 8;
 constexpr int kNumSections = 5;
 enum Section { kTileInit, kBlockInit, kBody, kBlockMerge, kPost };
-enum class Mode : uint8_t { kElem, kRow, kCol };
+enum class Mode : uint8_t { kElem, kRow, kCol, kGemm };
+constexpr int kMaxBatchRank = 4;
 enum class TensorKind : uint8_t { kInput, kOutput, kWorkspace };
 enum class Level : uint8_t { kFull, kRed };
 
@@ -57,6 +62,17 @@ struct View {
   int64_t strides[kMaxRank] = {};  // one per dim of its level's domain
 };
 
+// The matrix product of a GEMM stage. A is [batch..., M, K] row-major with
+// leading dim lda ([K, M] when trans_a), B likewise; C is the contiguous
+// f32 tensor [batch, M, N] at offset 0.
+struct Gemm {
+  uint16_t a = 0, b = 0, c = 0;  // tensors
+  uint8_t trans_a = 0, trans_b = 0, batch_rank = 0;
+  int64_t a_off = 0, b_off = 0, lda = 0, ldb = 0;
+  int64_t tile_rows = 1, tile_cols = 1, body_tile = 16;
+  int64_t bdims[kMaxBatchRank] = {}, a_bs[kMaxBatchRank] = {}, b_bs[kMaxBatchRank] = {};
+};
+
 struct Stage {
   Mode mode = Mode::kElem;
   uint8_t full_rank = 0, red_rank = 0;
@@ -64,6 +80,7 @@ struct Stage {
   int64_t red_dims[kMaxRank] = {};
   int64_t p[4] = {};
   uint16_t sections[kNumSections] = {};
+  Gemm gemm;  // kGemm only
   std::vector<View> views;
   std::vector<Inst> insts;
 };

@@ -98,8 +98,8 @@ void VerifyStage(const Program& p, const Stage& s, size_t stage_no, size_t inst_
         Bad(off + 5, "bad flags", Str(where(), " (", info.name, ") flags ", int(in.flags)));
       if (form != kFormRR && info.kind != Kind::kBin)
         Bad(off + 5, "bad flags", Str(where(), " (", info.name, ") scalar form on a non-binary op"));
-      if (lvl == Level::kRed && s.mode == Mode::kElem)
-        Bad(off + 5, "bad level", Str(where(), " (", info.name, ") reduced level in an ELEM stage"));
+      if (lvl == Level::kRed && (s.mode == Mode::kElem || s.mode == Mode::kGemm))
+        Bad(off + 5, "bad level", Str(where(), " (", info.name, ") reduced level in an ", s.mode == Mode::kElem ? "ELEM" : "GEMM", " stage"));
       // The type class applies to the result for B ops, to the operands otherwise.
       DType checked = info.types == TypeClass::B ? src : type;
       if (info.types == TypeClass::B ? type != DType::kBool : !TypeAllowed(info.types, checked))
@@ -212,6 +212,65 @@ void VerifyStage(const Program& p, const Stage& s, size_t stage_no, size_t inst_
   }
 }
 
+// The GEMM block: operand tensors and bounds of every element the BLAS call
+// can touch, for any batch entry.
+void ParseGemm(Reader& r, const Program& p, Stage& s, size_t si, int64_t n_full) {
+  Gemm& g = s.gemm;
+  const size_t off = r.pos;
+  g.a = r.Get<uint16_t>("gemm A");
+  g.b = r.Get<uint16_t>("gemm B");
+  g.c = r.Get<uint16_t>("gemm C");
+  g.trans_a = r.Get<uint8_t>("gemm trans_a");
+  g.trans_b = r.Get<uint8_t>("gemm trans_b");
+  g.batch_rank = r.Get<uint8_t>("gemm batch rank");
+  for (int i = 0; i < 7; ++i)
+    if (r.Get<uint8_t>("reserved") != 0) Bad(r.pos - 1, "reserved field not zero", Str("stage ", si, " gemm"));
+  int64_t* fields[] = {&g.a_off, &g.b_off, &g.lda, &g.ldb, &g.tile_rows, &g.tile_cols, &g.body_tile};
+  for (int64_t* f : fields) *f = r.Get<int64_t>("gemm field");
+  const size_t noff = p.tensors.size();
+  if (g.a >= noff || g.b >= noff || g.c >= noff)
+    Bad(off, "tensor out of range", Str("stage ", si, " gemm operands ", g.a, ", ", g.b, ", ", g.c, " of ", noff));
+  if (g.trans_a > 1 || g.trans_b > 1 || g.batch_rank > kMaxBatchRank)
+    Bad(off + 6, "bad gemm flags", Str("stage ", si, " trans ", int(g.trans_a), int(g.trans_b), " batch rank ", int(g.batch_rank)));
+  for (uint16_t t : {g.a, g.b, g.c})
+    if (p.tensors[t].dtype != DType::kFloat32) Bad(off, "dtype mismatch", Str("stage ", si, " gemm operand tensor ", t, " is not f32"));
+  if (p.tensors[g.c].kind == TensorKind::kInput) Bad(off + 4, "store to input", Str("stage ", si, " gemm writes input tensor ", g.c));
+  int64_t batch = 1;
+  auto dims = [&](int64_t* d, const char* what) {
+    for (int i = 0; i < g.batch_rank; ++i) {
+      d[i] = r.Get<int64_t>(what);
+      if (d[i] < 0 || d[i] > kMaxElems) Bad(r.pos - 8, "dim out of range", Str("stage ", si, " gemm ", what, " ", d[i]));
+    }
+  };
+  dims(g.bdims, "batch dim");
+  dims(g.a_bs, "A batch stride");
+  dims(g.b_bs, "B batch stride");
+  for (int i = 0; i < g.batch_rank; ++i) {
+    if (g.bdims[i] > 0 && batch > kMaxElems / g.bdims[i]) Bad(off, "dim out of range", Str("stage ", si, " gemm batch"));
+    batch *= g.bdims[i];
+  }
+  const int64_t M = s.p[0], N = s.p[1], K = s.p[2];
+  const int64_t cap = p.tile_cap;
+  if (M < 0 || N < 0 || K < 0 || M > kMaxElems || N > kMaxElems || K > kMaxElems)
+    Bad(off - 32, "bad gemm geometry", Str("stage ", si, " M=", M, " N=", N, " K=", K));
+  if ((M > 0 && N > kMaxElems / M) || (M * N > 0 && batch > kMaxElems / (M * N)) || batch * M * N != n_full)
+    Bad(off - 32, "bad gemm geometry", Str("stage ", si, " batch*M*N differs from the domain (", n_full, ")"));
+  if (g.tile_rows < 1 || g.tile_cols < 1 || g.body_tile < 1 || g.body_tile > cap)
+    Bad(off + 16, "bad gemm tiling", Str("stage ", si, " tile ", g.tile_rows, "x", g.tile_cols, " body ", g.body_tile));
+  auto check = [&](uint16_t t, int64_t o, int64_t ld, const int64_t* bs, int64_t rows, int64_t cols, const char* name) {
+    if (batch == 0 || rows == 0 || cols == 0) return;
+    if (o < 0 || ld < cols || ld > kMaxElems) Bad(off + 16, "bad gemm operand", Str("stage ", si, " ", name, " offset ", o, " ld ", ld, " cols ", cols));
+    __int128 hi = o + __int128(rows - 1) * ld + (cols - 1);
+    for (int i = 0; i < g.batch_rank; ++i) hi += __int128(g.bdims[i] > 0 ? g.bdims[i] - 1 : 0) * bs[i];
+    if (hi >= p.tensors[t].numel)
+      Bad(off + 16, "view outside tensor", Str("stage ", si, " gemm ", name, " reaches element ", static_cast<int64_t>(hi), " of tensor ", t, " (", p.tensors[t].numel, " elements)"));
+  };
+  check(g.a, g.a_off, g.lda, g.a_bs, g.trans_a ? K : M, g.trans_a ? M : K, "A");
+  check(g.b, g.b_off, g.ldb, g.b_bs, g.trans_b ? N : K, g.trans_b ? K : N, "B");
+  if (n_full > p.tensors[g.c].numel)
+    Bad(off + 4, "view outside tensor", Str("stage ", si, " gemm C needs ", n_full, " elements of tensor ", g.c));
+}
+
 }  // namespace
 
 void Parse(std::span<const uint8_t> bytes, Program& p) {
@@ -274,7 +333,7 @@ void Parse(std::span<const uint8_t> bytes, Program& p) {
     for (auto& sec : s.sections) sum += sec = r.Get<uint16_t>("section length");
     r.Get<uint16_t>("reserved");
     for (auto& v : s.p) v = r.Get<int64_t>("stage parameter");
-    if (mode > 2) Bad(soff, "bad stage mode", Str("stage ", si, " mode ", int(mode)));
+    if (mode > 3) Bad(soff, "bad stage mode", Str("stage ", si, " mode ", int(mode)));
     s.mode = Mode(mode);
     if (s.full_rank > kMaxRank || s.red_rank > kMaxRank) Bad(soff + 1, "rank out of range", Str("stage ", si));
     if (sum != ni) Bad(soff + 8, "section lengths", Str("stage ", si, " sections add to ", sum, ", instruction count ", ni));
@@ -315,6 +374,7 @@ void Parse(std::span<const uint8_t> bytes, Program& p) {
           Bad(poff, "bad column geometry", Str("stage ", si, " ", n_full, " elements vs O*R*C with C=", C, " R=", R));
         break;
       }
+      case Mode::kGemm: ParseGemm(r, p, s, si, n_full); break;
     }
     s.views.resize(nv);
     for (int vi = 0; vi < nv; ++vi) {

@@ -46,7 +46,7 @@ struct Dims8 {
 
 // ---- lowered IR ---------------------------------------------------------------
 
-enum class L : uint8_t { kLoad, kConst, kUn, kBin, kSel, kCast, kCopy, kReduce, kChunk };
+enum class L : uint8_t { kLoad, kConst, kUn, kBin, kSel, kCast, kCopy, kReduce, kChunk, kMatMul };
 
 struct LNode {
   L op = L::kCopy;
@@ -153,6 +153,7 @@ struct StagePlan {
   Dims8 dom;          // domain, rank r
   uint32_t rmask = 0; // reduced axes of dom
   int chunk_node = -1;
+  int gemm_node = -1;  // kGemm: the matmul; its C workspace is written by the stage
   std::vector<int> roots;
   std::vector<int> reads_ws;  // workspace tensors read
   std::vector<int> writes;    // tensors written
@@ -249,7 +250,8 @@ class Gen {
     Process(ri);
     int load = MakeLoad(ws, dt, shape, 0, Contiguous(shape));
     mat_[v] = load;
-    mat_plan_[v] = root_plan_[ri];
+    // Stages after the writer read it; a GEMM stage's own epilogue too.
+    mat_plan_[v] = root_plan_[ri] + (ln_[v].op == L::kMatMul ? 0 : 1);
     return load;
   }
   void AddRoot(Root r) {
@@ -258,7 +260,7 @@ class Gen {
   }
   // A materialised value is read from its workspace by stages after the one
   // that writes it; that stage (and earlier ones) compute it.
-  int Resolve(int v) const { return mat_[v] >= 0 && mat_plan_[v] < cur_plan_ ? mat_[v] : v; }
+  int Resolve(int v) const { return mat_[v] >= 0 && mat_plan_[v] <= cur_plan_ ? mat_[v] : v; }
 
   // A value with a new shape of the same element order.
   int Reshaped(int v, const Dims8& shape) {
@@ -400,6 +402,15 @@ class Gen {
           map_[i] = Add(std::move(t));
           continue;
         }
+        case ir::Op::kMatMul: {
+          l.op = L::kMatMul;
+          l.sub = node.sub;
+          l.in[0] = GemmOperand(in(0));
+          l.in[1] = GemmOperand(in(1));
+          map_[i] = Add(std::move(l));
+          Materialize(map_[i]);  // C: a GEMM stage writes it, epilogues read it
+          continue;
+        }
         case ir::Op::kReduce:
         case ir::Op::kElemAny: {
           int x = in(0);
@@ -428,6 +439,21 @@ class Gen {
       map_[i] = Add(std::move(l));
     }
     for (Root& r : pending_stores_) AddRoot(r);
+  }
+
+  // A matmul operand BLAS can read in place: an f32 load whose last dim is
+  // contiguous and whose rows do not overlap; anything else is copied to an
+  // f32 workspace first (casts and scalings of the inputs become that copy).
+  int GemmOperand(int x) {
+    const LNode& n = ln_[x];
+    const size_t r = n.shape.size();
+    bool ok = n.op == L::kLoad && tensors_[n.tensor].dtype == DType::kFloat32 && r >= 2 &&
+              r <= 2 + bc::kMaxBatchRank;
+    if (ok) {
+      const int64_t rows = n.shape[r - 2], cols = n.shape[r - 1];
+      ok = (cols <= 1 || n.strides[r - 1] == 1) && (rows <= 1 || n.strides[r - 2] >= cols);
+    }
+    return ok ? x : Materialize(x);
   }
 
   // Reduce x over `axes` keeping dims; returns the lowered node.
@@ -559,6 +585,14 @@ class Gen {
     for (;;) {
       const int v = Resolve(roots_[ri].value);
       StagePlan plan;
+      if (ln_[v].op == L::kMatMul) {
+        plan.mode = Mode::kGemm;
+        plan.gemm_node = v;
+        plan.dom = ln_[v].shape;
+        slice.clear();
+        Commit(ri, plan, slice);
+        return;
+      }
       if (ln_[v].op == L::kChunk) {
         plan.mode = Mode::kRow;
         plan.chunk_node = v;
@@ -616,7 +650,7 @@ class Gen {
     lvl_.resize(ln_.size());
     const Dims8 red = RedShape(plan.dom, plan.rmask);
     auto leaf_lvl = [&](int n) -> Lvl {
-      if (plan.mode == Mode::kElem || plan.chunk_node >= 0) return kFull;
+      if (plan.mode == Mode::kElem || plan.mode == Mode::kGemm || plan.chunk_node >= 0) return kFull;
       return FitsIn(ln_[n].shape, red) ? kAny : kFull;
     };
     for (int n : slice) {
@@ -630,7 +664,7 @@ class Gen {
           }
         Fail("codegen: node shape ", ir::ShapeStr(x.shape), " does not fit domain ", ir::ShapeStr(plan.dom));
       }
-      if (plan.mode == Mode::kElem || plan.chunk_node >= 0) {
+      if (plan.mode == Mode::kElem || plan.mode == Mode::kGemm || plan.chunk_node >= 0) {
         lvl_[n] = kFull;
         continue;
       }
@@ -683,12 +717,15 @@ class Gen {
       StagePlan& last = plans_.back();
       // Same nest; or an elementwise root over the full domain of a ROW/COL
       // nest (its values are full-level there), in either order.
-      const bool nest = last.chunk_node < 0 && p.chunk_node < 0 && last.dom == p.dom;
+      const bool nest = last.chunk_node < 0 && p.chunk_node < 0 && p.gemm_node < 0 && last.dom == p.dom;
       const bool elem_into = nest && p.mode == Mode::kElem && last.mode != Mode::kElem;
       const bool upgrade = nest && last.mode == Mode::kElem && p.mode != Mode::kElem;
       bool same = nest && ((last.mode == p.mode && last.rmask == p.rmask) || elem_into || upgrade);
+      // A GEMM stage's epilogue reads C: each block is computed before the
+      // epilogue runs on it. Any other read of the stage's writes splits.
+      const int gemm_c = last.mode == Mode::kGemm ? last.writes.front() : -1;
       for (int t : reads)
-        if (std::find(last.writes.begin(), last.writes.end(), t) != last.writes.end()) same = false;
+        if (t != gemm_c && std::find(last.writes.begin(), last.writes.end(), t) != last.writes.end()) same = false;
       if (std::find(last.writes.begin(), last.writes.end(), wt) != last.writes.end()) same = false;
       if (same) {
         if (upgrade) {
@@ -876,6 +913,10 @@ class Gen {
     }
     for (int ri : p.roots) {
       const Root& r = roots_[ri];
+      if (r.value == p.gemm_node) {
+        e.st.gemm.c = static_cast<uint16_t>(r.tensor);
+        continue;
+      }
       const int v = Resolve(r.value);
       bool red = !e.chunk && p.mode != Mode::kElem && (ln_[v].op == L::kReduce || e.lvl[v] == kRed);
       if (e.chunk) red = true;
@@ -953,7 +994,7 @@ class Gen {
       s.red_rank = 1;
       s.red_dims[0] = e.red[0];
     }
-    if (p.mode == Mode::kElem) s.red_rank = 0;
+    if (p.mode == Mode::kElem || p.mode == Mode::kGemm) s.red_rank = 0;
     for (bc::View v : e.views) {
       bc::View o = v;
       std::fill(std::begin(o.strides), std::end(o.strides), 0);
@@ -970,6 +1011,10 @@ class Gen {
     const int64_t n_full = bc::FullElems(s);
     int64_t cap = 16;
     switch (p.mode) {
+      case Mode::kGemm:
+        SetupGemm(s, p);
+        cap = s.gemm.body_tile;
+        break;
       case Mode::kElem:
         s.p[0] = std::min<int64_t>(t_->elem_tile, std::max<int64_t>(n_full, 1));
         cap = s.p[0];
@@ -1012,10 +1057,59 @@ class Gen {
     tile_cap_ = std::max(tile_cap_, (cap + 15) / 16 * 16);
     // Empty domains need no stage (a ROW with rows but K == 0 still runs).
     if (n_full == 0 && bc::RedElems(s) == 0) return;
-    if (p.mode == Mode::kElem && n_full == 0) return;
+    if ((p.mode == Mode::kElem || p.mode == Mode::kGemm) && n_full == 0) return;
     if (p.mode == Mode::kCol && s.p[1] == 0) return;
     AllocRegs(e);
     stages_.push_back(std::move(e.st));
+  }
+
+  // The GEMM block: operands from the matmul's (load) inputs, tiling.
+  void SetupGemm(bc::Stage& s, const StagePlan& p) {
+    const LNode& mm = ln_[p.gemm_node];
+    const LNode& A = ln_[mm.in[0]];
+    const LNode& B = ln_[mm.in[1]];
+    bc::Gemm& g = s.gemm;
+    const bool ta = mm.sub & 1, tb = mm.sub & 2;
+    const size_t r = mm.shape.size(), ra = A.shape.size(), rb = B.shape.size();
+    const int64_t M = mm.shape[r - 2], N = mm.shape[r - 1], K = A.shape[ra - (ta ? 2 : 1)];
+    s.p[0] = M;
+    s.p[1] = N;
+    s.p[2] = K;
+    s.p[3] = 0;
+    g.a = static_cast<uint16_t>(A.tensor);
+    g.b = static_cast<uint16_t>(B.tensor);
+    g.trans_a = ta;
+    g.trans_b = tb;
+    g.a_off = A.offset;
+    g.b_off = B.offset;
+    auto ld = [](const LNode& x) {
+      const size_t n = x.shape.size();
+      return x.shape[n - 2] <= 1 ? std::max<int64_t>(x.shape[n - 1], 1) : x.strides[n - 2];
+    };
+    g.lda = ld(A);
+    g.ldb = ld(B);
+    const size_t br = r - 2;
+    if (br > bc::kMaxBatchRank) Fail("matmul: ", br, " batch dims exceed ", bc::kMaxBatchRank);
+    g.batch_rank = static_cast<uint8_t>(br);
+    for (size_t i = 0; i < br; ++i) {
+      g.bdims[i] = mm.shape[i];
+      auto bstride = [&](const LNode& x, size_t rx) -> int64_t {
+        const int64_t j = static_cast<int64_t>(i) - static_cast<int64_t>(br - (rx - 2));
+        return j < 0 || x.shape[j] == 1 ? 0 : x.strides[j];
+      };
+      g.a_bs[i] = bstride(A, ra);
+      g.b_bs[i] = bstride(B, rb);
+    }
+    // Blocks: two per thread over rows when M is large, else over columns.
+    const int64_t threads = std::max(1, GetNumThreads());
+    if (M >= 64 * threads) {
+      g.tile_rows = std::max<int64_t>(32, (M + 2 * threads - 1) / (2 * threads) + 7) / 8 * 8;
+      g.tile_cols = std::max<int64_t>(N, 1);
+    } else {
+      g.tile_rows = std::max<int64_t>(M, 1);
+      g.tile_cols = std::max<int64_t>(64, ((N + 2 * threads - 1) / (2 * threads) + 63) / 64 * 64);
+    }
+    g.body_tile = t_->elem_tile;
   }
 
   void AllocRegs(StageEmit& e) {

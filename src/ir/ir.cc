@@ -73,6 +73,7 @@ const char* OpName(Op op) {
     case Op::kCopy: return "copy";
     case Op::kReduce: return "reduce";
     case Op::kElemAny: return "elem_any";
+    case Op::kMatMul: return "matmul";
   }
   return "?";
 }
@@ -228,6 +229,23 @@ Shape InferNode(const Graph& g, int id, const std::vector<Shape>& sh, std::span<
       return out;
     }
     case Op::kElemAny: return {};
+    case Op::kMatMul: {
+      const Shape& a = in(0);
+      const Shape& b = in(1);
+      if (a.size() < 2 || b.size() < 2)
+        Fail("matmul (node ", id, "): operands need rank >= 2, got ", ShapeStr(a), " and ", ShapeStr(b));
+      const bool ta = n.sub & 1, tb = n.sub & 2;
+      int64_t m = a[a.size() - (ta ? 1 : 2)], ka = a[a.size() - (ta ? 2 : 1)];
+      int64_t kb = b[b.size() - (tb ? 1 : 2)], nn = b[b.size() - (tb ? 2 : 1)];
+      if (ka >= 0 && kb >= 0 && ka != kb)
+        Fail("matmul (node ", id, "): inner dims differ: ", ShapeStr(a), (ta ? "^T" : ""), " @ ", ShapeStr(b),
+             (tb ? "^T" : ""), " (K = ", ka, " vs ", kb, ")");
+      Shape ba(a.begin(), a.end() - 2), bb(b.begin(), b.end() - 2);
+      Shape out = BroadcastShapes(ba, bb, "matmul batch dims", id);
+      out.push_back(m);
+      out.push_back(nn);
+      return out;
+    }
   }
   return {};
 }
@@ -267,6 +285,7 @@ std::string Dump(const Graph& g) {
       os << " into " << ShapeStr(n.a0) << " at " << ShapeStr(n.a1) << " pad=" << n.scalar;
     if (n.op == Op::kReduce) os << " axes=" << ShapeStr(n.a0) << (n.keepdims ? " keepdims" : "");
     if (n.op == Op::kTranspose) os << " perm=" << ShapeStr(n.a0);
+    if (n.op == Op::kMatMul) os << ((n.sub & 1) ? " trans_a" : "") << ((n.sub & 2) ? " trans_b" : "");
     os << "\n";
   }
   os << "}\n";

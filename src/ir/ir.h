@@ -36,6 +36,7 @@ enum class Op : uint8_t {
   kCopy,
   kReduce,     // sub = ReduceOp, a0 = axes (normalised, sorted), keepdims
   kElemAny,
+  kMatMul,     // in0 @ in1; sub bit 0 = trans_a, bit 1 = trans_b
 };
 const char* OpName(Op op);
 

@@ -303,6 +303,49 @@ Values Reduce(const Node& n, DType dt, const Values& x, const Shape& xs, const S
   return acc;
 }
 
+// C[..., m, n] = sum_k A[..., m, k] * B[..., k, n] in double, batch dims
+// broadcast; the sum is rounded once to f32.
+Values MatMul(const Node& n, DType dt, const Values& a, const Shape& as, const Values& b, const Shape& bs,
+              const Shape& os) {
+  const bool ta = n.sub & 1, tb = n.sub & 2;
+  const size_t r = os.size();
+  const int64_t M = os[r - 2], N = os[r - 1];
+  const int64_t K = as[as.size() - (ta ? 2 : 1)];
+  Shape batch(os.begin(), os.end() - 2);
+  // Element strides of each operand's batch dims, right-aligned to `batch`.
+  auto batch_strides = [&](const Shape& s) {
+    Strides cs = ContiguousStrides(s);
+    Strides st(batch.size(), 0);
+    const size_t off = batch.size() - (s.size() - 2);
+    for (size_t i = 0; i + 2 < s.size(); ++i)
+      if (s[i] != 1) st[off + i] = cs[i];
+    return st;
+  };
+  const Strides sa = batch_strides(as), sb = batch_strides(bs);
+  const int64_t nb = Count(batch);
+  Values out(static_cast<size_t>(nb * M * N));
+  for (int64_t bi = 0; bi < nb; ++bi) {
+    int64_t rem = bi, oa = 0, ob = 0;
+    for (size_t d = batch.size(); d-- > 0;) {
+      const int64_t idx = rem % batch[d];
+      rem /= batch[d];
+      oa += idx * sa[d];
+      ob += idx * sb[d];
+    }
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t j = 0; j < N; ++j) {
+        double acc = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          const double x = a[oa + (ta ? k * M + m : m * K + k)];
+          const double y = b[ob + (tb ? j * K + k : k * N + j)];
+          acc += x * y;
+        }
+        out[(bi * M + m) * N + j] = Normalize(dt, acc);
+      }
+  }
+  return out;
+}
+
 }  // namespace
 
 double RoundToStorage(DType dt, double v) {
@@ -450,6 +493,7 @@ std::vector<Tensor> Evaluate(const Graph& g, std::span<const Tensor> inputs) {
         break;
       }
       case Op::kReduce: r = Reduce(n, dt, in(0), ins(0), os); break;
+      case Op::kMatMul: r = MatMul(n, dt, in(0), ins(0), in(1), ins(1), os); break;
       case Op::kElemAny: {
         const Values& x = in(0);
         bool any = std::any_of(x.begin(), x.end(), [](double v) { return v != 0; });

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <memory>
 
+#include <cblas.h>
+
 #include "ir/dtype.h"
 #include "ir/error.h"
 #include "vm/cpu/thread_pool.h"
@@ -202,6 +204,47 @@ inline void RunCode(const VInst* b, const VInst* e, TileCtx& c) {
 
 // ---- tile loops ---------------------------------------------------------------------
 
+// One block of C = op(A) @ op(B) through BLAS (single-threaded: the pool
+// runs blocks in parallel), then the fused epilogue over the block's rows.
+void RunGemmTile(const StageRt& s, int64_t t, TileCtx& c) {
+  const bc::Gemm& g = *s.gemm;
+  const int64_t M = s.p[0], N = s.p[1], K = s.p[2];
+  const int64_t nm = (M + g.tile_rows - 1) / g.tile_rows, nn = (N + g.tile_cols - 1) / g.tile_cols;
+  const int64_t b = t / (nm * nn), mi = (t / nn) % nm, ni = t % nn;
+  const int64_t m0 = mi * g.tile_rows, n0 = ni * g.tile_cols;
+  const int64_t rows = std::min(g.tile_rows, M - m0), cols = std::min(g.tile_cols, N - n0);
+  int64_t ao = g.a_off, bo = g.b_off, rem = b;
+  for (int i = g.batch_rank - 1; i >= 0; --i) {
+    const int64_t idx = rem % g.bdims[i];
+    rem /= g.bdims[i];
+    ao += idx * g.a_bs[i];
+    bo += idx * g.b_bs[i];
+  }
+  const float* A = static_cast<const float*>(c.ptrs[g.a]) + ao + (g.trans_a ? m0 : m0 * g.lda);
+  const float* B = static_cast<const float*>(c.ptrs[g.b]) + bo + (g.trans_b ? n0 * g.ldb : n0);
+  float* C = static_cast<float*>(c.ptrs[g.c]) + (b * M + m0) * N + n0;
+  if (K == 0) {
+    for (int64_t r = 0; r < rows; ++r) std::fill(C + r * N, C + r * N + cols, 0.0f);
+  } else {
+    cblas_sgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans, g.trans_b ? CblasTrans : CblasNoTrans,
+                static_cast<int>(rows), static_cast<int>(cols), static_cast<int>(K), 1.0f, A,
+                static_cast<int>(g.lda), B, static_cast<int>(g.ldb), 0.0f, C, static_cast<int>(N));
+  }
+  if (s.sec[bc::kBody] == s.sec[bc::kBody + 1]) return;
+  const VInst* code = s.code.data();
+  auto body = [&](int64_t start, int64_t len) {
+    for (int64_t o = 0; o < len; o += g.body_tile) {
+      c.start[0] = c.start[1] = start + o;
+      c.n[0] = c.n[1] = std::min(g.body_tile, len - o);
+      RunCode(code + s.sec[bc::kBody], code + s.sec[bc::kBody + 1], c);
+    }
+  };
+  const int64_t base = (b * M + m0) * N + n0;
+  if (cols == N) body(base, rows * N);  // whole rows: one flat range
+  else
+    for (int64_t r = 0; r < rows; ++r) body(base + r * N, cols);
+}
+
 void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
   const VInst* code = s.code.data();
   switch (s.mode) {
@@ -223,6 +266,7 @@ void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
       RunCode(code + s.sec[bc::kBody], code + s.sec[bc::kBody + 1], c);
       break;
     }
+    case bc::Mode::kGemm: RunGemmTile(s, t, c); break;
     case bc::Mode::kCol: {
       const int64_t R = s.p[0], C = s.p[1], w = s.p[2], blk = s.p[3];
       const int64_t chunks = (C + w - 1) / w;
@@ -292,6 +336,17 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
       case bc::Mode::kElem: rt.ntiles = (rt.n_full + s.p[0] - 1) / s.p[0]; break;
       case bc::Mode::kRow: rt.ntiles = (rt.n_red + s.p[1] - 1) / s.p[1]; break;
       case bc::Mode::kCol: rt.ntiles = (rt.n_red / s.p[1]) * ((s.p[1] + s.p[2] - 1) / s.p[2]); break;
+      case bc::Mode::kGemm: {
+        const bc::Gemm& g = s.gemm;
+        int64_t batch = 1;
+        for (int i = 0; i < g.batch_rank; ++i) batch *= g.bdims[i];
+        rt.gemm = &g;
+        rt.ntiles = s.p[0] == 0 || s.p[1] == 0 ? 0
+                                               : batch * ((s.p[0] + g.tile_rows - 1) / g.tile_rows) *
+                                                     ((s.p[1] + g.tile_cols - 1) / g.tile_cols);
+        gemm_ = true;
+        break;
+      }
     }
     work_ += rt.n_full + rt.n_red;
     rt.views.resize(s.views.size());
@@ -382,6 +437,17 @@ void Executable::ForwardStores(const bc::Stage& s, StageRt& rt) {
 void Executable::Run(void* const* ptrs) const {
   const size_t scratch = size_t(prog_.num_regs) * prog_.tile_cap * 4;
   ThreadPool& pool = ThreadPool::Get();
+  // GEMM blocks run in parallel on the pool, each a single-threaded BLAS
+  // call; the library's own thread count is restored afterwards.
+  struct BlasThreads {
+    int saved = 0;
+    explicit BlasThreads(bool on) : saved(on ? openblas_get_num_threads() : 0) {
+      if (saved > 1) openblas_set_num_threads(1);
+    }
+    ~BlasThreads() {
+      if (saved > 1) openblas_set_num_threads(saved);
+    }
+  } blas_threads(gemm_);
   for (const StageRt& s : stages_) {
     if (s.ntiles == 0) continue;
     StageJob job;
@@ -394,7 +460,8 @@ void Executable::Run(void* const* ptrs) const {
     const int64_t per_tile = std::max<int64_t>(1, (s.n_full + s.n_red) / s.ntiles);
     // Work in lane-instructions: below ~64K (a few microseconds) waking
     // the pool costs more than it saves.
-    const int64_t work = (s.n_full + s.n_red) * static_cast<int64_t>(s.code.size());
+    int64_t work = (s.n_full + s.n_red) * static_cast<int64_t>(s.code.size());
+    if (s.mode == bc::Mode::kGemm) work = s.n_full * std::max<int64_t>(s.p[2], 1);
     const bool small = work < 64 * 1024 || s.ntiles < 2;
     int threads = small ? 1 : static_cast<int>(std::min<int64_t>(pool.num_threads(), s.ntiles));
     job.grain = std::max<int64_t>(1, std::min<int64_t>(s.ntiles / (threads * 8), 16384 / per_tile + 1));

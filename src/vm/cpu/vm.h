@@ -31,6 +31,7 @@ struct StageRt {
   std::vector<VInst> code;
   int sec[bc::kNumSections + 1] = {};  // section begin offsets into code
   std::vector<ViewRt> views;
+  const bc::Gemm* gemm = nullptr;  // kGemm: the product (in the Program)
 };
 
 class Executable {
@@ -52,6 +53,7 @@ class Executable {
   bc::Program prog_;
   std::vector<StageRt> stages_;
   int64_t work_ = 0;
+  bool gemm_ = false;
 };
 
 }  // namespace dvm::vm
