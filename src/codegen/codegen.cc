@@ -913,7 +913,7 @@ class Gen {
     }
     for (int ri : p.roots) {
       const Root& r = roots_[ri];
-      if (r.value == p.gemm_node) {
+      if (p.gemm_node >= 0 && ri == p.roots.front()) {  // the GEMM itself, writing C
         e.st.gemm.c = static_cast<uint16_t>(r.tensor);
         continue;
       }
