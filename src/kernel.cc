@@ -1,6 +1,7 @@
 // Kernel: the builder (validates every op as it is recorded), the per-shape
 // program cache and the launch path.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +25,7 @@ struct AlignedFree {
 
 // One generated program: bytecode, decoded executable and its workspaces.
 struct Program {
+  uint64_t serial = 0;     // unique per generated program (stack cache keys)
   std::vector<Shape> key;  // input shapes
   codegen::Result res;
   std::unique_ptr<vm::Executable> exe;
@@ -55,7 +57,7 @@ bool IsArith(BinaryOp op) { return op <= BinaryOp::kPow; }
 struct Kernel::Impl {
   ir::Graph g;
   std::vector<Shape> shapes;  // build-time shapes
-  std::list<std::unique_ptr<Program>> cache;  // most recent first
+  std::list<std::shared_ptr<Program>> cache;  // most recent first (stacks share them)
   size_t capacity = 16;
   Program* last = nullptr;
   KernelStats stats;
@@ -115,8 +117,29 @@ struct Kernel::Impl {
     return nullptr;
   }
   Program& GetProgram(std::span<const Shape> in_shapes);
-  void Run(Program& p, std::span<void* const> in, std::span<void* const> out,
-           std::span<const size_t> in_bytes, std::span<const size_t> out_bytes);
+  // The program for these launch arguments (generated on a new shape set).
+  Program& Prepare(std::span<const TensorArg> inputs, size_t num_outputs);
+  // The cache entry of the program Prepare returned last (front of the cache).
+  std::shared_ptr<Program> Front() const { return cache.front(); }
+  // Checks the buffers (null, capacity) and binds them into p.ptrs; in(i)
+  // and out(i) give {pointer, capacity in bytes or 0}. Nothing runs.
+  template <class In, class Out>
+  void Bind(Program& p, In in, Out out) {
+    const bc::Program& prog = p.exe->program();
+    for (size_t i = 0; i < prog.tensors.size(); ++i) {
+      const bc::TensorDesc& t = prog.tensors[i];
+      if (t.kind == bc::TensorKind::kWorkspace) continue;
+      const bool is_in = t.kind == bc::TensorKind::kInput;
+      const auto [ptr, cap] = is_in ? in(t.slot) : out(t.slot);
+      const size_t need = static_cast<size_t>(t.numel) * DTypeSize(t.dtype);
+      const char* what = is_in ? "input" : "output";
+      if (ptr == nullptr && need > 0) Fail("launch: ", what, " ", t.slot, " buffer is null");
+      if (cap != 0 && cap < need)
+        Fail("launch: ", what, " ", t.slot, " buffer has ", cap, " bytes, needs ", need, " (", t.numel, " x ",
+             DTypeName(t.dtype), ")");
+      p.ptrs[i] = ptr;
+    }
+  }
 };
 
 Kernel::Kernel(KernelType type) : impl_(std::make_unique<Impl>()) { impl_->g.type = type; }
@@ -440,7 +463,9 @@ Program& Kernel::Impl::GetProgram(std::span<const Shape> in_shapes) {
   if (Program* hit = Find(in_shapes.size(), [&](size_t i) -> const Shape& { return in_shapes[i]; }))
     return *hit;
   auto t0 = std::chrono::steady_clock::now();
-  auto p = std::make_unique<Program>();
+  static std::atomic<uint64_t> next_serial{1};
+  auto p = std::make_shared<Program>();
+  p->serial = next_serial.fetch_add(1);
   p->key.assign(in_shapes.begin(), in_shapes.end());
   codegen::Generate(g, in_shapes, p->res);
   p->exe = std::make_unique<vm::Executable>(p->res.bytecode);
@@ -462,31 +487,6 @@ Program& Kernel::Impl::GetProgram(std::span<const Shape> in_shapes) {
   while (cache.size() > std::max<size_t>(capacity, 1)) cache.pop_back();
   last = cache.front().get();
   return *last;
-}
-
-void Kernel::Impl::Run(Program& p, std::span<void* const> in, std::span<void* const> out,
-                       std::span<const size_t> in_bytes, std::span<const size_t> out_bytes) {
-  if (in.size() != g.inputs.size())
-    Fail("launch: kernel has ", g.inputs.size(), " inputs, got ", in.size());
-  if (out.size() != g.outputs.size())
-    Fail("launch: kernel has ", g.outputs.size(), " outputs, got ", out.size());
-  const bc::Program& prog = p.exe->program();
-  for (size_t i = 0; i < prog.tensors.size(); ++i) {
-    const bc::TensorDesc& t = prog.tensors[i];
-    if (t.kind == bc::TensorKind::kWorkspace) continue;
-    const bool is_in = t.kind == bc::TensorKind::kInput;
-    void* ptr = is_in ? in[t.slot] : out[t.slot];
-    const size_t need = static_cast<size_t>(t.numel) * DTypeSize(t.dtype);
-    const char* what = is_in ? "input" : "output";
-    if (ptr == nullptr && need > 0) Fail("launch: ", what, " ", t.slot, " buffer is null");
-    std::span<const size_t> caps = is_in ? in_bytes : out_bytes;
-    if (!caps.empty() && caps[t.slot] != 0 && caps[t.slot] < need)
-      Fail("launch: ", what, " ", t.slot, " buffer has ", caps[t.slot], " bytes, needs ", need, " (",
-           t.numel, " x ", DTypeName(t.dtype), ")");
-    p.ptrs[i] = ptr;
-  }
-  p.exe->Run(p.ptrs.data());
-  ++stats.launches;
 }
 
 namespace {
@@ -517,71 +517,48 @@ void Kernel::Launch(std::span<void* const> inputs, std::span<void* const> output
   if (k.g.type != KernelType::kStatic)
     Fail("launch: dynamic kernels need input shapes (use Launch with TensorArg)");
   if (k.g.outputs.empty()) Fail("launch: kernel has no outputs");
-  k.codegen_called = true;
-  Program& p = k.GetProgram(BuiltInputShapes(k.g));
-  k.Run(p, inputs, outputs, {}, {});
-}
-
-void Kernel::Launch(std::span<const TensorArg> inputs, std::span<const TensorArg> outputs) {
-  Impl& k = *impl_;
-  if (k.g.outputs.empty()) Fail("launch: kernel has no outputs");
   if (inputs.size() != k.g.inputs.size())
     Fail("launch: kernel has ", k.g.inputs.size(), " inputs, got ", inputs.size());
   if (outputs.size() != k.g.outputs.size())
     Fail("launch: kernel has ", k.g.outputs.size(), " outputs, got ", outputs.size());
   k.codegen_called = true;
-  // Small launches are the common case: keep the argument arrays on the stack.
-  constexpr size_t kSmall = 16;
-  void* in_ptr_s[kSmall];
-  void* out_ptr_s[kSmall];
-  size_t in_cap_s[kSmall], out_cap_s[kSmall];
-  std::vector<void*> in_ptr_v, out_ptr_v;
-  std::vector<size_t> in_cap_v, out_cap_v;
-  void** in_ptr = in_ptr_s;
-  void** out_ptr = out_ptr_s;
-  size_t* in_cap = in_cap_s;
-  size_t* out_cap = out_cap_s;
-  if (inputs.size() > kSmall) {
-    in_ptr_v.resize(inputs.size());
-    in_cap_v.resize(inputs.size());
-    in_ptr = in_ptr_v.data();
-    in_cap = in_cap_v.data();
-  }
-  if (outputs.size() > kSmall) {
-    out_ptr_v.resize(outputs.size());
-    out_cap_v.resize(outputs.size());
-    out_ptr = out_ptr_v.data();
-    out_cap = out_cap_v.data();
-  }
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    in_ptr[i] = inputs[i].data;
-    in_cap[i] = inputs[i].bytes;
-  }
-  for (size_t i = 0; i < outputs.size(); ++i) {
-    out_ptr[i] = outputs[i].data;
-    out_cap[i] = outputs[i].bytes;
-  }
-  Program* p;
-  if (k.g.type == KernelType::kStatic) {
+  Program& p = k.GetProgram(BuiltInputShapes(k.g));
+  k.Bind(p, [&](size_t i) { return std::pair(inputs[i], size_t{0}); },
+         [&](size_t i) { return std::pair(outputs[i], size_t{0}); });
+  p.exe->Run(p.ptrs.data());
+  ++k.stats.launches;
+}
+
+void Kernel::Launch(std::span<const TensorArg> inputs, std::span<const TensorArg> outputs) {
+  Impl& k = *impl_;
+  Program& p = k.Prepare(inputs, outputs.size());
+  k.Bind(p, [&](size_t i) { return std::pair(inputs[i].data, inputs[i].bytes); },
+         [&](size_t i) { return std::pair(outputs[i].data, outputs[i].bytes); });
+  p.exe->Run(p.ptrs.data());
+  ++k.stats.launches;
+}
+
+Program& Kernel::Impl::Prepare(std::span<const TensorArg> inputs, size_t num_outputs) {
+  if (g.outputs.empty()) Fail("launch: kernel has no outputs");
+  if (inputs.size() != g.inputs.size()) Fail("launch: kernel has ", g.inputs.size(), " inputs, got ", inputs.size());
+  if (num_outputs != g.outputs.size())
+    Fail("launch: kernel has ", g.outputs.size(), " outputs, got ", num_outputs);
+  codegen_called = true;
+  if (g.type == KernelType::kStatic) {
     for (size_t i = 0; i < inputs.size(); ++i) {
-      const Shape& built = k.g.nodes[k.g.inputs[i]].a0;
+      const Shape& built = g.nodes[g.inputs[i]].a0;
       if (!inputs[i].shape.empty() && inputs[i].shape != built)
         Fail("launch: input ", i, " has shape ", ir::ShapeStr(inputs[i].shape), ", static kernel built for ",
              ir::ShapeStr(built));
     }
-    p = &k.GetProgram(BuiltInputShapes(k.g));
-  } else {
-    // Look up by the argument shapes without copying them.
-    p = k.Find(inputs.size(), [&](size_t i) -> const Shape& { return inputs[i].shape; });
-    if (!p) {
-      std::vector<Shape> shapes;
-      shapes.reserve(inputs.size());
-      for (const TensorArg& a : inputs) shapes.push_back(a.shape);
-      p = &k.GetProgram(shapes);
-    }
+    return GetProgram(BuiltInputShapes(g));
   }
-  k.Run(*p, std::span<void* const>(in_ptr, inputs.size()), std::span<void* const>(out_ptr, outputs.size()),
-        std::span<const size_t>(in_cap, inputs.size()), std::span<const size_t>(out_cap, outputs.size()));
+  // Look up by the argument shapes without copying them.
+  if (Program* p = Find(inputs.size(), [&](size_t i) -> const Shape& { return inputs[i].shape; })) return *p;
+  std::vector<Shape> shapes;
+  shapes.reserve(inputs.size());
+  for (const TensorArg& a : inputs) shapes.push_back(a.shape);
+  return GetProgram(shapes);
 }
 
 std::vector<Shape> Kernel::OutputShapes(std::span<const Shape> input_shapes) {
@@ -607,6 +584,134 @@ const std::vector<uint8_t>& Kernel::Bytecode() const {
 
 const KernelStats& Kernel::stats() const { return impl_->stats; }
 void Kernel::SetCacheCapacity(size_t n) { impl_->capacity = std::max<size_t>(n, 1); }
+
+// ---- stacked launches -------------------------------------------------------------
+
+struct KernelStack::Impl {
+  struct Entry {
+    Kernel::Impl* kernel;
+    std::shared_ptr<Program> program;  // kept alive even if the kernel's cache evicts it
+    std::vector<void*> ptrs;  // the program's tensor table, inputs/outputs bound
+  };
+  // A stacked program: the entries' programs merged stage by stage.
+  struct Stacked {
+    std::vector<uint64_t> key;  // program serials
+    std::vector<uint8_t> bytecode;
+    std::unique_ptr<vm::Executable> exe;
+    std::vector<std::unique_ptr<void, AlignedFree>> workspaces;
+    std::vector<std::pair<int, int>> source;  // per tensor: (entry, its tensor), entry -1 = workspace
+    std::vector<void*> ptrs;
+  };
+  std::vector<Entry> entries;
+  std::list<Stacked> cache;
+  Stacked* last = nullptr;
+
+  Stacked& Build();
+};
+
+namespace {
+// Appends program `q` to `all`: tensors and constants are renumbered; stage
+// s of `q` joins the group of every program's stage s (concurrent with them).
+void MergeProgram(const bc::Program& q, bc::Program& all, std::vector<std::vector<bc::Stage>>& by_depth) {
+  const uint16_t toff = static_cast<uint16_t>(all.tensors.size());
+  const uint16_t coff = static_cast<uint16_t>(all.consts.size());
+  if (all.tensors.size() + q.tensors.size() > 0xffff || all.consts.size() + q.consts.size() > 0xffff)
+    Fail("kernel stack: too many tensors or constants for one program");
+  all.tensors.insert(all.tensors.end(), q.tensors.begin(), q.tensors.end());
+  all.consts.insert(all.consts.end(), q.consts.begin(), q.consts.end());
+  all.num_regs = std::max(all.num_regs, q.num_regs);
+  all.tile_cap = std::max(all.tile_cap, q.tile_cap);
+  if (by_depth.size() < q.stages.size()) by_depth.resize(q.stages.size());
+  for (size_t d = 0; d < q.stages.size(); ++d) {
+    bc::Stage st = q.stages[d];
+    for (bc::View& v : st.views) v.tensor = static_cast<uint16_t>(v.tensor + toff);
+    st.gemm.a = static_cast<uint16_t>(st.gemm.a + toff);
+    st.gemm.b = static_cast<uint16_t>(st.gemm.b + toff);
+    st.gemm.c = static_cast<uint16_t>(st.gemm.c + toff);
+    for (bc::Inst& in : st.insts) {
+      const bc::Kind kind = bc::kOpInfo[in.op].kind;
+      if (kind == bc::Kind::kFill || (kind == bc::Kind::kBin && (in.flags & bc::kFormMask) != bc::kFormRR))
+        in.c = static_cast<uint16_t>(in.c + coff);
+    }
+    by_depth[d].push_back(std::move(st));
+  }
+}
+}  // namespace
+
+KernelStack::Impl::Stacked& KernelStack::Impl::Build() {
+  std::vector<uint64_t> key;
+  key.reserve(entries.size());
+  for (const Entry& e : entries) key.push_back(e.program->serial);
+  for (auto it = cache.begin(); it != cache.end(); ++it)
+    if (it->key == key) {
+      cache.splice(cache.begin(), cache, it);
+      return cache.front();
+    }
+  Stacked st;
+  st.key = std::move(key);
+  bc::Program all;
+  std::vector<std::vector<bc::Stage>> by_depth;
+  for (size_t ei = 0; ei < entries.size(); ++ei) {
+    const bc::Program& q = entries[ei].program->exe->program();
+    for (size_t t = 0; t < q.tensors.size(); ++t)
+      st.source.emplace_back(q.tensors[t].kind == bc::TensorKind::kWorkspace ? -1 : static_cast<int>(ei),
+                             static_cast<int>(t));
+    MergeProgram(q, all, by_depth);
+  }
+  for (auto& group : by_depth)
+    for (size_t i = 0; i < group.size(); ++i) {
+      group[i].concurrent = i > 0;
+      all.stages.push_back(std::move(group[i]));
+    }
+  bc::Encode(all, st.bytecode);
+  st.exe = std::make_unique<vm::Executable>(st.bytecode);
+  // Workspaces of the stacked program are its own: a kernel added twice
+  // runs twice at once.
+  st.ptrs.assign(all.tensors.size(), nullptr);
+  for (size_t t = 0; t < all.tensors.size(); ++t) {
+    if (st.source[t].first >= 0) continue;
+    const bc::TensorDesc& d = all.tensors[t];
+    size_t bytes = (static_cast<size_t>(d.numel) * DTypeSize(d.dtype) + 63) / 64 * 64;
+    void* mem = bytes ? std::aligned_alloc(64, bytes) : nullptr;
+    if (bytes && !mem) Fail("kernel stack: cannot allocate ", bytes, " bytes of workspace");
+    st.workspaces.emplace_back(mem);
+    st.ptrs[t] = mem;
+  }
+  cache.push_front(std::move(st));
+  while (cache.size() > 4) cache.pop_back();
+  return cache.front();
+}
+
+KernelStack::KernelStack() : impl_(std::make_unique<Impl>()) {}
+KernelStack::~KernelStack() = default;
+
+void KernelStack::Add(Kernel& k, std::span<const TensorArg> inputs, std::span<const TensorArg> outputs) {
+  Kernel::Impl& ki = *k.impl_;
+  Program& p = ki.Prepare(inputs, outputs.size());
+  ki.Bind(p, [&](size_t i) { return std::pair(inputs[i].data, inputs[i].bytes); },
+          [&](size_t i) { return std::pair(outputs[i].data, outputs[i].bytes); });
+  impl_->entries.push_back({&ki, ki.Front(), p.ptrs});
+}
+
+void KernelStack::Launch() {
+  Impl& s = *impl_;
+  if (s.entries.empty()) return;
+  Impl::Stacked& st = s.Build();
+  s.last = &st;
+  for (size_t t = 0; t < st.source.size(); ++t) {
+    const auto [e, idx] = st.source[t];
+    if (e >= 0) st.ptrs[t] = s.entries[e].ptrs[idx];
+  }
+  st.exe->Run(st.ptrs.data());
+  for (const Impl::Entry& e : s.entries) ++e.kernel->stats.launches;
+}
+
+void KernelStack::Clear() { impl_->entries.clear(); }
+size_t KernelStack::size() const { return impl_->entries.size(); }
+std::string KernelStack::Das() const {
+  if (!impl_->last) return "; no stacked program yet\n";
+  return bc::Disassemble(impl_->last->exe->program());
+}
 
 std::string Disassemble(std::span<const uint8_t> bytecode) {
   bc::Program p;

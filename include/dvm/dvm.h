@@ -195,6 +195,41 @@ class Kernel {
 
  private:
   friend const ir::Graph& GetGraph(const Kernel& k);
+  friend class KernelStack;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Independent kernels launched as one: the recorded launches are encoded
+// into a single stacked program whose stages run together (one wake-up of
+// the thread pool, tiles of all kernels balanced across threads; a kernel's
+// later stages wait only for the earlier stages of the stack). The stacked
+// program is cached: the same kernels with the same shapes are not encoded
+// again, so Clear() + Add() ... + Launch() per step is cheap.
+class KernelStack {
+ public:
+  KernelStack();
+  ~KernelStack();
+  KernelStack(const KernelStack&) = delete;
+  KernelStack& operator=(const KernelStack&) = delete;
+
+  // Records one launch of `k` (its program is generated for these shapes if
+  // needed; buffers are checked now). `k` must outlive the Launch.
+  void Add(Kernel& k, std::span<const TensorArg> inputs, std::span<const TensorArg> outputs);
+  void Add(Kernel& k, std::initializer_list<TensorArg> inputs, std::initializer_list<TensorArg> outputs) {
+    Add(k, std::span<const TensorArg>(inputs.begin(), inputs.size()),
+        std::span<const TensorArg>(outputs.begin(), outputs.size()));
+  }
+  // Runs every recorded launch as one stacked program.
+  void Launch();
+  // Forgets the recorded launches (keeps the cache).
+  void Clear();
+  size_t size() const;
+  // Disassembly of the stacked program of the last Launch.
+  std::string Das() const;
+
+  struct Impl;
+
+ private:
   std::unique_ptr<Impl> impl_;
 };
 

@@ -72,7 +72,7 @@ void Encode(const Program& p, std::vector<uint8_t>& out) {
     w.Put<uint8_t>(static_cast<uint8_t>(s.mode));
     w.Put<uint8_t>(s.full_rank);
     w.Put<uint8_t>(s.red_rank);
-    w.Put<uint8_t>(0);
+    w.Put<uint8_t>(s.concurrent ? 1 : 0);
     w.Put<uint16_t>(static_cast<uint16_t>(s.views.size()));
     w.Put<uint16_t>(static_cast<uint16_t>(s.insts.size()));
     for (uint16_t n : s.sections) w.Put<uint16_t>(n);

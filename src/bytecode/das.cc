@@ -46,7 +46,7 @@ std::string Disassemble(const Program& p) {
   }
   for (size_t si = 0; si < p.stages.size(); ++si) {
     const Stage& s = p.stages[si];
-    os << "stage " << si << " " << kModeNames[int(s.mode)] << " full=";
+    os << "stage " << si << " " << kModeNames[int(s.mode)] << (s.concurrent ? " concurrent" : "") << " full=";
     Dims(os, s.full_dims, s.full_rank);
     os << " red=";
     Dims(os, s.red_dims, s.red_rank);

@@ -75,6 +75,7 @@ struct Gemm {
 
 struct Stage {
   Mode mode = Mode::kElem;
+  bool concurrent = false;  // runs with the previous stage, no barrier between (stacking)
   uint8_t full_rank = 0, red_rank = 0;
   int64_t full_dims[kMaxRank] = {};
   int64_t red_dims[kMaxRank] = {};

@@ -326,7 +326,9 @@ void Parse(std::span<const uint8_t> bytes, Program& p) {
     uint8_t mode = r.Get<uint8_t>("stage mode");
     s.full_rank = r.Get<uint8_t>("full rank");
     s.red_rank = r.Get<uint8_t>("reduced rank");
-    r.Get<uint8_t>("reserved");
+    const uint8_t sflags = r.Get<uint8_t>("stage flags");
+    if (sflags > 1 || (sflags && si == 0)) Bad(soff + 3, "bad stage flags", Str("stage ", si, " flags ", int(sflags)));
+    s.concurrent = sflags & 1;
     uint16_t nv = r.Get<uint16_t>("view count");
     uint16_t ni = r.Get<uint16_t>("instruction count");
     int sum = 0;

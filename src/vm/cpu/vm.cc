@@ -292,8 +292,12 @@ void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
   }
 }
 
+// One parallel launch: the tiles of a group of concurrent stages (one stage,
+// or the stages of stacked programs), numbered one after the other.
 struct StageJob {
-  const StageRt* stage;
+  const StageRt* const* stages;
+  const int64_t* first;  // first tile number of each stage; first[n] = total
+  int nstages;
   void* const* ptrs;
   size_t scratch_bytes, slot_bytes;
   int num_regs;
@@ -309,14 +313,19 @@ void RunStageJob(void* ctx, int) {
   const void* p[256];
   for (int r = 0; r < job->num_regs; ++r) p[r] = c.regs + r * job->slot_bytes;
   c.p = p;
-  c.stage = job->stage;
   c.ptrs = job->ptrs;
-  const int64_t nt = job->stage->ntiles;
+  const int64_t nt = job->first[job->nstages];
+  int si = 0;
   for (;;) {
     int64_t t0 = job->next.fetch_add(job->grain, std::memory_order_relaxed);
     if (t0 >= nt) break;
     int64_t t1 = std::min(nt, t0 + job->grain);
-    for (int64_t t = t0; t < t1; ++t) RunTile(*job->stage, t, c);
+    for (int64_t t = t0; t < t1; ++t) {
+      while (t >= job->first[si + 1]) ++si;
+      while (t < job->first[si]) --si;
+      c.stage = job->stages[si];
+      RunTile(*c.stage, t - job->first[si], c);
+    }
   }
 }
 
@@ -329,6 +338,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     const bc::Stage& s = prog_.stages[si];
     StageRt& rt = stages_[si];
     rt.mode = s.mode;
+    rt.concurrent = s.concurrent;
     rt.n_full = bc::FullElems(s);
     rt.n_red = bc::RedElems(s);
     std::copy(std::begin(s.p), std::end(s.p), rt.p);
@@ -448,23 +458,44 @@ void Executable::Run(void* const* ptrs) const {
       if (saved > 1) openblas_set_num_threads(saved);
     }
   } blas_threads(gemm_);
-  for (const StageRt& s : stages_) {
-    if (s.ntiles == 0) continue;
+  // Reused per thread: no allocation on the launch path.
+  thread_local std::vector<const StageRt*> group;
+  thread_local std::vector<int64_t> first;
+  for (size_t i = 0; i < stages_.size();) {
+    // A group: this stage and the concurrent ones after it.
+    group.clear();
+    first.assign(1, 0);
+    int64_t work = 0, elems = 0;
+    size_t j = i;
+    do {
+      const StageRt& s = stages_[j];
+      if (s.ntiles > 0) {
+        group.push_back(&s);
+        first.push_back(first.back() + s.ntiles);
+        // Work in lane-instructions; a GEMM by its multiply-adds.
+        work += s.mode == bc::Mode::kGemm ? s.n_full * std::max<int64_t>(s.p[2], 1)
+                                          : (s.n_full + s.n_red) * static_cast<int64_t>(s.code.size());
+        elems += s.n_full + s.n_red;
+      }
+      ++j;
+    } while (j < stages_.size() && stages_[j].concurrent);
+    i = j;
+    if (group.empty()) continue;
+    const int64_t ntiles = first.back();
     StageJob job;
-    job.stage = &s;
+    job.stages = group.data();
+    job.first = first.data();
+    job.nstages = static_cast<int>(group.size());
     job.ptrs = ptrs;
     job.scratch_bytes = scratch;
     job.slot_bytes = size_t(prog_.tile_cap) * 4;
     job.num_regs = prog_.num_regs;
-    // Small stages run on the calling thread without waking the pool.
-    const int64_t per_tile = std::max<int64_t>(1, (s.n_full + s.n_red) / s.ntiles);
-    // Work in lane-instructions: below ~64K (a few microseconds) waking
-    // the pool costs more than it saves.
-    int64_t work = (s.n_full + s.n_red) * static_cast<int64_t>(s.code.size());
-    if (s.mode == bc::Mode::kGemm) work = s.n_full * std::max<int64_t>(s.p[2], 1);
-    const bool small = work < 64 * 1024 || s.ntiles < 2;
-    int threads = small ? 1 : static_cast<int>(std::min<int64_t>(pool.num_threads(), s.ntiles));
-    job.grain = std::max<int64_t>(1, std::min<int64_t>(s.ntiles / (threads * 8), 16384 / per_tile + 1));
+    // Small groups run on the calling thread without waking the pool: below
+    // ~64K lane-instructions (a few microseconds) a wake-up costs more.
+    const bool small = work < 64 * 1024 || ntiles < 2;
+    const int threads = small ? 1 : static_cast<int>(std::min<int64_t>(pool.num_threads(), ntiles));
+    const int64_t per_tile = std::max<int64_t>(1, elems / ntiles);
+    job.grain = std::max<int64_t>(1, std::min<int64_t>(ntiles / (threads * 8), 16384 / per_tile + 1));
     if (threads <= 1) RunStageJob(&job, 0);
     else pool.Run(threads, &RunStageJob, &job);
   }

@@ -26,6 +26,7 @@ struct ViewRt {
 
 struct StageRt {
   bc::Mode mode = bc::Mode::kElem;
+  bool concurrent = false;
   int64_t n_full = 0, n_red = 0, ntiles = 0;
   int64_t p[4] = {};
   std::vector<VInst> code;

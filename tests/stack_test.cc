@@ -1,0 +1,118 @@
+// Stacked kernels: independent programs launched as one equal the same
+// programs launched one by one, bit for bit.
+#include <gtest/gtest.h>
+
+#include "test_util.h"
+
+namespace dvm::test {
+namespace {
+
+struct Launch {
+  Kernel* k;
+  std::vector<ref::Tensor> inputs;
+};
+
+// Buffers for one launch; outputs sized from the kernel's output shapes.
+struct Buffers {
+  std::vector<std::vector<uint8_t>> in, out;
+  std::vector<TensorArg> in_args, out_args;
+  Buffers(Kernel& k, const std::vector<ref::Tensor>& inputs) {
+    std::vector<Shape> shapes;
+    for (const auto& t : inputs) shapes.push_back(t.shape);
+    auto out_shapes = k.OutputShapes(shapes);
+    const ir::Graph& g = GetGraph(k);
+    for (const auto& t : inputs) in.push_back(ref::ToBytes(t));
+    for (size_t i = 0; i < inputs.size(); ++i) in_args.push_back({in[i].data(), inputs[i].shape, in[i].size()});
+    for (size_t i = 0; i < out_shapes.size(); ++i) {
+      out.emplace_back(ByteSize(g.nodes[g.outputs[i]].dtype, out_shapes[i]), 0xAB);
+      out_args.push_back({out.back().data(), out_shapes[i], out.back().size()});
+    }
+  }
+};
+
+TEST(KernelStack, EqualsSeparateLaunches) {
+  Rng rng(11);
+  // An elementwise kernel, a row softmax, a full reduction (two stages) and
+  // a matmul with an epilogue, at several shapes; one kernel added twice.
+  Kernel ew(KernelType::kDynamic), sm(KernelType::kDynamic), total(KernelType::kDynamic), mm(KernelType::kDynamic);
+  {
+    auto* x = ew.Load(nullptr, {-1}, DType::kFloat32);
+    auto* y = ew.Load(nullptr, {-1}, DType::kFloat32);
+    ew.Store(nullptr, ew.Binary(BinaryOp::kAdd, ew.Binary(BinaryOp::kMul, x, 0.9), y));
+    auto* s = sm.Load(nullptr, {-1, -1}, DType::kFloat32);
+    auto* e = sm.Unary(UnaryOp::kExp, sm.Binary(BinaryOp::kSub, s, sm.Reduce(ReduceOp::kMax, s, {1}, true)));
+    sm.Store(nullptr, sm.Binary(BinaryOp::kDiv, e, sm.Reduce(ReduceOp::kSum, e, {1}, true)));
+    auto* t = total.Load(nullptr, {-1}, DType::kFloat32);
+    total.Store(nullptr, total.Reduce(ReduceOp::kSum, t, {0}, false));
+    auto* a = mm.Load(nullptr, {-1, -1}, DType::kFloat32);
+    auto* b = mm.Load(nullptr, {-1, -1}, DType::kFloat32);
+    mm.Store(nullptr, mm.Unary(UnaryOp::kRelu, mm.MatMul(a, b)));
+  }
+  auto T = [&](Shape s) { return MakeTensor(DType::kFloat32, s, Uniform(-1, 1), rng); };
+  std::vector<Launch> launches = {
+      {&ew, {T({100}), T({100})}},          {&ew, {T({70001}), T({70001})}},
+      {&ew, {T({100}), T({100})}},          {&sm, {T({33, 1000})}},
+      {&total, {T({300000})}},              {&mm, {T({40, 30}), T({30, 50})}},
+      {&sm, {T({1, 7})}},                   {&total, {T({5})}},
+  };
+  for (int threads : {1, 2}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    SetNumThreads(threads);
+    std::vector<Buffers> sep, stk;
+    for (auto& l : launches) {
+      sep.emplace_back(*l.k, l.inputs);
+      stk.emplace_back(*l.k, l.inputs);
+    }
+    for (size_t i = 0; i < launches.size(); ++i) launches[i].k->Launch(sep[i].in_args, sep[i].out_args);
+    KernelStack stack;
+    for (int rep = 0; rep < 2; ++rep) {  // the second launch reuses the cached stacked program
+      stack.Clear();
+      for (size_t i = 0; i < launches.size(); ++i) stack.Add(*launches[i].k, stk[i].in_args, stk[i].out_args);
+      EXPECT_EQ(stack.size(), launches.size());
+      stack.Launch();
+      for (size_t i = 0; i < launches.size(); ++i)
+        for (size_t o = 0; o < sep[i].out.size(); ++o) EXPECT_EQ(sep[i].out[o], stk[i].out[o]) << "launch " << i;
+    }
+    const std::string das = stack.Das();
+    EXPECT_NE(das.find("concurrent"), std::string::npos) << das;
+  }
+  SetNumThreads(2);
+}
+
+TEST(KernelStack, ManyShapesBeyondTheKernelCache) {
+  // More distinct shapes than the kernel keeps programs for: the stack keeps
+  // the programs it recorded alive.
+  Rng rng(5);
+  Kernel k(KernelType::kDynamic);
+  k.SetCacheCapacity(2);
+  auto* x = k.Load(nullptr, {-1}, DType::kFloat32);
+  k.Store(nullptr, k.Unary(UnaryOp::kSigmoid, x));
+  std::vector<std::vector<ref::Tensor>> ins;
+  std::vector<Buffers> bufs;
+  for (int i = 0; i < 20; ++i) ins.push_back({MakeTensor(DType::kFloat32, {int64_t(10 + 37 * i)}, Uniform(-3, 3), rng)});
+  for (auto& in : ins) bufs.emplace_back(k, in);
+  KernelStack stack;
+  for (auto& b : bufs) stack.Add(k, b.in_args, b.out_args);
+  stack.Launch();
+  for (size_t i = 0; i < ins.size(); ++i) {
+    auto want = ref::Evaluate(GetGraph(k), ins[i]);
+    auto got = ref::FromBytes(bufs[i].out[0].data(), DType::kFloat32, want[0].shape);
+    EXPECT_TRUE(AllClose(want[0], got, DType::kFloat32)) << "entry " << i;
+  }
+}
+
+TEST(KernelStack, BadArgumentsAreRejectedAtAdd) {
+  Kernel k(KernelType::kDynamic);
+  auto* x = k.Load(nullptr, {-1}, DType::kFloat32);
+  k.Store(nullptr, k.Copy(x));
+  std::vector<float> a(8), b(8, 3.0f);
+  KernelStack stack;
+  EXPECT_THROW(stack.Add(k, {{a.data(), {8}}}, {{nullptr, {}}}), Error);
+  EXPECT_THROW(stack.Add(k, {{a.data(), {8}}}, {{b.data(), {}, 4}}), Error);  // 4 bytes < 32
+  EXPECT_EQ(stack.size(), 0u);
+  stack.Launch();  // nothing recorded: nothing runs
+  EXPECT_EQ(b[0], 3.0f);
+}
+
+}  // namespace
+}  // namespace dvm::test
