@@ -10,6 +10,11 @@
 #include "kernels.h"
 
 namespace dvmtool {
+
+int BenchMatmulMain(Args& args);  // bench_matmul.cc
+int BenchStagesMain(Args& args);  // bench_stages.cc
+int BenchStackMain(Args& args);   // bench_stack.cc
+
 namespace {
 
 const char kUsage[] = R"(usage: dvm <command> [options]
@@ -26,6 +31,15 @@ commands:
       Cached-program run time against hand-fused AOT C++ loops and unfused
       per-op loops, at L2- and DRAM-sized shapes. R reps for L2-sized cases
       (default 20), max(3, R/2) for DRAM-sized ones.
+  bench matmul [--json FILE] [--threads N] [--reps R]
+      f32 GEMM (DVM MatMul kernel vs cblas_sgemm on the same data) and a
+      bias + GELU epilogue fused into the GEMM vs unfused vs GEMM alone.
+  bench stages [--json FILE] [--threads N] [--reps R]
+      Softmax and layernorm over long rows (32K and 256K elements) against
+      hand-fused AOT C++ loops.
+  bench stack [--json FILE] [--threads N] [--reps R]
+      An Adam step over 300 tensors: one launch per tensor vs one stacked
+      launch (dvm::KernelStack) vs one hand-written loop.
   das [--kernel K] [--rows R] [--cols C] [--out FILE]
       Generate the program of an example kernel for [R, C] and disassemble
       it; --out also writes the bytecode to FILE.
@@ -108,7 +122,10 @@ int Main(int argc, char** argv) {
     Args args(argc, argv, 3);
     if (suite == "codegen") return BenchCodegenMain(args);
     if (suite == "vm") return BenchVmMain(args);
-    throw UsageError("bench wants 'codegen' or 'vm'");
+    if (suite == "matmul") return BenchMatmulMain(args);
+    if (suite == "stages") return BenchStagesMain(args);
+    if (suite == "stack") return BenchStackMain(args);
+    throw UsageError("bench wants 'codegen', 'vm', 'matmul', 'stages' or 'stack'");
   }
   Args args(argc, argv, 2);
   if (cmd == "demo") return DemoMain(args);

@@ -135,6 +135,12 @@ void VerifyStage(const Program& p, const Stage& s, size_t stage_no, size_t inst_
         if (v.level != want) Bad(off + 6, "view level mismatch", Str(where(), " (", info.name, ") view ", in.c));
         return v;
       };
+      // COL stages run tile_init/post even when R = 0 (an empty full
+      // domain whose views were not bounds-checked): full-level memory
+      // access belongs in the per-row sections only.
+      if (col && lvl == Level::kFull && (info.kind == Kind::kLoad || info.kind == Kind::kStore) &&
+          (sec == kTileInit || sec == kPost))
+        Bad(off + 5, "bad level", Str(where(), " (", info.name, ") full-level access outside the row loop"));
       switch (info.kind) {
         case Kind::kLoad: {
           const View& v = view(lvl);
@@ -359,12 +365,22 @@ void Parse(std::span<const uint8_t> bytes, Program& p) {
         if (s.p[0] < 1 || s.p[0] > cap) Bad(poff, "bad tile length", Str("stage ", si, " tile ", s.p[0], " (capacity ", cap, ")"));
         break;
       case Mode::kRow: {
-        int64_t K = s.p[0], rows = s.p[1];
-        if (K < 0 || rows < 1 || rows > cap || (K > 0 && rows > cap / K))
-          Bad(poff, "bad row tiling", Str("stage ", si, " K=", K, " rows=", rows, " (capacity ", cap, ")"));
-        bool ok = K == 0 ? n_full == 0 : (n_red > 0 && (n_red - 1) * K < n_full && n_full <= n_red * K) || (n_red == 0 && n_full == 0);
-        if (!ok || (K > 0 && n_full != n_red * K && rows != 1))
-          Bad(poff, "bad row geometry", Str("stage ", si, " ", n_full, " elements in ", n_red, " rows of ", K));
+        // p0 = K (row length), p1 = rows per tile; or p2 = chunk > 0: each
+        // tile is one chunk of one row and the reduced domain holds
+        // rows * ceil(K / chunk) partials.
+        int64_t K = s.p[0], rows = s.p[1], chunk = s.p[2];
+        if (K < 0 || rows < 1 || rows > cap || (chunk == 0 && K > 0 && rows > cap / K) || chunk < 0 || chunk > cap ||
+            (chunk > 0 && rows != 1) || s.p[3] != 0)
+          Bad(poff, "bad row tiling", Str("stage ", si, " K=", K, " rows=", rows, " chunk=", chunk, " (capacity ", cap, ")"));
+        bool ok;
+        if (chunk > 0) {
+          const int64_t M = K > 0 ? n_full / K : 0;
+          ok = K > 0 ? n_full % K == 0 && __int128(n_red) == __int128(M) * (K / chunk + (K % chunk != 0))
+                     : n_full == 0 && n_red == 0;
+        } else {
+          ok = K == 0 ? n_full == 0 : __int128(n_full) == __int128(n_red) * K;
+        }
+        if (!ok) Bad(poff, "bad row geometry", Str("stage ", si, " ", n_full, " elements in ", n_red, " rows of ", K, chunk ? " (chunked)" : ""));
         break;
       }
       case Mode::kCol: {
@@ -372,7 +388,7 @@ void Parse(std::span<const uint8_t> bytes, Program& p) {
         if (R < 0 || C < 1 || w < 1 || w > cap || blk < 1)
           Bad(poff, "bad column tiling", Str("stage ", si, " R=", R, " C=", C, " cols=", w, " block=", blk));
         int64_t O = n_red / C;
-        if (n_red % C != 0 || O * R * C != n_full)
+        if (n_red % C != 0 || __int128(O) * R * C != n_full)
           Bad(poff, "bad column geometry", Str("stage ", si, " ", n_full, " elements vs O*R*C with C=", C, " R=", R));
         break;
       }

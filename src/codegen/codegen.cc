@@ -484,34 +484,45 @@ class Gen {
         mask |= 1u << a;
         out_shape[a] = 1;
       }
-      bool all = true;
-      for (int d = 0; d < r; ++d)
-        if (in_shape[d] != 1 && !(mask >> d & 1)) all = false;
-      int64_t n = Numel(in_shape);
-      if (all && n > t_->chunk) {
-        // Full reduction: partials of fixed-size chunks (independent of the
-        // thread count), then one row over the partials.
-        int64_t nch = (n + t_->chunk - 1) / t_->chunk;
+      // Reduced axes trailing (after size-1 dims): rows of K elements.
+      bool all = true, trailing = true, seen_red = false;
+      int64_t K = 1;
+      for (int d = 0; d < r; ++d) {
+        if (in_shape[d] == 1) continue;
+        if (mask >> d & 1) {
+          seen_red = true;
+          K *= in_shape[d];
+        } else {
+          all = false;
+          if (seen_red) trailing = false;
+        }
+      }
+      if (trailing && ((all && K > t_->chunk) || K > t_->long_row)) {
+        // Long rows (or a full reduction): partials over fixed-size chunks of
+        // each row (independent of the thread count) in a workspace shaped
+        // like the result with nch in the last dim, then one short row over
+        // the partials. Users of the result read it from a workspace: the
+        // rows are not held in a tile.
+        const int64_t nch = (K + t_->chunk - 1) / t_->chunk;
+        Dims8 ps = out_shape;
+        ps[r - 1] = nch;
         LNode c;
         c.op = L::kChunk;
         c.sub = static_cast<uint8_t>(op);
         c.dtype = dt;
         c.in[0] = cur;
-        c.shape = {nch};
+        c.rmask = mask;
+        c.shape = ps;
         int chunk = Add(std::move(c));
         int ws = Materialize(chunk);
-        Dims8 ls(r, 1);
-        ls[r - 1] = nch;
-        Dims8 lst(r, 0);
-        lst[r - 1] = 1;
-        int load = MakeLoad(ln_[ws].tensor, dt, ls, 0, lst);
+        int load = MakeLoad(ln_[ws].tensor, dt, ps, 0, Contiguous(ps));
         LNode fin;
         fin.op = L::kReduce;
         fin.sub = static_cast<uint8_t>(op);
         fin.dtype = dt;
         fin.in[0] = load;
         fin.rmask = 1u << (r - 1);
-        fin.shape = Dims8(r, 1);
+        fin.shape = out_shape;
         cur = Add(std::move(fin));
         continue;
       }
@@ -656,10 +667,21 @@ class Gen {
     for (int n : slice) {
       const LNode& x = ln_[n];
       if (x.op == L::kChunk) continue;
+      if (x.op == L::kReduce && plan.chunk_node >= 0) {  // a chunked nest holds no other reduction
+        Materialize(n);
+        return false;
+      }
       if (!FitsIn(x.shape, x.op == L::kReduce ? red : plan.dom)) {
         for (int k = 0; k < x.num_in(); ++k)
           if (!ln_[Resolve(x.in[k])].leaf()) {
             Materialize(Resolve(x.in[k]));
+            return false;
+          }
+        // A node over loads only that is larger than the reduction's domain:
+        // the reductions leave this nest instead.
+        for (int r : slice)
+          if (ln_[r].op == L::kReduce) {
+            Materialize(r);
             return false;
           }
         Fail("codegen: node shape ", ir::ShapeStr(x.shape), " does not fit domain ", ir::ShapeStr(plan.dom));
@@ -899,7 +921,7 @@ class Gen {
     e.row = p.mode == Mode::kRow;
     e.chunk = p.chunk_node >= 0;
     if (e.chunk) {
-      e.red = {ln_[p.chunk_node].shape[0]};
+      e.red = {Numel(ln_[p.chunk_node].shape)};  // partials, row-major [rows, nch]
     }
     e.memo[0].assign(ln_.size(), -1);
     e.memo[1].assign(ln_.size(), -1);
@@ -925,7 +947,7 @@ class Gen {
       const int sec = (e.col && red) ? bc::kPost : bc::kBody;
       uint16_t view;
       if (e.chunk) {
-        view = ViewFor(e, r.tensor, 0, {x.shape[0]}, {1}, true);
+        view = ViewFor(e, r.tensor, 0, e.red, {1}, true);
       } else {
         view = ViewFor(e, r.tensor, r.offset, x.shape, r.strides, red);
       }
@@ -1020,16 +1042,18 @@ class Gen {
         cap = s.p[0];
         break;
       case Mode::kRow: {
-        int64_t K;
-        if (e.chunk) {
-          K = t_->chunk;
-        } else {
-          K = 1;
-          for (int i = 0; i < r; ++i)
-            if (e.rmask >> i & 1) K *= e.dom[i];
+        const uint32_t mask = e.chunk ? ln_[p.chunk_node].rmask : e.rmask;
+        int64_t K = 1;
+        for (int i = 0; i < r; ++i)
+          if (mask >> i & 1) K *= e.dom[i];
+        if (e.chunk) {  // one chunk of one row per tile
+          s.p[0] = K;
+          s.p[1] = 1;
+          s.p[2] = t_->chunk;
+          cap = t_->chunk;
+          break;
         }
-        int64_t rows = K == 0 ? t_->row_tile : std::max<int64_t>(1, t_->row_tile / K);
-        if (e.chunk) rows = 1;
+        const int64_t rows = K == 0 ? t_->row_tile : std::max<int64_t>(1, t_->row_tile / K);
         s.p[0] = K;
         s.p[1] = rows;
         cap = std::max<int64_t>(rows * std::max<int64_t>(K, 1), rows);

@@ -34,7 +34,8 @@ struct Result {
 struct Tiling {
   int64_t elem_tile = 1024;   // ELEM tile
   int64_t row_tile = 2048;    // ROW: rows * K target
-  int64_t chunk = 4096;       // full reductions: elements per partial
+  int64_t chunk = 4096;       // full reductions and long rows: elements per partial
+  int64_t long_row = 16384;   // rows longer than this are reduced in chunks
   int64_t col_width = 512;    // COL: columns per tile
   int64_t col_block = 64;     // COL: rows per partial accumulator block
 };

@@ -29,8 +29,44 @@ using VI = hn::Vec<DI>;
 
 // ---- element functions -----------------------------------------------------
 
+// Highway's vector math is specified on finite inputs in its documented
+// ranges; these wrappers give IEEE results outside them (inf, NaN, 0).
+inline VF ExpV(DF d, VF x) {
+  VF r = hn::Exp(d, x);
+  r = hn::IfThenElse(hn::Gt(x, hn::Set(d, 88.72283935546875f)), hn::Set(d, HUGE_VALF), r);
+  r = hn::IfThenElseZero(hn::Ge(x, hn::Set(d, -103.97208f)), r);
+  return hn::IfThenElse(hn::IsNaN(x), x, r);
+}
+inline VF LogV(DF d, VF x) {
+  VF r = hn::Log(d, x);
+  r = hn::IfThenElse(hn::Eq(x, hn::Zero(d)), hn::Set(d, -HUGE_VALF), r);
+  r = hn::IfThenElse(hn::Eq(x, hn::Set(d, HUGE_VALF)), x, r);
+  const VF nan = hn::Set(d, std::numeric_limits<float>::quiet_NaN());
+  r = hn::IfThenElse(hn::Lt(x, hn::Zero(d)), nan, r);
+  return hn::IfThenElse(hn::IsNaN(x), x, r);
+}
+inline VF TanhV(DF d, VF x) { return hn::IfThenElse(hn::IsNaN(x), x, hn::Tanh(d, x)); }
+// sin/cos: Highway's range reduction holds for |x| <= 39000; other lanes
+// (rare) take the scalar library path.
+template <bool kSin>
+inline VF SinCosV(DF d, VF x) {
+  VF r = kSin ? hn::Sin(d, x) : hn::Cos(d, x);
+  const auto bad = hn::Not(hn::Le(hn::Abs(x), hn::Set(d, 39000.0f)));
+  if (HWY_UNLIKELY(!hn::AllFalse(d, bad))) {
+    HWY_ALIGN float in[hn::MaxLanes(d)], out[hn::MaxLanes(d)];
+    hn::Store(x, d, in);
+    hn::Store(r, d, out);
+    for (size_t i = 0; i < hn::Lanes(d); ++i)
+      if (!(std::fabs(in[i]) <= 39000.0f)) out[i] = kSin ? std::sin(in[i]) : std::cos(in[i]);
+    r = hn::Load(d, out);
+  }
+  return r;
+}
+
 inline VF ErfV(DF d, VF x) {
-  // Rational approximation on [-4, 4] (as in Eigen / XLA); |error| < 2e-7.
+  // Rational approximation on [-4, 4] (as in Eigen / XLA); |error| < 5e-7
+  // (tests/kernels_test.cc measures it against std::erf).
+  const VF x_in = x;
   x = hn::Min(hn::Max(x, hn::Set(d, -4.0f)), hn::Set(d, 4.0f));
   const VF x2 = hn::Mul(x, x);
   VF p = hn::Set(d, -2.72614225801306e-10f);
@@ -46,7 +82,9 @@ inline VF ErfV(DF d, VF x) {
   q = hn::MulAdd(x2, q, hn::Set(d, -1.68282697438203e-03f));
   q = hn::MulAdd(x2, q, hn::Set(d, -7.37332916720468e-03f));
   q = hn::MulAdd(x2, q, hn::Set(d, -1.42647390514189e-02f));
-  return hn::Div(p, q);
+  const VF one = hn::Set(d, 1.0f);
+  const VF r = hn::Min(hn::Max(hn::Div(p, q), hn::Neg(one)), one);  // |erf| <= 1
+  return hn::IfThenElse(hn::IsNaN(x_in), x_in, r);
 }
 
 // NaN-propagating max/min, as torch.maximum.
@@ -117,15 +155,15 @@ DVM_UNF(SqrtF, hn::Sqrt(x))
 DVM_UNF(RsqrtF, hn::Div(hn::Set(d, 1.0f), hn::Sqrt(x)))
 DVM_UNF(AbsF, hn::Abs(x))
 DVM_UNF(NegF, hn::Neg(x))
-DVM_UNF(ExpF, hn::Exp(d, x))
-DVM_UNF(LogF, hn::Log(d, x))
+DVM_UNF(ExpF, ExpV(d, x))
+DVM_UNF(LogF, LogV(d, x))
 DVM_UNF(RecipF, hn::Div(hn::Set(d, 1.0f), x))
-DVM_UNF(TanhF, hn::Tanh(d, x))
-DVM_UNF(SigmoidF, hn::Div(hn::Set(d, 1.0f), hn::Add(hn::Set(d, 1.0f), hn::Exp(d, hn::Neg(x)))))
+DVM_UNF(TanhF, TanhV(d, x))
+DVM_UNF(SigmoidF, hn::Div(hn::Set(d, 1.0f), hn::Add(hn::Set(d, 1.0f), ExpV(d, hn::Neg(x)))))
 DVM_UNF(ErfF, ErfV(d, x))
 DVM_UNF(ReluF, hn::IfThenElse(hn::Lt(x, hn::Zero(d)), hn::Zero(d), x))
-DVM_UNF(SinF, hn::Sin(d, x))
-DVM_UNF(CosF, hn::Cos(d, x))
+DVM_UNF(SinF, SinCosV<true>(d, x))
+DVM_UNF(CosF, SinCosV<false>(d, x))
 DVM_UNF(FloorF, hn::Floor(x))
 DVM_UNF(CeilF, hn::Ceil(x))
 DVM_UNF(RoundF, hn::Round(x))

@@ -58,8 +58,11 @@ void ThreadPool::WorkerLoop(int index, uint64_t seen) {
     }
     seen = g;
     if (stop_.load()) return;
-    if (index < participants_) job_(ctx_, index);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+    // Join the job unless the caller has closed it: a worker that wakes up
+    // late (its core was busy) never holds the caller up.
+    active_.fetch_add(1);
+    if (!closed_.load() && index < participants_) job_(ctx_, index);
+    if (active_.fetch_sub(1) == 1) active_.notify_all();
   }
 }
 
@@ -72,18 +75,21 @@ void ThreadPool::Run(int participants, Job job, void* ctx) {
     job(ctx, 0);
     return;
   }
+  // No worker is inside a job here (the previous Run waited for them).
   job_ = job;
   ctx_ = ctx;
   participants_ = participants;
-  pending_.store(static_cast<int>(workers_.size()), std::memory_order_release);
+  closed_.store(false);
   generation_.fetch_add(1, std::memory_order_acq_rel);
   generation_.notify_all();
-  job(ctx, 0);
-  int p = pending_.load(std::memory_order_acquire);
-  for (int spin = 0; p != 0 && spin < 200000; ++spin) p = pending_.load(std::memory_order_acquire);
-  while (p != 0) {
-    pending_.wait(p);
-    p = pending_.load(std::memory_order_acquire);
+  job(ctx, 0);  // returns when every tile has been claimed
+  closed_.store(true);
+  // Wait only for workers that joined (they are finishing claimed tiles).
+  int a = active_.load();
+  for (int spin = 0; a != 0 && spin < 100000; ++spin) a = active_.load();
+  while (a != 0) {
+    active_.wait(a);
+    a = active_.load();
   }
 }
 

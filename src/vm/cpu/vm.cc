@@ -256,7 +256,16 @@ void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
       break;
     }
     case bc::Mode::kRow: {
-      const int64_t K = s.p[0], rows = s.p[1];
+      const int64_t K = s.p[0], rows = s.p[1], chunk = s.p[2];
+      if (chunk > 0) {  // tile t: chunk j of row m, one partial per tile
+        const int64_t nch = (K + chunk - 1) / chunk, m = t / nch, j = t % nch;
+        c.start[1] = t;
+        c.n[1] = 1;
+        c.start[0] = m * K + j * chunk;
+        c.n[0] = std::min(chunk, K - j * chunk);
+        RunCode(code + s.sec[bc::kBody], code + s.sec[bc::kBody + 1], c);
+        break;
+      }
       const int64_t m0 = t * rows;
       const int64_t r = std::min(rows, s.n_red - m0);
       c.start[1] = m0;
@@ -269,7 +278,7 @@ void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
     case bc::Mode::kGemm: RunGemmTile(s, t, c); break;
     case bc::Mode::kCol: {
       const int64_t R = s.p[0], C = s.p[1], w = s.p[2], blk = s.p[3];
-      const int64_t chunks = (C + w - 1) / w;
+      const int64_t chunks = C / w + (C % w != 0);
       const int64_t o = t / chunks, c0 = (t % chunks) * w;
       const int64_t cw = std::min(w, C - c0);
       c.n[0] = c.n[1] = cw;
@@ -344,8 +353,8 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     std::copy(std::begin(s.p), std::end(s.p), rt.p);
     switch (s.mode) {
       case bc::Mode::kElem: rt.ntiles = (rt.n_full + s.p[0] - 1) / s.p[0]; break;
-      case bc::Mode::kRow: rt.ntiles = (rt.n_red + s.p[1] - 1) / s.p[1]; break;
-      case bc::Mode::kCol: rt.ntiles = (rt.n_red / s.p[1]) * ((s.p[1] + s.p[2] - 1) / s.p[2]); break;
+      case bc::Mode::kRow: rt.ntiles = s.p[2] > 0 ? rt.n_red : (rt.n_red + s.p[1] - 1) / s.p[1]; break;
+      case bc::Mode::kCol: rt.ntiles = (rt.n_red / s.p[1]) * (s.p[1] / s.p[2] + (s.p[1] % s.p[2] != 0)); break;
       case bc::Mode::kGemm: {
         const bc::Gemm& g = s.gemm;
         int64_t batch = 1;

@@ -1,0 +1,317 @@
+// `dvm bench matmul`: f32 GEMM through DVM (a dynamic kernel Load A, Load B,
+// Store(MatMul(A, B)); cached program) against cblas_sgemm called directly on
+// the same data in the same run, with OpenBLAS set to the same thread count.
+// DVM cuts C into blocks and runs each block as a single-threaded cblas_sgemm
+// on its own pool; OpenBLAS threads one call itself.
+//
+// Shapes: 256^3, 1024^3 and M in {1, 32, 128, 512} x K = 768 x N in {768,
+// 3072}. Every case with M >= 32 also times a bias + GELU (tanh form)
+// epilogue three ways:
+//  * fused:     one DVM kernel, GELU_tanh(MatMul(A, B) + bias)
+//  * unfused:   the DVM GEMM kernel, then a DVM add-bias kernel, then a DVM
+//               GELU kernel (three launches, two intermediates in memory;
+//               the GELU kernel is kernels.h's BuildGelu, itself one kernel)
+//  * gemm_only: the DVM GEMM kernel alone (the same measurement as dvm_us)
+//
+// Inputs are uniform in [-1, 1). Results are checked before times count:
+// max over elements of |x - ref| / max(|ref|, 1) <= 1e-4, where ref is the
+// BLAS result (and, for the epilogue, bias + GELU of it in double).
+//
+// Ratios: dvm_over_blas = dvm_gflops / blas_gflops (higher is better; bar
+// >= 0.9 at 1024^3 and M = 512); fused_over_gemm = fused_us / gemm_only_us
+// (lower is better; bar <= 1.15 at M >= 128).
+//
+// Timing follows bench vm: each implementation runs its timed blocks back to
+// back, in two interleaved rounds; short calls repeat inside a block for
+// ~1 ms; before each run of blocks a pause (2 ms, or 150 ms after the BLAS
+// blocks: OpenBLAS's idle workers spin for ~100 ms before they sleep and
+// would take the cores DVM's pool needs) and >= 3 untimed calls.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench_util.h"
+#include "dvm/dvm.h"
+#include "kernels.h"
+
+namespace dvmtool {
+namespace {
+
+std::string Sci(double v) {  // max_err column
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1e", v);
+  return b;
+}
+
+constexpr double kMaxRelErr = 1e-4;
+constexpr double kBarGflops = 0.9, kBarFused = 1.15;
+
+struct Buf {  // 64-byte aligned floats
+  explicit Buf(size_t n)
+      : n(n), p(static_cast<float*>(std::aligned_alloc(64, std::max<size_t>((n * 4 + 63) / 64 * 64, 64))),
+                &std::free) {
+    if (!p) throw std::bad_alloc();
+    std::memset(p.get(), 0, n * 4);
+  }
+  float* get() const { return p.get(); }
+  size_t n;
+  std::unique_ptr<float, decltype(&std::free)> p;
+};
+
+// 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))), as BuildGelu.
+NDObject* Gelu(dvm::Kernel& k, NDObject* x) {
+  NDObject* x3 = k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, x, x), x);
+  NDObject* u = k.Binary(BinaryOp::kAdd, x, k.Binary(BinaryOp::kMul, x3, kGeluA));
+  NDObject* t = k.Unary(UnaryOp::kTanh, k.Binary(BinaryOp::kMul, u, kGeluC));
+  return k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, x, 0.5), k.Binary(BinaryOp::kAdd, t, 1.0));
+}
+
+double GeluRef(double x) {
+  return 0.5 * x * (1.0 + std::tanh(kGeluC * (x + kGeluA * x * x * x)));
+}
+
+// max |x - ref| / max(|ref|, 1); infinite on NaN.
+double MaxRelErr(const float* x, const float* ref, size_t n) {
+  double e = 0;
+  for (size_t i = 0; i < n; ++i) {
+    double d = std::fabs(double(x[i]) - double(ref[i])) / std::max(std::fabs(double(ref[i])), 1.0);
+    if (!(d <= e)) e = std::isnan(d) ? INFINITY : d;
+  }
+  return e;
+}
+
+// Per-call times (us) of each implementation; see the file comment.
+// `blas` is the index of the BLAS implementation (-1: none).
+std::vector<std::vector<double>> Measure(const std::vector<std::function<void()>>& f, int reps,
+                                         int blas) {
+  const size_t n = f.size();
+  std::vector<int> inner(n, 1);
+  for (size_t k = 0; k < n; ++k) {
+    double best = INFINITY;
+    for (int i = 0; i < 3; ++i) {
+      double t0 = NowUs();
+      f[k]();
+      best = std::min(best, NowUs() - t0);
+    }
+    inner[k] = int(std::clamp(1000.0 / std::max(best, 0.05), 1.0, 100000.0));
+  }
+  std::vector<std::vector<double>> r(n);
+  int prev = -1;
+  for (int round = 0; round < 2; ++round)
+    for (size_t k = 0; k < n; ++k) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(prev == blas ? 150 : 2));
+      prev = int(k);
+      const double warm_start = NowUs();
+      for (int i = 0; i < 3 || NowUs() - warm_start < 300; ++i) f[k]();
+      for (int rep = round; rep < reps; rep += 2) {
+        double t0 = NowUs();
+        for (int i = 0; i < inner[k]; ++i) f[k]();
+        r[k].push_back((NowUs() - t0) / inner[k]);
+      }
+    }
+  std::this_thread::sleep_for(std::chrono::milliseconds(prev == blas ? 150 : 2));
+  return r;
+}
+
+struct Shape3 {
+  int64_t m, k, n;
+};
+
+std::vector<Shape3> AllShapes() {
+  std::vector<Shape3> v = {{256, 256, 256}, {1024, 1024, 1024}};
+  for (int64_t m : {1, 32, 128, 512})
+    for (int64_t n : {768, 3072}) v.push_back({m, 768, n});
+  return v;
+}
+
+std::string CaseName(const Shape3& s) {
+  return "gemm_" + std::to_string(s.m) + "x" + std::to_string(s.k) + "x" + std::to_string(s.n);
+}
+
+}  // namespace
+
+int BenchMatmulMain(Args& args) {
+  const std::string json = args.Str("--json", "");
+  const long threads = args.Int("--threads", 0, 0, 1024);
+  const long reps = args.Int("--reps", 20, 1, 100000);
+  const std::string filter = args.Str("--filter", "");
+  args.Finish();
+  if (threads > 0) dvm::SetNumThreads(int(threads));
+  const int nt = dvm::GetNumThreads();
+  const int blas_threads_before = openblas_get_num_threads();
+
+  Report rep;
+  rep.suite = "matmul";
+  rep.threads = nt;
+  const double load = LoadAverage();
+  std::printf("dvm bench matmul: %d threads (DVM pool; OpenBLAS set to %d for its calls), reps %ld, "
+              "medians; load average %.2f\n"
+              "unfused = DVM GEMM kernel + DVM add-bias kernel + DVM GELU kernel\n\n",
+              nt, nt, reps, load);
+
+  // The DVM kernels, shared by every shape (dynamic; one cached program per shape).
+  dvm::Kernel gemm(dvm::KernelType::kDynamic), fused(dvm::KernelType::kDynamic),
+      add_bias(dvm::KernelType::kDynamic), gelu(dvm::KernelType::kDynamic);
+  {
+    auto* a = gemm.Load(nullptr, {-1, -1}, DType::kFloat32);
+    auto* b = gemm.Load(nullptr, {-1, -1}, DType::kFloat32);
+    gemm.Store(nullptr, gemm.MatMul(a, b));
+    auto* fa = fused.Load(nullptr, {-1, -1}, DType::kFloat32);
+    auto* fb = fused.Load(nullptr, {-1, -1}, DType::kFloat32);
+    auto* bias = fused.Load(nullptr, {-1}, DType::kFloat32);
+    fused.Store(nullptr, Gelu(fused, fused.Binary(BinaryOp::kAdd, fused.MatMul(fa, fb), bias)));
+    auto* x = add_bias.Load(nullptr, {-1, -1}, DType::kFloat32);
+    auto* ab = add_bias.Load(nullptr, {-1}, DType::kFloat32);
+    add_bias.Store(nullptr, add_bias.Binary(BinaryOp::kAdd, x, ab));
+    BuildGelu(gelu, 2);
+    for (dvm::Kernel* k : {&gemm, &fused, &add_bias, &gelu}) k->SetCacheCapacity(32);
+  }
+
+  Table t({"case", "dvm_us", "blas_us", "dvm_GF", "blas_GF", "dvm/blas", "fused_us", "unfused_us",
+           "gemm_us", "fused/gemm", "max_err", "bar"});
+  int failed = 0;
+  bool bar_gflops = true, bar_fused = true;
+  int n_bar_gflops = 0, n_bar_fused = 0;
+  std::string miss_gflops, miss_fused;
+  for (const Shape3& s : AllShapes()) {
+    const std::string name = CaseName(s);
+    if (!filter.empty() && name.find(filter) == std::string::npos) continue;
+    const int64_t M = s.m, K = s.k, N = s.n;
+    const bool epilogue = M >= 32;
+    const double flops = 2.0 * M * K * N;
+    Buf A(M * K), B(K * N), bias(N), c_dvm(M * N), c_blas(M * N);
+    Rng rng(uint64_t(M * 1000003 + K * 1009 + N));
+    rng.Fill(A.get(), A.n, -1, 1), rng.Fill(B.get(), B.n, -1, 1), rng.Fill(bias.get(), N, -1, 1);
+    std::unique_ptr<Buf> c_fused, c_unfused, tmp1, tmp2;
+    if (epilogue) {
+      c_fused = std::make_unique<Buf>(M * N), c_unfused = std::make_unique<Buf>(M * N);
+      tmp1 = std::make_unique<Buf>(M * N), tmp2 = std::make_unique<Buf>(M * N);
+    }
+    const dvm::Shape sa{M, K}, sb{K, N}, sc{M, N}, sbias{N};
+    const size_t cbytes = size_t(M * N) * 4;
+    auto run_gemm = [&](float* out) {
+      gemm.Launch({{A.get(), sa, 0}, {B.get(), sb, 0}}, {{out, {}, cbytes}});
+    };
+    std::vector<std::function<void()>> impl = {
+        [&] { run_gemm(c_dvm.get()); },
+        [&] {
+          openblas_set_num_threads(nt);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(M), int(N), int(K), 1.0f,
+                      A.get(), int(K), B.get(), int(N), 0.0f, c_blas.get(), int(N));
+        }};
+    if (epilogue) {
+      impl.push_back([&] {
+        fused.Launch({{A.get(), sa, 0}, {B.get(), sb, 0}, {bias.get(), sbias, 0}},
+                     {{c_fused->get(), {}, cbytes}});
+      });
+      impl.push_back([&] {
+        run_gemm(tmp1->get());
+        add_bias.Launch({{tmp1->get(), sc, 0}, {bias.get(), sbias, 0}}, {{tmp2->get(), {}, cbytes}});
+        gelu.Launch({{tmp2->get(), sc, 0}}, {{c_unfused->get(), {}, cbytes}});
+      });
+    }
+
+    JsonObject m;
+    m.Num("m", double(M)).Num("k", double(K)).Num("n", double(N)).Num("flops", flops);
+    std::string err;
+    double max_err = 0;
+    std::vector<std::vector<double>> tm;
+    try {
+      for (auto& f : impl) f();
+      max_err = MaxRelErr(c_dvm.get(), c_blas.get(), M * N);
+      if (!(max_err <= kMaxRelErr)) err = "dvm GEMM differs from BLAS: max rel err " + Fmt(max_err, 8);
+      if (err.empty() && epilogue) {
+        std::vector<float> ref(M * N);
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t j = 0; j < N; ++j)
+            ref[i * N + j] = float(GeluRef(double(c_blas.get()[i * N + j]) + bias.get()[j]));
+        double ef = MaxRelErr(c_fused->get(), ref.data(), M * N);
+        double eu = MaxRelErr(c_unfused->get(), ref.data(), M * N);
+        max_err = std::max({max_err, ef, eu});
+        if (!(ef <= kMaxRelErr)) err = "fused bias+GELU differs: max rel err " + Fmt(ef, 8);
+        else if (!(eu <= kMaxRelErr)) err = "unfused bias+GELU differs: max rel err " + Fmt(eu, 8);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(150));  // OpenBLAS workers asleep
+      if (err.empty()) tm = Measure(impl, int(reps), 1);
+    } catch (const dvm::Error& e) {
+      err = std::string("dvm::Error: ") + e.what();
+    }
+    m.Num("max_rel_err", max_err);
+    if (!err.empty()) {
+      ++failed;
+      std::printf("%s FAILED: %s\n", name.c_str(), err.c_str());
+      t.Row({name, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "FAILED"});
+      m.Bool("failed", true).Str("error", err);
+      rep.AddCase(name, m, ShapeString({M, K}) + "x" + ShapeString({K, N}));
+      continue;
+    }
+    Stats d = Summarize(tm[0]), b = Summarize(tm[1]);
+    const double dgf = flops / d.median / 1e3, bgf = flops / b.median / 1e3, ratio = dgf / bgf;
+    m.Num("dvm_us", d.median).Num("dvm_us_min", d.min).Num("dvm_us_max", d.max);
+    m.Num("dvm_gflops", dgf);
+    m.Num("blas_us", b.median).Num("blas_us_min", b.min).Num("blas_us_max", b.max);
+    m.Num("blas_gflops", bgf).Num("dvm_over_blas", ratio);
+    std::vector<std::string> bars;
+    if (M == 512 || (M == 1024 && K == 1024 && N == 1024)) {
+      const bool ok = ratio >= kBarGflops;
+      ++n_bar_gflops;
+      if (!ok) {
+        bar_gflops = false;
+        miss_gflops += (miss_gflops.empty() ? "" : ", ") + name + " " + Fmt(ratio);
+      }
+      bars.push_back(std::string("GF ") + Bar(ok));
+      m.Bool("bar_dvm_gflops_ge_0_9_blas", ok);
+    }
+    std::string fcol = "-", ucol = "-", gcol = "-", rcol = "-";
+    if (epilogue) {
+      Stats f = Summarize(tm[2]), u = Summarize(tm[3]);
+      const double fr = f.median / d.median;
+      m.Num("fused_us", f.median).Num("fused_us_min", f.min).Num("fused_us_max", f.max);
+      m.Num("unfused_us", u.median).Num("unfused_us_min", u.min).Num("unfused_us_max", u.max);
+      m.Num("gemm_only_us", d.median).Num("fused_over_gemm", fr);
+      m.Num("unfused_over_fused", u.median / f.median);
+      fcol = Fmt(f.median, 1), ucol = Fmt(u.median, 1), gcol = Fmt(d.median, 1), rcol = Fmt(fr);
+      if (M >= 128) {
+        const bool ok = fr <= kBarFused;
+        ++n_bar_fused;
+        if (!ok) {
+          bar_fused = false;
+          miss_fused += (miss_fused.empty() ? "" : ", ") + name + " " + Fmt(fr);
+        }
+        bars.push_back(std::string("epi ") + Bar(ok));
+        m.Bool("bar_fused_le_1_15_gemm", ok);
+      }
+    }
+    m.Num("reps", double(tm[0].size()));
+    std::string bar;
+    for (auto& x : bars) bar += (bar.empty() ? "" : " ") + x;
+    t.Row({name, Fmt(d.median, 1), Fmt(b.median, 1), Fmt(dgf, 1), Fmt(bgf, 1), Fmt(ratio), fcol,
+           ucol, gcol, rcol, Sci(max_err), bar.empty() ? "-" : bar});
+    rep.AddCase(name, m, ShapeString({M, K}) + "x" + ShapeString({K, N}));
+  }
+  openblas_set_num_threads(blas_threads_before);
+  t.Print();
+
+  std::printf("\nbars: dvm_gflops >= 0.9 x blas_gflops at 1024^3 and M=512 (%d cases): %s%s; "
+              "fused <= 1.15 x gemm_only at M >= 128 (%d cases): %s%s\n",
+              n_bar_gflops, Bar(bar_gflops), miss_gflops.empty() ? "" : (" [" + miss_gflops + "]").c_str(),
+              n_bar_fused, Bar(bar_fused), miss_fused.empty() ? "" : (" [" + miss_fused + "]").c_str());
+  if (failed) std::printf("FAILED: %d case(s) did not match\n", failed);
+  rep.summary.Num("loadavg_1min", load).Str("unfused", "dvm gemm kernel + dvm add-bias kernel + dvm gelu kernel");
+  rep.summary.Num("failed", failed);
+  rep.summary.Bool("bar_dvm_gflops_ge_0_9_blas", bar_gflops).Str("bar_gflops_misses", miss_gflops);
+  rep.summary.Bool("bar_fused_le_1_15_gemm", bar_fused).Str("bar_fused_misses", miss_fused);
+  bool wrote = rep.Write(json);
+  return failed || !wrote ? 1 : 0;
+}
+
+}  // namespace dvmtool

@@ -1,0 +1,418 @@
+// `dvm bench stack`: one Adam optimizer step over 300 f32 tensors whose sizes
+// are drawn log-uniformly from [64, 16384] elements (seeded), three ways on
+// the same number of threads:
+//  * separate: one dynamic DVM kernel per tensor, launched once per tensor
+//              (300 launches of cached programs, each waiting for the last)
+//  * stacked:  the same 300 kernels recorded into a dvm::KernelStack and run
+//              as one stacked launch; timed per step as Clear() + 300 Add()
+//              + Launch(), as an optimizer loop would call it (Launch() of an
+//              already recorded stack is reported as stacked_launch_us)
+//  * aot:      one hand-written loop over all tensors (compiled -O3
+//              -march=native with this file), parallel over tensors: each
+//              thread takes a contiguous run of tensors holding ~1/threads
+//              of the elements
+// Also reported, not barred: separate_shared_us, the 300 launches through one
+// shared dynamic kernel holding all 300 programs in its cache.
+//
+// Per tensor: inputs p, g, m, v; scalars as Binary(op, x, scalar) constants
+// (lr 1e-3, beta1 0.9, beta2 0.999, eps 1e-8, step t = 10):
+//   m' = m * b1 + g * (1 - b1)
+//   v' = v * b2 + (g * g) * (1 - b2)
+//   p' = p - (m' / (1 - b1^t)) * lr / (sqrt(v' / (1 - b2^t)) + eps)
+// outputs p', m', v' (to separate buffers, so every step computes the same).
+// Checked before times count: separate and stacked bit-equal, aot close
+// (|x - aot| <= 1e-9 + 1e-5 |aot|; GCC contracts the baseline's a * b + c
+// into FMAs). Timing as bench vm (two interleaved rounds of back-to-back
+// blocks, a 2 ms pause and >= 3 untimed calls before each run of blocks).
+// Bars: separate_us / stacked_us >= 2; aot_us / stacked_us >= 0.8.
+// The baseline thread pool is a copy of bench_vm.cc's.
+
+// See bench_vm.cc; no-math-errno lets GCC vectorise sqrt. Results unchanged.
+#pragma GCC optimize("no-trapping-math", "no-math-errno")
+
+#include <immintrin.h>
+
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench_util.h"
+#include "dvm/dvm.h"
+#include "kernels.h"
+
+namespace dvmtool {
+namespace {
+
+// ---- the baseline thread pool (bench_vm.cc's) -------------------------------
+class Pool {
+ public:
+  explicit Pool(int n) : n_(std::max(1, n)) {
+    for (int t = 1; t < n_; ++t) th_.emplace_back([this, t] { Worker(t); });
+  }
+  ~Pool() {
+    stop_ = true;
+    gen_.fetch_add(1);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      cv_.notify_all();
+    }
+    for (auto& t : th_) t.join();
+  }
+  int size() const { return n_; }
+  void Park() { spin_.store(false, std::memory_order_relaxed); }
+
+  template <class F>
+  void Run(F& f) {
+    if (n_ == 1) return f(0);
+    fn_ = [](void* c, int t) { (*static_cast<F*>(c))(t); };
+    ctx_ = &f;
+    spin_.store(true, std::memory_order_relaxed);
+    pending_.store(n_ - 1, std::memory_order_relaxed);
+    gen_.fetch_add(1);
+    if (sleepers_.load() > 0) {
+      std::lock_guard<std::mutex> lk(mu_);
+      cv_.notify_all();
+    }
+    f(0);
+    for (int i = 0; pending_.load(std::memory_order_acquire) > 0; ++i) {
+      if (i < 4096) _mm_pause();
+      else std::this_thread::yield();
+    }
+  }
+
+ private:
+  void Worker(int tid) {
+    uint64_t seen = 0;
+    for (;;) {
+      uint64_t g;
+      double spin_until = 0;
+      for (long i = 0; (g = gen_.load(std::memory_order_acquire)) == seen; ++i) {
+        if (spin_.load(std::memory_order_relaxed)) {
+          if (i == 0) spin_until = NowUs() + kSpinUs;
+          if ((i & 255) || NowUs() < spin_until) {
+            _mm_pause();
+            continue;
+          }
+        }
+        std::unique_lock<std::mutex> lk(mu_);
+        sleepers_.fetch_add(1);
+        cv_.wait(lk, [&] { return gen_.load() != seen; });
+        sleepers_.fetch_sub(1);
+      }
+      seen = g;
+      if (stop_) return;
+      fn_(ctx_, tid);
+      pending_.fetch_sub(1, std::memory_order_release);
+    }
+  }
+
+  static constexpr double kSpinUs = 100;
+  const int n_;
+  std::vector<std::thread> th_;
+  std::atomic<uint64_t> gen_{0};
+  std::atomic<int> pending_{0}, sleepers_{0};
+  std::atomic<bool> spin_{false}, stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  void (*fn_)(void*, int) = nullptr;
+  void* ctx_ = nullptr;
+};
+
+// ---- Adam ------------------------------------------------------------------------
+constexpr int kTensors = 300;
+constexpr int64_t kMinSize = 64, kMaxSize = 16384;
+constexpr double kLr = 1e-3, kBeta1 = 0.9, kBeta2 = 0.999, kEps = 1e-8;
+constexpr int kStep = 10;
+
+struct AdamConsts {
+  double b1 = kBeta1, c1 = 1.0 - kBeta1, b2 = kBeta2, c2 = 1.0 - kBeta2;
+  double bc1 = 1.0 - std::pow(kBeta1, kStep), bc2 = 1.0 - std::pow(kBeta2, kStep);
+  double lr = kLr, eps = kEps;
+};
+
+// Inputs p, g, m, v [?]; outputs p', m', v'.
+void BuildAdam(dvm::Kernel& k, const AdamConsts& a) {
+  const DType f = DType::kFloat32;
+  NDObject* p = k.Load(nullptr, {-1}, f);
+  NDObject* g = k.Load(nullptr, {-1}, f);
+  NDObject* m = k.Load(nullptr, {-1}, f);
+  NDObject* v = k.Load(nullptr, {-1}, f);
+  NDObject* m1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, m, a.b1), k.Binary(BinaryOp::kMul, g, a.c1));
+  NDObject* v1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, v, a.b2),
+                          k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, g, g), a.c2));
+  NDObject* mh = k.Binary(BinaryOp::kDiv, m1, a.bc1);
+  NDObject* vh = k.Binary(BinaryOp::kDiv, v1, a.bc2);
+  NDObject* den = k.Binary(BinaryOp::kAdd, k.Unary(UnaryOp::kSqrt, vh), a.eps);
+  NDObject* upd = k.Binary(BinaryOp::kDiv, k.Binary(BinaryOp::kMul, mh, a.lr), den);
+  k.Store(nullptr, k.Binary(BinaryOp::kSub, p, upd));
+  k.Store(nullptr, m1);
+  k.Store(nullptr, v1);
+}
+
+struct Buf {  // 64-byte aligned floats
+  explicit Buf(size_t n)
+      : p(static_cast<float*>(std::aligned_alloc(64, std::max<size_t>((n * 4 + 63) / 64 * 64, 64))),
+          &std::free) {
+    if (!p) throw std::bad_alloc();
+    std::memset(p.get(), 0, n * 4);
+  }
+  float* get() const { return p.get(); }
+  std::unique_ptr<float, decltype(&std::free)> p;
+};
+
+enum { kP, kG, kM, kV, kNumIn };
+enum Impl { kSeparate, kStacked, kAot, kShared, kNumImpl };
+const char* kImplName[kNumImpl] = {"separate", "stacked", "aot", "separate_shared"};
+
+struct Problem {
+  std::vector<int64_t> size, off;  // per tensor: elements, offset (multiple of 16) into the arenas
+  size_t total = 0;                // elements
+  size_t span = 0;                 // arena length
+  std::vector<Buf> in;             // p, g, m, v
+  std::vector<Buf> out[kNumImpl];  // p', m', v' of each implementation
+};
+
+Problem MakeProblem(uint64_t seed) {
+  Problem pr;
+  Rng rng(seed);
+  const float lo = std::log(float(kMinSize)), hi = std::log(float(kMaxSize));
+  for (int i = 0; i < kTensors; ++i) {
+    int64_t n = std::clamp<int64_t>(std::llround(std::exp(rng.Uniform(lo, hi))), kMinSize, kMaxSize);
+    pr.off.push_back(int64_t(pr.span));
+    pr.size.push_back(n);
+    pr.total += n;
+    pr.span += (n + 15) / 16 * 16;
+  }
+  for (int a = 0; a < kNumIn; ++a) pr.in.emplace_back(pr.span);
+  for (auto& o : pr.out)
+    for (int a = 0; a < 3; ++a) o.emplace_back(pr.span);
+  rng.Fill(pr.in[kP].get(), pr.span, -1, 1);
+  rng.Fill(pr.in[kG].get(), pr.span, -0.1f, 0.1f);
+  rng.Fill(pr.in[kM].get(), pr.span, -0.01f, 0.01f);
+  rng.Fill(pr.in[kV].get(), pr.span, 0, 1e-4f);
+  return pr;
+}
+
+// Launch arguments of tensor i into the outputs of implementation `impl`.
+struct LaunchArgs {
+  std::vector<dvm::TensorArg> in, out;
+};
+LaunchArgs ArgsOf(const Problem& pr, int i, Impl impl) {
+  LaunchArgs a;
+  const int64_t n = pr.size[i], o = pr.off[i];
+  for (int k = 0; k < kNumIn; ++k) a.in.push_back({pr.in[k].get() + o, {n}, size_t(n) * 4});
+  for (int k = 0; k < 3; ++k) a.out.push_back({pr.out[impl][k].get() + o, {}, size_t(n) * 4});
+  return a;
+}
+
+// The hand-written step: thread t runs tensors [first[t], first[t + 1]).
+void AotStep(const Problem& pr, const std::vector<int>& first, int t, const AdamConsts& a) {
+  const float B1 = float(a.b1), C1 = float(a.c1), B2 = float(a.b2), C2 = float(a.c2);
+  const float BC1 = float(a.bc1), BC2 = float(a.bc2), LR = float(a.lr), EPS = float(a.eps);
+  for (int i = first[t]; i < first[t + 1]; ++i) {
+    const int64_t n = pr.size[i], o = pr.off[i];
+    const float* __restrict p = pr.in[kP].get() + o;
+    const float* __restrict g = pr.in[kG].get() + o;
+    const float* __restrict m = pr.in[kM].get() + o;
+    const float* __restrict v = pr.in[kV].get() + o;
+    float* __restrict po = pr.out[kAot][0].get() + o;
+    float* __restrict mo = pr.out[kAot][1].get() + o;
+    float* __restrict vo = pr.out[kAot][2].get() + o;
+    for (int64_t j = 0; j < n; ++j) {
+      const float gj = g[j];
+      const float m1 = m[j] * B1 + gj * C1;
+      const float v1 = v[j] * B2 + (gj * gj) * C2;
+      const float den = std::sqrt(v1 / BC2) + EPS;
+      po[j] = p[j] - ((m1 / BC1) * LR) / den;
+      mo[j] = m1;
+      vo[j] = v1;
+    }
+  }
+}
+
+// Empty when the outputs of `x` and `ref` agree (bit-equal when `exact`);
+// else the first element that differs. max_err gets the largest |x - ref|.
+std::string Compare(const Problem& pr, Impl x, Impl ref, bool exact, double& max_err) {
+  static const char* kOut[3] = {"p'", "m'", "v'"};
+  max_err = 0;
+  for (int k = 0; k < 3; ++k)
+    for (int i = 0; i < kTensors; ++i) {
+      const float* a = pr.out[x][k].get() + pr.off[i];
+      const float* b = pr.out[ref][k].get() + pr.off[i];
+      for (int64_t j = 0; j < pr.size[i]; ++j) {
+        const double err = std::fabs(double(a[j]) - double(b[j]));
+        max_err = std::max(max_err, std::isnan(err) ? INFINITY : err);
+        if (exact ? !(a[j] == b[j]) : !(err <= 1e-9 + 1e-5 * std::fabs(double(b[j])))) {
+          char msg[200];
+          std::snprintf(msg, sizeof msg, "%s vs %s: %s of tensor %d, element %lld: %.9g vs %.9g",
+                        kImplName[x], kImplName[ref], kOut[k], i, static_cast<long long>(j), a[j], b[j]);
+          return msg;
+        }
+      }
+    }
+  return "";
+}
+
+// Per-call times (us) of each implementation; as bench vm's Measure.
+std::vector<std::vector<double>> Measure(const std::vector<std::function<void()>>& f, Pool& pool,
+                                         int reps) {
+  const size_t n = f.size();
+  std::vector<int> inner(n, 1);
+  for (size_t k = 0; k < n; ++k) {
+    double best = INFINITY;
+    for (int i = 0; i < 3; ++i) {
+      double t0 = NowUs();
+      f[k]();
+      best = std::min(best, NowUs() - t0);
+    }
+    inner[k] = int(std::clamp(1000.0 / std::max(best, 0.05), 1.0, 100000.0));
+    pool.Park();
+  }
+  std::vector<std::vector<double>> r(n);
+  for (int round = 0; round < 2; ++round)
+    for (size_t k = 0; k < n; ++k) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      const double warm_start = NowUs();
+      for (int i = 0; i < 3 || NowUs() - warm_start < 300; ++i) f[k]();
+      for (int rep = round; rep < reps; rep += 2) {
+        double t0 = NowUs();
+        for (int i = 0; i < inner[k]; ++i) f[k]();
+        r[k].push_back((NowUs() - t0) / inner[k]);
+      }
+      pool.Park();
+    }
+  return r;
+}
+
+}  // namespace
+
+int BenchStackMain(Args& args) {
+  const std::string json = args.Str("--json", "");
+  const long threads = args.Int("--threads", 0, 0, 1024);
+  const long reps = args.Int("--reps", 20, 1, 100000);
+  const long seed = args.Int("--seed", 1, 0, 1L << 40);
+  args.Finish();
+  if (threads > 0) dvm::SetNumThreads(int(threads));
+  const int nt = dvm::GetNumThreads();
+  Pool pool(nt);
+  const AdamConsts ac;
+
+  Problem pr = MakeProblem(uint64_t(seed));
+  const double bytes = 7.0 * double(pr.total) * 4;  // 4 arrays read, 3 written
+  Report rep;
+  rep.suite = "stack";
+  rep.threads = nt;
+  const double load = LoadAverage();
+  std::printf("dvm bench stack: Adam step, %d tensors of %lld..%lld elements (log-uniform, seed %ld), "
+              "%zu elements, %.1f MiB moved; %d threads, reps %ld, medians; load average %.2f\n\n",
+              kTensors, static_cast<long long>(*std::min_element(pr.size.begin(), pr.size.end())),
+              static_cast<long long>(*std::max_element(pr.size.begin(), pr.size.end())), seed,
+              pr.total, bytes / (1 << 20), nt, reps, load);
+
+  // One kernel per tensor (one cached program each), and one shared kernel.
+  std::vector<std::unique_ptr<dvm::Kernel>> kernels;
+  dvm::Kernel shared(dvm::KernelType::kDynamic);
+  BuildAdam(shared, ac);
+  shared.SetCacheCapacity(2 * kTensors);
+  std::vector<LaunchArgs> args_of[kNumImpl];
+  for (int i = 0; i < kTensors; ++i) {
+    kernels.push_back(std::make_unique<dvm::Kernel>(dvm::KernelType::kDynamic));
+    BuildAdam(*kernels.back(), ac);
+    for (Impl impl : {kSeparate, kStacked, kShared}) args_of[impl].push_back(ArgsOf(pr, i, impl));
+  }
+  // AOT partition: contiguous runs of tensors, ~total/threads elements each.
+  std::vector<int> first(nt + 1, kTensors);
+  {
+    first[0] = 0;
+    size_t cum = 0;
+    int t = 1;
+    for (int i = 0; i < kTensors && t < nt; ++i) {
+      cum += pr.size[i];
+      while (t < nt && cum * nt >= pr.total * size_t(t)) first[t++] = i + 1;
+    }
+  }
+
+  dvm::KernelStack stack;
+  auto separate = [&] {
+    for (int i = 0; i < kTensors; ++i) kernels[i]->Launch(args_of[kSeparate][i].in, args_of[kSeparate][i].out);
+  };
+  auto stacked = [&] {
+    stack.Clear();
+    for (int i = 0; i < kTensors; ++i) stack.Add(*kernels[i], args_of[kStacked][i].in, args_of[kStacked][i].out);
+    stack.Launch();
+  };
+  auto stacked_launch = [&] { stack.Launch(); };
+  auto aot = [&] {
+    auto body = [&](int t) { AotStep(pr, first, t, ac); };
+    pool.Run(body);
+  };
+  auto shared_run = [&] {
+    for (int i = 0; i < kTensors; ++i) shared.Launch(args_of[kShared][i].in, args_of[kShared][i].out);
+  };
+
+  std::string err;
+  double err_stacked = 0, err_shared = 0, err_aot = 0;
+  std::vector<std::vector<double>> tm;
+  try {
+    separate(), stacked(), aot(), shared_run();
+    pool.Park();
+    err = Compare(pr, kStacked, kSeparate, true, err_stacked);
+    if (err.empty()) err = Compare(pr, kShared, kSeparate, true, err_shared);
+    if (err.empty()) err = Compare(pr, kSeparate, kAot, false, err_aot);
+    if (err.empty()) err = Compare(pr, kStacked, kAot, false, err_aot);
+    if (err.empty()) tm = Measure({separate, stacked, aot, shared_run, stacked_launch}, pool, int(reps));
+  } catch (const dvm::Error& e) {
+    err = std::string("dvm::Error: ") + e.what();
+  }
+  JsonObject m;
+  m.Num("tensors", kTensors).Num("elements", double(pr.total)).Num("bytes", bytes);
+  m.Num("max_abs_diff_aot", err_aot);
+  if (!err.empty()) {
+    std::printf("adam FAILED: %s\n", err.c_str());
+    m.Bool("failed", true).Str("error", err);
+    rep.AddCase("adam", m);
+    rep.summary.Num("loadavg_1min", load).Num("failed", 1);
+    rep.Write(json);
+    return 1;
+  }
+  Stats s = Summarize(tm[0]), st = Summarize(tm[1]), a = Summarize(tm[2]), sh = Summarize(tm[3]),
+        sl = Summarize(tm[4]);
+  const double sep_ratio = s.median / st.median, aot_ratio = a.median / st.median;
+  const bool bar_sep = sep_ratio >= 2, bar_aot = aot_ratio >= 0.8;
+  Table t({"impl", "us/step", "min", "max", "GB/s", "vs stacked"});
+  auto row = [&](const char* name, const Stats& x) {
+    t.Row({name, Fmt(x.median, 1), Fmt(x.min, 1), Fmt(x.max, 1), Fmt(bytes / x.median / 1e3, 1),
+           Fmt(x.median / st.median)});
+  };
+  row("separate (300 launches)", s);
+  row("stacked (Clear+Add+Launch)", st);
+  row("stacked (Launch only)", sl);
+  row("aot (one loop)", a);
+  row("separate, one shared kernel", sh);
+  t.Print();
+  std::printf("\nbars: separate/stacked %.2f >= 2: %s; aot/stacked %.2f >= 0.8: %s\n", sep_ratio,
+              Bar(bar_sep), aot_ratio, Bar(bar_aot));
+  m.Num("separate_us", s.median).Num("separate_us_min", s.min).Num("separate_us_max", s.max);
+  m.Num("stacked_us", st.median).Num("stacked_us_min", st.min).Num("stacked_us_max", st.max);
+  m.Num("stacked_launch_us", sl.median);
+  m.Num("aot_us", a.median).Num("aot_us_min", a.min).Num("aot_us_max", a.max);
+  m.Num("separate_shared_us", sh.median);
+  m.Num("separate_over_stacked", sep_ratio).Num("aot_over_stacked", aot_ratio);
+  m.Num("stacked_gbps", bytes / st.median / 1e3).Num("reps", double(tm[0].size()));
+  rep.AddCase("adam", m, std::to_string(kTensors) + " tensors");
+  rep.summary.Num("loadavg_1min", load).Num("failed", 0);
+  rep.summary.Bool("bar_separate_over_stacked_ge_2", bar_sep).Bool("bar_aot_over_stacked_ge_0_8", bar_aot);
+  bool wrote = rep.Write(json);
+  return wrote ? 0 : 1;
+}
+
+}  // namespace dvmtool
