@@ -46,26 +46,8 @@
 namespace dvmtool {
 namespace {
 
-std::string Sci(double v) {  // max_err column
-  char b[32];
-  std::snprintf(b, sizeof b, "%.1e", v);
-  return b;
-}
-
 constexpr double kMaxRelErr = 1e-4;
 constexpr double kBarGflops = 0.9, kBarFused = 1.15;
-
-struct Buf {  // 64-byte aligned floats
-  explicit Buf(size_t n)
-      : n(n), p(static_cast<float*>(std::aligned_alloc(64, std::max<size_t>((n * 4 + 63) / 64 * 64, 64))),
-                &std::free) {
-    if (!p) throw std::bad_alloc();
-    std::memset(p.get(), 0, n * 4);
-  }
-  float* get() const { return p.get(); }
-  size_t n;
-  std::unique_ptr<float, decltype(&std::free)> p;
-};
 
 // 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))), as BuildGelu.
 NDObject* Gelu(dvm::Kernel& k, NDObject* x) {
@@ -89,39 +71,6 @@ double MaxRelErr(const float* x, const float* ref, size_t n) {
   return e;
 }
 
-// Per-call times (us) of each implementation; see the file comment.
-// `blas` is the index of the BLAS implementation (-1: none).
-std::vector<std::vector<double>> Measure(const std::vector<std::function<void()>>& f, int reps,
-                                         int blas) {
-  const size_t n = f.size();
-  std::vector<int> inner(n, 1);
-  for (size_t k = 0; k < n; ++k) {
-    double best = INFINITY;
-    for (int i = 0; i < 3; ++i) {
-      double t0 = NowUs();
-      f[k]();
-      best = std::min(best, NowUs() - t0);
-    }
-    inner[k] = int(std::clamp(1000.0 / std::max(best, 0.05), 1.0, 100000.0));
-  }
-  std::vector<std::vector<double>> r(n);
-  int prev = -1;
-  for (int round = 0; round < 2; ++round)
-    for (size_t k = 0; k < n; ++k) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(prev == blas ? 150 : 2));
-      prev = int(k);
-      const double warm_start = NowUs();
-      for (int i = 0; i < 3 || NowUs() - warm_start < 300; ++i) f[k]();
-      for (int rep = round; rep < reps; rep += 2) {
-        double t0 = NowUs();
-        for (int i = 0; i < inner[k]; ++i) f[k]();
-        r[k].push_back((NowUs() - t0) / inner[k]);
-      }
-    }
-  std::this_thread::sleep_for(std::chrono::milliseconds(prev == blas ? 150 : 2));
-  return r;
-}
-
 struct Shape3 {
   int64_t m, k, n;
 };
@@ -140,23 +89,17 @@ std::string CaseName(const Shape3& s) {
 }  // namespace
 
 int BenchMatmulMain(Args& args) {
-  const std::string json = args.Str("--json", "");
-  const long threads = args.Int("--threads", 0, 0, 1024);
-  const long reps = args.Int("--reps", 20, 1, 100000);
-  const std::string filter = args.Str("--filter", "");
+  const BenchOptions opt = BenchOptions::Read(args);
   args.Finish();
-  if (threads > 0) dvm::SetNumThreads(int(threads));
-  const int nt = dvm::GetNumThreads();
+  const int nt = opt.StartThreads();
   const int blas_threads_before = openblas_get_num_threads();
 
-  Report rep;
-  rep.suite = "matmul";
-  rep.threads = nt;
+  Report rep{"matmul", nt};
   const double load = LoadAverage();
   std::printf("dvm bench matmul: %d threads (DVM pool; OpenBLAS set to %d for its calls), reps %ld, "
               "medians; load average %.2f\n"
               "unfused = DVM GEMM kernel + DVM add-bias kernel + DVM GELU kernel\n\n",
-              nt, nt, reps, load);
+              nt, nt, opt.reps, load);
 
   // The DVM kernels, shared by every shape (dynamic; one cached program per shape).
   dvm::Kernel gemm(dvm::KernelType::kDynamic), fused(dvm::KernelType::kDynamic),
@@ -184,7 +127,7 @@ int BenchMatmulMain(Args& args) {
   std::string miss_gflops, miss_fused;
   for (const Shape3& s : AllShapes()) {
     const std::string name = CaseName(s);
-    if (!filter.empty() && name.find(filter) == std::string::npos) continue;
+    if (opt.Skip(name)) continue;
     const int64_t M = s.m, K = s.k, N = s.n;
     const bool epilogue = M >= 32;
     const double flops = 2.0 * M * K * N;
@@ -241,7 +184,9 @@ int BenchMatmulMain(Args& args) {
         else if (!(eu <= kMaxRelErr)) err = "unfused bias+GELU differs: max rel err " + Fmt(eu, 8);
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(150));  // OpenBLAS workers asleep
-      if (err.empty()) tm = Measure(impl, int(reps), 1);
+      // Per-call times (us) of each implementation; see the file comment
+      // (impl[1], BLAS, is the one whose idle threads spin for ~100 ms).
+      if (err.empty()) tm = MeasureBlocks(impl, int(opt.reps), 3, {}, /*slow_idle=*/1);
     } catch (const dvm::Error& e) {
       err = std::string("dvm::Error: ") + e.what();
     }
@@ -310,7 +255,7 @@ int BenchMatmulMain(Args& args) {
   rep.summary.Num("failed", failed);
   rep.summary.Bool("bar_dvm_gflops_ge_0_9_blas", bar_gflops).Str("bar_gflops_misses", miss_gflops);
   rep.summary.Bool("bar_fused_le_1_15_gemm", bar_fused).Str("bar_fused_misses", miss_fused);
-  bool wrote = rep.Write(json);
+  bool wrote = rep.Write(opt.json);
   return failed || !wrote ? 1 : 0;
 }
 

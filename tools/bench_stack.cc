@@ -25,107 +25,27 @@
 // into FMAs). Timing as bench vm (two interleaved rounds of back-to-back
 // blocks, a 2 ms pause and >= 3 untimed calls before each run of blocks).
 // Bars: separate_us / stacked_us >= 2; aot_us / stacked_us >= 0.8.
-// The baseline thread pool is a copy of bench_vm.cc's.
+// The baseline thread pool is aot_util.h's (as bench vm's).
 
-// See bench_vm.cc; no-math-errno lets GCC vectorise sqrt. Results unchanged.
+// See aot_util.h (it must come before the includes, and aot_util.h repeats
+// no-trapping-math); no-math-errno lets GCC vectorise sqrt. Results unchanged.
 #pragma GCC optimize("no-trapping-math", "no-math-errno")
 
-#include <immintrin.h>
-
-#include <atomic>
+#include <algorithm>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "aot_util.h"
 #include "bench_util.h"
 #include "dvm/dvm.h"
 #include "kernels.h"
 
 namespace dvmtool {
 namespace {
-
-// ---- the baseline thread pool (bench_vm.cc's) -------------------------------
-class Pool {
- public:
-  explicit Pool(int n) : n_(std::max(1, n)) {
-    for (int t = 1; t < n_; ++t) th_.emplace_back([this, t] { Worker(t); });
-  }
-  ~Pool() {
-    stop_ = true;
-    gen_.fetch_add(1);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      cv_.notify_all();
-    }
-    for (auto& t : th_) t.join();
-  }
-  int size() const { return n_; }
-  void Park() { spin_.store(false, std::memory_order_relaxed); }
-
-  template <class F>
-  void Run(F& f) {
-    if (n_ == 1) return f(0);
-    fn_ = [](void* c, int t) { (*static_cast<F*>(c))(t); };
-    ctx_ = &f;
-    spin_.store(true, std::memory_order_relaxed);
-    pending_.store(n_ - 1, std::memory_order_relaxed);
-    gen_.fetch_add(1);
-    if (sleepers_.load() > 0) {
-      std::lock_guard<std::mutex> lk(mu_);
-      cv_.notify_all();
-    }
-    f(0);
-    for (int i = 0; pending_.load(std::memory_order_acquire) > 0; ++i) {
-      if (i < 4096) _mm_pause();
-      else std::this_thread::yield();
-    }
-  }
-
- private:
-  void Worker(int tid) {
-    uint64_t seen = 0;
-    for (;;) {
-      uint64_t g;
-      double spin_until = 0;
-      for (long i = 0; (g = gen_.load(std::memory_order_acquire)) == seen; ++i) {
-        if (spin_.load(std::memory_order_relaxed)) {
-          if (i == 0) spin_until = NowUs() + kSpinUs;
-          if ((i & 255) || NowUs() < spin_until) {
-            _mm_pause();
-            continue;
-          }
-        }
-        std::unique_lock<std::mutex> lk(mu_);
-        sleepers_.fetch_add(1);
-        cv_.wait(lk, [&] { return gen_.load() != seen; });
-        sleepers_.fetch_sub(1);
-      }
-      seen = g;
-      if (stop_) return;
-      fn_(ctx_, tid);
-      pending_.fetch_sub(1, std::memory_order_release);
-    }
-  }
-
-  static constexpr double kSpinUs = 100;
-  const int n_;
-  std::vector<std::thread> th_;
-  std::atomic<uint64_t> gen_{0};
-  std::atomic<int> pending_{0}, sleepers_{0};
-  std::atomic<bool> spin_{false}, stop_{false};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  void (*fn_)(void*, int) = nullptr;
-  void* ctx_ = nullptr;
-};
 
 // ---- Adam ------------------------------------------------------------------------
 constexpr int kTensors = 300;
@@ -157,17 +77,6 @@ void BuildAdam(dvm::Kernel& k, const AdamConsts& a) {
   k.Store(nullptr, m1);
   k.Store(nullptr, v1);
 }
-
-struct Buf {  // 64-byte aligned floats
-  explicit Buf(size_t n)
-      : p(static_cast<float*>(std::aligned_alloc(64, std::max<size_t>((n * 4 + 63) / 64 * 64, 64))),
-          &std::free) {
-    if (!p) throw std::bad_alloc();
-    std::memset(p.get(), 0, n * 4);
-  }
-  float* get() const { return p.get(); }
-  std::unique_ptr<float, decltype(&std::free)> p;
-};
 
 enum { kP, kG, kM, kV, kNumIn };
 enum Impl { kSeparate, kStacked, kAot, kShared, kNumImpl };
@@ -249,9 +158,7 @@ std::string Compare(const Problem& pr, Impl x, Impl ref, bool exact, double& max
       const float* a = pr.out[x][k].get() + pr.off[i];
       const float* b = pr.out[ref][k].get() + pr.off[i];
       for (int64_t j = 0; j < pr.size[i]; ++j) {
-        const double err = std::fabs(double(a[j]) - double(b[j]));
-        max_err = std::max(max_err, std::isnan(err) ? INFINITY : err);
-        if (exact ? !(a[j] == b[j]) : !(err <= 1e-9 + 1e-5 * std::fabs(double(b[j])))) {
+        if (!Matches(a[j], b[j], exact, 1e-9, 1e-5, max_err)) {
           char msg[200];
           std::snprintf(msg, sizeof msg, "%s vs %s: %s of tensor %d, element %lld: %.9g vs %.9g",
                         kImplName[x], kImplName[ref], kOut[k], i, static_cast<long long>(j), a[j], b[j]);
@@ -262,61 +169,25 @@ std::string Compare(const Problem& pr, Impl x, Impl ref, bool exact, double& max
   return "";
 }
 
-// Per-call times (us) of each implementation; as bench vm's Measure.
-std::vector<std::vector<double>> Measure(const std::vector<std::function<void()>>& f, Pool& pool,
-                                         int reps) {
-  const size_t n = f.size();
-  std::vector<int> inner(n, 1);
-  for (size_t k = 0; k < n; ++k) {
-    double best = INFINITY;
-    for (int i = 0; i < 3; ++i) {
-      double t0 = NowUs();
-      f[k]();
-      best = std::min(best, NowUs() - t0);
-    }
-    inner[k] = int(std::clamp(1000.0 / std::max(best, 0.05), 1.0, 100000.0));
-    pool.Park();
-  }
-  std::vector<std::vector<double>> r(n);
-  for (int round = 0; round < 2; ++round)
-    for (size_t k = 0; k < n; ++k) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      const double warm_start = NowUs();
-      for (int i = 0; i < 3 || NowUs() - warm_start < 300; ++i) f[k]();
-      for (int rep = round; rep < reps; rep += 2) {
-        double t0 = NowUs();
-        for (int i = 0; i < inner[k]; ++i) f[k]();
-        r[k].push_back((NowUs() - t0) / inner[k]);
-      }
-      pool.Park();
-    }
-  return r;
-}
-
 }  // namespace
 
 int BenchStackMain(Args& args) {
-  const std::string json = args.Str("--json", "");
-  const long threads = args.Int("--threads", 0, 0, 1024);
-  const long reps = args.Int("--reps", 20, 1, 100000);
+  const BenchOptions opt = BenchOptions::Read(args, /*with_filter=*/false);
   const long seed = args.Int("--seed", 1, 0, 1L << 40);
   args.Finish();
-  if (threads > 0) dvm::SetNumThreads(int(threads));
-  const int nt = dvm::GetNumThreads();
+  const int nt = opt.StartThreads();
   Pool pool(nt);
   const AdamConsts ac;
 
   Problem pr = MakeProblem(uint64_t(seed));
   const double bytes = 7.0 * double(pr.total) * 4;  // 4 arrays read, 3 written
-  Report rep;
-  rep.suite = "stack";
-  rep.threads = nt;
+  Report rep{"stack", nt};
   const double load = LoadAverage();
   std::printf("dvm bench stack: Adam step, %d tensors of %lld..%lld elements (log-uniform, seed %ld), "
               "%zu elements, %.1f MiB moved; %d threads, reps %ld, medians; load average %.2f\n\n",
               kTensors, static_cast<long long>(*std::min_element(pr.size.begin(), pr.size.end())),
               static_cast<long long>(*std::max_element(pr.size.begin(), pr.size.end())), seed,
-              pr.total, bytes / (1 << 20), nt, reps, load);
+              pr.total, bytes / (1 << 20), nt, opt.reps, load);
 
   // One kernel per tensor (one cached program each), and one shared kernel.
   std::vector<std::unique_ptr<dvm::Kernel>> kernels;
@@ -369,7 +240,8 @@ int BenchStackMain(Args& args) {
     if (err.empty()) err = Compare(pr, kShared, kSeparate, true, err_shared);
     if (err.empty()) err = Compare(pr, kSeparate, kAot, false, err_aot);
     if (err.empty()) err = Compare(pr, kStacked, kAot, false, err_aot);
-    if (err.empty()) tm = Measure({separate, stacked, aot, shared_run, stacked_launch}, pool, int(reps));
+    if (err.empty()) tm = MeasureBlocks({separate, stacked, aot, shared_run, stacked_launch}, int(opt.reps), 3,
+                                      [&pool] { pool.Park(); });
   } catch (const dvm::Error& e) {
     err = std::string("dvm::Error: ") + e.what();
   }
@@ -381,7 +253,7 @@ int BenchStackMain(Args& args) {
     m.Bool("failed", true).Str("error", err);
     rep.AddCase("adam", m);
     rep.summary.Num("loadavg_1min", load).Num("failed", 1);
-    rep.Write(json);
+    rep.Write(opt.json);
     return 1;
   }
   Stats s = Summarize(tm[0]), st = Summarize(tm[1]), a = Summarize(tm[2]), sh = Summarize(tm[3]),
@@ -411,7 +283,7 @@ int BenchStackMain(Args& args) {
   rep.AddCase("adam", m, std::to_string(kTensors) + " tensors");
   rep.summary.Num("loadavg_1min", load).Num("failed", 0);
   rep.summary.Bool("bar_separate_over_stacked_ge_2", bar_sep).Bool("bar_aot_over_stacked_ge_0_8", bar_aot);
-  bool wrote = rep.Write(json);
+  bool wrote = rep.Write(opt.json);
   return wrote ? 0 : 1;
 }
 

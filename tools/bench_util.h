@@ -7,11 +7,18 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <functional>
+#include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
+
+#include "dvm/dvm.h"
 
 namespace dvmtool {
 
@@ -71,6 +78,32 @@ class Args {
   std::vector<bool> used_;
 };
 
+// The options every `dvm bench` suite (but codegen) reads: --json, --threads,
+// --reps and, where the suite has named cases, --filter. Read() leaves
+// Finish() to the caller, which may read options of its own first.
+struct BenchOptions {
+  std::string json, filter;
+  long threads = 0, reps = 20;
+
+  static BenchOptions Read(Args& args, bool with_filter = true) {
+    BenchOptions o;
+    o.json = args.Str("--json", "");
+    o.threads = args.Int("--threads", 0, 0, 1024);
+    o.reps = args.Int("--reps", 20, 1, 100000);
+    if (with_filter) o.filter = args.Str("--filter", "");
+    return o;
+  }
+  // Applies --threads to DVM's pool; returns the thread count in use.
+  int StartThreads() const {
+    if (threads > 0) dvm::SetNumThreads(int(threads));
+    return dvm::GetNumThreads();
+  }
+  // Whether --filter rules out the case `name`.
+  bool Skip(const std::string& name) const {
+    return !filter.empty() && name.find(filter) == std::string::npos;
+  }
+};
+
 // ---- timing and statistics -------------------------------------------------
 inline double NowUs() {
   using namespace std::chrono;
@@ -113,6 +146,79 @@ inline double Geomean(const std::vector<double>& v) {
   return std::exp(s / v.size());
 }
 
+// Per-call times (us) of `reps` timed blocks of each implementation f[k].
+// Each implementation runs its blocks back to back (steady state, as a
+// serving loop launches), in two rounds (f[0], f[1], ..., f[0], f[1], ...)
+// so that drift on a shared machine hits all alike. Before each run of
+// blocks: a pause of 2 ms, so the other implementations' worker threads stop
+// spinning and go to sleep, then >= 3 untimed calls (>= 300 us) to wake its
+// own threads. `calib_calls` untimed calls (0: none) size a repeat count so
+// that a block of a short call lasts ~1 ms. `park`, when given, runs after
+// each calibration and each run of blocks (the baseline pool's Park()).
+// `slow_idle` names an implementation whose idle threads keep spinning for
+// ~100 ms (OpenBLAS): the pause after its blocks is 150 ms, and with it set
+// the last run of blocks is followed by a pause too.
+inline std::vector<std::vector<double>> MeasureBlocks(const std::vector<std::function<void()>>& f,
+                                                      int reps, int calib_calls = 3,
+                                                      const std::function<void()>& park = {},
+                                                      int slow_idle = -1) {
+  const size_t n = f.size();
+  std::vector<int> inner(n, 1);
+  if (calib_calls > 0)
+    for (size_t k = 0; k < n; ++k) {
+      double best = INFINITY;
+      for (int i = 0; i < calib_calls; ++i) {
+        double t0 = NowUs();
+        f[k]();
+        best = std::min(best, NowUs() - t0);
+      }
+      inner[k] = int(std::clamp(1000.0 / std::max(best, 0.05), 1.0, 100000.0));
+      if (park) park();
+    }
+  auto pause = [&](int prev) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(prev >= 0 && prev == slow_idle ? 150 : 2));
+  };
+  std::vector<std::vector<double>> r(n);
+  int prev = -1;
+  for (int round = 0; round < 2; ++round)
+    for (size_t k = 0; k < n; ++k) {
+      pause(prev);
+      prev = int(k);
+      const double warm_start = NowUs();
+      for (int i = 0; i < 3 || NowUs() - warm_start < 300; ++i) f[k]();
+      for (int rep = round; rep < reps; rep += 2) {
+        double t0 = NowUs();
+        for (int i = 0; i < inner[k]; ++i) f[k]();
+        r[k].push_back((NowUs() - t0) / inner[k]);
+      }
+      if (park) park();
+    }
+  if (slow_idle >= 0) pause(prev);
+  return r;
+}
+
+// ---- checking ----------------------------------------------------------------
+// Folds |x - ref| into max_err (infinite on NaN) and says whether x matches
+// ref: bit-equal when `exact`, else |x - ref| <= atol + rtol |ref|.
+inline bool Matches(float x, float ref, bool exact, double atol, double rtol, double& max_err) {
+  const double err = std::fabs(double(x) - double(ref));
+  max_err = std::max(max_err, std::isnan(err) ? INFINITY : err);
+  return exact ? x == ref : err <= atol + rtol * std::fabs(double(ref));
+}
+
+// ---- buffers -------------------------------------------------------------------
+struct Buf {  // n zeroed floats, 64-byte aligned
+  explicit Buf(size_t n)
+      : n(n), p(static_cast<float*>(std::aligned_alloc(64, std::max<size_t>((n * 4 + 63) / 64 * 64, 64))),
+                &std::free) {
+    if (!p) throw std::bad_alloc();
+    std::memset(p.get(), 0, n * 4);
+  }
+  float* get() const { return p.get(); }
+  size_t n;
+  std::unique_ptr<float, decltype(&std::free)> p;
+};
+
 // Deterministic, fast uniform floats in [lo, hi).
 class Rng {
  public:
@@ -139,6 +245,12 @@ inline std::string Fmt(double v, int prec = 2) {
   char b[64];
   if (!std::isfinite(v)) return "-";
   std::snprintf(b, sizeof b, "%.*f", prec, v);
+  return b;
+}
+
+inline std::string Sci(double v) {  // max_err columns
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1e", v);
   return b;
 }
 
@@ -231,6 +343,9 @@ struct Report {
   int threads = 0;
   std::vector<std::string> cases;  // serialised case objects
   JsonObject summary;
+
+  Report() = default;
+  Report(std::string suite_name, int num_threads) : suite(std::move(suite_name)), threads(num_threads) {}
 
   void AddCase(const std::string& name, const JsonObject& metrics, const std::string& shape = "") {
     JsonObject c;

@@ -7,188 +7,27 @@
 // Each case runs at an L2-sized shape (256 KiB - 1 MiB touched) and a
 // DRAM-sized one (>= 64 MiB). Medians over reps, timed as Measure says.
 
-// The baselines do not use floating-point exceptions; without this, GCC will
-// not if-convert the clamps in ExpF and leaves exp/tanh/GELU loops scalar.
-// Results are unchanged (it only drops trap semantics). It must come before
-// the includes: after them, GCC 12 vectorises none of these loops.
+// See aot_util.h: lets GCC vectorise the baselines' exp/tanh/GELU loops. It
+// must come before the includes (and aot_util.h repeats it).
 #pragma GCC optimize("no-trapping-math")
 
-#include <immintrin.h>
-
-#include <atomic>
 #include <bit>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "aot_util.h"
 #include "bench_util.h"
 #include "dvm/dvm.h"
 #include "kernels.h"
 
 namespace dvmtool {
 namespace {
-
-// ---- a small static thread pool for the hand-written baselines -------------
-// Run(f) calls f(tid) on every thread (the caller is thread 0) and returns
-// when all are done. Workers spin between back-to-back runs and sleep after
-// Park() (called after every timed block, so that they never compete with
-// DVM's own pool) or after 100 us without work.
-class Pool {
- public:
-  explicit Pool(int n) : n_(std::max(1, n)) {
-    for (int t = 1; t < n_; ++t) th_.emplace_back([this, t] { Worker(t); });
-  }
-  ~Pool() {
-    stop_ = true;
-    gen_.fetch_add(1);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      cv_.notify_all();
-    }
-    for (auto& t : th_) t.join();
-  }
-  int size() const { return n_; }
-  void Park() { spin_.store(false, std::memory_order_relaxed); }
-
-  template <class F>
-  void Run(F& f) {
-    if (n_ == 1) return f(0);
-    fn_ = [](void* c, int t) { (*static_cast<F*>(c))(t); };
-    ctx_ = &f;
-    spin_.store(true, std::memory_order_relaxed);
-    pending_.store(n_ - 1, std::memory_order_relaxed);
-    gen_.fetch_add(1);  // seq_cst: publishes fn_/ctx_, ordered before the sleepers_ load
-    if (sleepers_.load() > 0) {
-      std::lock_guard<std::mutex> lk(mu_);
-      cv_.notify_all();
-    }
-    f(0);
-    // Spin briefly, then yield: on a loaded machine a spinning waiter would
-    // hold the core the straggler needs until the scheduler preempts it.
-    for (int i = 0; pending_.load(std::memory_order_acquire) > 0; ++i) {
-      if (i < 4096) _mm_pause();
-      else std::this_thread::yield();
-    }
-  }
-
-  // f(begin, end) over contiguous chunks of [0, n), one per thread, chunk
-  // boundaries on multiples of `align`.
-  template <class F>
-  void For(size_t n, F&& f, size_t align = 64) {
-    size_t chunk = (n + n_ - 1) / n_;
-    chunk = (chunk + align - 1) / align * align;
-    auto body = [&](int t) {
-      size_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
-      if (b < e) f(b, e);
-    };
-    Run(body);
-  }
-
- private:
-  void Worker(int tid) {
-    uint64_t seen = 0;
-    for (;;) {
-      uint64_t g;
-      double spin_until = 0;
-      for (long i = 0; (g = gen_.load(std::memory_order_acquire)) == seen; ++i) {
-        if (spin_.load(std::memory_order_relaxed)) {  // spin for at most kSpinUs
-          if (i == 0) spin_until = NowUs() + kSpinUs;
-          if ((i & 255) || NowUs() < spin_until) {
-            _mm_pause();
-            continue;
-          }
-        }
-        std::unique_lock<std::mutex> lk(mu_);
-        sleepers_.fetch_add(1);
-        cv_.wait(lk, [&] { return gen_.load() != seen; });
-        sleepers_.fetch_sub(1);
-      }
-      seen = g;
-      if (stop_) return;
-      fn_(ctx_, tid);
-      pending_.fetch_sub(1, std::memory_order_release);
-    }
-  }
-
-  static constexpr double kSpinUs = 100;
-  const int n_;
-  std::vector<std::thread> th_;
-  std::atomic<uint64_t> gen_{0};
-  std::atomic<int> pending_{0}, sleepers_{0};
-  std::atomic<bool> spin_{false}, stop_{false};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  void (*fn_)(void*, int) = nullptr;
-  void* ctx_ = nullptr;
-};
-
-// ---- scalar building blocks that GCC vectorises ------------------------------
-// exp: Cody-Waite range reduction and the Cephes polynomial (~1 ulp).
-inline float ExpF(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  float r = x - k * 0.693359375f;
-  r = r + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return std::bit_cast<float>(std::bit_cast<int32_t>(p) + (static_cast<int32_t>(k) << 23));
-}
-inline float TanhF(float x) { return 1.0f - 2.0f / (ExpF(2.0f * x) + 1.0f); }
-inline float GeluF(float x) {
-  float u = x + (x * x * x) * float(kGeluA);
-  return (x * 0.5f) * (TanhF(u * float(kGeluC)) + 1.0f);
-}
-inline uint16_t ToBF16(float x) {  // round to nearest even (inputs are finite)
-  uint32_t u = std::bit_cast<uint32_t>(x);
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
-// Lane-wise accumulators: no reassociation needed, so -O3 vectorises them.
-constexpr int kLanes = 32;
-inline float RowSum(const float* __restrict x, size_t n) {
-  float acc[kLanes] = {};
-  size_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += x[j + l];
-  float s = 0;
-  for (; j < n; ++j) s += x[j];
-  for (int l = 0; l < kLanes; ++l) s += acc[l];
-  return s;
-}
-inline float RowMax(const float* __restrict x, size_t n) {
-  float acc[kLanes];
-  for (int l = 0; l < kLanes; ++l) acc[l] = -INFINITY;
-  size_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] = acc[l] > x[j + l] ? acc[l] : x[j + l];
-  float m = -INFINITY;
-  for (; j < n; ++j) m = m > x[j] ? m : x[j];
-  for (int l = 0; l < kLanes; ++l) m = m > acc[l] ? m : acc[l];
-  return m;
-}
-inline float RowSqDev(const float* __restrict x, float mean, size_t n) {
-  float acc[kLanes] = {};
-  size_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += (x[j + l] - mean) * (x[j + l] - mean);
-  float s = 0;
-  for (; j < n; ++j) s += (x[j] - mean) * (x[j] - mean);
-  for (int l = 0; l < kLanes; ++l) s += acc[l];
-  return s;
-}
 
 // Generic per-op loops for the unfused baselines.
 template <class F>
@@ -545,10 +384,7 @@ std::string Compare(const Case& c, double& max_err) {
         } else {
           a = static_cast<const float*>(o.dvm)[i], b = static_cast<const float*>(other)[i];
         }
-        double err = std::fabs(double(a) - double(b));
-        max_err = std::max(max_err, std::isnan(err) ? INFINITY : err);
-        bool ok = c.exact ? a == b : err <= kAtol + kRtol * std::fabs(double(b));
-        if (!ok) {
+        if (!Matches(a, b, c.exact, kAtol, kRtol, max_err)) {
           char msg[160];
           std::snprintf(msg, sizeof msg, "element %zu: dvm %.9g, %s %.9g", i, a,
                         which ? "unfused" : "aot", b);
@@ -560,45 +396,12 @@ std::string Compare(const Case& c, double& max_err) {
   return "";
 }
 
-// Per-call times (us) of `reps` timed blocks of each implementation. Each
-// implementation runs its blocks back to back (steady state, as a serving
-// loop launches), in two rounds (dvm, aot, unfused, dvm, aot, unfused) so
-// that drift on a shared machine hits all three alike. Before each run of
-// blocks: a 2 ms pause, so the other implementations' worker threads stop
-// spinning and go to sleep, then >= 3 untimed calls (>= 300 us) to wake its
-// own threads. L2-sized cases repeat the call inside a block for ~1 ms.
-struct Times {
-  std::vector<double> t[3];
-};
-
-Times Measure(const Case& c, Pool& pool, int reps) {
-  std::function<void()> f[3] = {[&c] { c.Dvm(); }, c.aot, c.unfused};
-  int inner[3] = {1, 1, 1};
-  if (!c.dram)
-    for (int k = 0; k < 3; ++k) {
-      double best = INFINITY;
-      for (int i = 0; i < 5; ++i) {
-        double t0 = NowUs();
-        f[k]();
-        best = std::min(best, NowUs() - t0);
-      }
-      inner[k] = int(std::clamp(1000.0 / std::max(best, 0.05), 1.0, 100000.0));
-      pool.Park();
-    }
-  Times r;
-  for (int round = 0; round < 2; ++round)
-    for (int k = 0; k < 3; ++k) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      const double warm_start = NowUs();
-      for (int i = 0; i < 3 || NowUs() - warm_start < 300; ++i) f[k]();
-      for (int rep = round; rep < reps; rep += 2) {
-        double t0 = NowUs();
-        for (int i = 0; i < inner[k]; ++i) f[k]();
-        r.t[k].push_back((NowUs() - t0) / inner[k]);
-      }
-      pool.Park();
-    }
-  return r;
+// Per-call times (us) of dvm ([0]), aot ([1]) and unfused ([2]): `reps`
+// timed blocks of each, as MeasureBlocks says. L2-sized cases repeat the call
+// inside a block for ~1 ms (sized by 5 untimed calls); DRAM-sized ones do not.
+std::vector<std::vector<double>> Measure(const Case& c, Pool& pool, int reps) {
+  return MeasureBlocks({[&c] { c.Dvm(); }, c.aot, c.unfused}, reps, c.dram ? 0 : 5,
+                       [&pool] { pool.Park(); });
 }
 
 double CopyGbps(Pool& pool, int reps) {
@@ -621,24 +424,18 @@ double CopyGbps(Pool& pool, int reps) {
 }  // namespace
 
 int BenchVmMain(Args& args) {
-  const std::string json = args.Str("--json", "");
-  const long threads = args.Int("--threads", 0, 0, 1024);
-  const long reps = args.Int("--reps", 20, 1, 100000);
-  const std::string filter = args.Str("--filter", "");
+  const BenchOptions opt = BenchOptions::Read(args);
   args.Finish();
-  if (threads > 0) dvm::SetNumThreads(int(threads));
-  const int nt = dvm::GetNumThreads();
+  const int nt = opt.StartThreads();
   Pool pool(nt);
-  const int dram_reps = std::max(3, int(reps / 2));
+  const int dram_reps = std::max(3, int(opt.reps / 2));
 
-  Report rep;
-  rep.suite = "vm";
-  rep.threads = nt;
+  Report rep{"vm", nt};
   const double load = LoadAverage();
   const double copy_gbps = CopyGbps(pool, 10);
   std::printf("dvm bench vm: %d threads, reps %ld (L2-sized) / %d (DRAM-sized), medians; "
               "copy %.1f GB/s (64 MiB, read + write); load average %.2f\n\n",
-              nt, reps, dram_reps, copy_gbps, load);
+              nt, opt.reps, dram_reps, copy_gbps, load);
 
   Table t({"case", "shape", "MiB", "dvm_us", "aot_us", "unfused_us", "dvm_GB/s", "aot/dvm",
            "unfused/dvm", "max_err", "check", "bar"});
@@ -648,18 +445,18 @@ int BenchVmMain(Args& args) {
   int failed = 0;
   for (const NamedCase& nc : AllCases()) {
     const std::string& name = nc.name;
-    if (!filter.empty() && name.find(filter) == std::string::npos) continue;
+    if (opt.Skip(name)) continue;
     Case c = nc.make(pool);
     JsonObject m;
     m.Num("bytes", c.bytes);
     std::string err;
     double max_err = 0;
-    Times tm;
+    std::vector<std::vector<double>> tm;
     try {
       c.Dvm(), c.aot(), c.unfused();
       pool.Park();
       err = Compare(c, max_err);
-      if (err.empty()) tm = Measure(c, pool, c.dram ? dram_reps : int(reps));
+      if (err.empty()) tm = Measure(c, pool, c.dram ? dram_reps : int(opt.reps));
     } catch (const dvm::Error& e) {
       err = std::string("dvm::Error: ") + e.what();
     }
@@ -672,7 +469,7 @@ int BenchVmMain(Args& args) {
       rep.AddCase(name, m, c.shape);
       continue;
     }
-    Stats d = Summarize(tm.t[0]), a = Summarize(tm.t[1]), u = Summarize(tm.t[2]);
+    Stats d = Summarize(tm[0]), a = Summarize(tm[1]), u = Summarize(tm[2]);
     double ratio = a.median / d.median, gbps = c.bytes / d.median / 1e3;
     ratios.push_back(ratio);
     if (ratio < min_ratio) min_ratio = ratio, min_case = name;
@@ -685,7 +482,7 @@ int BenchVmMain(Args& args) {
     m.Num("unfused_us", u.median).Num("unfused_us_min", u.min).Num("unfused_us_max", u.max);
     m.Num("gbps", gbps).Num("aot_gbps", c.bytes / a.median / 1e3);
     m.Num("aot_over_dvm", ratio).Num("unfused_over_dvm", u.median / d.median);
-    m.Num("reps", double(tm.t[0].size()));
+    m.Num("reps", double(tm[0].size()));
     rep.AddCase(name, m, c.shape);
   }
   t.Print();
@@ -708,7 +505,7 @@ int BenchVmMain(Args& args) {
   rep.summary.Num("failed", failed);
   rep.summary.Bool("bar_geomean_ge_0_8", bar_geo).Bool("bar_min_ge_0_6", bar_min);
   rep.summary.Bool("bar_add_dram_ge_80pct_copy", bar_bw);
-  bool wrote = rep.Write(json);
+  bool wrote = rep.Write(opt.json);
   return failed || !wrote ? 1 : 0;
 }
 
