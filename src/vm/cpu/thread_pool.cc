@@ -1,5 +1,7 @@
 #include "vm/cpu/thread_pool.h"
 
+#include <cblas.h>
+
 #include <cstdlib>
 
 #include "dvm/dvm.h"
@@ -12,6 +14,12 @@ ThreadPool& ThreadPool::Get() {
 }
 
 ThreadPool::ThreadPool() {
+  // DVM runs GEMM blocks in parallel itself, each a single-threaded BLAS
+  // call. OpenBLAS's own idle threads spin with sched_yield and take the
+  // cores from this pool (measured: codegen 6.8 -> 12 us median, and every
+  // VM benchmark), so the process's OpenBLAS runs on one thread unless the
+  // caller sets it again (GEMM stages force one thread while they run).
+  openblas_set_num_threads(1);
   int n = static_cast<int>(std::thread::hardware_concurrency());
   if (const char* env = std::getenv("DVM_NUM_THREADS")) {
     int v = std::atoi(env);
