@@ -964,54 +964,48 @@ class Gen {
     std::vector<int> keep;
     for (int i = 0; i < r; ++i)
       if (e.dom[i] != 1) keep.push_back(i);
-    // Groups of dims [first..last] in `keep` merged.
-    std::vector<std::pair<int, int>> groups;
-    for (int i : keep) {
-      if (!groups.empty()) {
-        int prev = groups.back().second;
-        bool ok = ((e.rmask >> prev) & 1) == ((e.rmask >> i) & 1);
-        for (const bc::View& v : e.views)
-          if (v.level == Level::kFull && v.strides[prev] != v.strides[i] * e.dom[i]) ok = false;
-        if (ok) {
-          groups.back().second = i;
-          continue;
-        }
-      }
-      groups.push_back({i, i});
-    }
-    if (groups.size() > bc::kMaxRank) Fail("codegen: iteration domain ", ir::ShapeStr(e.dom), " has too many dims");
-    s.full_rank = static_cast<uint8_t>(groups.size());
-    for (size_t gi = 0; gi < groups.size(); ++gi) {
-      int64_t d = 1;
-      for (int i : keep)
-        if (i >= groups[gi].first && i <= groups[gi].second) d *= e.dom[i];
-      s.full_dims[gi] = d;
-    }
-    // Reduced domain.
-    std::vector<std::pair<int, int>> rgroups;
-    if (!e.chunk) {
+    // Merges neighbouring kept dims into groups [first, last] where every
+    // view of `lvl` allows it (and `joinable` agrees); writes the extents.
+    auto coalesce = [&](Level lvl, auto skip, auto joinable, int64_t* dims, uint8_t& rank) {
+      std::vector<std::pair<int, int>> g;
       for (int i : keep) {
-        if (e.rmask >> i & 1) continue;
-        if (!rgroups.empty()) {
-          int prev = rgroups.back().second;
-          bool ok = true;
-          for (int j = prev + 1; j < i; ++j)
-            if (e.dom[j] != 1) ok = false;  // a reduced dim in between
+        if (skip(i)) continue;
+        if (!g.empty()) {
+          const int prev = g.back().second;
+          bool ok = joinable(prev, i);
           for (const bc::View& v : e.views)
-            if (v.level == Level::kRed && v.strides[prev] != v.strides[i] * e.dom[i]) ok = false;
+            if (v.level == lvl && v.strides[prev] != v.strides[i] * e.dom[i]) ok = false;
           if (ok) {
-            rgroups.back().second = i;
+            g.back().second = i;
             continue;
           }
         }
-        rgroups.push_back({i, i});
+        g.push_back({i, i});
       }
-      s.red_rank = static_cast<uint8_t>(rgroups.size());
-      for (size_t gi = 0; gi < rgroups.size(); ++gi) {
+      if (g.size() > bc::kMaxRank) Fail("codegen: iteration domain ", ir::ShapeStr(e.dom), " has too many dims");
+      rank = static_cast<uint8_t>(g.size());
+      for (size_t gi = 0; gi < g.size(); ++gi) {
         int64_t d = 1;
-        for (int i = rgroups[gi].first; i <= rgroups[gi].second; ++i) d *= e.dom[i];
-        s.red_dims[gi] = d;
+        for (int i = g[gi].first; i <= g[gi].second; ++i) d *= e.dom[i];  // dims between are 1
+        dims[gi] = d;
       }
+      return g;
+    };
+    const auto groups = coalesce(
+        Level::kFull, [](int) { return false; },
+        [&](int prev, int i) { return ((e.rmask >> prev) & 1) == ((e.rmask >> i) & 1); }, s.full_dims, s.full_rank);
+    // Reduced domain: the kept dims that are not reduced, joined only across
+    // size-1 dims.
+    std::vector<std::pair<int, int>> rgroups;
+    if (!e.chunk) {
+      rgroups = coalesce(
+          Level::kRed, [&](int i) { return (e.rmask >> i & 1) != 0; },
+          [&](int prev, int i) {
+            for (int j = prev + 1; j < i; ++j)
+              if (e.dom[j] != 1) return false;
+            return true;
+          },
+          s.red_dims, s.red_rank);
     } else {
       s.red_rank = 1;
       s.red_dims[0] = e.red[0];
