@@ -10,6 +10,7 @@
 #include "bytecode/format.h"
 #include "codegen/codegen.h"
 #include "ir/dtype.h"
+#include "ir/op_rules.h"
 #include "ir/error.h"
 #include "ir/ir.h"
 #include "kernel_internal.h"
@@ -33,24 +34,6 @@ struct Program {
   std::vector<void*> ptrs;  // tensor pointer table; inputs/outputs filled per launch
 };
 
-bool IsUnaryFloatOnly(UnaryOp op) {
-  switch (op) {
-    case UnaryOp::kSqrt:
-    case UnaryOp::kRsqrt:
-    case UnaryOp::kExp:
-    case UnaryOp::kLog:
-    case UnaryOp::kReciprocal:
-    case UnaryOp::kTanh:
-    case UnaryOp::kSigmoid:
-    case UnaryOp::kErf:
-    case UnaryOp::kSin:
-    case UnaryOp::kCos: return true;
-    default: return false;
-  }
-}
-
-bool IsPredicate(BinaryOp op) { return op >= BinaryOp::kEqual; }
-bool IsArith(BinaryOp op) { return op <= BinaryOp::kPow; }
 
 }  // namespace
 
@@ -242,19 +225,9 @@ NDObject* Kernel::Unary(UnaryOp op, NDObject* x) {
   n.op = ir::Op::kUnary;
   n.sub = static_cast<uint8_t>(op);
   n.in[0] = k.Id(x, name);
-  DType t = k.g.nodes[n.in[0]].dtype;
-  bool pred = op == UnaryOp::kIsFinite || op == UnaryOp::kLogicalNot;
-  if (IsUnaryFloatOnly(op) && !IsFloat(t)) Fail(name, ": dtype ", DTypeName(t), " not supported (floats only)");
-  if (!pred && t == DType::kBool) Fail(name, ": dtype bool not supported");
-  n.dtype = pred ? DType::kBool : t;
+  n.dtype = ir::UnaryResult(op, k.g.nodes[n.in[0]].dtype);
   return k.Push(std::move(n));
 }
-
-namespace {
-void CheckBinaryDType(BinaryOp op, DType t) {
-  if (t == DType::kBool && IsArith(op)) Fail(BinaryOpName(op), ": dtype bool not supported (use logical ops)");
-}
-}  // namespace
 
 NDObject* Kernel::Binary(BinaryOp op, NDObject* a, NDObject* b) {
   Impl& k = *impl_;
@@ -266,10 +239,7 @@ NDObject* Kernel::Binary(BinaryOp op, NDObject* a, NDObject* b) {
   n.sub = static_cast<uint8_t>(op);
   n.in[0] = k.Id(a, name);
   n.in[1] = k.Id(b, name);
-  DType ta = k.g.nodes[n.in[0]].dtype, tb = k.g.nodes[n.in[1]].dtype;
-  if (ta != tb) Fail(name, ": dtype mismatch ", DTypeName(ta), " vs ", DTypeName(tb), " (cast one operand)");
-  CheckBinaryDType(op, ta);
-  n.dtype = IsPredicate(op) ? DType::kBool : ta;
+  n.dtype = ir::BinaryResult(op, k.g.nodes[n.in[0]].dtype, k.g.nodes[n.in[1]].dtype);
   return k.Push(std::move(n));
 }
 
@@ -284,8 +254,7 @@ NDObject* Kernel::Binary(BinaryOp op, NDObject* a, double scalar) {
   n.in[0] = k.Id(a, name);
   n.scalar = scalar;
   DType t = k.g.nodes[n.in[0]].dtype;
-  CheckBinaryDType(op, t);
-  n.dtype = IsPredicate(op) ? DType::kBool : t;
+  n.dtype = ir::BinaryResult(op, t, t);
   return k.Push(std::move(n));
 }
 
@@ -303,10 +272,8 @@ NDObject* Kernel::Select(NDObject* cond, NDObject* a, NDObject* b) {
   n.in[0] = k.Id(cond, "select");
   n.in[1] = k.Id(a, "select");
   n.in[2] = k.Id(b, "select");
-  DType tc = k.g.nodes[n.in[0]].dtype, ta = k.g.nodes[n.in[1]].dtype, tb = k.g.nodes[n.in[2]].dtype;
-  if (tc != DType::kBool) Fail("select: condition must be bool, got ", DTypeName(tc));
-  if (ta != tb) Fail("select: dtype mismatch ", DTypeName(ta), " vs ", DTypeName(tb));
-  n.dtype = ta;
+  n.dtype = ir::SelectResult(k.g.nodes[n.in[0]].dtype, k.g.nodes[n.in[1]].dtype,
+                             k.g.nodes[n.in[2]].dtype);
   return k.Push(std::move(n));
 }
 
@@ -403,10 +370,8 @@ NDObject* Kernel::Reduce(ReduceOp op, NDObject* x, Dims axes, bool keepdims) {
   n.op = ir::Op::kReduce;
   n.sub = static_cast<uint8_t>(op);
   n.in[0] = k.Id(x, name);
-  n.dtype = k.g.nodes[n.in[0]].dtype;
+  n.dtype = ir::ReduceResult(op, k.g.nodes[n.in[0]].dtype);
   n.keepdims = keepdims;
-  if (n.dtype == DType::kBool && (op == ReduceOp::kSum || op == ReduceOp::kProd))
-    Fail("reduce_", ReduceOpName(op), ": dtype bool not supported (cast first)");
   const int64_t r = static_cast<int64_t>(k.shapes[n.in[0]].size());
   for (int64_t a : axes) {
     int64_t na = a < 0 ? a + r : a;
@@ -437,10 +402,7 @@ NDObject* Kernel::MatMul(NDObject* a, NDObject* b, bool trans_a, bool trans_b) {
   n.in[0] = k.Id(a, "matmul");
   n.in[1] = k.Id(b, "matmul");
   n.sub = static_cast<uint8_t>((trans_a ? 1 : 0) | (trans_b ? 2 : 0));
-  DType ta = k.g.nodes[n.in[0]].dtype, tb = k.g.nodes[n.in[1]].dtype;
-  if (ta != tb) Fail("matmul: dtype mismatch ", DTypeName(ta), " vs ", DTypeName(tb));
-  if (!IsFloat(ta)) Fail("matmul: dtype ", DTypeName(ta), " not supported (f32, f16, bf16)");
-  n.dtype = ta;
+  n.dtype = ir::MatMulResult(k.g.nodes[n.in[0]].dtype, k.g.nodes[n.in[1]].dtype);
   return k.Push(std::move(n));
 }
 

@@ -1,8 +1,8 @@
-// `dvm demo`: dynamic-shape execution through the public API. Three dynamic
-// kernels of a transformer layer are built once; a stream of requests with
-// random sequence lengths runs through them. Each new shape set is encoded
-// into bytecode at launch (microseconds); repeated shapes hit the program
-// cache. Every output is checked against a scalar loop computed in double.
+// `dvm demo` (the main job) and `dvm bench graph`: a GPT-2-shaped decoder
+// built with the graph API from primitives, fused once by symbol deduction,
+// then a stream of requests with random sequence lengths. Every request runs
+// fused and unfused (each primitive its own kernel); the outputs are checked
+// equal and both are timed, including every codegen.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -11,180 +11,282 @@
 #include <vector>
 
 #include "bench_util.h"
-#include "dvm/dvm.h"
-#include "kernels.h"
+#include "dvm/graph.h"
+#include "models/gpt2.h"
 
 namespace dvmtool {
 namespace {
 
-constexpr double kAtol = 1e-5, kRtol = 1e-4;
+constexpr double kAtol = 1e-4, kRtol = 1e-4;
 
-// Largest |got - want| and whether every element is within atol + rtol*|want|.
-struct Check {
+struct StreamOptions {
+  long layers = 6, hidden = 768, heads = 12, requests = 100, min_len = 1,
+       max_len = 256, seed = 1;
+  long vocab = 50257;
+  bool quiet = false, profile = false;
+};
+
+StreamOptions ReadStreamOptions(Args &args) {
+  StreamOptions o;
+  o.layers = args.Int("--layers", o.layers, 0, 1000);
+  o.hidden = args.Int("--hidden", o.hidden, 1, 65536);
+  o.heads =
+      args.Int("--heads", o.hidden % 64 == 0 ? o.hidden / 64 : 1, 1, 4096);
+  o.requests = args.Int("--requests", o.requests, 1, 1000000);
+  o.min_len = args.Int("--min-len", o.min_len, 1, 1024);
+  o.max_len = args.Int("--max-len", o.max_len, o.min_len, 1024);
+  o.seed = args.Int("--seed", o.seed);
+  o.vocab = args.Int("--vocab", o.vocab, 1, 1L << 24);
+  o.quiet = args.Flag("--quiet");
+  o.profile = args.Flag("--profile");
+  return o;
+}
+
+// Kernels one decoder layer adds to the fused partition.
+int KernelsPerLayer(const dvm::models::Gpt2Config &base) {
+  dvm::models::Gpt2Config c = base;
+  c.vocab = 8;
+  c.layers = 1;
+  dvm::models::Gpt2 one(c);
+  c.layers = 2;
+  dvm::models::Gpt2 two(c);
+  return dvm::CompiledGraph(two.graph()).num_kernels() -
+         dvm::CompiledGraph(one.graph()).num_kernels();
+}
+
+struct Totals {
+  double fused_us = 0, unfused_us = 0, codegen_us = 0, codegen_max_us = 0,
+         codegen_unfused_us = 0;
+  double nonmm_fused_us = 0, nonmm_unfused_us = 0, mm_fused_us = 0,
+         mm_unfused_us = 0;
+  size_t peak_fused = 0, peak_unfused = 0;
+  long codegens = 0, launches_fused = 0, launches_unfused = 0, failures = 0,
+       max_codegen_seq = 0;
   double max_err = 0;
-  bool ok = true;
-  void Add(float got, double want) {
-    double e = std::fabs(double(got) - want);
-    if (!(e <= kAtol + kRtol * std::fabs(want))) ok = false;  // NaN fails too
-    max_err = std::max(max_err, std::isnan(e) ? INFINITY : e);
-  }
 };
 
-// One of the demo's kernels with its launch bookkeeping.
-struct DemoKernel {
-  const char* name;
-  dvm::Kernel k{dvm::KernelType::kDynamic};
-  double codegen_us = 0, max_codegen_us = 0, wall_us = 0;
-  int max_codegen_seq = 0;
+int RunStream(const StreamOptions &o, const std::string &json, int threads,
+              bool bench) {
+  dvm::models::Gpt2Config cfg;
+  cfg.layers = int(o.layers);
+  cfg.hidden = int(o.hidden);
+  cfg.heads = int(o.heads);
+  cfg.vocab = int(o.vocab);
+  cfg.max_positions = int(std::max<long>(o.max_len, 1));
+  cfg.seed = uint64_t(o.seed);
+  double t0 = NowUs();
+  dvm::models::Gpt2 model(cfg);
+  double t_build = NowUs() - t0;
+  t0 = NowUs();
+  dvm::CompiledGraph fused(model.graph());
+  dvm::CompiledGraph unfused(model.graph(), dvm::CompileOptions{false, false});
+  double t_compile = NowUs() - t0;
+  const int per_layer = KernelsPerLayer(cfg);
+  std::printf("dvm %s: GPT-2-shaped decoder, %ld layers, hidden %ld, %ld "
+              "heads, vocab %ld; %ld requests, seq ~ "
+              "U[%ld, %ld] (seed %ld); %d threads\n",
+              bench ? "bench graph" : "demo", o.layers, o.hidden, o.heads,
+              o.vocab, o.requests, o.min_len, o.max_len, o.seed, threads);
+  std::printf("graph: %zu nodes, %.1f MB of weights (built in %.0f ms); fused "
+              "once in %.1f ms:\n"
+              "  fused:   %d kernels (%d with a matmul) + %d library ops, %d "
+              "launches per request, %d kernels per "
+              "layer\n  unfused: %d kernels + %d library ops, %d launches per "
+              "request\n\n",
+              model.graph().num_nodes(), model.weight_bytes() / 1e6,
+              t_build / 1e3, t_compile / 1e3, fused.num_kernels(),
+              fused.num_matmul_kernels(), fused.num_library_ops(),
+              fused.num_launch_groups(), per_layer, unfused.num_kernels(),
+              unfused.num_library_ops(), unfused.num_launch_groups());
 
-  // Launches; returns true when the program was generated for this launch.
-  bool Launch(const std::vector<dvm::TensorArg>& in, const std::vector<dvm::TensorArg>& out,
-              int seq, double& codegen, double& wall) {
-    uint64_t before = k.stats().codegens;
-    double t0 = NowUs();
-    k.Launch(in, out);
-    double dt = NowUs() - t0;
-    bool gen = k.stats().codegens != before;
-    double cg = gen ? k.stats().last_codegen_us : 0;
-    codegen += cg;
-    wall += dt;
-    codegen_us += cg;
-    wall_us += dt;
-    if (cg > max_codegen_us) max_codegen_us = cg, max_codegen_seq = seq;
-    return gen;
+  Rng rng{uint64_t(o.seed) * 7919 + 3};
+  const size_t H = size_t(o.hidden);
+  std::vector<int32_t> ids(size_t(o.max_len));
+  std::vector<float> out_f(size_t(o.max_len) * H), out_u(size_t(o.max_len) * H);
+  if (!o.quiet)
+    std::printf("%5s %5s %8s %9s %11s %10s %12s %10s %9s\n", "req", "seq",
+                "launches", "codegens", "codegen_us", "fused_ms", "unfused_ms",
+                "speedup", "max_err");
+  Totals t;
+  std::vector<double> prof_f, prof_u; // summed time per launch
+  std::set<long> lengths;
+  dvm::RunOptions ro;
+  ro.collect_stats = true;
+  for (long r = 1; r <= o.requests; ++r) {
+    const long S = rng.Int(o.min_len, o.max_len);
+    lengths.insert(S);
+    for (long i = 0; i < S; ++i)
+      ids[size_t(i)] = int32_t(rng.Int(0, o.vocab - 1));
+    std::vector<dvm::TensorArg> in = {{ids.data(), {S}, size_t(S) * 4}};
+    std::vector<dvm::TensorArg> of = {{out_f.data(), {}, size_t(S) * H * 4}};
+    std::vector<dvm::TensorArg> ou = {{out_u.data(), {}, size_t(S) * H * 4}};
+    dvm::RunStats sf, su;
+    fused.Run(in, of, ro, &sf);
+    unfused.Run(in, ou, ro, &su);
+    if (o.profile) {
+      prof_f.resize(sf.launch_us.size()), prof_u.resize(su.launch_us.size());
+      for (size_t i = 0; i < sf.launch_us.size(); ++i)
+        prof_f[i] += sf.launch_us[i];
+      for (size_t i = 0; i < su.launch_us.size(); ++i)
+        prof_u[i] += su.launch_us[i];
+    }
+    double err = 0;
+    bool ok = true;
+    for (size_t i = 0; i < size_t(S) * H; ++i) {
+      double e = std::fabs(double(out_f[i]) - out_u[i]);
+      if (!(e <= kAtol + kRtol * std::fabs(double(out_u[i]))))
+        ok = false;
+      err = std::max(err, std::isnan(e) ? INFINITY : e);
+    }
+    t.max_err = std::max(t.max_err, err);
+    t.failures += !ok;
+    t.fused_us += sf.run_us;
+    t.unfused_us += su.run_us;
+    t.codegen_us += sf.codegen_us;
+    t.codegen_unfused_us += su.codegen_us;
+    if (sf.codegen_max_us > t.codegen_max_us)
+      t.codegen_max_us = sf.codegen_max_us, t.max_codegen_seq = S;
+    t.codegens += sf.codegens;
+    t.nonmm_fused_us += sf.nonmatmul_us;
+    t.nonmm_unfused_us += su.nonmatmul_us;
+    t.mm_fused_us += sf.matmul_us;
+    t.mm_unfused_us += su.matmul_us;
+    t.peak_fused = std::max(t.peak_fused, sf.peak_bytes);
+    t.peak_unfused = std::max(t.peak_unfused, su.peak_bytes);
+    t.launches_fused += sf.launches;
+    t.launches_unfused += su.launches;
+    if (!o.quiet || !ok)
+      std::printf("%5ld %5ld %8d %9d %11.1f %10.2f %12.2f %9.2fx %9.2e%s\n", r,
+                  S, sf.launches, sf.codegens, sf.codegen_us, sf.run_us / 1e3,
+                  su.run_us / 1e3, su.run_us / std::max(sf.run_us, 1e-9), err,
+                  ok ? "" : "  MISMATCH");
   }
-};
 
-dvm::TensorArg Arg(void* p, dvm::Shape s, size_t elem = sizeof(float)) {
-  size_t n = 1;
-  for (int64_t d : s) n *= size_t(d);
-  return {p, std::move(s), n * elem};
+  const double ms = 1e-3;
+  if (o.profile)
+    for (int which = 0; which < 2; ++which) {
+      const auto &prof = which ? prof_u : prof_f;
+      const dvm::CompiledGraph &cg = which ? unfused : fused;
+      std::vector<size_t> idx(prof.size());
+      for (size_t i = 0; i < idx.size(); ++i)
+        idx[i] = i;
+      std::sort(idx.begin(), idx.end(),
+                [&](size_t a, size_t b) { return prof[a] > prof[b]; });
+      std::printf("\n%s: slowest launches (total over the stream)\n",
+                  which ? "unfused" : "fused");
+      for (size_t i = 0; i < std::min<size_t>(idx.size(), 15); ++i)
+        std::printf("  %9.2f ms  #%-4zu %s\n", prof[idx[i]] * ms, idx[i],
+                    cg.LaunchName(int(idx[i])).c_str());
+    }
+  std::printf("\nsummary: %ld requests, %zu distinct lengths, %ld programs "
+              "generated (fused)\n",
+              o.requests, lengths.size(), t.codegens);
+  std::printf("  fused total     %10.1f ms  (matmul kernels %.1f ms, other "
+              "kernels and library ops %.1f ms)\n",
+              t.fused_us * ms, t.mm_fused_us * ms, t.nonmm_fused_us * ms);
+  std::printf("  unfused total   %10.1f ms  (matmul kernels %.1f ms, other "
+              "kernels and library ops %.1f ms)\n",
+              t.unfused_us * ms, t.mm_unfused_us * ms, t.nonmm_unfused_us * ms);
+  std::printf("  speedup         %10.2fx overall, %.2fx outside matmuls\n",
+              t.unfused_us / std::max(t.fused_us, 1e-9),
+              t.nonmm_unfused_us / std::max(t.nonmm_fused_us, 1e-9));
+  std::printf("  codegen         %10.2f ms total (%.2f%% of fused time), "
+              "largest compile %.1f us (seq %ld)\n",
+              t.codegen_us * ms,
+              100 * t.codegen_us / std::max(t.fused_us, 1e-9), t.codegen_max_us,
+              t.max_codegen_seq);
+  std::printf("  peak memory     %10.2f MB fused, %.2f MB unfused "
+              "(intermediates, planned by liveness)\n",
+              t.peak_fused / 1e6, t.peak_unfused / 1e6);
+  std::printf("  launches        %10.1f per request fused, %.1f unfused\n",
+              double(t.launches_fused) / o.requests,
+              double(t.launches_unfused) / o.requests);
+
+  int rc = 0;
+  if (t.failures) {
+    std::printf("FAIL: %ld of %ld requests: fused differs from unfused (atol "
+                "%g, rtol %g), max err %.2e\n",
+                t.failures, o.requests, kAtol, kRtol, t.max_err);
+    rc = 1;
+  } else {
+    std::printf("PASS: every fused output equals the unfused run (atol %g, "
+                "rtol %g; max err %.2e)\n",
+                kAtol, kRtol, t.max_err);
+  }
+  if (bench) {
+    const double r_nonmm =
+        t.nonmm_unfused_us / std::max(t.nonmm_fused_us, 1e-9);
+    const double r_total = t.unfused_us / std::max(t.fused_us, 1e-9);
+    const double cg_pct = 100 * t.codegen_us / std::max(t.fused_us, 1e-9);
+    std::printf("\nbars:\n");
+    std::printf(
+        "  nonmatmul_unfused_ms / nonmatmul_fused_ms = %.2f  (>= 3)    %s\n",
+        r_nonmm, Bar(r_nonmm >= 3));
+    std::printf(
+        "  unfused_total_ms / fused_total_ms         = %.2f  (>= 1.1)  %s\n",
+        r_total, Bar(r_total >= 1.1));
+    std::printf(
+        "  codegen_total_ms / fused_total_ms         = %.2f%% (<= 2%%)   %s\n",
+        cg_pct, Bar(cg_pct <= 2));
+    std::printf(
+        "  codegen_max_us                            = %.1f  (<= 500)  %s\n",
+        t.codegen_max_us, Bar(t.codegen_max_us <= 500));
+    std::printf(
+        "  peak_bytes_fused < peak_bytes_unfused      = %zu < %zu  %s\n",
+        t.peak_fused, t.peak_unfused, Bar(t.peak_fused < t.peak_unfused));
+    Report rep("graph", threads);
+    JsonObject m;
+    m.Num("requests", double(o.requests))
+        .Num("layers", double(o.layers))
+        .Num("hidden", double(o.hidden));
+    m.Num("fused_total_ms", t.fused_us * ms)
+        .Num("unfused_total_ms", t.unfused_us * ms);
+    m.Num("codegen_total_ms", t.codegen_us * ms)
+        .Num("codegen_max_us", t.codegen_max_us);
+    m.Num("nonmatmul_fused_ms", t.nonmm_fused_us * ms)
+        .Num("nonmatmul_unfused_ms", t.nonmm_unfused_us * ms);
+    m.Num("matmul_fused_ms", t.mm_fused_us * ms)
+        .Num("matmul_unfused_ms", t.mm_unfused_us * ms);
+    m.Num("peak_bytes_fused", double(t.peak_fused))
+        .Num("peak_bytes_unfused", double(t.peak_unfused));
+    m.Num("kernels_per_layer", per_layer)
+        .Num("kernels_fused", fused.num_kernels());
+    m.Num("kernels_unfused", unfused.num_kernels());
+    m.Num("launches_per_request_fused", double(t.launches_fused) / o.requests);
+    m.Num("launches_per_request_unfused",
+          double(t.launches_unfused) / o.requests);
+    m.Num("max_abs_err", t.max_err).Bool("outputs_equal", t.failures == 0);
+    rep.AddCase("gpt2_stream", m);
+    rep.summary.Num("nonmatmul_speedup", r_nonmm)
+        .Num("total_speedup", r_total)
+        .Num("codegen_pct", cg_pct);
+    rep.summary.Bool("bar_nonmatmul", r_nonmm >= 3)
+        .Bool("bar_total", r_total >= 1.1)
+        .Bool("bar_codegen_pct", cg_pct <= 2);
+    rep.summary.Bool("bar_codegen_max", t.codegen_max_us <= 500)
+        .Bool("bar_peak", t.peak_fused < t.peak_unfused);
+    if (!rep.Write(json))
+      rc = 1;
+  }
+  return rc;
 }
 
-}  // namespace
+} // namespace
 
-int DemoMain(Args& args) {
-  const long requests = args.Int("--requests", 100, 1, 1000000);
-  const long seed = args.Int("--seed", 1);
-  const long max_len = args.Int("--max-len", 256, 1, 8192);
-  const long H = args.Int("--hidden", 768, 1, 65536);
+int DemoMain(Args &args) {
+  StreamOptions o = ReadStreamOptions(args);
   const long threads = args.Int("--threads", 0, 0, 1024);
-  const bool quiet = args.Flag("--quiet");
   args.Finish();
-  if (threads > 0) dvm::SetNumThreads(int(threads));
-  const long heads = std::max(1L, H / 64), F = 4 * H;
-
-  std::printf("dvm demo: %ld requests, seq ~ U[1, %ld] (seed %ld), hidden %ld, ffn %ld, %ld heads, "
-              "%d threads\n",
-              requests, max_len, seed, H, F, heads, dvm::GetNumThreads());
-  std::printf("kernels (built once, dynamic shapes):\n"
-              "  ln      h = x + bias + residual; y = layernorm(h) * gamma + beta   [seq, %ld]\n"
-              "  gelu    0.5*x*(1 + tanh(0.79788456*(x + 0.044715*x^3)))           [seq, %ld]\n"
-              "  softmax exp(x - max) / sum(exp(x - max)) over the last axis    [%ld*seq, seq]\n\n",
-              H, F, heads);
-
-  DemoKernel ln{"ln"}, gelu{"gelu"}, softmax{"softmax"};
-  BuildLayerNorm(ln.k, H, true);
-  BuildGelu(gelu.k, 2);
-  BuildSoftmax(softmax.k);
-  for (DemoKernel* d : {&ln, &gelu, &softmax}) {
-    d->k.CodeGen();                // dynamic: validates the graph only
-    d->k.SetCacheCapacity(1024);   // keep every shape of the stream
-  }
-
-  Rng rng{uint64_t(seed)};
-  std::vector<float> bias(H), gamma(H), beta(H);
-  rng.Fill(bias.data(), H, -0.1f, 0.1f);
-  rng.Fill(gamma.data(), H, 0.5f, 1.5f);
-  rng.Fill(beta.data(), H, -0.1f, 0.1f);
-  const size_t L = size_t(max_len);
-  std::vector<float> x(L * H), res(L * H), h(L * H), y(L * H);
-  std::vector<float> gx(L * F), gy(L * F), sx(heads * L * L), sy(heads * L * L);
-
-  if (!quiet) std::printf("%5s %5s  %-4s %-4s %-7s %11s %10s %9s\n", "req", "seq", "ln", "gelu",
-                          "softmax", "codegen_us", "run_us", "max_err");
-  std::set<long> shapes;
-  double total_cg = 0, total_wall = 0, steady_wall = 0;
-  long steady_n = 0, failures = 0;
-  for (long r = 1; r <= requests; ++r) {
-    const long S = rng.Int(1, max_len), rows = heads * S;
-    shapes.insert(S);
-    rng.Fill(x.data(), S * H, -1, 1);
-    rng.Fill(res.data(), S * H, -1, 1);
-    rng.Fill(gx.data(), S * F, -4, 4);
-    rng.Fill(sx.data(), rows * S, -4, 4);
-
-    double cg = 0, wall = 0;
-    bool g1 = ln.Launch({Arg(x.data(), {S, H}), Arg(bias.data(), {H}), Arg(res.data(), {S, H}),
-                         Arg(gamma.data(), {H}), Arg(beta.data(), {H})},
-                        {Arg(h.data(), {S, H}), Arg(y.data(), {S, H})}, S, cg, wall);
-    bool g2 = gelu.Launch({Arg(gx.data(), {S, F})}, {Arg(gy.data(), {S, F})}, S, cg, wall);
-    bool g3 = softmax.Launch({Arg(sx.data(), {rows, S})}, {Arg(sy.data(), {rows, S})}, S, cg, wall);
-    total_cg += cg;
-    total_wall += wall;
-    if (!g1 && !g2 && !g3) steady_wall += wall, ++steady_n;
-
-    // Scalar references in double.
-    Check c;
-    std::vector<double> hd(H);
-    for (long i = 0; i < S; ++i) {
-      double mean = 0, var = 0;
-      for (long j = 0; j < H; ++j) {
-        hd[j] = double(x[i * H + j]) + bias[j] + res[i * H + j];
-        c.Add(h[i * H + j], hd[j]);
-        mean += hd[j];
-      }
-      mean /= H;
-      for (long j = 0; j < H; ++j) var += (hd[j] - mean) * (hd[j] - mean);
-      double rstd = 1 / std::sqrt(var / H + kLayerNormEps);
-      for (long j = 0; j < H; ++j) c.Add(y[i * H + j], (hd[j] - mean) * rstd * gamma[j] + beta[j]);
-    }
-    for (long i = 0; i < S * F; ++i) {
-      double v = gx[i];
-      c.Add(gy[i], 0.5 * v * (1 + std::tanh(kGeluC * (v + kGeluA * v * v * v))));
-    }
-    std::vector<double> e(S);
-    for (long i = 0; i < rows; ++i) {
-      const float* row = &sx[i * S];
-      double m = *std::max_element(row, row + S), sum = 0;
-      for (long j = 0; j < S; ++j) sum += e[j] = std::exp(row[j] - m);
-      for (long j = 0; j < S; ++j) c.Add(sy[i * S + j], e[j] / sum);
-    }
-    if (!c.ok) ++failures;
-    if (!quiet || !c.ok)
-      std::printf("%5ld %5ld  %-4s %-4s %-7s %11.1f %10.1f %9.2e%s\n", r, S, g1 ? "gen" : "hit",
-                  g2 ? "gen" : "hit", g3 ? "gen" : "hit", cg, wall - cg, c.max_err,
-                  c.ok ? "" : "  MISMATCH");
-  }
-
-  uint64_t launches = 0, hits = 0, gens = 0;
-  std::printf("\n%-8s %9s %9s %13s %15s %12s\n", "kernel", "programs", "hit_rate", "codegen_us",
-              "largest_us(seq)", "wall_us");
-  for (DemoKernel* d : {&ln, &gelu, &softmax}) {
-    const dvm::KernelStats& s = d->k.stats();
-    launches += s.launches, hits += s.cache_hits, gens += s.codegens;
-    std::printf("%-8s %9llu %8.1f%% %13.1f %9.1f(%4d) %12.1f\n", d->name,
-                (unsigned long long)s.codegens, 100.0 * s.cache_hits / std::max<uint64_t>(1, s.launches),
-                d->codegen_us, d->max_codegen_us, d->max_codegen_seq, d->wall_us);
-  }
-  double largest = std::max({ln.max_codegen_us, gelu.max_codegen_us, softmax.max_codegen_us});
-  std::printf("\nsummary: %ld requests, %zu distinct shapes, %llu programs generated\n", requests,
-              shapes.size(), (unsigned long long)gens);
-  std::printf("  total codegen   %10.1f us (%.2f%% of launch time), largest compile %.1f us\n", total_cg,
-              100 * total_cg / std::max(total_wall, 1e-9), largest);
-  std::printf("  total run       %10.1f us (launch wall time minus codegen)\n", total_wall - total_cg);
-  std::printf("  total launches  %10.1f us wall, %.1f us per request; %.1f us per all-hit request (%ld)\n",
-              total_wall, total_wall / requests, steady_n ? steady_wall / steady_n : 0.0, steady_n);
-  std::printf("  cache hit rate  %10.1f%% (%llu of %llu launches)\n",
-              100.0 * hits / std::max<uint64_t>(1, launches), (unsigned long long)hits,
-              (unsigned long long)launches);
-  if (failures) {
-    std::printf("FAIL: %ld of %ld requests differ from the double reference (atol %g, rtol %g)\n",
-                failures, requests, kAtol, kRtol);
-    return 1;
-  }
-  std::printf("PASS: every output matches the double reference (atol %g, rtol %g)\n", kAtol, kRtol);
-  return 0;
+  if (threads > 0)
+    dvm::SetNumThreads(int(threads));
+  return RunStream(o, "", dvm::GetNumThreads(), false);
 }
 
-}  // namespace dvmtool
+int BenchGraphMain(Args &args) {
+  StreamOptions o = ReadStreamOptions(args);
+  BenchOptions b = BenchOptions::Read(args, false);
+  args.Finish();
+  return RunStream(o, b.json, b.StartThreads(), true);
+}
+
+} // namespace dvmtool

@@ -14,16 +14,20 @@ namespace dvmtool {
 int BenchMatmulMain(Args& args);  // bench_matmul.cc
 int BenchStagesMain(Args& args);  // bench_stages.cc
 int BenchStackMain(Args& args);   // bench_stack.cc
+int BenchGraphMain(Args& args);   // demo.cc
 
 namespace {
 
 const char kUsage[] = R"(usage: dvm <command> [options]
 
 commands:
-  demo [--requests N] [--seed S] [--max-len L] [--hidden H] [--threads T] [--quiet]
-      Dynamic-shape execution: a stream of requests with random sequence
-      lengths through three dynamic kernels (bias+residual+layernorm, GELU,
-      softmax); every output is checked against a scalar loop in double.
+  demo [--layers N] [--hidden H] [--heads A] [--vocab V] [--requests R]
+       [--min-len L] [--max-len L] [--seed S] [--threads T] [--quiet] [--profile]
+      The main job: a GPT-2-shaped decoder (default 6 layers, hidden 768, 12
+      heads) built from primitives with the graph API and fused once by
+      symbol deduction; a stream of requests (default 100) with random
+      lengths (default 1..256) runs fused and unfused, outputs checked equal;
+      per request: length, launches, codegen, run times; then a summary.
   bench codegen [--json FILE] [--iters N]
       Codegen time of a new shape for 1-, 10- and 50-op dynamic kernels, and
       the launch time of a cached program.
@@ -37,6 +41,9 @@ commands:
   bench stages [--json FILE] [--threads N] [--reps R]
       Softmax and layernorm over long rows (32K and 256K elements) against
       hand-fused AOT C++ loops.
+  bench graph [--json FILE] [--threads N] [demo options]
+      The demo's request stream as a benchmark: fused vs unfused totals,
+      time outside matmuls, codegen share and largest compile, peak memory.
   bench stack [--json FILE] [--threads N] [--reps R]
       An Adam step over 300 tensors: one launch per tensor vs one stacked
       launch (dvm::KernelStack) vs one hand-written loop.
@@ -125,7 +132,8 @@ int Main(int argc, char** argv) {
     if (suite == "matmul") return BenchMatmulMain(args);
     if (suite == "stages") return BenchStagesMain(args);
     if (suite == "stack") return BenchStackMain(args);
-    throw UsageError("bench wants 'codegen', 'vm', 'matmul', 'stages' or 'stack'");
+    if (suite == "graph") return BenchGraphMain(args);
+    throw UsageError("bench wants 'codegen', 'vm', 'matmul', 'stages', 'stack' or 'graph'");
   }
   Args args(argc, argv, 2);
   if (cmd == "demo") return DemoMain(args);
