@@ -1,6 +1,8 @@
 // Graph API, fuser and executor: kernel counts of fused patterns, fused vs
 // unfused differential runs on random graphs and bindings, memory-plan
 // safety (poisoned freed buffers), errors for bad graphs and bindings.
+#include "dvm/graph.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +11,6 @@
 #include <string>
 #include <vector>
 
-#include "dvm/graph.h"
 #include "fusion/fuser.h"
 #include "graph/graph_ir.h"
 #include "models/gpt2.h"
@@ -18,26 +19,24 @@
 namespace dvm {
 namespace {
 
-#define EXPECT_HAS(text, sub)                                                  \
-  do {                                                                         \
-    const std::string t_ = (text);                                             \
-    EXPECT_NE(t_.find(sub), std::string::npos)                                 \
-        << "'" << t_ << "' lacks '" << (sub) << "'";                           \
+#define EXPECT_HAS(text, sub)                                                               \
+  do {                                                                                      \
+    const std::string t_ = (text);                                                          \
+    EXPECT_NE(t_.find(sub), std::string::npos) << "'" << t_ << "' lacks '" << (sub) << "'"; \
   } while (0)
 
 std::vector<float> Rand(size_t n, uint32_t seed, float lo = -1, float hi = 1) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(lo, hi);
   std::vector<float> v(n);
-  for (float &x : v)
-    x = u(rng);
+  for (float& x : v) x = u(rng);
   return v;
 }
 
-std::string ErrorOf(const std::function<void()> &f) {
+std::string ErrorOf(const std::function<void()>& f) {
   try {
     f();
-  } catch (const Error &e) {
+  } catch (const Error& e) {
     return e.what();
   }
   return "(no error)";
@@ -45,27 +44,22 @@ std::string ErrorOf(const std::function<void()> &f) {
 
 // Runs a one-input, one-output f32 graph fused and unfused.
 struct Runner {
-  const Graph &g;
+  const Graph& g;
   CompiledGraph fused, unfused;
-  explicit Runner(const Graph &graph)
-      : g(graph), fused(graph), unfused(graph, CompileOptions{false, false}) {}
-  std::vector<std::vector<float>>
-  Run(CompiledGraph &cg, const std::vector<std::vector<float> *> &ins,
-      const std::vector<Shape> &shapes, bool poison = false) {
+  explicit Runner(const Graph& graph) : g(graph), fused(graph), unfused(graph, CompileOptions{false, false}) {}
+  std::vector<std::vector<float>> Run(CompiledGraph& cg, const std::vector<std::vector<float>*>& ins,
+                                      const std::vector<Shape>& shapes, bool poison = false) {
     std::vector<TensorArg> args;
-    for (size_t i = 0; i < ins.size(); ++i)
-      args.push_back({ins[i]->data(), shapes[i], ins[i]->size() * 4});
+    for (size_t i = 0; i < ins.size(); ++i) args.push_back({ins[i]->data(), shapes[i], ins[i]->size() * 4});
     std::vector<Shape> oshapes = cg.OutputShapes(shapes);
     std::vector<std::vector<float>> outs;
     std::vector<TensorArg> oargs;
-    for (const Shape &s : oshapes) {
+    for (const Shape& s : oshapes) {
       size_t n = 1;
-      for (int64_t d : s)
-        n *= static_cast<size_t>(d);
+      for (int64_t d : s) n *= static_cast<size_t>(d);
       outs.emplace_back(n, -12345.f);
     }
-    for (auto &o : outs)
-      oargs.push_back({o.data(), {}, o.size() * 4});
+    for (auto& o : outs) oargs.push_back({o.data(), {}, o.size() * 4});
     RunOptions opt;
     opt.poison_freed = poison;
     cg.Run(args, oargs, opt);
@@ -73,12 +67,10 @@ struct Runner {
   }
 };
 
-void ExpectClose(const std::vector<float> &a, const std::vector<float> &b,
-                 double rtol = 1e-5, double atol = 1e-5) {
+void ExpectClose(const std::vector<float>& a, const std::vector<float>& b, double rtol = 1e-5, double atol = 1e-5) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i)
-    ASSERT_LE(std::fabs(double(a[i]) - b[i]),
-              atol + rtol * std::fabs(double(b[i])))
+    ASSERT_LE(std::fabs(double(a[i]) - b[i]), atol + rtol * std::fabs(double(b[i])))
         << "at " << i << ": " << a[i] << " vs " << b[i];
 }
 
@@ -86,9 +78,8 @@ TEST(GraphFusion, LayerNormFromPrimitivesIsOneKernel) {
   Graph g;
   auto gamma = Rand(64, 1), beta = Rand(64, 2);
   Value x = g.Input("x", {"rows", 64}, DType::kFloat32);
-  Value y = models::LayerNorm(
-      g, x, g.Constant("g", {64}, DType::kFloat32, gamma.data()),
-      g.Constant("b", {64}, DType::kFloat32, beta.data()), 64);
+  Value y = models::LayerNorm(g, x, g.Constant("g", {64}, DType::kFloat32, gamma.data()),
+                              g.Constant("b", {64}, DType::kFloat32, beta.data()), 64);
   g.Output(y);
   CompiledGraph cg(g);
   EXPECT_EQ(cg.num_kernels(), 1) << cg.Dump();
@@ -98,17 +89,13 @@ TEST(GraphFusion, LayerNormFromPrimitivesIsOneKernel) {
     cg.Run({{xs.data(), {rows, 64}}}, {{out.data(), {}}});
     for (int64_t r = 0; r < rows; ++r) {
       double m = 0, v = 0;
-      for (int c = 0; c < 64; ++c)
-        m += xs[r * 64 + c];
+      for (int c = 0; c < 64; ++c) m += xs[r * 64 + c];
       m /= 64;
-      for (int c = 0; c < 64; ++c)
-        v += (xs[r * 64 + c] - m) * (xs[r * 64 + c] - m);
+      for (int c = 0; c < 64; ++c) v += (xs[r * 64 + c] - m) * (xs[r * 64 + c] - m);
       v /= 64;
       for (int c = 0; c < 64; ++c) {
-        double want =
-            (xs[r * 64 + c] - m) / std::sqrt(v + 1e-5) * gamma[c] + beta[c];
-        ASSERT_NEAR(out[r * 64 + c], want, 1e-5 + 1e-4 * std::fabs(want))
-            << rows << " " << r << " " << c;
+        double want = (xs[r * 64 + c] - m) / std::sqrt(v + 1e-5) * gamma[c] + beta[c];
+        ASSERT_NEAR(out[r * 64 + c], want, 1e-5 + 1e-4 * std::fabs(want)) << rows << " " << r << " " << c;
       }
     }
   }
@@ -125,29 +112,21 @@ TEST(GraphFusion, SoftmaxIsOneKernel) {
   cg.Run({{xs.data(), {5, 33}}}, {{out.data(), {}}});
   for (int r = 0; r < 5; ++r) {
     double mx = -1e30, s = 0;
-    for (int c = 0; c < 33; ++c)
-      mx = std::max(mx, double(xs[r * 33 + c]));
-    for (int c = 0; c < 33; ++c)
-      s += std::exp(xs[r * 33 + c] - mx);
-    for (int c = 0; c < 33; ++c)
-      ASSERT_NEAR(out[r * 33 + c], std::exp(xs[r * 33 + c] - mx) / s, 1e-6);
+    for (int c = 0; c < 33; ++c) mx = std::max(mx, double(xs[r * 33 + c]));
+    for (int c = 0; c < 33; ++c) s += std::exp(xs[r * 33 + c] - mx);
+    for (int c = 0; c < 33; ++c) ASSERT_NEAR(out[r * 33 + c], std::exp(xs[r * 33 + c] - mx) / s, 1e-6);
   }
 }
 
 TEST(GraphFusion, MlpIsTwoKernels) {
   Graph g;
-  auto w1 = Rand(32 * 128, 1, -0.2f, 0.2f), b1 = Rand(128, 2),
-       w2 = Rand(128 * 32, 3, -0.2f, 0.2f), b2 = Rand(32, 4);
+  auto w1 = Rand(32 * 128, 1, -0.2f, 0.2f), b1 = Rand(128, 2), w2 = Rand(128 * 32, 3, -0.2f, 0.2f), b2 = Rand(32, 4);
   Value x = g.Input("x", {"seq", 32}, DType::kFloat32);
-  Value h = g.Binary(
-      BinaryOp::kAdd,
-      g.MatMul(x, g.Constant("w1", {32, 128}, DType::kFloat32, w1.data())),
-      g.Constant("b1", {128}, DType::kFloat32, b1.data()));
+  Value h = g.Binary(BinaryOp::kAdd, g.MatMul(x, g.Constant("w1", {32, 128}, DType::kFloat32, w1.data())),
+                     g.Constant("b1", {128}, DType::kFloat32, b1.data()));
   h = models::GeluTanh(g, h);
-  Value y = g.Binary(
-      BinaryOp::kAdd,
-      g.MatMul(h, g.Constant("w2", {128, 32}, DType::kFloat32, w2.data())),
-      g.Constant("b2", {32}, DType::kFloat32, b2.data()));
+  Value y = g.Binary(BinaryOp::kAdd, g.MatMul(h, g.Constant("w2", {128, 32}, DType::kFloat32, w2.data())),
+                     g.Constant("b2", {32}, DType::kFloat32, b2.data()));
   g.Output(y);
   Runner r(g);
   EXPECT_EQ(r.fused.num_kernels(), 2) << r.fused.Dump();
@@ -179,8 +158,7 @@ TEST(GraphFusion, DecoderLayerKernelCount) {
   EXPECT_EQ(cg.num_kernels(), 12) << cg.Dump();
   EXPECT_EQ(cg.num_matmul_kernels(), 8) << cg.Dump();
   EXPECT_EQ(cg.num_launch_groups(), 12 - 2 + 4) << cg.Dump();
-  EXPECT_EQ(cg.num_library_ops(), 4)
-      << cg.Dump(); // 2 gathers, iota, causal mask
+  EXPECT_EQ(cg.num_library_ops(), 4) << cg.Dump();  // 2 gathers, iota, causal mask
 }
 
 // A random graph over inputs with symbolic dims; fused and unfused runs
@@ -188,13 +166,12 @@ TEST(GraphFusion, DecoderLayerKernelCount) {
 TEST(GraphFusion, RandomGraphsFusedEqualsUnfused) {
   std::mt19937 rng(20261125);
   std::vector<float> w(16 * 16);
-  for (float &v : w)
-    v = std::uniform_real_distribution<float>(-0.3f, 0.3f)(rng);
+  for (float& v : w) v = std::uniform_real_distribution<float>(-0.3f, 0.3f)(rng);
   for (int trial = 0; trial < 60; ++trial) {
     SCOPED_TRACE("trial " + std::to_string(trial));
     Graph g;
-    std::vector<Value> pool; // values of shape [s, 16] / [s, 1] / [16]
-    std::vector<int> kind;   // 0: [s,16], 1: [s,1], 2: [16]
+    std::vector<Value> pool;  // values of shape [s, 16] / [s, 1] / [16]
+    std::vector<int> kind;    // 0: [s,16], 1: [s,1], 2: [16]
     pool.push_back(g.Input("a", {"s", 16}, DType::kFloat32)), kind.push_back(0);
     pool.push_back(g.Input("b", {"s", 16}, DType::kFloat32)), kind.push_back(0);
     pool.push_back(g.Input("c", {16}, DType::kFloat32)), kind.push_back(2);
@@ -203,23 +180,19 @@ TEST(GraphFusion, RandomGraphsFusedEqualsUnfused) {
     auto pick = [&](int want) {
       std::vector<int> c;
       for (size_t i = 0; i < pool.size(); ++i)
-        if (want < 0 || kind[i] == want)
-          c.push_back(static_cast<int>(i));
+        if (want < 0 || kind[i] == want) c.push_back(static_cast<int>(i));
       return c[rng() % c.size()];
     };
     for (int i = 0; i < nops; ++i) {
       const int op = static_cast<int>(rng() % 8);
       if (op <= 1) {
         int a = pick(-1), b = pick(kind[a] == 2 ? 0 : -1);
-        const BinaryOp ops[] = {BinaryOp::kAdd, BinaryOp::kMul, BinaryOp::kSub,
-                                BinaryOp::kMaximum};
+        const BinaryOp ops[] = {BinaryOp::kAdd, BinaryOp::kMul, BinaryOp::kSub, BinaryOp::kMaximum};
         pool.push_back(g.Binary(ops[rng() % 4], pool[a], pool[b]));
-        kind.push_back(
-            kind[a] == 0 || kind[b] == 0 || (kind[a] != kind[b]) ? 0 : kind[a]);
+        kind.push_back(kind[a] == 0 || kind[b] == 0 || (kind[a] != kind[b]) ? 0 : kind[a]);
       } else if (op == 2) {
         int a = pick(-1);
-        const UnaryOp ops[] = {UnaryOp::kTanh, UnaryOp::kSigmoid, UnaryOp::kAbs,
-                               UnaryOp::kNeg, UnaryOp::kRelu};
+        const UnaryOp ops[] = {UnaryOp::kTanh, UnaryOp::kSigmoid, UnaryOp::kAbs, UnaryOp::kNeg, UnaryOp::kRelu};
         pool.push_back(g.Unary(ops[rng() % 5], pool[a]));
         kind.push_back(kind[a]);
       } else if (op == 3) {
@@ -232,7 +205,7 @@ TEST(GraphFusion, RandomGraphsFusedEqualsUnfused) {
         pool.push_back(g.MatMul(pool[a], wv));
         kind.push_back(0);
       } else if (op == 5) {
-        int a = pick(0); // a view: reshape [s,16] -> [s,4,4] -> back
+        int a = pick(0);  // a view: reshape [s,16] -> [s,4,4] -> back
         Value r = g.Reshape(pool[a], {-1, 4, 4});
         r = g.Transpose(r, {0, 2, 1});
         pool.push_back(g.Reshape(r, {-1, 16}));
@@ -242,9 +215,8 @@ TEST(GraphFusion, RandomGraphsFusedEqualsUnfused) {
         pool.push_back(g.Binary(BinaryOp::kMul, pool[a], 0.5));
         kind.push_back(kind[a]);
       } else {
-        int a = pick(0); // softmax-like: x - max(x)
-        pool.push_back(g.Binary(BinaryOp::kSub, pool[a],
-                                g.Reduce(ReduceOp::kMax, pool[a], {1}, true)));
+        int a = pick(0);  // softmax-like: x - max(x)
+        pool.push_back(g.Binary(BinaryOp::kSub, pool[a], g.Reduce(ReduceOp::kMax, pool[a], {1}, true)));
         kind.push_back(0);
       }
     }
@@ -253,23 +225,20 @@ TEST(GraphFusion, RandomGraphsFusedEqualsUnfused) {
     Runner r(g);
     ASSERT_LE(r.fused.num_kernels(), r.unfused.num_kernels());
     for (int64_t s : {int64_t(1), int64_t(3), int64_t(1 + rng() % 200)}) {
-      auto a = Rand(s * 16, rng()), b = Rand(s * 16, rng()),
-           c = Rand(16, rng());
+      auto a = Rand(s * 16, rng()), b = Rand(s * 16, rng()), c = Rand(16, rng());
       std::vector<Shape> shapes = {{s, 16}, {s, 16}, {16}};
       auto x = r.Run(r.fused, {&a, &b, &c}, shapes, /*poison=*/true);
       auto y = r.Run(r.unfused, {&a, &b, &c}, shapes, /*poison=*/true);
       ASSERT_EQ(x.size(), y.size());
-      for (size_t i = 0; i < x.size(); ++i)
-        ExpectClose(x[i], y[i], 1e-5, 1e-5);
+      for (size_t i = 0; i < x.size(); ++i) ExpectClose(x[i], y[i], 1e-5, 1e-5);
     }
   }
 }
 
 TEST(GraphFusion, EqualSymbolsFuseUnknownBroadcastDoesNot) {
   {
-    Graph g; // [s0, 768] + [s0, 768] -> one kernel without knowing s0
-    Value a = g.Input("a", {"s0", 768}, DType::kFloat32),
-          b = g.Input("b", {"s0", 768}, DType::kFloat32);
+    Graph g;  // [s0, 768] + [s0, 768] -> one kernel without knowing s0
+    Value a = g.Input("a", {"s0", 768}, DType::kFloat32), b = g.Input("b", {"s0", 768}, DType::kFloat32);
     g.Output(g.Unary(UnaryOp::kExp, g.Binary(BinaryOp::kAdd, a, b)));
     EXPECT_EQ(CompiledGraph(g).num_kernels(), 1);
   }
@@ -277,8 +246,7 @@ TEST(GraphFusion, EqualSymbolsFuseUnknownBroadcastDoesNot) {
     // [a, 8] + [b, 8] has shape [max(a, b), 8]: a and b are unrelated, so
     // exp(a) [a, 8] provably shares no loop nest with it and is not fused.
     Graph g;
-    Value a = g.Input("a", {"a", 8}, DType::kFloat32),
-          b = g.Input("b", {"b", 8}, DType::kFloat32);
+    Value a = g.Input("a", {"a", 8}, DType::kFloat32), b = g.Input("b", {"b", 8}, DType::kFloat32);
     Value s = g.Binary(BinaryOp::kAdd, a, b);
     EXPECT_EQ(g.ShapeString(s), "[max(a, b), 8]");
     g.Output(g.Binary(BinaryOp::kMul, g.Unary(UnaryOp::kExp, a), s));
@@ -291,40 +259,30 @@ TEST(GraphFusion, EqualSymbolsFuseUnknownBroadcastDoesNot) {
       cg.Run({{xa.data(), {na, 8}}, {xb.data(), {nb, 8}}}, {{out.data(), {}}});
       for (int64_t i = 0; i < n; ++i)
         for (int j = 0; j < 8; ++j) {
-          float va = xa[(na == 1 ? 0 : i) * 8 + j],
-                vb = xb[(nb == 1 ? 0 : i) * 8 + j];
+          float va = xa[(na == 1 ? 0 : i) * 8 + j], vb = xb[(nb == 1 ? 0 : i) * 8 + j];
           ASSERT_NEAR(out[i * 8 + j], std::exp(va) * (va + vb), 1e-5);
         }
     }
     auto xa = Rand(24, 1), xb = Rand(32, 2);
     std::vector<float> out(64);
-    EXPECT_HAS(ErrorOf([&] {
-                 cg.Run({{xa.data(), {3, 8}}, {xb.data(), {4, 8}}},
-                        {{out.data(), {}}});
-               }),
-               "a = 3");
+    EXPECT_HAS(ErrorOf([&] { cg.Run({{xa.data(), {3, 8}}, {xb.data(), {4, 8}}}, {{out.data(), {}}}); }), "a = 3");
   }
 }
 
 TEST(GraphErrors, InconsistentGraphRejectedWhenBuilt) {
   Graph g;
-  Value a = g.Input("a", {"m", 3}, DType::kFloat32),
-        b = g.Input("b", {4, "n"}, DType::kFloat32);
+  Value a = g.Input("a", {"m", 3}, DType::kFloat32), b = g.Input("b", {4, "n"}, DType::kFloat32);
   EXPECT_HAS(ErrorOf([&] { g.MatMul(a, b); }), "matmul");
   Graph g2;
-  Value c = g2.Input("c", {5, 3}, DType::kFloat32),
-        d = g2.Input("d", {4, 3}, DType::kFloat32);
+  Value c = g2.Input("c", {5, 3}, DType::kFloat32), d = g2.Input("d", {4, 3}, DType::kFloat32);
   EXPECT_HAS(ErrorOf([&] { g2.Binary(BinaryOp::kAdd, c, d); }), "add");
   Graph g3;
   Value e = g3.Input("e", {"s", 6}, DType::kFloat32);
   Value f = g3.Input("f", {5, 6}, DType::kFloat32);
   EXPECT_HAS(ErrorOf([&] { g3.Reshape(f, {4, 7}); }), "reshape");
-  EXPECT_HAS(ErrorOf([&] { g3.Reduce(ReduceOp::kSum, e, {2}, false); }),
-             "axis 2");
+  EXPECT_HAS(ErrorOf([&] { g3.Reduce(ReduceOp::kSum, e, {2}, false); }), "axis 2");
   EXPECT_HAS(ErrorOf([&] { g3.Transpose(e, {0, 0}); }), "transpose");
-  EXPECT_HAS(
-      ErrorOf([&] { g3.Binary(BinaryOp::kAdd, e, g3.Cast(e, DType::kInt32)); }),
-      "dtype");
+  EXPECT_HAS(ErrorOf([&] { g3.Binary(BinaryOp::kAdd, e, g3.Cast(e, DType::kInt32)); }), "dtype");
 }
 
 TEST(GraphErrors, BadBindings) {
@@ -334,48 +292,39 @@ TEST(GraphErrors, BadBindings) {
   Value y = g.Input("y", {"seq", 8}, DType::kFloat32);
   Value wk = g.Input("w", {"k2", 4}, DType::kFloat32);
   Value z = g.MatMul(g.Binary(BinaryOp::kAdd, x, y),
-                     wk); // k == 8 (broadcast) and k == k2 (matmul)
+                     wk);  // k == 8 (broadcast) and k == k2 (matmul)
   g.Output(z);
   CompiledGraph cg(g);
   auto xs = Rand(3 * 8, 1), ys = Rand(3 * 8, 2);
   std::vector<float> out(3 * 4);
   // Rank mismatch.
   EXPECT_HAS(ErrorOf([&] {
-               cg.Run(
-                   {{xs.data(), {24}}, {ys.data(), {3, 8}}, {w.data(), {8, 4}}},
-                   {{out.data(), {}}});
+               cg.Run({{xs.data(), {24}}, {ys.data(), {3, 8}}, {w.data(), {8, 4}}}, {{out.data(), {}}});
              }),
              "rank 1");
   // seq bound twice with different values.
-  EXPECT_HAS(
-      ErrorOf([&] {
-        cg.Run({{xs.data(), {3, 8}}, {ys.data(), {2, 8}}, {w.data(), {8, 4}}},
-               {{out.data(), {}}});
-      }),
-      "seq");
+  EXPECT_HAS(ErrorOf([&] {
+               cg.Run({{xs.data(), {3, 8}}, {ys.data(), {2, 8}}, {w.data(), {8, 4}}}, {{out.data(), {}}});
+             }),
+             "seq");
   // Constant dim violated (k2 == k == 8 was deduced).
   std::vector<float> w2(7 * 4);
   std::string e = ErrorOf([&] {
-    cg.Run({{xs.data(), {3, 8}}, {ys.data(), {3, 8}}, {w2.data(), {7, 4}}},
-           {{out.data(), {}}});
+    cg.Run({{xs.data(), {3, 8}}, {ys.data(), {3, 8}}, {w2.data(), {7, 4}}}, {{out.data(), {}}});
   });
   EXPECT_HAS(e, "7");
   EXPECT_HAS(e, "8");
   // Output too small.
-  EXPECT_HAS(
-      ErrorOf([&] {
-        cg.Run({{xs.data(), {3, 8}}, {ys.data(), {3, 8}}, {w.data(), {8, 4}}},
-               {{out.data(), {}, 8}});
-      }),
-      "bytes");
+  EXPECT_HAS(ErrorOf([&] {
+               cg.Run({{xs.data(), {3, 8}}, {ys.data(), {3, 8}}, {w.data(), {8, 4}}}, {{out.data(), {}, 8}});
+             }),
+             "bytes");
   // Correct run works and the output is untouched by the failed runs above.
-  cg.Run({{xs.data(), {3, 8}}, {ys.data(), {3, 8}}, {w.data(), {8, 4}}},
-         {{out.data(), {}}});
+  cg.Run({{xs.data(), {3, 8}}, {ys.data(), {3, 8}}, {w.data(), {8, 4}}}, {{out.data(), {}}});
   for (int i = 0; i < 3; ++i)
     for (int j = 0; j < 4; ++j) {
       double want = 0;
-      for (int k = 0; k < 8; ++k)
-        want += double(xs[i * 8 + k] + ys[i * 8 + k]) * w[k * 4 + j];
+      for (int k = 0; k < 8; ++k) want += double(xs[i * 8 + k] + ys[i * 8 + k]) * w[k * 4 + j];
       ASSERT_NEAR(out[i * 4 + j], want, 1e-5);
     }
   // A symbol no input binds.
@@ -389,19 +338,18 @@ TEST(GraphMemory, PlanNeverOverlapsLiveBuffers) {
   std::mt19937 rng(7);
   for (int t = 0; t < 200; ++t) {
     std::vector<runtime::BufferReq> reqs(1 + rng() % 40);
-    for (auto &r : reqs) {
+    for (auto& r : reqs) {
       r.bytes = rng() % 5000;
       r.first = static_cast<int>(rng() % 30);
       r.last = r.first + static_cast<int>(rng() % 10);
     }
     runtime::MemPlan plan = runtime::PlanMemory(reqs);
     ASSERT_EQ(runtime::CheckPlan(reqs, plan), "");
-    size_t max_live = 0; // a lower bound for the peak
+    size_t max_live = 0;  // a lower bound for the peak
     for (int time = 0; time < 40; ++time) {
       size_t live = 0;
-      for (auto &r : reqs)
-        if (r.first <= time && time <= r.last)
-          live += r.bytes;
+      for (auto& r : reqs)
+        if (r.first <= time && time <= r.last) live += r.bytes;
       max_live = std::max(max_live, live);
     }
     ASSERT_GE(plan.peak, max_live);
@@ -420,26 +368,20 @@ TEST(GraphMemory, FusedPeakBelowUnfusedAndPoisonedRunsAgree) {
   cfg.vocab = 50;
   cfg.max_positions = 64;
   models::Gpt2 model(cfg);
-  CompiledGraph fused(model.graph()),
-      unfused(model.graph(), CompileOptions{false, false});
+  CompiledGraph fused(model.graph()), unfused(model.graph(), CompileOptions{false, false});
   for (int64_t seq : {1, 17, 40}) {
     std::vector<int32_t> ids(seq);
-    for (int64_t i = 0; i < seq; ++i)
-      ids[i] = static_cast<int32_t>((i * 7) % cfg.vocab);
+    for (int64_t i = 0; i < seq; ++i) ids[i] = static_cast<int32_t>((i * 7) % cfg.vocab);
     std::vector<float> a(seq * 64), b(seq * 64), c(seq * 64);
     RunStats sa, sb;
     RunOptions poison;
     poison.poison_freed = true;
-    fused.Run(std::vector<TensorArg>{{ids.data(), {seq}}},
-              std::vector<TensorArg>{{a.data(), {}}}, poison, &sa);
-    unfused.Run(std::vector<TensorArg>{{ids.data(), {seq}}},
-                std::vector<TensorArg>{{b.data(), {}}}, poison, &sb);
-    fused.Run(std::vector<TensorArg>{{ids.data(), {seq}}},
-              std::vector<TensorArg>{{c.data(), {}}});
+    fused.Run(std::vector<TensorArg>{{ids.data(), {seq}}}, std::vector<TensorArg>{{a.data(), {}}}, poison, &sa);
+    unfused.Run(std::vector<TensorArg>{{ids.data(), {seq}}}, std::vector<TensorArg>{{b.data(), {}}}, poison, &sb);
+    fused.Run(std::vector<TensorArg>{{ids.data(), {seq}}}, std::vector<TensorArg>{{c.data(), {}}});
     ExpectClose(a, b, 1e-4, 1e-4);
     ExpectClose(a, c, 0, 0);
-    for (float v : a)
-      ASSERT_TRUE(std::isfinite(v));
+    for (float v : a) ASSERT_TRUE(std::isfinite(v));
     EXPECT_LT(sa.peak_bytes, sb.peak_bytes);
     EXPECT_LT(sa.launches, sb.launches);
   }
@@ -460,12 +402,84 @@ TEST(GraphIR, DumpShowsSymbolicShapesAndFacts) {
   CompiledGraph cg(g);
   std::vector<float> xs(2 * 3 * 64), ws(64 * 32), out(6 * 32);
   cg.Run({{xs.data(), {2, 3, 64}}, {ws.data(), {64, 32}}}, {{out.data(), {}}});
-  EXPECT_HAS(ErrorOf([&] {
-               cg.Run({{xs.data(), {2, 3, 64}}, {ws.data(), {60, 32}}},
-                      {{out.data(), {}}});
-             }),
-             "64");
+  EXPECT_HAS(ErrorOf([&] { cg.Run({{xs.data(), {2, 3, 64}}, {ws.data(), {60, 32}}}, {{out.data(), {}}}); }), "64");
 }
 
-} // namespace
-} // namespace dvm
+}  // namespace
+}  // namespace dvm
+
+namespace dvm {
+namespace {
+
+// The passes one at a time, on the graph IR directly.
+struct PassFixture {
+  Graph g;
+  graph::GraphIR ir;
+  void Finish() {
+    ir = g.impl().ir;
+    ir.Finalize();
+  }
+  static int Kernels(const fusion::FusionState& s) {
+    int n = 0;
+    for (int grp : s.Groups()) n += s.IsKernelNode(s.Members(grp)[0]) ? 1 : 0;
+    return n;
+  }
+};
+
+TEST(FusionPasses, ElementwiseAloneFusesChainsNotReductions) {
+  PassFixture f;
+  Value x = f.g.Input("x", {"s", 16}, DType::kFloat32);
+  Value y = f.g.Unary(UnaryOp::kExp, f.g.Binary(BinaryOp::kMul, x, 2.0));
+  Value m = f.g.Reduce(ReduceOp::kSum, y, {-1}, true);
+  f.g.Output(f.g.Binary(BinaryOp::kDiv, y, m));
+  f.Finish();
+  fusion::FusionState s(f.ir);
+  EXPECT_EQ(PassFixture::Kernels(s), 4);
+  fusion::FuseElementwise(s);
+  s.Verify("elementwise");
+  EXPECT_EQ(PassFixture::Kernels(s), 3);  // {mul, exp}, {sum}, {div}
+  fusion::FuseReduce(s);
+  s.Verify("reduce");
+  EXPECT_EQ(PassFixture::Kernels(s), 1);
+}
+
+TEST(FusionPasses, MatMulEpilogueAndViews) {
+  PassFixture f;
+  std::vector<float> w(16 * 16, 0.f);
+  Value x = f.g.Input("x", {"s", 16}, DType::kFloat32);
+  Value xt = f.g.Transpose(f.g.Reshape(x, {-1, 4, 4}), {0, 2, 1});
+  Value mm = f.g.MatMul(f.g.Reshape(xt, {-1, 16}), f.g.Constant("w", {16, 16}, DType::kFloat32, w.data()));
+  f.g.Output(f.g.Unary(UnaryOp::kRelu, f.g.Binary(BinaryOp::kAdd, mm, 1.0)));
+  f.Finish();
+  fusion::FusionState s(f.ir);
+  fusion::FuseElementwise(s);
+  fusion::FuseMatMulEpilogue(s);
+  s.Verify("matmul_epilogue");
+  EXPECT_EQ(PassFixture::Kernels(s), 4);  // 3 views, {matmul, add, relu}
+  fusion::FuseViews(s);
+  s.Verify("views");
+  EXPECT_EQ(PassFixture::Kernels(s), 1);
+}
+
+TEST(FusionPasses, NoReductionInMatMulKernelAndNoCycles) {
+  PassFixture f;
+  std::vector<float> w(16 * 16, 0.f);
+  Value x = f.g.Input("x", {"s", 16}, DType::kFloat32);
+  Value mm = f.g.MatMul(x, f.g.Constant("w", {16, 16}, DType::kFloat32, w.data()));
+  Value sm = models::Softmax(f.g, mm);
+  // x + mm + softmax(mm): the add of x and mm may join the GEMM, the softmax not.
+  f.g.Output(f.g.Binary(BinaryOp::kAdd, f.g.Binary(BinaryOp::kAdd, x, mm), sm));
+  f.Finish();
+  fusion::Partition p = fusion::Fuse(f.ir, {});
+  for (const auto& grp : p.groups) EXPECT_FALSE(grp.has_matmul && grp.has_reduce);
+  EXPECT_EQ(p.num_kernels(), 2) << p.Dump(f.ir);
+  // A state that merges across a path through another group is rejected.
+  fusion::FusionState s(f.ir);
+  const int g_mm = s.GroupOf(mm.id);
+  int g_last = s.GroupOf(static_cast<int>(f.ir.outputs[0]));
+  EXPECT_FALSE(s.TryMerge(g_mm, g_last));  // mm -> softmax -> last: a cycle
+  s.Verify("manual");
+}
+
+}  // namespace
+}  // namespace dvm

@@ -30,20 +30,20 @@ namespace dvm::fusion {
 struct Group {
   enum Kind : uint8_t { kKernel, kLibrary, kAlias };
   Kind kind = kKernel;
-  std::vector<int32_t> nodes;   // members, in topological order
-  std::vector<int32_t> inputs;  // values read from outside (materialised)
-  std::vector<int32_t> outputs; // members read outside or graph outputs
+  std::vector<int32_t> nodes;    // members, in topological order
+  std::vector<int32_t> inputs;   // values read from outside (materialised)
+  std::vector<int32_t> outputs;  // members read outside or graph outputs
   bool has_matmul = false;
   bool has_reduce = false;
-  int level = 0; // longest path from the graph inputs, in groups
+  int level = 0;  // longest path from the graph inputs, in groups
 };
 
 struct Partition {
-  std::vector<int32_t> group_of;          // per node; -1 for inputs/constants
-  std::vector<Group> groups;              // in execution order
-  std::vector<std::vector<int>> launches; // execution order; >1 group = a stack
+  std::vector<int32_t> group_of;           // per node; -1 for inputs/constants
+  std::vector<Group> groups;               // in execution order
+  std::vector<std::vector<int>> launches;  // execution order; >1 group = a stack
   int num_kernels() const;
-  std::string Dump(const graph::GraphIR &g) const;
+  std::string Dump(const graph::GraphIR& g) const;
 };
 
 struct FuseOptions {
@@ -52,46 +52,48 @@ struct FuseOptions {
 };
 
 // Nodes the graph outputs depend on (the others are dropped).
-std::vector<bool> LiveNodes(const graph::GraphIR &g);
+std::vector<bool> LiveNodes(const graph::GraphIR& g);
 
 // Working state of the passes: a union-find of groups over the nodes.
 class FusionState {
-public:
-  explicit FusionState(const graph::GraphIR &g);
-  const graph::GraphIR &graph() const { return g_; }
-  int GroupOf(int node) const; // -1 for leaves
-  const std::vector<int32_t> &Members(int group) const {
-    return members_[group];
-  }
-  std::vector<int> Groups() const; // live group ids
+ public:
+  explicit FusionState(const graph::GraphIR& g);
+  const graph::GraphIR& graph() const { return g_; }
+  int GroupOf(int node) const;  // -1 for leaves
+  const std::vector<int32_t>& Members(int group) const { return members_[group]; }
+  std::vector<int> Groups() const;  // live group ids
   // Merges if legal; returns whether it did.
   bool TryMerge(int a, int b);
   // Would a group of these members be a valid kernel? (shape domain,
   // one matmul with only views before it, no reduction with a matmul,
   // expressible views.) Empty string when valid, else the reason.
-  std::string CheckGroup(const std::vector<int32_t> &members) const;
-  bool IsKernelNode(int node) const; // fusible into a bytecode kernel
+  std::string CheckGroup(const std::vector<int32_t>& members) const;
+  bool IsKernelNode(int node) const;  // fusible into a bytecode kernel
+  // Checks the state's invariants (every live compute node in exactly one
+  // group, every group a valid kernel, no cycles between groups); throws
+  // dvm::Error naming the pass it ran after.
+  void Verify(const char* after) const;
 
-private:
+ private:
   bool Reaches(int from, int to) const;
-  const graph::GraphIR &g_;
-  std::vector<int> root_; // node -> group id (index into members_), -1 leaf
+  const graph::GraphIR& g_;
+  std::vector<int> root_;  // node -> group id (index into members_), -1 leaf
   std::vector<std::vector<int32_t>> members_;
   std::vector<bool> kernel_node_;
 };
 
 // The passes.
-void FuseElementwise(FusionState &s);
-void FuseReduce(FusionState &s);
-void FuseMatMulEpilogue(FusionState &s);
-void FuseViews(FusionState &s);
+void FuseElementwise(FusionState& s);
+void FuseReduce(FusionState& s);
+void FuseMatMulEpilogue(FusionState& s);
+void FuseViews(FusionState& s);
 // Turns the state into an ordered partition (kinds, inputs, outputs,
 // levels) and, when `stack`, groups independent kernels of a level.
-Partition Finish(const FusionState &s, bool stack);
+Partition Finish(const FusionState& s, bool stack);
 // Checks a partition's invariants; throws dvm::Error naming the broken one.
-void Verify(const graph::GraphIR &g, const Partition &p);
+void Verify(const graph::GraphIR& g, const Partition& p);
 
 // All passes in order.
-Partition Fuse(const graph::GraphIR &g, const FuseOptions &options);
+Partition Fuse(const graph::GraphIR& g, const FuseOptions& options);
 
-} // namespace dvm::fusion
+}  // namespace dvm::fusion

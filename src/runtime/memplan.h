@@ -17,8 +17,8 @@ struct BufferReq {
 };
 
 struct MemPlan {
-  std::vector<size_t> offset; // per request, 64-byte aligned
-  size_t peak = 0;            // arena bytes needed
+  std::vector<size_t> offset;  // per request, 64-byte aligned
+  size_t peak = 0;             // arena bytes needed
 };
 
 constexpr size_t kPlanAlign = 64;
@@ -29,6 +29,6 @@ MemPlan PlanMemory(std::span<const BufferReq> reqs);
 
 // Empty when no two buffers alive at the same time overlap; else a message
 // naming the pair (used by tests and debug checks).
-std::string CheckPlan(std::span<const BufferReq> reqs, const MemPlan &plan);
+std::string CheckPlan(std::span<const BufferReq> reqs, const MemPlan& plan);
 
-} // namespace dvm::runtime
+}  // namespace dvm::runtime
