@@ -117,10 +117,12 @@ void Concat(std::span<const void* const> ins, std::span<const Shape> shapes, DTy
       if (k != ax && s[k] != s0[k])
         Fail("concat: input ", i, " has shape ", ShapeStr(s), " but input 0 has shape ",
              ShapeStr(s0), "; dims must match except along axis ", axis, " (dim ", k, " differs)");
-    // Both are <= 2^50 here, so the sum cannot overflow int64; NumElements
-    // below bounds the running total.
+    // A zero dim elsewhere lets s[ax] be any non-negative value, so guard the
+    // sum itself; NumElements below bounds the whole output.
+    if (s[ax] > std::numeric_limits<int64_t>::max() - out_shape[ax])
+      Fail("concat: output dim along axis ", axis, " overflows at input ", i, " (shape ",
+           ShapeStr(s), ")");
     out_shape[ax] += s[ax];
-    NumElements(out_shape, "concat (output)");
   }
 
   if (NumElements(out_shape, "concat (output)") == 0) return;
