@@ -157,8 +157,16 @@ int RunStream(const StreamOptions& o, const std::string& json, int threads, bool
       for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
       std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return prof[a] > prof[b]; });
       std::printf("\n%s: slowest launches (total over the stream)\n", which ? "unfused" : "fused");
-      for (size_t i = 0; i < std::min<size_t>(idx.size(), 15); ++i)
-        std::printf("  %9.2f ms  #%-4zu %s\n", prof[idx[i]] * ms, idx[i], cg.LaunchName(int(idx[i])).c_str());
+      for (int mm = 1; mm >= 0; --mm) {
+        std::printf("  %s:\n", mm ? "launches with a matmul" : "other launches");
+        int shown = 0;
+        for (size_t i = 0; i < idx.size() && shown < 12; ++i) {
+          const std::string name = cg.LaunchName(int(idx[i]));
+          if ((name.find("matmul") != std::string::npos) != bool(mm)) continue;
+          std::printf("  %9.2f ms  #%-4zu %s\n", prof[idx[i]] * ms, idx[i], name.c_str());
+          ++shown;
+        }
+      }
     }
   std::printf(
       "\nsummary: %ld requests, %zu distinct lengths, %ld programs "
