@@ -63,8 +63,14 @@ class Expr {
   explicit Expr(std::shared_ptr<const Rep> r);
   std::shared_ptr<const Rep> rep_;
   friend class SymbolTable;
+  friend struct ExprAccess;  // sym.cc's canonicalisation helpers
   friend std::string ToString(const Expr& e, const SymbolTable* t);
 };
+
+// Namespace-scope declarations of the friends above, so that calls with two
+// plain integers (FloorDiv(7, 2)) find them too.
+Expr FloorDiv(const Expr& a, const Expr& b);
+Expr Max(const Expr& a, const Expr& b);
 
 // "2*seq + 1", using the table's names (or s0, s1, ... without one).
 std::string ToString(const Expr& e, const SymbolTable* t = nullptr);
@@ -119,6 +125,11 @@ class SymbolTable {
   mutable std::vector<int> parent_;  // union-find over symbol ids
   std::vector<Expr> bound_;          // root -> value (constant or expression), empty = free
   std::vector<bool> has_bound_;
+  std::vector<int> bound_fact_;      // root -> index of the fact that bound it, -1 = none
+  // Proof forest for messages (never compressed): each merge adds the edge
+  // proof_parent_[x] = y labelled with fact proof_fact_[x].
+  std::vector<int> proof_parent_;
+  std::vector<int> proof_fact_;
   std::vector<Fact> facts_;
 };
 
