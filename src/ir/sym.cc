@@ -228,9 +228,7 @@ Expr AddScaled(const Expr& x, const Expr& y, int sign) {
   std::vector<Term> out;
   out.reserve(tx.size() + ty.size());
   size_t i = 0, j = 0;
-  auto from_y = [&](const Term& t) {
-    return Term{sign > 0 ? t.coef : CheckedSub(0, t.coef), t.atoms};
-  };
+  auto from_y = [&](const Term& t) { return Term{sign > 0 ? t.coef : CheckedSub(0, t.coef), t.atoms}; };
   while (i < tx.size() || j < ty.size()) {
     int c = i == tx.size() ? 1 : j == ty.size() ? -1 : CmpAtoms(tx[i].atoms, ty[j].atoms);
     if (c < 0) {
@@ -581,8 +579,7 @@ Expr operator*(const Expr& a, const Expr& b) {
       Term t;
       t.coef = CheckedMul(x.coef, y.coef);
       t.atoms.reserve(x.atoms.size() + y.atoms.size());
-      std::merge(x.atoms.begin(), x.atoms.end(), y.atoms.begin(), y.atoms.end(), std::back_inserter(t.atoms),
-                 AtomLess);
+      std::merge(x.atoms.begin(), x.atoms.end(), y.atoms.begin(), y.atoms.end(), std::back_inserter(t.atoms), AtomLess);
       terms.push_back(std::move(t));
     }
   return Canon(std::move(terms));
@@ -850,7 +847,8 @@ Expr SymbolTable::Equal(const Expr& a, const Expr& b, const std::string& why) {
                                       td[0].atoms.size() == 1 && td[0].atoms[0].kind == Atom::kSym) {
       // c*s + k == 0: s = -k / c.
       int64_t c = td[0].coef, k = td.size() == 2 ? td[1].coef : 0, q;
-      if (!DivExact(k, c, &q)) Fail(why, ": ", text, " has no integer solution (", ToString(d, this), " == 0)", known());
+      if (!DivExact(k, c, &q))
+        Fail(why, ": ", text, " has no integer solution (", ToString(d, this), " == 0)", known());
       if (q == kMin) Overflow(0, "-", q);
       bind_root = td[0].atoms[0].id;
       bind_value = -q;

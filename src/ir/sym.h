@@ -125,7 +125,7 @@ class SymbolTable {
   mutable std::vector<int> parent_;  // union-find over symbol ids
   std::vector<Expr> bound_;          // root -> value (constant or expression), empty = free
   std::vector<bool> has_bound_;
-  std::vector<int> bound_fact_;     // root -> index of the fact that bound it, -1 = none
+  std::vector<int> bound_fact_;      // root -> index of the fact that bound it, -1 = none
   // Proof forest for messages (never compressed): each merge adds the edge
   // proof_parent_[x] = y labelled with fact proof_fact_[x].
   std::vector<int> proof_parent_;
