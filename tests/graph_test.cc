@@ -483,3 +483,56 @@ TEST(FusionPasses, NoReductionInMatMulKernelAndNoCycles) {
 
 }  // namespace
 }  // namespace dvm
+
+namespace dvm {
+namespace {
+
+TEST(GraphLibraryOps, GatherConcatSplitIotaMaskExpand) {
+  Graph g;
+  std::vector<float> table = Rand(10 * 4, 5);
+  Value ids = g.Input("ids", {"n"}, DType::kInt32);
+  Value x = g.Input("x", {"n", 3}, DType::kFloat32);
+  Value emb = g.Gather(g.Constant("table", {10, 4}, DType::kFloat32, table.data()), ids);  // [n, 4]
+  Value cat = g.Concat({emb, x}, 1);                                                       // [n, 7]
+  std::vector<Value> parts = g.Split(cat, -1, {2, 5});                                     // [n, 2], [n, 5]
+  Value pos = g.Cast(g.Iota("n", DType::kInt32, 1, 2), DType::kFloat32);                   // 1, 3, 5, ...
+  Value wide = g.Broadcast(g.Reshape(pos, {-1, 1}), {"n", "m"});                           // [n, m]: a library expand
+  g.Output(g.Binary(BinaryOp::kAdd, parts[1], g.Reshape(pos, {-1, 1})));
+  g.Output(parts[0]);
+  g.Output(g.CausalMask("n", "m", DType::kFloat32));
+  g.Output(g.Unary(UnaryOp::kNeg, wide));
+  Value m_in = g.Input("m", {"m"}, DType::kFloat32);  // binds m
+  (void)m_in;
+  CompiledGraph cg(g);
+  for (int64_t n : {1, 4}) {
+    const int64_t m = n + 2;
+    std::vector<int32_t> id(n);
+    for (int64_t i = 0; i < n; ++i) id[i] = static_cast<int32_t>((3 * i + 1) % 10);
+    auto xs = Rand(n * 3, 9);
+    std::vector<float> mv(m), o0(n * 5), o1(n * 2), o2(n * m), o3(n * m);
+    cg.Run({{id.data(), {n}}, {xs.data(), {n, 3}}, {mv.data(), {m}}},
+           {{o0.data(), {}}, {o1.data(), {}}, {o2.data(), {}}, {o3.data(), {}}});
+    for (int64_t i = 0; i < n; ++i) {
+      float row[7];
+      for (int c = 0; c < 4; ++c) row[c] = table[id[i] * 4 + c];
+      for (int c = 0; c < 3; ++c) row[4 + c] = xs[i * 3 + c];
+      for (int c = 0; c < 2; ++c) ASSERT_EQ(o1[i * 2 + c], row[c]);
+      for (int c = 0; c < 5; ++c) ASSERT_EQ(o0[i * 5 + c], row[2 + c] + float(1 + 2 * i));
+      for (int64_t j = 0; j < m; ++j) {
+        ASSERT_EQ(o2[i * m + j], j <= i + (m - n) ? 0.f : -INFINITY);
+        ASSERT_EQ(o3[i * m + j], -float(1 + 2 * i));
+      }
+    }
+  }
+  // A gather id out of range names the op and the value.
+  std::vector<int32_t> bad = {11};
+  std::vector<float> xs(3), mv(3), o0(5), o1(2), o2(3), o3(3);
+  EXPECT_HAS(ErrorOf([&] {
+               cg.Run({{bad.data(), {1}}, {xs.data(), {1, 3}}, {mv.data(), {3}}},
+                      {{o0.data(), {}}, {o1.data(), {}}, {o2.data(), {}}, {o3.data(), {}}});
+             }),
+             "11");
+}
+
+}  // namespace
+}  // namespace dvm
