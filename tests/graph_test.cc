@@ -526,12 +526,14 @@ TEST(GraphLibraryOps, GatherConcatSplitIotaMaskExpand) {
   }
   // A gather id out of range names the op and the value.
   std::vector<int32_t> bad = {11};
-  std::vector<float> xs(3), mv(3), o0(5), o1(2), o2(3), o3(3);
+  std::vector<float> xs(3), mv(3), o0(5, 7.f), o1(2, 7.f), o2(3, 7.f), o3(3, 7.f);
   EXPECT_HAS(ErrorOf([&] {
                cg.Run({{bad.data(), {1}}, {xs.data(), {1, 3}}, {mv.data(), {3}}},
                       {{o0.data(), {}}, {o1.data(), {}}, {o2.data(), {}}, {o3.data(), {}}});
              }),
              "11");
+  for (const auto* o : {&o0, &o1, &o2, &o3})
+    for (float v : *o) EXPECT_EQ(v, 7.f);  // nothing written
 }
 
 }  // namespace

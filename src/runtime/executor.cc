@@ -292,6 +292,18 @@ void CompiledGraph::Run(std::span<const TensorArg> inputs, std::span<const Tenso
   }
   for (size_t i = 0; i < nn; ++i)
     if (ir.nodes[i].op == GOp::kConst) im.ptr[i] = const_cast<void*>(ir.nodes[i].data);
+  // Gathers whose ids come straight from an input are checked before any
+  // launch, so a bad id leaves the caller's outputs untouched.
+  for (size_t i = 0; i < nn; ++i) {
+    const GNode& n = ir.nodes[i];
+    if (n.op != GOp::kGather || part.group_of[i] < 0 || ir.nodes[n.in[1]].op != GOp::kInput) continue;
+    const auto* ids = static_cast<const int32_t*>(im.ptr[n.in[1]]);
+    const int64_t count = ir::NumElements(im.shapes[n.in[1]], "gather"), rows = im.shapes[n.in[0]][0];
+    for (int64_t j = 0; j < count; ++j)
+      if (ids[j] < 0 || ids[j] >= rows)
+        Fail("gather (node ", i, "): id ", ids[j], " at position ", j, " of input '", ir.nodes[n.in[1]].name,
+             "' is outside [0, ", rows, ")");
+  }
   std::vector<int> out_slot(nn, -1);
   for (size_t o = 0; o < outputs.size(); ++o) {
     const int id = ir.outputs[o];
