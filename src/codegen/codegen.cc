@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "bytecode/format.h"
 #include "ir/dtype.h"
@@ -1032,7 +1033,7 @@ class Gen {
         cap = s.gemm.body_tile;
         break;
       case Mode::kElem:
-        s.p[0] = std::min<int64_t>(t_->elem_tile, std::max<int64_t>(n_full, 1));
+        s.p[0] = std::min<int64_t>(ElemTile(s), std::max<int64_t>(n_full, 1));
         cap = s.p[0];
         break;
       case Mode::kRow: {
@@ -1079,6 +1080,25 @@ class Gen {
     if (p.mode == Mode::kCol && s.p[1] == 0) return;
     AllocRegs(e);
     stages_.push_back(std::move(e.st));
+  }
+
+  // ELEM tile length. A domain that stays 2-D or more after coalescing has a
+  // view that is not contiguous across rows (a broadcast row such as a bias,
+  // a slice, a transpose): tiles are then cut on row boundaries where that
+  // keeps them a multiple of 16 lanes, so a tile of one row reads such a view
+  // in place and other views see whole rows.
+  int64_t ElemTile(const bc::Stage& s) const {
+    const int64_t T = t_->elem_tile;
+    if (s.full_rank < 2) return T;
+    const int64_t K = s.full_dims[s.full_rank - 1];
+    if (K <= 0) return T;
+    if (K <= T) {
+      const int64_t l = std::lcm(K, int64_t{16});
+      return l <= T ? T / l * l : T;
+    }
+    for (int64_t pieces = (K + T - 1) / T; pieces <= 4 * ((K + T - 1) / T); ++pieces)
+      if (K % pieces == 0 && (K / pieces) % 16 == 0) return K / pieces;
+    return T;
   }
 
   // The GEMM block: operands from the matmul's (load) inputs, tiling.

@@ -124,6 +124,10 @@ inline VF RoundF16(DF df, VF v) {
 
 // ---- handler templates ----------------------------------------------------
 
+// Handlers read the lane count into a local before their loops: VInst's
+// uint8_t fields may alias the stores, so the compiler would reload
+// c.n[vi.level] on every vector otherwise.
+
 template <class F>
 HWY_INLINE void MapF(const VInst& vi, TileCtx& c, F f) {
   const DF d;
@@ -193,27 +197,31 @@ void IsFiniteF(const VInst& vi, TileCtx& c) {
   const DI di;
   const float* a = c.R<float>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d))
     hn::StoreU(BoolF(d, hn::IsFinite(hn::LoadU(d, a + i))), di, o + i);
 }
 void OnesI(const VInst& vi, TileCtx& c) {
   const DI d;
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) hn::StoreU(hn::Set(d, 1), d, o + i);
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) hn::StoreU(hn::Set(d, 1), d, o + i);
 }
 void NotF(const VInst& vi, TileCtx& c) {
   const DF d;
   const DI di;
   const float* a = c.R<float>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d))
     hn::StoreU(BoolF(d, hn::Eq(hn::LoadU(d, a + i), hn::Zero(d))), di, o + i);
 }
 void NotI(const VInst& vi, TileCtx& c) {
   const DI d;
   const int32_t* a = c.R<int32_t>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d))
     hn::StoreU(Bool(d, hn::Eq(hn::LoadU(d, a + i), hn::Zero(d))), d, o + i);
 }
 
@@ -239,7 +247,8 @@ HWY_INLINE void BinFF(const VInst& vi, TileCtx& c, F f) {
   const float *a = c.R<float>(vi.a), *b = c.R<float>(vi.b);
   float* o = c.W<float>(vi.dst);
   const VF k = hn::Set(d, BitsF32(vi.kbits));
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) {
     VF x, y;
     Operands<kForm>(vi, c, d, a, b, i, k, x, y);
     hn::StoreU(f(d, x, y), d, o + i);
@@ -252,7 +261,8 @@ HWY_INLINE void BinFB(const VInst& vi, TileCtx& c, F f) {
   const float *a = c.R<float>(vi.a), *b = c.R<float>(vi.b);
   int32_t* o = c.W<int32_t>(vi.dst);
   const VF k = hn::Set(d, BitsF32(vi.kbits));
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) {
     VF x, y;
     Operands<kForm>(vi, c, d, a, b, i, k, x, y);
     hn::StoreU(BoolF(d, f(d, x, y)), di, o + i);
@@ -264,7 +274,8 @@ HWY_INLINE void BinII(const VInst& vi, TileCtx& c, F f) {
   const int32_t *a = c.R<int32_t>(vi.a), *b = c.R<int32_t>(vi.b);
   int32_t* o = c.W<int32_t>(vi.dst);
   const VI k = hn::Set(d, static_cast<int32_t>(vi.kbits));
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) {
     VI x, y;
     Operands<kForm>(vi, c, d, a, b, i, k, x, y);
     VI r = f(d, x, y);
@@ -278,7 +289,8 @@ HWY_INLINE void BinIB(const VInst& vi, TileCtx& c, F f) {
   const int32_t *a = c.R<int32_t>(vi.a), *b = c.R<int32_t>(vi.b);
   int32_t* o = c.W<int32_t>(vi.dst);
   const VI k = hn::Set(d, static_cast<int32_t>(vi.kbits));
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) {
     VI x, y;
     Operands<kForm>(vi, c, d, a, b, i, k, x, y);
     hn::StoreU(Bool(d, f(d, x, y)), d, o + i);
@@ -334,8 +346,8 @@ HWY_INLINE void ScalarBin(const VInst& vi, TileCtx& c, F f) {
   T* o = c.W<T>(vi.dst);
   T k;
   std::memcpy(&k, &vi.kbits, 4);
-  for (int64_t i = 0; i < c.n[vi.level]; ++i)
-    o[i] = kForm == 0 ? f(a[i], b[i]) : kForm == 1 ? f(a[i], k) : f(k, a[i]);
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; ++i) o[i] = kForm == 0 ? f(a[i], b[i]) : kForm == 1 ? f(a[i], k) : f(k, a[i]);
 }
 template <int kForm>
 void PowF(const VInst& vi, TileCtx& c) {
@@ -372,7 +384,8 @@ void Select(const VInst& vi, TileCtx& c) {
   const DI d;
   const int32_t *m = c.R<int32_t>(vi.a), *x = c.R<int32_t>(vi.b), *y = c.R<int32_t>(vi.c);
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) {
     auto mask = hn::Ne(hn::LoadU(d, m + i), hn::Zero(d));
     hn::StoreU(hn::IfThenElse(mask, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, o + i);
   }
@@ -384,7 +397,8 @@ void IntToFloat(const VInst& vi, TileCtx& c) {
   const DI di;
   const int32_t* a = c.R<int32_t>(vi.a);
   float* o = c.W<float>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) {
     VF v = hn::ConvertTo(d, hn::LoadU(di, a + i));
     if (vi.type == static_cast<uint8_t>(DType::kBFloat16)) v = RoundBF16(d, v);
     if (vi.type == static_cast<uint8_t>(DType::kFloat16)) v = RoundF16(d, v);
@@ -395,7 +409,8 @@ void FloatToInt(const VInst& vi, TileCtx& c) {
   const float* a = c.R<float>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
   const bool i8 = vi.type == static_cast<uint8_t>(DType::kInt8);
-  for (int64_t i = 0; i < c.n[vi.level]; ++i) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; ++i) {
     int32_t v = SatF32ToI32(a[i]);
     o[i] = i8 ? WrapI8(v) : v;
   }
@@ -405,14 +420,16 @@ void FloatToBool(const VInst& vi, TileCtx& c) {
   const DI di;
   const float* a = c.R<float>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d))
     hn::StoreU(BoolF(d, hn::Not(hn::Eq(hn::LoadU(d, a + i), hn::Zero(d)))), di, o + i);
 }
 void IntToBool(const VInst& vi, TileCtx& c) {
   const DI d;
   const int32_t* a = c.R<int32_t>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d))
     hn::StoreU(Bool(d, hn::Ne(hn::LoadU(d, a + i), hn::Zero(d))), d, o + i);
 }
 void IntToI8(const VInst& vi, TileCtx& c) {
@@ -539,7 +556,8 @@ void WFill(const VInst& vi, TileCtx& c) {
 void WNarrow(const VInst& vi, TileCtx& c) {
   const double* w = c.Acc(vi.a);
   float* o = c.W<float>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; ++i) o[i] = static_cast<float>(w[i]);
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; ++i) o[i] = static_cast<float>(w[i]);
 }
 
 template <int kOp>

@@ -98,15 +98,18 @@ inline void ForEachRun(const ViewRt& v, int64_t f, int64_t n, F run) {
 }
 
 // Offset of the tile's elements when they are one contiguous run, else -1.
+// The view's trailing dims that are laid out contiguously (inner stride 1)
+// form one run of `span` domain elements (ViewRt::cont_dim), so a tile of
+// several rows of a row-major tensor is still one run.
 inline int64_t ContiguousRun(const ViewRt& v, int64_t f, int64_t n) {
   if (v.rank == 0) return n == 1 ? v.offset : -1;
-  if (v.strides[v.rank - 1] != 1) return -1;
-  if (v.rank == 1) return v.offset + f;
-  const int64_t inner = v.dims[v.rank - 1];
-  int64_t idx = f % inner, rem = f / inner;
-  if (inner - idx < n) return -1;
-  int64_t addr = v.offset + idx;
-  for (int i = v.rank - 2; i >= 0; --i) {
+  if (v.cont_dim < 0) return -1;
+  if (v.cont_dim == 0) return v.offset + f;  // the whole domain is one run
+  const int64_t span = v.span;
+  const int64_t idx = f % span;
+  if (span - idx < n) return -1;
+  int64_t addr = v.offset + idx, rem = f / span;
+  for (int i = v.cont_dim - 1; i >= 0; --i) {
     addr += (rem % v.dims[i]) * v.strides[i];
     rem /= v.dims[i];
   }
@@ -383,6 +386,15 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
         r.strides[i] = v.strides[i];
       }
       r.numel = prog_.tensors[v.tensor].numel;
+      // The contiguous suffix: dims cont_dim.. address consecutive elements.
+      r.cont_dim = -1;
+      if (r.rank > 0 && (r.strides[r.rank - 1] == 1 || r.dims[r.rank - 1] == 1)) {
+        int64_t span = 1;
+        int d = r.rank;
+        while (d > 0 && (r.dims[d - 1] == 1 || r.strides[d - 1] == span)) span *= r.dims[--d];
+        r.cont_dim = d;
+        r.span = std::max<int64_t>(span, 1);
+      }
       r.zero_copy = r.dtype == DType::kFloat32 || r.dtype == DType::kInt32;
       r.load = LoadConverter(r.dtype);
       r.store = StoreConverter(r.dtype);

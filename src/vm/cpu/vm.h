@@ -19,6 +19,8 @@ struct ViewRt {
   int64_t offset = 0;
   int64_t numel = 0;        // elements of the tensor
   bool zero_copy = false;   // storage is 32-bit lanes: contiguous runs load in place
+  int cont_dim = -1;        // dims cont_dim.. are one contiguous run of `span` elements (-1: none)
+  int64_t span = 1;
   int64_t dims[bc::kMaxRank] = {};
   int64_t strides[bc::kMaxRank] = {};
   ConvertFn load = nullptr, store = nullptr;
