@@ -620,6 +620,52 @@ TEST(KernelsReduce, ColumnsAllLengths) {
   }
 }
 
+// The VM runs COL stages that only load and accumulate f32 rows as one
+// strip-mined pass (ColAccumulator): it must give the bits of one WACC per
+// row in row order, for every op, NaN, infinities and signed zeros included.
+TEST(KernelsReduce, ColumnPassEqualsPerRowAccumulation) {
+  std::mt19937 rng(77);
+  std::uniform_real_distribution<float> u(-2, 2);
+  const float specials[] = {0.0f, -0.0f, std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()};
+  for (int op = 0; op < 4; ++op) {
+    for (int64_t rows : {1, 7, 8, 9, 70}) {
+      for (int64_t cols : {1, 3, 4, 5, 16, 31, 32, 33, 64, 100}) {
+        SCOPED_TRACE("op " + std::to_string(op) + " rows " + std::to_string(rows) + " cols " +
+                     std::to_string(cols));
+        const int64_t stride = cols + 5;
+        std::vector<float> x(rows * stride);
+        for (float& v : x) v = (rng() % 16 == 0) ? specials[rng() % 5] : u(rng);
+        std::vector<double> w(cols), want(cols);
+        for (int64_t c = 0; c < cols; ++c) w[c] = want[c] = (c % 7 == 0) ? 0.0 : u(rng);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) {
+            const double a = want[c], b = x[r * stride + c];
+            if (op == 0)
+              want[c] = a + b;
+            else if (op == 3)
+              want[c] = a * b;
+            else if (std::isnan(a))
+              want[c] = a;
+            else if (std::isnan(b))
+              want[c] = b;
+            else
+              want[c] = op == 1 ? (a > b ? a : b) : (a < b ? a : b);
+          }
+        vm::ColAccumulator(op)(w.data(), x.data(), stride, rows, cols);
+        for (int64_t c = 0; c < cols; ++c) {
+          if (std::isnan(want[c])) {
+            EXPECT_TRUE(std::isnan(w[c])) << "column " << c;
+          } else {
+            EXPECT_EQ(std::memcmp(&w[c], &want[c], 8), 0)
+                << "column " << c << ": " << w[c] << " vs " << want[c];
+          }
+        }
+      }
+    }
+  }
+}
+
 // Reduction of a whole vector: chunks of 4096 into a workspace, then a
 // reduction of the chunk partials.
 TEST(KernelsReduce, FullVector) {

@@ -288,6 +288,24 @@ void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
       c.start[1] = o * C + c0;
       c.start[0] = o * R * C + c0;
       auto sec = [&](int k) { RunCode(code + s.sec[k], code + s.sec[k + 1], c); };
+      if (!s.col_fast.empty() && R > 0 && cw > 0) {
+        // Every pair's rows are runs of cw lanes at a fixed stride: when the
+        // first row is one, all are (SetupColFast).
+        int64_t off[kMaxColPairs];
+        bool fast = true;
+        for (size_t i = 0; i < s.col_fast.size() && fast; ++i)
+          fast = (off[i] = ContiguousRun(s.views[s.col_fast[i].view], c.start[0], cw)) >= 0;
+        if (fast) {
+          sec(bc::kTileInit);
+          for (size_t i = 0; i < s.col_fast.size(); ++i) {
+            const ColPair& cp = s.col_fast[i];
+            const float* x = static_cast<const float*>(c.ptrs[s.views[cp.view].tensor]) + off[i];
+            cp.fn(c.Acc(cp.acc), x, cp.rstride, R, cw);
+          }
+          sec(bc::kPost);
+          break;
+        }
+      }
       sec(bc::kTileInit);
       for (int64_t rb = 0; rb < R; rb += blk) {
         sec(bc::kBlockInit);
@@ -433,7 +451,110 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
              ") has no handler");
     }
     ForwardStores(s, rt);
+    SetupColFast(s, rt);
   }
+}
+
+namespace {
+// Whether an instruction reads register r (as a tile or as half of a wide one).
+bool ReadsReg(const bc::Inst& in, int r) {
+  switch (bc::kOpInfo[in.op].kind) {
+    case bc::Kind::kLoad:
+    case bc::Kind::kFill: return false;
+    case bc::Kind::kBin: return in.a == r || ((in.flags & bc::kFormMask) == bc::kFormRR && in.b == r);
+    case bc::Kind::kSel: return in.a == r || in.b == r || in.c == r;
+    case bc::Kind::kWide:
+      if (bc::Opcode(in.op) == bc::Opcode::WACC) return in.a == r || in.dst == r || in.dst + 1 == r;
+      if (bc::Opcode(in.op) == bc::Opcode::WNARROW) return in.a == r || in.a + 1 == r;
+      return false;
+    default: return in.a == r;
+  }
+}
+// Whether an instruction overwrites register r entirely.
+bool WritesReg(const bc::Inst& in, int r) {
+  const bc::Kind kind = bc::kOpInfo[in.op].kind;
+  if (kind == bc::Kind::kStore) return false;
+  if (kind == bc::Kind::kWide && bc::Opcode(in.op) != bc::Opcode::WNARROW)
+    return in.dst == r || in.dst + 1 == r;
+  return in.dst == r;
+}
+// Whether register r is read in [from, to) before being overwritten.
+bool LiveIn(const bc::Stage& s, int from, int to, int r) {
+  for (int k = from; k < to; ++k) {
+    if (ReadsReg(s.insts[k], r)) return true;
+    if (WritesReg(s.insts[k], r)) return false;
+  }
+  return false;
+}
+
+}  // namespace
+
+// COL stages whose body is only "LOAD r, v; WACC w, r" pairs (a column sum,
+// max, min or product of f32 tensors) run each pair as one pass over all rows
+// of the tile, column strips outermost (ColAccumulator): the same additions
+// in the same order per column as a LOAD and a WACC per row, without a
+// handler call and an accumulator round trip through memory per row. Needed:
+//  * no block_init / block_merge code (blocks then do not matter);
+//  * f32 zero-copy views whose reduced rows are at a fixed stride: the full
+//    dims split into [outer | R | C] and the R dims merge for the view;
+//  * distinct accumulators, loaded registers not among them, and no post
+//    instruction reading a loaded register before writing it (the pass does
+//    not leave them set).
+void Executable::SetupColFast(const bc::Stage& s, StageRt& rt) {
+  if (s.mode != bc::Mode::kCol || s.sections[bc::kBlockInit] || s.sections[bc::kBlockMerge]) return;
+  const int64_t R = s.p[0], C = s.p[1];
+  // Split the full dims: trailing ones multiply to C, the ones before to R.
+  int i = s.full_rank;
+  int64_t prod = 1;
+  while (i > 0 && prod < C) prod *= s.full_dims[--i];
+  if (prod != C) return;
+  int j = i;
+  prod = 1;
+  while (j > 0 && prod < R) prod *= s.full_dims[--j];
+  if (prod != R || R < 1) return;
+  const int body = rt.sec[bc::kBody], body_end = rt.sec[bc::kBody + 1];
+  const int n = body_end - body;
+  if (n == 0 || n % 2 || n / 2 > kMaxColPairs) return;
+  std::vector<ColPair> pairs;
+  std::vector<int> loaded, accs;
+  for (int k = body; k < body_end; k += 2) {
+    const bc::Inst& ld = s.insts[k];
+    const bc::Inst& acc = s.insts[k + 1];
+    if (bc::Opcode(ld.op) != bc::Opcode::LOAD || bc::Opcode(acc.op) != bc::Opcode::WACC) return;
+    if (DType(ld.type) != DType::kFloat32 || DType(acc.type) != DType::kFloat32 || acc.a != ld.dst ||
+        (ld.flags & bc::kLevelRed))
+      return;
+    const ViewRt& v = rt.views[ld.c];
+    if (v.dtype != DType::kFloat32) return;
+    // Row stride: the R dims (j..i) must merge for this view.
+    int64_t rstride = 0, expect = -1;
+    for (int d = i - 1; d >= j; --d) {
+      if (s.full_dims[d] == 1) continue;
+      if (expect < 0)
+        rstride = v.strides[d];
+      else if (v.strides[d] != expect)
+        return;
+      expect = v.strides[d] * s.full_dims[d];
+    }
+    ColPair cp;
+    cp.view = ld.c;
+    cp.acc = acc.dst;
+    cp.rstride = rstride;
+    cp.fn = ColAccumulator(acc.b);
+    pairs.push_back(cp);
+    loaded.push_back(ld.dst);
+    accs.push_back(acc.dst);
+  }
+  for (size_t a = 0; a < accs.size(); ++a) {
+    for (size_t b = a + 1; b < accs.size(); ++b)
+      if (std::abs(accs[a] - accs[b]) <= 1) return;  // overlapping pairs
+    for (int l : loaded)
+      if (l == accs[a] || l == accs[a] + 1) return;
+  }
+  // Post: a loaded register must be written before it is read.
+  for (int l : loaded)
+    if (LiveIn(s, rt.sec[bc::kPost], rt.sec[bc::kPost + 1], l)) return;
+  rt.col_fast = std::move(pairs);
 }
 
 // Store forwarding: a STORE of a register whose value was computed by an

@@ -26,6 +26,17 @@ struct ViewRt {
   ConvertFn load = nullptr, store = nullptr;
 };
 
+constexpr int kMaxColPairs = 8;
+
+// A COL body pair "LOAD r, view; WACC w, r" run as one strip-mined pass over
+// all rows of a tile (see Executable::SetupColFast).
+struct ColPair {
+  uint16_t view = 0;
+  uint8_t acc = 0;      // the wide register
+  int64_t rstride = 0;  // elements between consecutive rows of the view
+  ColAccFn fn = nullptr;
+};
+
 struct StageRt {
   bc::Mode mode = bc::Mode::kElem;
   bool concurrent = false;
@@ -35,6 +46,7 @@ struct StageRt {
   int sec[bc::kNumSections + 1] = {};  // section begin offsets into code
   std::vector<ViewRt> views;
   const bc::Gemm* gemm = nullptr;  // kGemm: the product (in the Program)
+  std::vector<ColPair> col_fast;   // kCol: the body as strip-mined pairs (empty: generic)
 };
 
 class Executable {
@@ -52,6 +64,7 @@ class Executable {
 
  private:
   static void ForwardStores(const bc::Stage& s, StageRt& rt);
+  static void SetupColFast(const bc::Stage& s, StageRt& rt);
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
