@@ -734,14 +734,19 @@ void StoreF16(void* dst, const void* src, int64_t n) {
 void StoreBF16(void* dst, const void* src, int64_t n) {
   const DF d;
   const DI di;
+  const hn::RebindToUnsigned<DF> du;
   const hn::Rebind<uint16_t, DI> du16;
   auto* o = static_cast<uint16_t*>(dst);
   auto* s = static_cast<const float*>(src);
   int64_t i = 0;
+  // RoundBF16, with the high half taken by a logical shift (NaN: quieted).
+  const auto bias = hn::Set(du, 0x7fffu), one = hn::Set(du, 1u), quiet = hn::Set(du, 0x400000u);
   for (; i + static_cast<int64_t>(hn::Lanes(d)) <= n; i += hn::Lanes(d)) {
-    VI bits = hn::ShiftRight<16>(hn::BitCast(di, RoundBF16(d, hn::LoadU(d, s + i))));
-    bits = hn::And(bits, hn::Set(di, 0xffff));
-    hn::StoreU(hn::DemoteTo(du16, bits), du16, o + i);
+    const VF v = hn::LoadU(d, s + i);
+    const auto u = hn::BitCast(du, v);
+    auto r = hn::Add(u, hn::Add(bias, hn::And(hn::ShiftRight<16>(u), one)));
+    r = hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), hn::Or(u, quiet), r);
+    hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di, hn::ShiftRight<16>(r))), du16, o + i);
   }
   for (; i < n; ++i) o[i] = F32ToBF16(s[i]);
 }

@@ -451,6 +451,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
              ") has no handler");
     }
     ForwardStores(s, rt);
+    ElideRoundingCasts(s, rt);
     SetupColFast(s, rt);
   }
 }
@@ -487,7 +488,35 @@ bool LiveIn(const bc::Stage& s, int from, int to, int r) {
   return false;
 }
 
+// CAST r := R[a] to f16/bf16 that only a STORE into a tensor of that dtype
+// reads: the store rounds the same way (rounding is idempotent), so the cast
+// just lets r name a's lanes.
+void AliasHandler(const VInst& vi, TileCtx& c) { c.p[vi.dst] = c.p[vi.a]; }
 }  // namespace
+
+void Executable::ElideRoundingCasts(const bc::Stage& s, StageRt& rt) {
+  if (s.mode == bc::Mode::kCol) return;  // only `body` runs there; keep COL as is
+  const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
+  for (int i = b; i < e; ++i) {
+    const bc::Inst& st = s.insts[i];
+    if (bc::Opcode(st.op) != bc::Opcode::STORE) continue;
+    const DType dt = rt.views[st.c].dtype;
+    if (dt != DType::kFloat16 && dt != DType::kBFloat16) continue;
+    int j = i - 1;
+    while (j >= b && !WritesReg(s.insts[j], st.a)) --j;
+    if (j < b) continue;
+    const bc::Inst& cast = s.insts[j];
+    const DType src = DType((cast.flags & bc::kSrcMask) >> bc::kSrcShift);
+    if (bc::Opcode(cast.op) != bc::Opcode::CAST || DType(cast.type) != dt || !IsFloat(src) ||
+        rt.code[j].fwd_view != kNoForward || (cast.flags & bc::kLevelRed) != (st.flags & bc::kLevelRed))
+      continue;
+    if (LiveIn(s, j + 1, i, st.a) || LiveIn(s, i + 1, e, st.a)) continue;
+    bool src_kept = true;  // the lanes r names must still be there at the store
+    for (int k = j + 1; k < i; ++k) src_kept = src_kept && !WritesReg(s.insts[k], cast.a);
+    if (!src_kept) continue;
+    rt.code[j].fn = &AliasHandler;
+  }
+}
 
 // COL stages whose body is only "LOAD r, v; WACC w, r" pairs (a column sum,
 // max, min or product of f32 tensors) run each pair as one pass over all rows

@@ -65,6 +65,7 @@ class Executable {
  private:
   static void ForwardStores(const bc::Stage& s, StageRt& rt);
   static void SetupColFast(const bc::Stage& s, StageRt& rt);
+  static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
