@@ -691,6 +691,54 @@ TEST(KernelsReduce, FullVector) {
   }
 }
 
+// ---- fused instructions ---------------------------------------------------------------
+
+NDObject* GeluTanhGraph(Kernel& k, NDObject* x, double half) {
+  NDObject* x3 = k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, x, x), x);
+  NDObject* u = k.Binary(BinaryOp::kAdd, x, k.Binary(BinaryOp::kMul, x3, 0.044715));
+  NDObject* t = k.Unary(UnaryOp::kTanh, k.Binary(BinaryOp::kMul, u, 0.7978845608028654));
+  return k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, x, half), k.Binary(BinaryOp::kAdd, t, 1.0));
+}
+
+// GELU (tanh form) written as its op sequence runs as one GELU instruction
+// with the same roundings: the bits of the sequence computed step by step
+// (tanh from the VM's TANH), specials included; a near miss is not fused.
+TEST(KernelsFused, GeluTanhEqualsOpSequence) {
+  for (double half : {0.5, 0.4}) {
+    Kernel k;
+    k.Store(nullptr, GeluTanhGraph(k, k.Load(nullptr, {16}, DType::kFloat32), half));
+    k.CodeGen();
+    EXPECT_EQ(k.Das().find("GELU") != std::string::npos, half == 0.5) << k.Das();
+  }
+  const int64_t n = 5000;
+  std::vector<double> x = Values(DType::kFloat32, n, 4242, -6, 6);
+  const double specials[] = {0.0, -0.0, kInf, -kInf, kNaN, 1e-30, -1e-30, 20, -20, 1e20, -1e20};
+  for (size_t i = 0; i < std::size(specials); ++i) x[i] = specials[i];
+  Tensor y = RunOne({MakeTensor(DType::kFloat32, {n}, x)},
+                    [&](Kernel& k, auto& v) { return GeluTanhGraph(k, v[0], 0.5); });
+  std::vector<double> arg(n);
+  for (int64_t i = 0; i < n; ++i) {  // volatile: each step rounded, no FMA
+    volatile float xf = static_cast<float>(x[i]);
+    volatile float x2 = xf * xf;
+    volatile float x3 = x2 * xf;
+    volatile float t = x3 * 0.044715f;
+    volatile float u = xf + t;
+    arg[i] = u * static_cast<float>(0.7978845608028654);
+  }
+  Tensor th = RunOne({MakeTensor(DType::kFloat32, {n}, arg)},
+                     [&](Kernel& k, auto& v) { return k.Unary(UnaryOp::kTanh, v[0]); });
+  for (int64_t i = 0; i < n; ++i) {
+    volatile float w = static_cast<float>(th.at(i)) + 1.0f;
+    volatile float h = static_cast<float>(x[i]) * 0.5f;
+    const float want = h * w, got = static_cast<float>(y.at(i));
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << "x = " << x[i];
+    } else {
+      EXPECT_EQ(std::memcmp(&want, &got, 4), 0) << "x = " << x[i] << ": " << got << " vs " << want;
+    }
+  }
+}
+
 // ---- data movement: loads and stores of every dtype, every path ------------------------
 
 // Contiguous runs (vector + scalar tail), strided runs (element at a time),

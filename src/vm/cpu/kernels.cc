@@ -87,6 +87,29 @@ inline VF ErfV(DF d, VF x) {
   return hn::IfThenElse(hn::IsNaN(x_in), x_in, r);
 }
 
+// GELU, tanh form: the MUL/ADD/TANH sequence codegen fuses into one GELU,
+// with the same roundings in the same order (no contraction into FMA: each
+// step is rounded, as the separate instructions round it).
+// Makes a product opaque to the compiler, so that it cannot contract it with
+// a following addition into an FMA (GCC does under -ffp-contract=fast).
+HWY_INLINE VF Opaque(DF d, VF v) {
+#if HWY_ARCH_X86 && HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
+  asm("" : "+v"(v.raw));
+  return v;
+#else
+  HWY_ALIGN float buf[hn::MaxLanes(d)];
+  hn::Store(v, d, buf);
+  asm volatile("" : : "r"(buf) : "memory");
+  return hn::Load(d, buf);
+#endif
+}
+inline VF GeluTanhV(DF d, VF x) {
+  const VF x3 = hn::Mul(hn::Mul(x, x), x);
+  const VF u = hn::Add(x, Opaque(d, hn::Mul(x3, hn::Set(d, bc::kGeluA))));
+  const VF th = TanhV(d, hn::Mul(u, hn::Set(d, bc::kGeluC)));
+  return hn::Mul(hn::Mul(x, hn::Set(d, 0.5f)), hn::Add(th, hn::Set(d, 1.0f)));
+}
+
 // NaN-propagating max/min, as torch.maximum.
 inline VF MaxP(DF d, VF a, VF b) {
   VF m = hn::Max(a, b);
@@ -171,6 +194,7 @@ DVM_UNF(CosF, SinCosV<false>(d, x))
 DVM_UNF(FloorF, hn::Floor(x))
 DVM_UNF(CeilF, hn::Ceil(x))
 DVM_UNF(RoundF, hn::Round(x))
+DVM_UNF(GeluTanhF, GeluTanhV(d, x))
 DVM_UNF(CastToBF16, RoundBF16(d, x))
 DVM_UNF(CastToF16, RoundF16(d, x))
 #undef DVM_UNF
@@ -860,6 +884,7 @@ Handler SelectHandlerT(const bc::Inst& in) {
     case Opcode::WFILL: return &WFill;
     case Opcode::WACC: return &WAcc;
     case Opcode::WNARROW: return &WNarrow;
+    case Opcode::GELU: return &GeluTanhF;
   }
 #undef DVM_IBIN
   return nullptr;
