@@ -1105,7 +1105,11 @@ class Gen {
           cap = t_->chunk;
           break;
         }
-        const int64_t rows = K == 0 ? t_->row_tile : std::max<int64_t>(1, t_->row_tile / K);
+        int64_t rows = K == 0 ? t_->row_tile : std::max<int64_t>(1, t_->row_tile / K);
+        // A full-level view that is the same row for every row (gamma, beta,
+        // a bias) is read in place only by one-row tiles; rows that long
+        // amortise the per-tile cost.
+        if (rows > 1 && K >= 256 && HasRowInvariantView(e)) rows = 1;
         s.p[0] = K;
         s.p[1] = rows;
         cap = std::max<int64_t>(rows * std::max<int64_t>(K, 1), rows);
@@ -1137,6 +1141,24 @@ class Gen {
     if (p.mode == Mode::kCol && s.p[1] == 0) return;
     AllocRegs(e);
     stages_.push_back(std::move(e.st));
+  }
+
+  // Whether a full-level view of a ROW stage repeats one row: stride 0 on
+  // every kept dim, nonzero on some reduced one.
+  static bool HasRowInvariantView(const StageEmit& e) {
+    for (const bc::View& v : e.views) {
+      if (v.level != Level::kFull) continue;
+      bool outer_zero = true, inner_moves = false;
+      for (size_t i = 0; i < e.dom.size(); ++i) {
+        if (e.dom[i] == 1) continue;
+        if (e.rmask >> i & 1)
+          inner_moves = inner_moves || v.strides[i] != 0;
+        else
+          outer_zero = outer_zero && v.strides[i] == 0;
+      }
+      if (outer_zero && inner_moves) return true;
+    }
+    return false;
   }
 
   // ELEM tile length. A domain that stays 2-D or more after coalescing has a
