@@ -739,6 +739,51 @@ TEST(KernelsFused, GeluTanhEqualsOpSequence) {
   }
 }
 
+// x op max(x, row) for the float binary ops: BCAST and its reader run fused
+// (one pass, the row's value broadcast per vector; row tails through a
+// buffer). Row max is exact, so the result must have the host's bits, for
+// rows shorter than, equal to and longer than a vector, several rows a tile.
+TEST(KernelsFused, RowBroadcastOperand) {
+  const BinaryOp ops[] = {BinaryOp::kAdd, BinaryOp::kSub,     BinaryOp::kMul,
+                          BinaryOp::kDiv, BinaryOp::kMaximum, BinaryOp::kMinimum};
+  for (BinaryOp op : ops) {
+    for (int64_t K : {1, 3, 7, 8, 9, 17, 33, 100, 257, 1000}) {
+      SCOPED_TRACE("op " + std::to_string(int(op)) + " K=" + std::to_string(K));
+      const int64_t R = 37;
+      std::vector<double> x = Values(DType::kFloat32, R * K, 900 + K, -3, 3);
+      if (K > 2) x[K + 1] = kNaN;
+      Tensor y = RunOne({MakeTensor(DType::kFloat32, {R, K}, x)}, [&](Kernel& k, auto& v) {
+        return k.Binary(op, v[0], k.Reduce(ReduceOp::kMax, v[0], {1}, true));
+      });
+      for (int64_t r = 0; r < R; ++r) {
+        float m = -INFINITY;
+        for (int64_t j = 0; j < K; ++j) {
+          const float v = static_cast<float>(x[r * K + j]);
+          m = std::isnan(m) ? m : std::isnan(v) ? v : std::max(m, v);
+        }
+        for (int64_t j = 0; j < K; ++j) {
+          const float v = static_cast<float>(x[r * K + j]);
+          float want;
+          switch (op) {
+            case BinaryOp::kAdd: want = v + m; break;
+            case BinaryOp::kSub: want = v - m; break;
+            case BinaryOp::kMul: want = v * m; break;
+            case BinaryOp::kDiv: want = v / m; break;
+            case BinaryOp::kMaximum: want = std::isnan(v) || std::isnan(m) ? NAN : std::max(v, m); break;
+            default: want = std::isnan(v) || std::isnan(m) ? NAN : std::min(v, m); break;
+          }
+          const float got = static_cast<float>(y.at(r * K + j));
+          if (std::isnan(want)) {
+            EXPECT_TRUE(std::isnan(got)) << r << "," << j;
+          } else {
+            EXPECT_EQ(std::memcmp(&want, &got, 4), 0) << r << "," << j << ": " << got << " vs " << want;
+          }
+        }
+      }
+    }
+  }
+}
+
 // ---- data movement: loads and stores of every dtype, every path ------------------------
 
 // Contiguous runs (vector + scalar tail), strided runs (element at a time),

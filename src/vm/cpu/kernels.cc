@@ -362,6 +362,45 @@ DVM_BIN(OrI, BinIB, hn::Or(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
 #undef DVM_BIN
 #undef DVM_BINI
 
+// A float binary op whose second operand is a reduced register broadcast
+// over each row (R[b][r] for lanes [r K, (r + 1) K), K = n[0] / n[1]): what
+// BCAST then the op compute, in one pass (vm.cc FuseRowBroadcasts). A row's
+// tail goes through a buffer so that the next row's lanes are not touched
+// (dst may be a).
+template <class F>
+HWY_INLINE void BinRowFF(const VInst& vi, TileCtx& c, F f) {
+  const DF d;
+  const int64_t L = hn::Lanes(d);
+  const float* a = c.R<float>(vi.a);
+  const float* b = c.R<float>(vi.b);
+  float* o = c.W<float>(vi.dst);
+  const int64_t rows = c.n[1];
+  const int64_t K = rows ? c.n[0] / rows : 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const VF y = hn::Set(d, b[r]);
+    int64_t i = r * K;
+    const int64_t e = i + K;
+    for (; i + L <= e; i += L) hn::StoreU(f(d, hn::LoadU(d, a + i), y), d, o + i);
+    if (i < e) {
+      HWY_ALIGN float buf[hn::MaxLanes(d)] = {};
+      std::memcpy(buf, a + i, sizeof(float) * (e - i));
+      hn::Store(f(d, hn::Load(d, buf), y), d, buf);
+      std::memcpy(o + i, buf, sizeof(float) * (e - i));
+    }
+  }
+}
+#define DVM_BINROW(NAME, EXPR)                                       \
+  void NAME(const VInst& vi, TileCtx& c) {                           \
+    BinRowFF(vi, c, [](DF d, VF x, VF y) HWY_ATTR { return EXPR; }); \
+  }
+DVM_BINROW(AddRowF, hn::Add(x, y))
+DVM_BINROW(SubRowF, hn::Sub(x, y))
+DVM_BINROW(MulRowF, hn::Mul(x, y))
+DVM_BINROW(DivRowF, hn::Div(x, y))
+DVM_BINROW(MaxRowF, MaxP(d, x, y))
+DVM_BINROW(MinRowF, MinP(d, x, y))
+#undef DVM_BINROW
+
 // Scalar loops for ops without a vector instruction.
 template <int kForm, typename T, class F>
 HWY_INLINE void ScalarBin(const VInst& vi, TileCtx& c, F f) {
@@ -890,6 +929,21 @@ Handler SelectHandlerT(const bc::Inst& in) {
   return nullptr;
 }
 
+Handler RowBroadcastHandlerT(const bc::Inst& in) {
+  using bc::Opcode;
+  const DType src = DType((in.flags & bc::kSrcMask) >> bc::kSrcShift);
+  if (!IsFloat(src) || !IsFloat(DType(in.type))) return nullptr;
+  switch (Opcode(in.op)) {
+    case Opcode::ADD: return &AddRowF;
+    case Opcode::SUB: return &SubRowF;
+    case Opcode::MUL: return &MulRowF;
+    case Opcode::DIV: return &DivRowF;
+    case Opcode::MAX: return &MaxRowF;
+    case Opcode::MIN: return &MinRowF;
+    default: return nullptr;
+  }
+}
+
 ColAccFn ColAccumulatorT(int op) {
   switch (op) {
     case 0: return &ColAccT<0>;
@@ -942,6 +996,7 @@ namespace dvm::vm {
 HWY_EXPORT(SelectHandlerT);
 HWY_EXPORT(LoadConverterT);
 HWY_EXPORT(ColAccumulatorT);
+HWY_EXPORT(RowBroadcastHandlerT);
 HWY_EXPORT(StoreConverterT);
 HWY_EXPORT(ErfScalarT);
 HWY_EXPORT(TargetNameT);
@@ -949,6 +1004,7 @@ HWY_EXPORT(TargetNameT);
 Handler SelectHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(SelectHandlerT)(in); }
 ConvertFn LoadConverter(DType t) { return HWY_DYNAMIC_DISPATCH(LoadConverterT)(t); }
 ColAccFn ColAccumulator(int op) { return HWY_DYNAMIC_DISPATCH(ColAccumulatorT)(op); }
+Handler RowBroadcastHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(RowBroadcastHandlerT)(in); }
 ConvertFn StoreConverter(DType t) { return HWY_DYNAMIC_DISPATCH(StoreConverterT)(t); }
 float ErfApprox(float x) { return HWY_DYNAMIC_DISPATCH(ErfScalarT)(x); }
 const char* TargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameT)(); }

@@ -76,6 +76,11 @@ ConvertFn StoreConverter(DType t);
 using ColAccFn = void (*)(double* w, const float* x, int64_t stride, int64_t rows, int64_t cols);
 ColAccFn ColAccumulator(int op);
 
+// The handler of a float binary op (ADD, SUB, MUL, DIV, MAX, MIN) whose
+// operand b is a reduced register broadcast over each row of a ROW tile
+// (BCAST fused into its reader), or nullptr.
+Handler RowBroadcastHandler(const bc::Inst& in);
+
 // erf approximation used by the ERF handler (scalar twin, for tests).
 float ErfApprox(float x);
 

@@ -452,6 +452,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     }
     ForwardStores(s, rt);
     ElideRoundingCasts(s, rt);
+    FuseRowBroadcasts(s, rt);
     SetupColFast(s, rt);
   }
 }
@@ -488,6 +489,8 @@ bool LiveIn(const bc::Stage& s, int from, int to, int r) {
   return false;
 }
 
+void NopHandler(const VInst&, TileCtx&) {}
+
 // CAST r := R[a] to f16/bf16 that only a STORE into a tensor of that dtype
 // reads: the store rounds the same way (rounding is idempotent), so the cast
 // just lets r name a's lanes.
@@ -515,6 +518,39 @@ void Executable::ElideRoundingCasts(const bc::Stage& s, StageRt& rt) {
     for (int k = j + 1; k < i; ++k) src_kept = src_kept && !WritesReg(s.insts[k], cast.a);
     if (!src_kept) continue;
     rt.code[j].fn = &AliasHandler;
+  }
+}
+
+// ROW stages: "BCAST rb, rr" whose only reader is the next float binary op
+// "op d, a, rb" (ADD, SUB, MUL, DIV, MAX, MIN) runs as that op reading rr
+// broadcast per row (RowBroadcastHandler): one pass instead of two and no
+// full-size temporary. Needed: rr not rewritten in between, rb dead after
+// the op, d != rr (the op reads rr row by row while writing d).
+void Executable::FuseRowBroadcasts(const bc::Stage& s, StageRt& rt) {
+  if (s.mode != bc::Mode::kRow) return;
+  const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
+  for (int j = b; j < e; ++j) {
+    const bc::Inst& bc_in = s.insts[j];
+    if (bc::Opcode(bc_in.op) != bc::Opcode::BCAST || rt.code[j].fwd_view != kNoForward) continue;
+    const int rb = bc_in.dst, rr = bc_in.a;
+    int k = j + 1;
+    bool rr_kept = true;
+    while (k < e && !ReadsReg(s.insts[k], rb) && !WritesReg(s.insts[k], rb)) {
+      rr_kept = rr_kept && !WritesReg(s.insts[k], rr);
+      ++k;
+    }
+    if (k == e || !rr_kept || !ReadsReg(s.insts[k], rb)) continue;
+    const bc::Inst& op = s.insts[k];
+    if (bc::kOpInfo[op.op].kind != bc::Kind::kBin || (op.flags & bc::kFormMask) != bc::kFormRR ||
+        (op.flags & bc::kLevelRed) || op.b != rb || op.a == rb || op.dst == rr ||
+        (op.dst != rb && LiveIn(s, k + 1, e, rb)))
+      continue;
+    const Handler h = RowBroadcastHandler(op);
+    if (!h) continue;
+    VInst& v = rt.code[k];
+    (v.fwd_view != kNoForward ? v.fn2 : v.fn) = h;
+    v.b = rr;
+    rt.code[j].fn = &NopHandler;
   }
 }
 

@@ -66,6 +66,7 @@ class Executable {
   static void ForwardStores(const bc::Stage& s, StageRt& rt);
   static void SetupColFast(const bc::Stage& s, StageRt& rt);
   static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
+  static void FuseRowBroadcasts(const bc::Stage& s, StageRt& rt);
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
