@@ -620,6 +620,52 @@ TEST(KernelsReduce, ColumnsAllLengths) {
   }
 }
 
+// The VM runs COL stages that only load and accumulate f32 rows as one
+// strip-mined pass (ColAccumulator): it must give the bits of one WACC per
+// row in row order, for every op, NaN, infinities and signed zeros included.
+TEST(KernelsReduce, ColumnPassEqualsPerRowAccumulation) {
+  std::mt19937 rng(77);
+  std::uniform_real_distribution<float> u(-2, 2);
+  const float specials[] = {0.0f, -0.0f, std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()};
+  for (int op = 0; op < 4; ++op) {
+    for (int64_t rows : {1, 7, 8, 9, 70}) {
+      for (int64_t cols : {1, 3, 4, 5, 16, 31, 32, 33, 64, 100}) {
+        SCOPED_TRACE("op " + std::to_string(op) + " rows " + std::to_string(rows) + " cols " +
+                     std::to_string(cols));
+        const int64_t stride = cols + 5;
+        std::vector<float> x(rows * stride);
+        for (float& v : x) v = (rng() % 16 == 0) ? specials[rng() % 5] : u(rng);
+        std::vector<double> w(cols), want(cols);
+        for (int64_t c = 0; c < cols; ++c) w[c] = want[c] = (c % 7 == 0) ? 0.0 : u(rng);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) {
+            const double a = want[c], b = x[r * stride + c];
+            if (op == 0)
+              want[c] = a + b;
+            else if (op == 3)
+              want[c] = a * b;
+            else if (std::isnan(a))
+              want[c] = a;
+            else if (std::isnan(b))
+              want[c] = b;
+            else
+              want[c] = op == 1 ? (a > b ? a : b) : (a < b ? a : b);
+          }
+        vm::ColAccumulator(op)(w.data(), x.data(), stride, rows, cols);
+        for (int64_t c = 0; c < cols; ++c) {
+          if (std::isnan(want[c])) {
+            EXPECT_TRUE(std::isnan(w[c])) << "column " << c;
+          } else {
+            EXPECT_EQ(std::memcmp(&w[c], &want[c], 8), 0)
+                << "column " << c << ": " << w[c] << " vs " << want[c];
+          }
+        }
+      }
+    }
+  }
+}
+
 // Reduction of a whole vector: chunks of 4096 into a workspace, then a
 // reduction of the chunk partials.
 TEST(KernelsReduce, FullVector) {
@@ -639,6 +685,99 @@ TEST(KernelsReduce, FullVector) {
           EXPECT_NEAR(out.at(0), want, 2e-6 * std::fabs(want));
         } else {
           EXPECT_TRUE(Matches(out, {want}, 0));
+        }
+      }
+    }
+  }
+}
+
+// ---- fused instructions ---------------------------------------------------------------
+
+NDObject* GeluTanhGraph(Kernel& k, NDObject* x, double half) {
+  NDObject* x3 = k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, x, x), x);
+  NDObject* u = k.Binary(BinaryOp::kAdd, x, k.Binary(BinaryOp::kMul, x3, 0.044715));
+  NDObject* t = k.Unary(UnaryOp::kTanh, k.Binary(BinaryOp::kMul, u, 0.7978845608028654));
+  return k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, x, half), k.Binary(BinaryOp::kAdd, t, 1.0));
+}
+
+// GELU (tanh form) written as its op sequence runs as one GELU instruction
+// with the same roundings: the bits of the sequence computed step by step
+// (tanh from the VM's TANH), specials included; a near miss is not fused.
+TEST(KernelsFused, GeluTanhEqualsOpSequence) {
+  for (double half : {0.5, 0.4}) {
+    Kernel k;
+    k.Store(nullptr, GeluTanhGraph(k, k.Load(nullptr, {16}, DType::kFloat32), half));
+    k.CodeGen();
+    EXPECT_EQ(k.Das().find("GELU") != std::string::npos, half == 0.5) << k.Das();
+  }
+  const int64_t n = 5000;
+  std::vector<double> x = Values(DType::kFloat32, n, 4242, -6, 6);
+  const double specials[] = {0.0, -0.0, kInf, -kInf, kNaN, 1e-30, -1e-30, 20, -20, 1e20, -1e20};
+  for (size_t i = 0; i < std::size(specials); ++i) x[i] = specials[i];
+  Tensor y = RunOne({MakeTensor(DType::kFloat32, {n}, x)},
+                    [&](Kernel& k, auto& v) { return GeluTanhGraph(k, v[0], 0.5); });
+  std::vector<double> arg(n);
+  for (int64_t i = 0; i < n; ++i) {  // volatile: each step rounded, no FMA
+    volatile float xf = static_cast<float>(x[i]);
+    volatile float x2 = xf * xf;
+    volatile float x3 = x2 * xf;
+    volatile float t = x3 * 0.044715f;
+    volatile float u = xf + t;
+    arg[i] = u * static_cast<float>(0.7978845608028654);
+  }
+  Tensor th = RunOne({MakeTensor(DType::kFloat32, {n}, arg)},
+                     [&](Kernel& k, auto& v) { return k.Unary(UnaryOp::kTanh, v[0]); });
+  for (int64_t i = 0; i < n; ++i) {
+    volatile float w = static_cast<float>(th.at(i)) + 1.0f;
+    volatile float h = static_cast<float>(x[i]) * 0.5f;
+    const float want = h * w, got = static_cast<float>(y.at(i));
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << "x = " << x[i];
+    } else {
+      EXPECT_EQ(std::memcmp(&want, &got, 4), 0) << "x = " << x[i] << ": " << got << " vs " << want;
+    }
+  }
+}
+
+// x op max(x, row) for the float binary ops: BCAST and its reader run fused
+// (one pass, the row's value broadcast per vector; row tails through a
+// buffer). Row max is exact, so the result must have the host's bits, for
+// rows shorter than, equal to and longer than a vector, several rows a tile.
+TEST(KernelsFused, RowBroadcastOperand) {
+  const BinaryOp ops[] = {BinaryOp::kAdd, BinaryOp::kSub,     BinaryOp::kMul,
+                          BinaryOp::kDiv, BinaryOp::kMaximum, BinaryOp::kMinimum};
+  for (BinaryOp op : ops) {
+    for (int64_t K : {1, 3, 7, 8, 9, 17, 33, 100, 257, 1000}) {
+      SCOPED_TRACE("op " + std::to_string(int(op)) + " K=" + std::to_string(K));
+      const int64_t R = 37;
+      std::vector<double> x = Values(DType::kFloat32, R * K, 900 + K, -3, 3);
+      if (K > 2) x[K + 1] = kNaN;
+      Tensor y = RunOne({MakeTensor(DType::kFloat32, {R, K}, x)}, [&](Kernel& k, auto& v) {
+        return k.Binary(op, v[0], k.Reduce(ReduceOp::kMax, v[0], {1}, true));
+      });
+      for (int64_t r = 0; r < R; ++r) {
+        float m = -INFINITY;
+        for (int64_t j = 0; j < K; ++j) {
+          const float v = static_cast<float>(x[r * K + j]);
+          m = std::isnan(m) ? m : std::isnan(v) ? v : std::max(m, v);
+        }
+        for (int64_t j = 0; j < K; ++j) {
+          const float v = static_cast<float>(x[r * K + j]);
+          float want;
+          switch (op) {
+            case BinaryOp::kAdd: want = v + m; break;
+            case BinaryOp::kSub: want = v - m; break;
+            case BinaryOp::kMul: want = v * m; break;
+            case BinaryOp::kDiv: want = v / m; break;
+            case BinaryOp::kMaximum: want = std::isnan(v) || std::isnan(m) ? NAN : std::max(v, m); break;
+            default: want = std::isnan(v) || std::isnan(m) ? NAN : std::min(v, m); break;
+          }
+          const float got = static_cast<float>(y.at(r * K + j));
+          if (std::isnan(want)) {
+            EXPECT_TRUE(std::isnan(got)) << r << "," << j;
+          } else {
+            EXPECT_EQ(std::memcmp(&want, &got, 4), 0) << r << "," << j << ": " << got << " vs " << want;
+          }
         }
       }
     }

@@ -90,8 +90,14 @@ enum class Kind : uint8_t { kLoad, kStore, kFill, kUn, kBin, kSel, kCast, kRed, 
   X(BCAST,      kBcast,      A,     "R[dst][i*K+j] := R[a][i]")                \
   X(WFILL,      kWide,       F,     "W[dst] := identity of reduce op b, in f64") \
   X(WACC,       kWide,       F,     "W[dst] := W[dst] op_b R[a], in f64")       \
-  X(WNARROW,    kWide,       F,     "R[dst] := W[a] rounded to f32")
+  X(WNARROW,    kWide,       F,     "R[dst] := W[a] rounded to f32")            \
+  X(GELU,       kUn,         F,     "R[dst] := (x * 0.5) * (tanh((x + x * x * x * A) * C) + 1), x = R[a]: GELU, tanh form, each step rounded to f32 as written (A = 0.044715f, C = 0.7978846f)")
 // clang-format on
+
+// The constants of GELU (tanh form) as f32: codegen fuses the op sequence
+// only when its scalars round to these.
+constexpr float kGeluA = 0.044715f;
+constexpr float kGeluC = static_cast<float>(0.7978845608028654);  // sqrt(2 / pi)
 
 enum class Opcode : uint8_t {
 #define DVM_X(name, kind, types, doc) name,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "bytecode/format.h"
 #include "ir/dtype.h"
@@ -838,6 +839,56 @@ class Gen {
   }
 
   // Emits node n at the requested level; returns its virtual register.
+  // GELU, tanh form, written as (x * 0.5) * (tanh((x + x * x * x * A) * C) + 1)
+  // (operands of each + and * in either order, x * x * x as (x * x) * x):
+  // returns x when node n computes exactly that sequence in one float dtype,
+  // else -1. The GELU instruction rounds the same steps in the same order.
+  int MatchGeluTanh(int n) const {
+    const LNode& y = ln_[n];
+    const DType dt = y.dtype;
+    if (!IsFloat(dt)) return -1;
+    auto bin = [&](int v, Opcode op) -> const LNode* {
+      const LNode& b = ln_[v];
+      return b.op == L::kBin && Opcode(b.sub) == op && b.dtype == dt ? &b : nullptr;
+    };
+    // v op K with K == k (either order): the other operand, or -1.
+    auto with_const = [&](int v, Opcode op, float k) {
+      const LNode* b = bin(v, op);
+      if (!b || b->form == bc::kFormRR || static_cast<float>(b->scalar) != k) return -1;
+      return Resolve(b->in[0]);
+    };
+    // a op b on two tensors: both operands (in order), or false.
+    auto rr = [&](int v, Opcode op, int& a, int& b) {
+      const LNode* p = bin(v, op);
+      if (!p || p->form != bc::kFormRR) return false;
+      a = Resolve(p->in[0]);
+      b = Resolve(p->in[1]);
+      return true;
+    };
+    int h, w;
+    if (!rr(n, Opcode::MUL, h, w)) return -1;
+    for (int swap = 0; swap < 2; ++swap, std::swap(h, w)) {
+      const int x = with_const(h, Opcode::MUL, 0.5f);
+      const int th = with_const(w, Opcode::ADD, 1.0f);
+      if (x < 0 || th < 0) continue;
+      const LNode& t = ln_[th];
+      if (t.op != L::kUn || Opcode(t.sub) != Opcode::TANH || t.dtype != dt) continue;
+      const int u = with_const(Resolve(t.in[0]), Opcode::MUL, bc::kGeluC);
+      int p, q;
+      if (u < 0 || !rr(u, Opcode::ADD, p, q)) continue;
+      if (q == x) std::swap(p, q);
+      if (p != x) continue;
+      const int x3 = with_const(q, Opcode::MUL, bc::kGeluA);
+      int x2, x1, xa, xb;
+      if (x3 < 0 || !rr(x3, Opcode::MUL, x2, x1)) continue;
+      if (x1 != x) std::swap(x2, x1);
+      if (x1 != x || !rr(x2, Opcode::MUL, xa, xb) || xa != x || xb != x) continue;
+      if (ln_[x].dtype != dt) continue;
+      return x;
+    }
+    return -1;
+  }
+
   int EmitNode(StageEmit& e, int n, bool red) {
     n = Resolve(n);
     int& memo = e.memo[red][n];
@@ -890,6 +941,13 @@ class Gen {
         Push(e, bc::kBody, Opcode::BCAST, x.dtype, x.dtype, false, b, r, -1, -1, 0, 0, true);
         memo = b;
         return b;
+      }
+      if (const int gx = MatchGeluTanh(n); gx >= 0) {
+        const int a = EmitNode(e, gx, red);
+        result = NewV(e);
+        Push(e, sec, Opcode::GELU, x.dtype, x.dtype, red, result, a);
+        e.memo[red][n] = result;
+        return result;
       }
       int ops[3] = {-1, -1, -1};
       for (int k = 0; k < x.num_in(); ++k) ops[k] = EmitNode(e, x.in[k], red);
@@ -1032,7 +1090,7 @@ class Gen {
         cap = s.gemm.body_tile;
         break;
       case Mode::kElem:
-        s.p[0] = std::min<int64_t>(t_->elem_tile, std::max<int64_t>(n_full, 1));
+        s.p[0] = std::min<int64_t>(ElemTile(s), std::max<int64_t>(n_full, 1));
         cap = s.p[0];
         break;
       case Mode::kRow: {
@@ -1047,7 +1105,11 @@ class Gen {
           cap = t_->chunk;
           break;
         }
-        const int64_t rows = K == 0 ? t_->row_tile : std::max<int64_t>(1, t_->row_tile / K);
+        int64_t rows = K == 0 ? t_->row_tile : std::max<int64_t>(1, t_->row_tile / K);
+        // A full-level view that is the same row for every row (gamma, beta,
+        // a bias) is read in place only by one-row tiles; rows that long
+        // amortise the per-tile cost.
+        if (rows > 1 && K >= 256 && HasRowInvariantView(e)) rows = 1;
         s.p[0] = K;
         s.p[1] = rows;
         cap = std::max<int64_t>(rows * std::max<int64_t>(K, 1), rows);
@@ -1079,6 +1141,43 @@ class Gen {
     if (p.mode == Mode::kCol && s.p[1] == 0) return;
     AllocRegs(e);
     stages_.push_back(std::move(e.st));
+  }
+
+  // Whether a full-level view of a ROW stage repeats one row: stride 0 on
+  // every kept dim, nonzero on some reduced one.
+  static bool HasRowInvariantView(const StageEmit& e) {
+    for (const bc::View& v : e.views) {
+      if (v.level != Level::kFull) continue;
+      bool outer_zero = true, inner_moves = false;
+      for (size_t i = 0; i < e.dom.size(); ++i) {
+        if (e.dom[i] == 1) continue;
+        if (e.rmask >> i & 1)
+          inner_moves = inner_moves || v.strides[i] != 0;
+        else
+          outer_zero = outer_zero && v.strides[i] == 0;
+      }
+      if (outer_zero && inner_moves) return true;
+    }
+    return false;
+  }
+
+  // ELEM tile length. A domain that stays 2-D or more after coalescing has a
+  // view that is not contiguous across rows (a broadcast row such as a bias,
+  // a slice, a transpose): tiles are then cut on row boundaries where that
+  // keeps them a multiple of 16 lanes, so a tile of one row reads such a view
+  // in place and other views see whole rows.
+  int64_t ElemTile(const bc::Stage& s) const {
+    const int64_t T = t_->elem_tile;
+    if (s.full_rank < 2) return T;
+    const int64_t K = s.full_dims[s.full_rank - 1];
+    if (K <= 0) return T;
+    if (K <= T) {
+      const int64_t l = std::lcm(K, int64_t{16});
+      return l <= T ? T / l * l : T;
+    }
+    for (int64_t pieces = (K + T - 1) / T; pieces <= 4 * ((K + T - 1) / T); ++pieces)
+      if (K % pieces == 0 && (K / pieces) % 16 == 0) return K / pieces;
+    return T;
   }
 
   // The GEMM block: operands from the matmul's (load) inputs, tiling.

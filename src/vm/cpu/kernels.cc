@@ -87,6 +87,29 @@ inline VF ErfV(DF d, VF x) {
   return hn::IfThenElse(hn::IsNaN(x_in), x_in, r);
 }
 
+// GELU, tanh form: the MUL/ADD/TANH sequence codegen fuses into one GELU,
+// with the same roundings in the same order (no contraction into FMA: each
+// step is rounded, as the separate instructions round it).
+// Makes a product opaque to the compiler, so that it cannot contract it with
+// a following addition into an FMA (GCC does under -ffp-contract=fast).
+HWY_INLINE VF Opaque(DF d, VF v) {
+#if HWY_ARCH_X86 && HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
+  asm("" : "+v"(v.raw));
+  return v;
+#else
+  HWY_ALIGN float buf[hn::MaxLanes(d)];
+  hn::Store(v, d, buf);
+  asm volatile("" : : "r"(buf) : "memory");
+  return hn::Load(d, buf);
+#endif
+}
+inline VF GeluTanhV(DF d, VF x) {
+  const VF x3 = hn::Mul(hn::Mul(x, x), x);
+  const VF u = hn::Add(x, Opaque(d, hn::Mul(x3, hn::Set(d, bc::kGeluA))));
+  const VF th = TanhV(d, hn::Mul(u, hn::Set(d, bc::kGeluC)));
+  return hn::Mul(hn::Mul(x, hn::Set(d, 0.5f)), hn::Add(th, hn::Set(d, 1.0f)));
+}
+
 // NaN-propagating max/min, as torch.maximum.
 inline VF MaxP(DF d, VF a, VF b) {
   VF m = hn::Max(a, b);
@@ -123,6 +146,10 @@ inline VF RoundF16(DF df, VF v) {
 }
 
 // ---- handler templates ----------------------------------------------------
+
+// Handlers read the lane count into a local before their loops: VInst's
+// uint8_t fields may alias the stores, so the compiler would reload
+// c.n[vi.level] on every vector otherwise.
 
 template <class F>
 HWY_INLINE void MapF(const VInst& vi, TileCtx& c, F f) {
@@ -167,6 +194,7 @@ DVM_UNF(CosF, SinCosV<false>(d, x))
 DVM_UNF(FloorF, hn::Floor(x))
 DVM_UNF(CeilF, hn::Ceil(x))
 DVM_UNF(RoundF, hn::Round(x))
+DVM_UNF(GeluTanhF, GeluTanhV(d, x))
 DVM_UNF(CastToBF16, RoundBF16(d, x))
 DVM_UNF(CastToF16, RoundF16(d, x))
 #undef DVM_UNF
@@ -193,27 +221,31 @@ void IsFiniteF(const VInst& vi, TileCtx& c) {
   const DI di;
   const float* a = c.R<float>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d))
     hn::StoreU(BoolF(d, hn::IsFinite(hn::LoadU(d, a + i))), di, o + i);
 }
 void OnesI(const VInst& vi, TileCtx& c) {
   const DI d;
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) hn::StoreU(hn::Set(d, 1), d, o + i);
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) hn::StoreU(hn::Set(d, 1), d, o + i);
 }
 void NotF(const VInst& vi, TileCtx& c) {
   const DF d;
   const DI di;
   const float* a = c.R<float>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d))
     hn::StoreU(BoolF(d, hn::Eq(hn::LoadU(d, a + i), hn::Zero(d))), di, o + i);
 }
 void NotI(const VInst& vi, TileCtx& c) {
   const DI d;
   const int32_t* a = c.R<int32_t>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d))
     hn::StoreU(Bool(d, hn::Eq(hn::LoadU(d, a + i), hn::Zero(d))), d, o + i);
 }
 
@@ -239,7 +271,8 @@ HWY_INLINE void BinFF(const VInst& vi, TileCtx& c, F f) {
   const float *a = c.R<float>(vi.a), *b = c.R<float>(vi.b);
   float* o = c.W<float>(vi.dst);
   const VF k = hn::Set(d, BitsF32(vi.kbits));
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) {
     VF x, y;
     Operands<kForm>(vi, c, d, a, b, i, k, x, y);
     hn::StoreU(f(d, x, y), d, o + i);
@@ -252,7 +285,8 @@ HWY_INLINE void BinFB(const VInst& vi, TileCtx& c, F f) {
   const float *a = c.R<float>(vi.a), *b = c.R<float>(vi.b);
   int32_t* o = c.W<int32_t>(vi.dst);
   const VF k = hn::Set(d, BitsF32(vi.kbits));
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) {
     VF x, y;
     Operands<kForm>(vi, c, d, a, b, i, k, x, y);
     hn::StoreU(BoolF(d, f(d, x, y)), di, o + i);
@@ -264,7 +298,8 @@ HWY_INLINE void BinII(const VInst& vi, TileCtx& c, F f) {
   const int32_t *a = c.R<int32_t>(vi.a), *b = c.R<int32_t>(vi.b);
   int32_t* o = c.W<int32_t>(vi.dst);
   const VI k = hn::Set(d, static_cast<int32_t>(vi.kbits));
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) {
     VI x, y;
     Operands<kForm>(vi, c, d, a, b, i, k, x, y);
     VI r = f(d, x, y);
@@ -278,7 +313,8 @@ HWY_INLINE void BinIB(const VInst& vi, TileCtx& c, F f) {
   const int32_t *a = c.R<int32_t>(vi.a), *b = c.R<int32_t>(vi.b);
   int32_t* o = c.W<int32_t>(vi.dst);
   const VI k = hn::Set(d, static_cast<int32_t>(vi.kbits));
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) {
     VI x, y;
     Operands<kForm>(vi, c, d, a, b, i, k, x, y);
     hn::StoreU(Bool(d, f(d, x, y)), d, o + i);
@@ -326,6 +362,45 @@ DVM_BIN(OrI, BinIB, hn::Or(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
 #undef DVM_BIN
 #undef DVM_BINI
 
+// A float binary op whose second operand is a reduced register broadcast
+// over each row (R[b][r] for lanes [r K, (r + 1) K), K = n[0] / n[1]): what
+// BCAST then the op compute, in one pass (vm.cc FuseRowBroadcasts). A row's
+// tail goes through a buffer so that the next row's lanes are not touched
+// (dst may be a).
+template <class F>
+HWY_INLINE void BinRowFF(const VInst& vi, TileCtx& c, F f) {
+  const DF d;
+  const int64_t L = hn::Lanes(d);
+  const float* a = c.R<float>(vi.a);
+  const float* b = c.R<float>(vi.b);
+  float* o = c.W<float>(vi.dst);
+  const int64_t rows = c.n[1];
+  const int64_t K = rows ? c.n[0] / rows : 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const VF y = hn::Set(d, b[r]);
+    int64_t i = r * K;
+    const int64_t e = i + K;
+    for (; i + L <= e; i += L) hn::StoreU(f(d, hn::LoadU(d, a + i), y), d, o + i);
+    if (i < e) {
+      HWY_ALIGN float buf[hn::MaxLanes(d)] = {};
+      std::memcpy(buf, a + i, sizeof(float) * (e - i));
+      hn::Store(f(d, hn::Load(d, buf), y), d, buf);
+      std::memcpy(o + i, buf, sizeof(float) * (e - i));
+    }
+  }
+}
+#define DVM_BINROW(NAME, EXPR)                                       \
+  void NAME(const VInst& vi, TileCtx& c) {                           \
+    BinRowFF(vi, c, [](DF d, VF x, VF y) HWY_ATTR { return EXPR; }); \
+  }
+DVM_BINROW(AddRowF, hn::Add(x, y))
+DVM_BINROW(SubRowF, hn::Sub(x, y))
+DVM_BINROW(MulRowF, hn::Mul(x, y))
+DVM_BINROW(DivRowF, hn::Div(x, y))
+DVM_BINROW(MaxRowF, MaxP(d, x, y))
+DVM_BINROW(MinRowF, MinP(d, x, y))
+#undef DVM_BINROW
+
 // Scalar loops for ops without a vector instruction.
 template <int kForm, typename T, class F>
 HWY_INLINE void ScalarBin(const VInst& vi, TileCtx& c, F f) {
@@ -334,8 +409,8 @@ HWY_INLINE void ScalarBin(const VInst& vi, TileCtx& c, F f) {
   T* o = c.W<T>(vi.dst);
   T k;
   std::memcpy(&k, &vi.kbits, 4);
-  for (int64_t i = 0; i < c.n[vi.level]; ++i)
-    o[i] = kForm == 0 ? f(a[i], b[i]) : kForm == 1 ? f(a[i], k) : f(k, a[i]);
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; ++i) o[i] = kForm == 0 ? f(a[i], b[i]) : kForm == 1 ? f(a[i], k) : f(k, a[i]);
 }
 template <int kForm>
 void PowF(const VInst& vi, TileCtx& c) {
@@ -372,7 +447,8 @@ void Select(const VInst& vi, TileCtx& c) {
   const DI d;
   const int32_t *m = c.R<int32_t>(vi.a), *x = c.R<int32_t>(vi.b), *y = c.R<int32_t>(vi.c);
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) {
     auto mask = hn::Ne(hn::LoadU(d, m + i), hn::Zero(d));
     hn::StoreU(hn::IfThenElse(mask, hn::LoadU(d, x + i), hn::LoadU(d, y + i)), d, o + i);
   }
@@ -384,7 +460,8 @@ void IntToFloat(const VInst& vi, TileCtx& c) {
   const DI di;
   const int32_t* a = c.R<int32_t>(vi.a);
   float* o = c.W<float>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d)) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) {
     VF v = hn::ConvertTo(d, hn::LoadU(di, a + i));
     if (vi.type == static_cast<uint8_t>(DType::kBFloat16)) v = RoundBF16(d, v);
     if (vi.type == static_cast<uint8_t>(DType::kFloat16)) v = RoundF16(d, v);
@@ -395,7 +472,8 @@ void FloatToInt(const VInst& vi, TileCtx& c) {
   const float* a = c.R<float>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
   const bool i8 = vi.type == static_cast<uint8_t>(DType::kInt8);
-  for (int64_t i = 0; i < c.n[vi.level]; ++i) {
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; ++i) {
     int32_t v = SatF32ToI32(a[i]);
     o[i] = i8 ? WrapI8(v) : v;
   }
@@ -405,14 +483,16 @@ void FloatToBool(const VInst& vi, TileCtx& c) {
   const DI di;
   const float* a = c.R<float>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d))
     hn::StoreU(BoolF(d, hn::Not(hn::Eq(hn::LoadU(d, a + i), hn::Zero(d)))), di, o + i);
 }
 void IntToBool(const VInst& vi, TileCtx& c) {
   const DI d;
   const int32_t* a = c.R<int32_t>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; i += hn::Lanes(d))
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d))
     hn::StoreU(Bool(d, hn::Ne(hn::LoadU(d, a + i), hn::Zero(d))), d, o + i);
 }
 void IntToI8(const VInst& vi, TileCtx& c) {
@@ -539,7 +619,61 @@ void WFill(const VInst& vi, TileCtx& c) {
 void WNarrow(const VInst& vi, TileCtx& c) {
   const double* w = c.Acc(vi.a);
   float* o = c.W<float>(vi.dst);
-  for (int64_t i = 0; i < c.n[vi.level]; ++i) o[i] = static_cast<float>(w[i]);
+  const int64_t nl = c.n[vi.level];
+  for (int64_t i = 0; i < nl; ++i) o[i] = static_cast<float>(w[i]);
+}
+
+// The same accumulation as WACC over `rows` rows of a tensor (row r at
+// x + r * stride), column strips outermost: each column still takes its rows
+// in order, so results equal a WACC per row, bit for bit, while a strip's
+// accumulators stay in vector registers.
+template <int kOp>
+void ColAccRowsT(double* w, const float* x, int64_t stride, int64_t rows, int64_t cols) {
+  const DD dd;
+  const hn::Rebind<float, DD> dh;
+  const int64_t LD = hn::Lanes(dd);
+  int64_t c = 0;
+  for (; c + 8 * LD <= cols; c += 8 * LD) {
+    VD a0 = hn::LoadU(dd, w + c), a1 = hn::LoadU(dd, w + c + LD), a2 = hn::LoadU(dd, w + c + 2 * LD),
+       a3 = hn::LoadU(dd, w + c + 3 * LD), a4 = hn::LoadU(dd, w + c + 4 * LD),
+       a5 = hn::LoadU(dd, w + c + 5 * LD), a6 = hn::LoadU(dd, w + c + 6 * LD),
+       a7 = hn::LoadU(dd, w + c + 7 * LD);
+    const float* p = x + c;
+    for (int64_t r = 0; r < rows; ++r, p += stride) {
+      a0 = AccD<kOp>(dd, a0, hn::PromoteTo(dd, hn::LoadU(dh, p)));
+      a1 = AccD<kOp>(dd, a1, hn::PromoteTo(dd, hn::LoadU(dh, p + LD)));
+      a2 = AccD<kOp>(dd, a2, hn::PromoteTo(dd, hn::LoadU(dh, p + 2 * LD)));
+      a3 = AccD<kOp>(dd, a3, hn::PromoteTo(dd, hn::LoadU(dh, p + 3 * LD)));
+      a4 = AccD<kOp>(dd, a4, hn::PromoteTo(dd, hn::LoadU(dh, p + 4 * LD)));
+      a5 = AccD<kOp>(dd, a5, hn::PromoteTo(dd, hn::LoadU(dh, p + 5 * LD)));
+      a6 = AccD<kOp>(dd, a6, hn::PromoteTo(dd, hn::LoadU(dh, p + 6 * LD)));
+      a7 = AccD<kOp>(dd, a7, hn::PromoteTo(dd, hn::LoadU(dh, p + 7 * LD)));
+    }
+    hn::StoreU(a0, dd, w + c), hn::StoreU(a1, dd, w + c + LD), hn::StoreU(a2, dd, w + c + 2 * LD);
+    hn::StoreU(a3, dd, w + c + 3 * LD), hn::StoreU(a4, dd, w + c + 4 * LD);
+    hn::StoreU(a5, dd, w + c + 5 * LD), hn::StoreU(a6, dd, w + c + 6 * LD);
+    hn::StoreU(a7, dd, w + c + 7 * LD);
+  }
+  for (; c + LD <= cols; c += LD) {
+    VD a = hn::LoadU(dd, w + c);
+    const float* p = x + c;
+    for (int64_t r = 0; r < rows; ++r, p += stride) a = AccD<kOp>(dd, a, hn::PromoteTo(dd, hn::LoadU(dh, p)));
+    hn::StoreU(a, dd, w + c);
+  }
+  for (; c < cols; ++c) {
+    double a = w[c];
+    for (int64_t r = 0; r < rows; ++r) a = AccSD<kOp>(a, x[r * stride + c]);
+    w[c] = a;
+  }
+}
+
+// Rows in blocks (their lanes stay in L1 across strips, and DRAM sees rows
+// streamed in order); a block's strips keep the accumulators in registers.
+template <int kOp>
+void ColAccT(double* w, const float* x, int64_t stride, int64_t rows, int64_t cols) {
+  constexpr int64_t kRowBlock = 8;  // measured: 4..64 on [128|4096, 4096] sums
+  for (int64_t r = 0; r < rows; r += kRowBlock)
+    ColAccRowsT<kOp>(w, x + r * stride, stride, std::min(kRowBlock, rows - r), cols);
 }
 
 template <int kOp>
@@ -663,14 +797,19 @@ void StoreF16(void* dst, const void* src, int64_t n) {
 void StoreBF16(void* dst, const void* src, int64_t n) {
   const DF d;
   const DI di;
+  const hn::RebindToUnsigned<DF> du;
   const hn::Rebind<uint16_t, DI> du16;
   auto* o = static_cast<uint16_t*>(dst);
   auto* s = static_cast<const float*>(src);
   int64_t i = 0;
+  // RoundBF16, with the high half taken by a logical shift (NaN: quieted).
+  const auto bias = hn::Set(du, 0x7fffu), one = hn::Set(du, 1u), quiet = hn::Set(du, 0x400000u);
   for (; i + static_cast<int64_t>(hn::Lanes(d)) <= n; i += hn::Lanes(d)) {
-    VI bits = hn::ShiftRight<16>(hn::BitCast(di, RoundBF16(d, hn::LoadU(d, s + i))));
-    bits = hn::And(bits, hn::Set(di, 0xffff));
-    hn::StoreU(hn::DemoteTo(du16, bits), du16, o + i);
+    const VF v = hn::LoadU(d, s + i);
+    const auto u = hn::BitCast(du, v);
+    auto r = hn::Add(u, hn::Add(bias, hn::And(hn::ShiftRight<16>(u), one)));
+    r = hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), hn::Or(u, quiet), r);
+    hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di, hn::ShiftRight<16>(r))), du16, o + i);
   }
   for (; i < n; ++i) o[i] = F32ToBF16(s[i]);
 }
@@ -784,9 +923,34 @@ Handler SelectHandlerT(const bc::Inst& in) {
     case Opcode::WFILL: return &WFill;
     case Opcode::WACC: return &WAcc;
     case Opcode::WNARROW: return &WNarrow;
+    case Opcode::GELU: return &GeluTanhF;
   }
 #undef DVM_IBIN
   return nullptr;
+}
+
+Handler RowBroadcastHandlerT(const bc::Inst& in) {
+  using bc::Opcode;
+  const DType src = DType((in.flags & bc::kSrcMask) >> bc::kSrcShift);
+  if (!IsFloat(src) || !IsFloat(DType(in.type))) return nullptr;
+  switch (Opcode(in.op)) {
+    case Opcode::ADD: return &AddRowF;
+    case Opcode::SUB: return &SubRowF;
+    case Opcode::MUL: return &MulRowF;
+    case Opcode::DIV: return &DivRowF;
+    case Opcode::MAX: return &MaxRowF;
+    case Opcode::MIN: return &MinRowF;
+    default: return nullptr;
+  }
+}
+
+ColAccFn ColAccumulatorT(int op) {
+  switch (op) {
+    case 0: return &ColAccT<0>;
+    case 1: return &ColAccT<1>;
+    case 2: return &ColAccT<2>;
+    default: return &ColAccT<3>;
+  }
 }
 
 ConvertFn LoadConverterT(DType t) {
@@ -831,12 +995,16 @@ namespace dvm::vm {
 
 HWY_EXPORT(SelectHandlerT);
 HWY_EXPORT(LoadConverterT);
+HWY_EXPORT(ColAccumulatorT);
+HWY_EXPORT(RowBroadcastHandlerT);
 HWY_EXPORT(StoreConverterT);
 HWY_EXPORT(ErfScalarT);
 HWY_EXPORT(TargetNameT);
 
 Handler SelectHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(SelectHandlerT)(in); }
 ConvertFn LoadConverter(DType t) { return HWY_DYNAMIC_DISPATCH(LoadConverterT)(t); }
+ColAccFn ColAccumulator(int op) { return HWY_DYNAMIC_DISPATCH(ColAccumulatorT)(op); }
+Handler RowBroadcastHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(RowBroadcastHandlerT)(in); }
 ConvertFn StoreConverter(DType t) { return HWY_DYNAMIC_DISPATCH(StoreConverterT)(t); }
 float ErfApprox(float x) { return HWY_DYNAMIC_DISPATCH(ErfScalarT)(x); }
 const char* TargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameT)(); }

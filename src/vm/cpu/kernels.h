@@ -70,6 +70,17 @@ using ConvertFn = void (*)(void* dst, const void* src, int64_t n);
 ConvertFn LoadConverter(DType t);
 ConvertFn StoreConverter(DType t);
 
+// WACC of reduce op `op` (0 sum, 1 max, 2 min, 3 prod) over `rows` f32 rows
+// of `cols` lanes, row r at x + r * stride, into the f64 accumulators w:
+// bit-identical to one WACC per row in row order.
+using ColAccFn = void (*)(double* w, const float* x, int64_t stride, int64_t rows, int64_t cols);
+ColAccFn ColAccumulator(int op);
+
+// The handler of a float binary op (ADD, SUB, MUL, DIV, MAX, MIN) whose
+// operand b is a reduced register broadcast over each row of a ROW tile
+// (BCAST fused into its reader), or nullptr.
+Handler RowBroadcastHandler(const bc::Inst& in);
+
 // erf approximation used by the ERF handler (scalar twin, for tests).
 float ErfApprox(float x);
 

@@ -98,15 +98,18 @@ inline void ForEachRun(const ViewRt& v, int64_t f, int64_t n, F run) {
 }
 
 // Offset of the tile's elements when they are one contiguous run, else -1.
+// The view's trailing dims that are laid out contiguously (inner stride 1)
+// form one run of `span` domain elements (ViewRt::cont_dim), so a tile of
+// several rows of a row-major tensor is still one run.
 inline int64_t ContiguousRun(const ViewRt& v, int64_t f, int64_t n) {
   if (v.rank == 0) return n == 1 ? v.offset : -1;
-  if (v.strides[v.rank - 1] != 1) return -1;
-  if (v.rank == 1) return v.offset + f;
-  const int64_t inner = v.dims[v.rank - 1];
-  int64_t idx = f % inner, rem = f / inner;
-  if (inner - idx < n) return -1;
-  int64_t addr = v.offset + idx;
-  for (int i = v.rank - 2; i >= 0; --i) {
+  if (v.cont_dim < 0) return -1;
+  if (v.cont_dim == 0) return v.offset + f;  // the whole domain is one run
+  const int64_t span = v.span;
+  const int64_t idx = f % span;
+  if (span - idx < n) return -1;
+  int64_t addr = v.offset + idx, rem = f / span;
+  for (int i = v.cont_dim - 1; i >= 0; --i) {
     addr += (rem % v.dims[i]) * v.strides[i];
     rem /= v.dims[i];
   }
@@ -285,6 +288,24 @@ void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
       c.start[1] = o * C + c0;
       c.start[0] = o * R * C + c0;
       auto sec = [&](int k) { RunCode(code + s.sec[k], code + s.sec[k + 1], c); };
+      if (!s.col_fast.empty() && R > 0 && cw > 0) {
+        // Every pair's rows are runs of cw lanes at a fixed stride: when the
+        // first row is one, all are (SetupColFast).
+        int64_t off[kMaxColPairs];
+        bool fast = true;
+        for (size_t i = 0; i < s.col_fast.size() && fast; ++i)
+          fast = (off[i] = ContiguousRun(s.views[s.col_fast[i].view], c.start[0], cw)) >= 0;
+        if (fast) {
+          sec(bc::kTileInit);
+          for (size_t i = 0; i < s.col_fast.size(); ++i) {
+            const ColPair& cp = s.col_fast[i];
+            const float* x = static_cast<const float*>(c.ptrs[s.views[cp.view].tensor]) + off[i];
+            cp.fn(c.Acc(cp.acc), x, cp.rstride, R, cw);
+          }
+          sec(bc::kPost);
+          break;
+        }
+      }
       sec(bc::kTileInit);
       for (int64_t rb = 0; rb < R; rb += blk) {
         sec(bc::kBlockInit);
@@ -383,6 +404,15 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
         r.strides[i] = v.strides[i];
       }
       r.numel = prog_.tensors[v.tensor].numel;
+      // The contiguous suffix: dims cont_dim.. address consecutive elements.
+      r.cont_dim = -1;
+      if (r.rank > 0 && (r.strides[r.rank - 1] == 1 || r.dims[r.rank - 1] == 1)) {
+        int64_t span = 1;
+        int d = r.rank;
+        while (d > 0 && (r.dims[d - 1] == 1 || r.strides[d - 1] == span)) span *= r.dims[--d];
+        r.cont_dim = d;
+        r.span = std::max<int64_t>(span, 1);
+      }
       r.zero_copy = r.dtype == DType::kFloat32 || r.dtype == DType::kInt32;
       r.load = LoadConverter(r.dtype);
       r.store = StoreConverter(r.dtype);
@@ -421,7 +451,175 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
              ") has no handler");
     }
     ForwardStores(s, rt);
+    ElideRoundingCasts(s, rt);
+    FuseRowBroadcasts(s, rt);
+    SetupColFast(s, rt);
   }
+}
+
+namespace {
+// Whether an instruction reads register r (as a tile or as half of a wide one).
+bool ReadsReg(const bc::Inst& in, int r) {
+  switch (bc::kOpInfo[in.op].kind) {
+    case bc::Kind::kLoad:
+    case bc::Kind::kFill: return false;
+    case bc::Kind::kBin: return in.a == r || ((in.flags & bc::kFormMask) == bc::kFormRR && in.b == r);
+    case bc::Kind::kSel: return in.a == r || in.b == r || in.c == r;
+    case bc::Kind::kWide:
+      if (bc::Opcode(in.op) == bc::Opcode::WACC) return in.a == r || in.dst == r || in.dst + 1 == r;
+      if (bc::Opcode(in.op) == bc::Opcode::WNARROW) return in.a == r || in.a + 1 == r;
+      return false;
+    default: return in.a == r;
+  }
+}
+// Whether an instruction overwrites register r entirely.
+bool WritesReg(const bc::Inst& in, int r) {
+  const bc::Kind kind = bc::kOpInfo[in.op].kind;
+  if (kind == bc::Kind::kStore) return false;
+  if (kind == bc::Kind::kWide && bc::Opcode(in.op) != bc::Opcode::WNARROW)
+    return in.dst == r || in.dst + 1 == r;
+  return in.dst == r;
+}
+// Whether register r is read in [from, to) before being overwritten.
+bool LiveIn(const bc::Stage& s, int from, int to, int r) {
+  for (int k = from; k < to; ++k) {
+    if (ReadsReg(s.insts[k], r)) return true;
+    if (WritesReg(s.insts[k], r)) return false;
+  }
+  return false;
+}
+
+void NopHandler(const VInst&, TileCtx&) {}
+
+// CAST r := R[a] to f16/bf16 that only a STORE into a tensor of that dtype
+// reads: the store rounds the same way (rounding is idempotent), so the cast
+// just lets r name a's lanes.
+void AliasHandler(const VInst& vi, TileCtx& c) { c.p[vi.dst] = c.p[vi.a]; }
+}  // namespace
+
+void Executable::ElideRoundingCasts(const bc::Stage& s, StageRt& rt) {
+  if (s.mode == bc::Mode::kCol) return;  // only `body` runs there; keep COL as is
+  const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
+  for (int i = b; i < e; ++i) {
+    const bc::Inst& st = s.insts[i];
+    if (bc::Opcode(st.op) != bc::Opcode::STORE) continue;
+    const DType dt = rt.views[st.c].dtype;
+    if (dt != DType::kFloat16 && dt != DType::kBFloat16) continue;
+    int j = i - 1;
+    while (j >= b && !WritesReg(s.insts[j], st.a)) --j;
+    if (j < b) continue;
+    const bc::Inst& cast = s.insts[j];
+    const DType src = DType((cast.flags & bc::kSrcMask) >> bc::kSrcShift);
+    if (bc::Opcode(cast.op) != bc::Opcode::CAST || DType(cast.type) != dt || !IsFloat(src) ||
+        rt.code[j].fwd_view != kNoForward || (cast.flags & bc::kLevelRed) != (st.flags & bc::kLevelRed))
+      continue;
+    if (LiveIn(s, j + 1, i, st.a) || LiveIn(s, i + 1, e, st.a)) continue;
+    bool src_kept = true;  // the lanes r names must still be there at the store
+    for (int k = j + 1; k < i; ++k) src_kept = src_kept && !WritesReg(s.insts[k], cast.a);
+    if (!src_kept) continue;
+    rt.code[j].fn = &AliasHandler;
+  }
+}
+
+// ROW stages: "BCAST rb, rr" whose only reader is the next float binary op
+// "op d, a, rb" (ADD, SUB, MUL, DIV, MAX, MIN) runs as that op reading rr
+// broadcast per row (RowBroadcastHandler): one pass instead of two and no
+// full-size temporary. Needed: rr not rewritten in between, rb dead after
+// the op, d != rr (the op reads rr row by row while writing d).
+void Executable::FuseRowBroadcasts(const bc::Stage& s, StageRt& rt) {
+  if (s.mode != bc::Mode::kRow) return;
+  const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
+  for (int j = b; j < e; ++j) {
+    const bc::Inst& bc_in = s.insts[j];
+    if (bc::Opcode(bc_in.op) != bc::Opcode::BCAST || rt.code[j].fwd_view != kNoForward) continue;
+    const int rb = bc_in.dst, rr = bc_in.a;
+    int k = j + 1;
+    bool rr_kept = true;
+    while (k < e && !ReadsReg(s.insts[k], rb) && !WritesReg(s.insts[k], rb)) {
+      rr_kept = rr_kept && !WritesReg(s.insts[k], rr);
+      ++k;
+    }
+    if (k == e || !rr_kept || !ReadsReg(s.insts[k], rb)) continue;
+    const bc::Inst& op = s.insts[k];
+    if (bc::kOpInfo[op.op].kind != bc::Kind::kBin || (op.flags & bc::kFormMask) != bc::kFormRR ||
+        (op.flags & bc::kLevelRed) || op.b != rb || op.a == rb || op.dst == rr ||
+        (op.dst != rb && LiveIn(s, k + 1, e, rb)))
+      continue;
+    const Handler h = RowBroadcastHandler(op);
+    if (!h) continue;
+    VInst& v = rt.code[k];
+    (v.fwd_view != kNoForward ? v.fn2 : v.fn) = h;
+    v.b = rr;
+    rt.code[j].fn = &NopHandler;
+  }
+}
+
+// COL stages whose body is only "LOAD r, v; WACC w, r" pairs (a column sum,
+// max, min or product of f32 tensors) run each pair as one pass over all rows
+// of the tile, column strips outermost (ColAccumulator): the same additions
+// in the same order per column as a LOAD and a WACC per row, without a
+// handler call and an accumulator round trip through memory per row. Needed:
+//  * no block_init / block_merge code (blocks then do not matter);
+//  * f32 zero-copy views whose reduced rows are at a fixed stride: the full
+//    dims split into [outer | R | C] and the R dims merge for the view;
+//  * distinct accumulators, loaded registers not among them, and no post
+//    instruction reading a loaded register before writing it (the pass does
+//    not leave them set).
+void Executable::SetupColFast(const bc::Stage& s, StageRt& rt) {
+  if (s.mode != bc::Mode::kCol || s.sections[bc::kBlockInit] || s.sections[bc::kBlockMerge]) return;
+  const int64_t R = s.p[0], C = s.p[1];
+  // Split the full dims: trailing ones multiply to C, the ones before to R.
+  int i = s.full_rank;
+  int64_t prod = 1;
+  while (i > 0 && prod < C) prod *= s.full_dims[--i];
+  if (prod != C) return;
+  int j = i;
+  prod = 1;
+  while (j > 0 && prod < R) prod *= s.full_dims[--j];
+  if (prod != R || R < 1) return;
+  const int body = rt.sec[bc::kBody], body_end = rt.sec[bc::kBody + 1];
+  const int n = body_end - body;
+  if (n == 0 || n % 2 || n / 2 > kMaxColPairs) return;
+  std::vector<ColPair> pairs;
+  std::vector<int> loaded, accs;
+  for (int k = body; k < body_end; k += 2) {
+    const bc::Inst& ld = s.insts[k];
+    const bc::Inst& acc = s.insts[k + 1];
+    if (bc::Opcode(ld.op) != bc::Opcode::LOAD || bc::Opcode(acc.op) != bc::Opcode::WACC) return;
+    if (DType(ld.type) != DType::kFloat32 || DType(acc.type) != DType::kFloat32 || acc.a != ld.dst ||
+        (ld.flags & bc::kLevelRed))
+      return;
+    const ViewRt& v = rt.views[ld.c];
+    if (v.dtype != DType::kFloat32) return;
+    // Row stride: the R dims (j..i) must merge for this view.
+    int64_t rstride = 0, expect = -1;
+    for (int d = i - 1; d >= j; --d) {
+      if (s.full_dims[d] == 1) continue;
+      if (expect < 0)
+        rstride = v.strides[d];
+      else if (v.strides[d] != expect)
+        return;
+      expect = v.strides[d] * s.full_dims[d];
+    }
+    ColPair cp;
+    cp.view = ld.c;
+    cp.acc = acc.dst;
+    cp.rstride = rstride;
+    cp.fn = ColAccumulator(acc.b);
+    pairs.push_back(cp);
+    loaded.push_back(ld.dst);
+    accs.push_back(acc.dst);
+  }
+  for (size_t a = 0; a < accs.size(); ++a) {
+    for (size_t b = a + 1; b < accs.size(); ++b)
+      if (std::abs(accs[a] - accs[b]) <= 1) return;  // overlapping pairs
+    for (int l : loaded)
+      if (l == accs[a] || l == accs[a] + 1) return;
+  }
+  // Post: a loaded register must be written before it is read.
+  for (int l : loaded)
+    if (LiveIn(s, rt.sec[bc::kPost], rt.sec[bc::kPost + 1], l)) return;
+  rt.col_fast = std::move(pairs);
 }
 
 // Store forwarding: a STORE of a register whose value was computed by an

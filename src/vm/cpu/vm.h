@@ -19,9 +19,22 @@ struct ViewRt {
   int64_t offset = 0;
   int64_t numel = 0;        // elements of the tensor
   bool zero_copy = false;   // storage is 32-bit lanes: contiguous runs load in place
+  int cont_dim = -1;        // dims cont_dim.. are one contiguous run of `span` elements (-1: none)
+  int64_t span = 1;
   int64_t dims[bc::kMaxRank] = {};
   int64_t strides[bc::kMaxRank] = {};
   ConvertFn load = nullptr, store = nullptr;
+};
+
+constexpr int kMaxColPairs = 8;
+
+// A COL body pair "LOAD r, view; WACC w, r" run as one strip-mined pass over
+// all rows of a tile (see Executable::SetupColFast).
+struct ColPair {
+  uint16_t view = 0;
+  uint8_t acc = 0;      // the wide register
+  int64_t rstride = 0;  // elements between consecutive rows of the view
+  ColAccFn fn = nullptr;
 };
 
 struct StageRt {
@@ -33,6 +46,7 @@ struct StageRt {
   int sec[bc::kNumSections + 1] = {};  // section begin offsets into code
   std::vector<ViewRt> views;
   const bc::Gemm* gemm = nullptr;  // kGemm: the product (in the Program)
+  std::vector<ColPair> col_fast;   // kCol: the body as strip-mined pairs (empty: generic)
 };
 
 class Executable {
@@ -50,6 +64,9 @@ class Executable {
 
  private:
   static void ForwardStores(const bc::Stage& s, StageRt& rt);
+  static void SetupColFast(const bc::Stage& s, StageRt& rt);
+  static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
+  static void FuseRowBroadcasts(const bc::Stage& s, StageRt& rt);
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
