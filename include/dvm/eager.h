@@ -43,6 +43,7 @@ struct ContextOptions {
   bool fuse = true;            // false: every op runs at once (unfused)
   int max_trace = 512;         // pending ops that force a flush
   size_t cache_capacity = 256; // compiled traces kept (least recently used)
+  bool stack = true;           // launch independent kernels as one stack
 };
 
 struct EagerStats {

@@ -103,21 +103,36 @@ double Load(const void *p, size_t i, DType t) {
   return 0;
 }
 
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+// Record time is counted in ticks of a cheap counter (the TSC on x86:
+// ~10 ns to read, where steady_clock costs ~50 ns on these machines) and
+// converted to ns with the rate measured over the context's lifetime.
+uint64_t Ticks() {
+#if defined(__x86_64__) || defined(__i386__)
+  return __builtin_ia32_rdtsc();
+#else
+  return static_cast<uint64_t>(
+      std::chrono::steady_clock::now().time_since_epoch().count());
+#endif
 }
 
 // Records one op: operand references, the node, the result handle; flushes
 // when the context runs unfused or the trace is full.
 class Recorder {
 public:
+  // The node is built in place at the end of the trace (no copy); a
+  // rejected op removes it again.
   explicit Recorder(GOp op, uint8_t sub = 0)
-      : c_(Cur()), t0_(NowNs()), pos_(c_.nodes.size()) {
+      : c_(Cur()), t0_(Ticks()), pos_(c_.nodes.size()),
+        n_(c_.nodes.emplace_back()) {
     n_.op = op;
     n_.sub = sub;
   }
+  ~Recorder() {
+    if (!done_)
+      c_.nodes.pop_back();
+  }
+  Recorder(const Recorder &) = delete;
+  Recorder &operator=(const Recorder &) = delete;
   Context::Impl &ctx() { return c_; }
   TNode &node() { return n_; }
   size_t pos() const { return pos_; }
@@ -185,12 +200,12 @@ public:
     t->rank = n_.rank;
     std::copy(n_.shape, n_.shape + n_.rank, t->shape);
     t->ctx = &c_;
-    t->node = static_cast<int32_t>(c_.nodes.size());
+    t->node = static_cast<int32_t>(pos_);
     t->epoch = c_.epoch;
     n_.owner = t.get();
-    c_.nodes.push_back(n_);
+    done_ = true;
     ++c_.st.ops;
-    c_.st.record_ns += static_cast<double>(NowNs() - t0_);
+    c_.record_ticks += Ticks() - t0_;
     if (!c_.opt.fuse ||
         c_.nodes.size() >= static_cast<size_t>(std::max(c_.opt.max_trace, 1)))
       c_.Flush();
@@ -199,27 +214,40 @@ public:
 
 private:
   Context::Impl &c_;
-  int64_t t0_;
+  uint64_t t0_;
   size_t pos_;
-  TNode n_;
+  TNode &n_;
+  bool done_ = false;
 };
 
 std::span<const int64_t> Dims(const TensorImpl &t) { return {t.shape, t.rank}; }
 
+// A small shape on the stack (recording allocates no shape vectors).
+struct SmallShape {
+  int64_t d[kMaxRank];
+  size_t n = 0;
+  SmallShape(std::span<const int64_t> s) : n(s.size()) { // NOLINT
+    std::copy(s.begin(), s.end(), d);
+  }
+  operator std::span<const int64_t>() const { return {d, n}; } // NOLINT
+};
+
 // Numpy broadcast of `b` into `out` (rank = max).
-void BroadcastInto(Recorder &r, std::vector<int64_t> &out,
-                   std::span<const int64_t> b) {
-  const size_t rank = std::max(out.size(), b.size());
-  std::vector<int64_t> res(rank);
+void BroadcastInto(Recorder &r, SmallShape &out, std::span<const int64_t> b) {
+  const size_t rank = std::max(out.n, b.size());
+  if (rank > kMaxRank)
+    Fail(r.Where(), "rank ", rank, " exceeds ", kMaxRank);
+  int64_t res[kMaxRank];
   for (size_t i = 0; i < rank; ++i) {
-    const int64_t da = i + out.size() >= rank ? out[i + out.size() - rank] : 1;
+    const int64_t da = i + out.n >= rank ? out.d[i + out.n - rank] : 1;
     const int64_t db = i + b.size() >= rank ? b[i + b.size() - rank] : 1;
     if (da != db && da != 1 && db != 1)
       Fail(r.Where(), "shapes ", ir::ShapeStr(out), " and ", ir::ShapeStr(b),
            " do not broadcast (axis ", i, ": ", da, " vs ", db, ")");
     res[i] = da == 1 ? db : da;
   }
-  out.swap(res);
+  std::copy(res, res + rank, out.d);
+  out.n = rank;
 }
 
 int64_t NormAxis(Recorder &r, int64_t a, int rank) {
@@ -287,6 +315,8 @@ void Context::Impl::Drop(const std::string &) {
 Context::Context(const ContextOptions &options)
     : impl_(std::make_unique<Impl>()) {
   impl_->opt = options;
+  impl_->clock0 = std::chrono::steady_clock::now();
+  impl_->ticks0 = Ticks();
 }
 Context::~Context() {
   try {
@@ -299,8 +329,22 @@ Context::~Context() {
 }
 void Context::Sync() { impl_->Flush(); }
 size_t Context::pending_ops() const { return impl_->nodes.size(); }
-const EagerStats &Context::stats() const { return impl_->st; }
-void Context::ResetStats() { impl_->st = {}; }
+const EagerStats &Context::stats() const {
+  Impl &c = *impl_;
+  const double ns =
+      static_cast<double>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::steady_clock::now() - c.clock0)
+                              .count());
+  const uint64_t ticks = Ticks() - c.ticks0;
+  if (ticks > 0 && ns > 0)
+    c.st.record_ns =
+        static_cast<double>(c.record_ticks) * ns / static_cast<double>(ticks);
+  return c.st;
+}
+void Context::ResetStats() {
+  impl_->st = {};
+  impl_->record_ticks = 0;
+}
 const ContextOptions &Context::options() const { return impl_->opt; }
 void Context::SetOptions(const ContextOptions &options) {
   impl_->Flush();
@@ -458,7 +502,7 @@ Tensor binary(BinaryOp op, const Tensor &a, const Tensor &b) {
       std::equal(x.shape, x.shape + x.rank, y.shape)) { // the common case
     r.SetShape(Dims(x));
   } else {
-    std::vector<int64_t> s(x.shape, x.shape + x.rank);
+    SmallShape s(Dims(x));
     BroadcastInto(r, s, Dims(y));
     r.SetShape(s);
   }
@@ -561,7 +605,7 @@ Tensor where(const Tensor &cond, const Tensor &a, const Tensor &b) {
   const TensorImpl &y = r.Operand(b);
   r.node().dtype =
       r.Checked([&] { return ir::SelectResult(k.dtype, x.dtype, y.dtype); });
-  std::vector<int64_t> s(k.shape, k.shape + k.rank);
+  SmallShape s(Dims(k));
   BroadcastInto(r, s, Dims(x));
   BroadcastInto(r, s, Dims(y));
   r.SetShape(s);
@@ -741,10 +785,12 @@ Tensor matmul(const Tensor &a, const Tensor &b, bool trans_a, bool trans_b) {
     Fail(r.Where(), "inner dims differ: ", ir::ShapeStr(Dims(x)),
          trans_a ? "^T" : "", " x ", ir::ShapeStr(Dims(y)), trans_b ? "^T" : "",
          " (", ka, " vs ", kb, ")");
-  std::vector<int64_t> s(x.shape, x.shape + x.rank - 2);
+  SmallShape s({x.shape, static_cast<size_t>(x.rank - 2)});
   BroadcastInto(r, s, {y.shape, static_cast<size_t>(y.rank - 2)});
-  s.push_back(m);
-  s.push_back(n);
+  if (s.n + 2 > kMaxRank)
+    Fail(r.Where(), "result rank exceeds ", kMaxRank);
+  s.d[s.n++] = m;
+  s.d[s.n++] = n;
   r.SetShape(s);
   return r.Finish();
 }

@@ -2,6 +2,7 @@
 // state (src/eager/eager.cc records, src/eager/flush.cc flushes).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -76,6 +77,9 @@ struct Context::Impl {
   std::vector<int32_t> pool;                       // concat operands
   uint64_t epoch = 1;
   bool flushing = false;
+  // Record time: ticks of a cheap counter, converted by stats().
+  uint64_t record_ticks = 0, ticks0 = 0;
+  std::chrono::steady_clock::time_point clock0;
 
   struct Entry {
     std::vector<uint64_t> key;

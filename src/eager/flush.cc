@@ -11,6 +11,8 @@
 // graph, so a cached CompiledGraph is valid for any of them.
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "eager/eager_internal.h"
@@ -255,7 +257,9 @@ std::unique_ptr<Context::Impl::Entry> Context::Impl::Compile() {
   for (size_t i = 0; i < nodes.size(); ++i)
     e->trace_of_gnode[val[i].id] = static_cast<int32_t>(i);
   try {
-    e->cg = std::make_unique<CompiledGraph>(g);
+    CompileOptions co;
+    co.stack = opt.stack;
+    e->cg = std::make_unique<CompiledGraph>(g, co);
   } catch (const Error &ex) {
     throw Error("eager flush of " + std::to_string(nodes.size()) +
                 " ops: " + ex.what());
@@ -345,7 +349,17 @@ void Context::Impl::Flush() {
   }
   RunStats rs;
   try {
-    entry->cg->Run(in_args, out_args, {}, &rs);
+    static const bool profile = std::getenv("DVM_EAGER_PROFILE") != nullptr;
+    RunOptions ro;
+    ro.collect_stats = profile;
+    entry->cg->Run(in_args, out_args, ro, &rs);
+    if (profile) {
+      for (size_t l = 0; l < rs.launch_us.size(); ++l)
+        std::fprintf(stderr, "  %8.1f us  %s\n", rs.launch_us[l],
+                     entry->cg->LaunchName(static_cast<int>(l)).c_str());
+      std::fprintf(stderr, "flush: %zu ops, %.1f us\n", nodes.size(),
+                   rs.run_us);
+    }
   } catch (const Error &e) {
     // Name the trace op of the first graph node the message mentions.
     std::string msg = e.what(), where;
