@@ -113,8 +113,9 @@ void ExpectClose(const Ref &ref, const Tensor &t, const std::string &what) {
 // A random program over a pool of values kept in [-1, 1] (so the float64
 // reference bounds the f32 rounding error): unary maps, products,
 // averages, where/compare, scalar affine maps, last-axis mean/max with
-// keepdims, broadcasting against [C] and [R, 1] operands. Reads, syncs and
-// dropped handles at random points.
+// keepdims, matmuls, column rolls (slices + concat), reshapes and
+// transposes, broadcasting against [C] and [R, 1] operands. Reads, syncs
+// and dropped handles at random points.
 void RunRandomProgram(uint64_t seed, bool fuse, int max_trace) {
   std::mt19937_64 rng(seed);
   auto pick = [&](size_t n) { return size_t(rng() % n); };
@@ -129,12 +130,45 @@ void RunRandomProgram(uint64_t seed, bool fuse, int max_trace) {
     refs.push_back(RefFrom(t));
     pool.push_back(t);
   }
+  const Tensor zeros = Tensor::Zeros({R, C});
+  const Ref zeros_ref = RefFrom(zeros);
+  const Tensor w =
+      Tensor::Random({C, C}, -1.0 / double(C), 1.0 / double(C), seed * 10 + 9);
+  const Ref w_ref = RefFrom(w);
   const int steps = 20 + int(rng() % 40);
   for (int s = 0; s < steps; ++s) {
     const size_t a = pick(pool.size()), b = pick(pool.size());
     Tensor t;
     Ref r;
-    switch (rng() % 12) {
+    // Full [R, C] operands for matmul and slices: broadcast against zeros.
+    auto full = [&](size_t k) { return pool[k] + zeros; };
+    auto full_ref = [&](size_t k) {
+      return RefBinary(refs[k], zeros_ref, [](double x, double) { return x; });
+    };
+    switch (rng() % 14) {
+    case 12: { // [R, C] x [C, C] with |w| <= 1/C keeps values in [-1, 1]
+      t = matmul(full(a), w);
+      const Ref x = full_ref(a);
+      r = {{R, C}, std::vector<double>(size_t(R * C), 0.0)};
+      for (int64_t i = 0; i < R; ++i)
+        for (int64_t j = 0; j < C; ++j)
+          for (int64_t k = 0; k < C; ++k)
+            r.v[size_t(i * C + j)] +=
+                x.v[size_t(i * C + k)] * w_ref.v[size_t(k * C + j)];
+      break;
+    }
+    case 13: { // a roll of the columns: slices and a concat
+      const int64_t k = int64_t(rng() % uint64_t(C));
+      const Tensor x = full(a);
+      t = k ? concat({slice(x, 1, k, C - k), slice(x, -1, 0, k)}, 1)
+            : reshape(transpose(reshape(x, {R * C, 1}), {1, 0}), {R, C});
+      const Ref xr = full_ref(a);
+      r = xr;
+      for (int64_t i = 0; i < R; ++i)
+        for (int64_t j = 0; j < C; ++j)
+          r.v[size_t(i * C + j)] = xr.v[size_t(i * C + (j + k) % C)];
+      break;
+    }
     case 0:
       t = tanh(pool[a]),
       r = RefUnary(refs[a], [](double x) { return std::tanh(x); });
