@@ -23,6 +23,8 @@
 // (some Tensor handle to them is still alive at the flush); the others live
 // in the fused kernels' registers or in the executor's planned scratch.
 //
+// DVM_EAGER_PROFILE=1 prints every flush's launches and their times.
+//
 // A pending tensor belongs to the thread of its context: use it (read it,
 // pass it to ops, destroy it) on that thread, or Sync() first. Materialised
 // tensors are immutable and may be shared between threads.
