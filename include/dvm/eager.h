@@ -62,7 +62,8 @@ struct EagerStats {
   double run_us = 0;         // time in CompiledGraph::Run
   double flush_us = 0;       // total flush time (hash, compile, run)
   double record_ns = 0;      // total time spent recording ops
-  uint64_t allocations = 0;  // buffers the eager layer allocated
+  uint64_t allocations = 0;  // buffers the eager layer allocated for values
+  uint64_t reused = 0;       // ... of which came from the buffer cache
   uint64_t allocated_bytes = 0;
 };
 

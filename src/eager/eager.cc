@@ -3,11 +3,14 @@
 // inference) and appends one node to the active context's trace; nothing
 // runs until a flush (flush.cc).
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <unordered_map>
 
 #include "eager/eager_internal.h"
 #include "ir/dtype.h"
@@ -24,21 +27,6 @@ namespace {
 thread_local Context *tl_active = nullptr;
 
 Context::Impl &Cur() { return Context::Current().impl(); }
-
-std::shared_ptr<Buffer> Allocate(Context::Impl *c, size_t bytes) {
-  auto b = std::make_shared<Buffer>();
-  const size_t cap = std::max<size_t>((bytes + 63) / 64 * 64, 64);
-  b->p = std::aligned_alloc(64, cap);
-  if (!b->p)
-    Fail("eager: cannot allocate ", bytes, " bytes");
-  b->bytes = bytes;
-  b->owned = true;
-  if (c) {
-    ++c->st.allocations;
-    c->st.allocated_bytes += bytes;
-  }
-  return b;
-}
 
 void SetShape(TensorImpl &t, const Shape &s, const char *op) {
   if (s.size() > kMaxRank)
@@ -58,7 +46,7 @@ std::shared_ptr<TensorImpl> Materialised(const Shape &shape, DType type,
   auto t = std::make_shared<TensorImpl>();
   t->dtype = type;
   SetShape(*t, shape, op);
-  t->buf = Allocate(&Cur(), t->bytes());
+  t->buf = AllocateBuffer(&Cur(), t->bytes());
   return t;
 }
 
@@ -279,8 +267,87 @@ std::string OpName(const TNode &n) {
 
 // ---- buffers, impls, contexts ----------------------------------------------
 
+namespace {
+
+// A process-wide cache of large buffers by size class. An eager program
+// frees and allocates buffers of the same sizes at every step; memory that
+// goes back to the OS costs a page fault per page when it is touched again
+// (~20 ms for 16 MiB here). Both modes, fused and unfused, use it.
+class BufferCache {
+public:
+  static constexpr size_t kMinBytes = 64 << 10;    // smaller: plain malloc
+  static constexpr size_t kMaxCached = 1ull << 30; // bytes kept at most
+
+  static BufferCache &Get() {
+    static BufferCache *c = new BufferCache; // never destroyed: buffers may
+    return *c;                               // be freed during exit
+  }
+  // Capacity for `bytes`: multiples of 64 bytes below kMinBytes, else one
+  // of four classes per power of two (at most 25% slack).
+  static size_t Capacity(size_t bytes) {
+    if (bytes < kMinBytes)
+      return std::max<size_t>((bytes + 63) / 64 * 64, 64);
+    const size_t step = std::bit_floor(bytes) / 4;
+    return (bytes + step - 1) / step * step;
+  }
+  void *Take(size_t cap) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.find(cap);
+    if (it == free_.end() || it->second.empty())
+      return nullptr;
+    void *p = it->second.back();
+    it->second.pop_back();
+    cached_ -= cap;
+    return p;
+  }
+  void Give(void *p, size_t cap) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cached_ + cap <= kMaxCached) {
+        free_[cap].push_back(p);
+        cached_ += cap;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+private:
+  std::mutex mu_;
+  std::unordered_map<size_t, std::vector<void *>> free_;
+  size_t cached_ = 0;
+};
+
+} // namespace
+
+std::shared_ptr<Buffer> AllocateBuffer(Context::Impl *c, size_t bytes) {
+  auto b = std::make_shared<Buffer>();
+  const size_t cap = BufferCache::Capacity(bytes);
+  if (cap >= BufferCache::kMinBytes)
+    b->p = BufferCache::Get().Take(cap);
+  if (!b->p) {
+    b->p = std::aligned_alloc(64, cap);
+    if (!b->p)
+      Fail("eager: cannot allocate ", bytes, " bytes");
+  } else if (c) {
+    ++c->st.reused;
+  }
+  b->bytes = bytes;
+  b->capacity = cap;
+  b->owned = true;
+  if (c) {
+    ++c->st.allocations;
+    c->st.allocated_bytes += bytes;
+  }
+  return b;
+}
+
 Buffer::~Buffer() {
-  if (owned)
+  if (!owned)
+    return;
+  if (capacity >= BufferCache::kMinBytes)
+    BufferCache::Get().Give(p, capacity);
+  else
     std::free(p);
 }
 

@@ -21,6 +21,7 @@ constexpr int kMaxRank = 8;
 struct Buffer {
   void *p = nullptr;
   size_t bytes = 0;
+  size_t capacity = 0; // owned: the allocation's size (its cache class)
   bool owned = false;
   Buffer() = default;
   Buffer(const Buffer &) = delete;
@@ -111,6 +112,10 @@ struct Context::Impl {
   void BuildKey();
   std::unique_ptr<Entry> Compile();
 };
+
+// A buffer for `bytes` (from the process-wide buffer cache when large),
+// counted in `c`'s stats.
+std::shared_ptr<Buffer> AllocateBuffer(Context::Impl *c, size_t bytes);
 
 // "mul", "reduce_sum", ... for messages.
 std::string OpName(const TNode &n);

@@ -334,16 +334,13 @@ void Context::Impl::Flush() {
     for (int d = 0; d < n.rank; ++d)
       numel *= n.shape[d];
     const size_t bytes = static_cast<size_t>(numel) * DTypeSize(n.dtype);
-    auto b = std::make_shared<Buffer>();
-    b->p = std::aligned_alloc(64, std::max<size_t>((bytes + 63) / 64 * 64, 64));
-    if (!b->p) {
+    std::shared_ptr<Buffer> b;
+    try {
+      b = AllocateBuffer(this, bytes);
+    } catch (...) {
       Drop("");
-      Fail("eager flush: cannot allocate ", bytes, " bytes");
+      throw;
     }
-    b->bytes = bytes;
-    b->owned = true;
-    ++st.allocations;
-    st.allocated_bytes += bytes;
     out_args[o] = {b->p, {}, bytes};
     bufs[o] = std::move(b);
   }
