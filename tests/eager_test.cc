@@ -358,6 +358,18 @@ TEST(EagerFusion, DeadValuesAreNotComputed) {
   EXPECT_EQ(ctx.stats().kernels, 0u);
 }
 
+TEST(EagerAlloc, LargeBuffersComeBackFromTheCache) {
+  Context ctx;
+  ContextScope scope(ctx);
+  Tensor x = Tensor::Random({1 << 18}, -1, 1, 5); // 1 MiB
+  for (int i = 0; i < 3; ++i) {
+    Tensor y = exp(x);
+    EXPECT_FLOAT_EQ(float(y.values()[7]), std::exp(float(x.values()[7])));
+  } // y's buffer goes back to the cache
+  EXPECT_EQ(ctx.stats().allocations, 4u);
+  EXPECT_GE(ctx.stats().reused, 2u);
+}
+
 TEST(EagerFlush, ReadFlushes) {
   Context ctx;
   ContextScope scope(ctx);
