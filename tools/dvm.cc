@@ -15,6 +15,7 @@ int BenchMatmulMain(Args& args);  // bench_matmul.cc
 int BenchStagesMain(Args& args);  // bench_stages.cc
 int BenchStackMain(Args& args);   // bench_stack.cc
 int BenchGraphMain(Args& args);   // demo.cc
+int BenchEagerMain(Args& args);   // bench_eager.cc
 
 namespace {
 
@@ -47,6 +48,15 @@ commands:
   bench stack [--json FILE] [--threads N] [--reps R]
       An Adam step over 300 tensors: one launch per tensor vs one stacked
       launch (dvm::KernelStack) vs one hand-written loop.
+  bench eager [--json FILE] [--threads N] [--reps R] [--filter NAME] [--n N]
+              [--requests R] [--seed S]
+      Runtime fusion of eager code (dvm/eager.h), fused vs unfused (every op
+      at once), R fresh runs each (default 3, medians): a damped Newton
+      solver over N (default 4M) f32 elements, 8 elementwise ops per step,
+      convergence read on the host every 4 steps; a Llama-style decoder
+      layer (hidden 512, 8 heads, MLP 1408) over R (default 100) sequence
+      lengths from 1..256. Outputs checked equal; record time per op,
+      codegen and compile time, structure-cache hit rate.
   das [--kernel K] [--rows R] [--cols C] [--out FILE]
       Generate the program of an example kernel for [R, C] and disassemble
       it; --out also writes the bytecode to FILE.
@@ -133,7 +143,8 @@ int Main(int argc, char** argv) {
     if (suite == "stages") return BenchStagesMain(args);
     if (suite == "stack") return BenchStackMain(args);
     if (suite == "graph") return BenchGraphMain(args);
-    throw UsageError("bench wants 'codegen', 'vm', 'matmul', 'stages', 'stack' or 'graph'");
+    if (suite == "eager") return BenchEagerMain(args);
+    throw UsageError("bench wants 'codegen', 'vm', 'matmul', 'stages', 'stack', 'graph' or 'eager'");
   }
   Args args(argc, argv, 2);
   if (cmd == "demo") return DemoMain(args);

@@ -87,6 +87,7 @@ struct CompiledGraph::Impl {
   void BuildKernel(int gi);
   void Bind(std::span<const TensorArg> inputs);
   void RunLibrary(const Group& grp);
+  void RunLibraryOp(const Group& grp);
 };
 
 void CompiledGraph::Impl::BuildKernel(int gi) {
@@ -230,6 +231,14 @@ void CompiledGraph::Impl::Bind(std::span<const TensorArg> inputs) {
 }
 
 void CompiledGraph::Impl::RunLibrary(const Group& grp) {
+  try {
+    RunLibraryOp(grp);
+  } catch (const Error& e) {  // name the node ("%7 = gather ...: ...")
+    throw Error(ir.NodeStr(grp.nodes[0]) + ": " + e.what());
+  }
+}
+
+void CompiledGraph::Impl::RunLibraryOp(const Group& grp) {
   const int m = grp.nodes[0];
   const GNode& n = ir.nodes[m];
   void* out = ptr[m];
