@@ -310,7 +310,7 @@ void CompiledGraph::Run(std::span<const TensorArg> inputs, std::span<const Tenso
     const int64_t count = ir::NumElements(im.shapes[n.in[1]], "gather"), rows = im.shapes[n.in[0]][0];
     for (int64_t j = 0; j < count; ++j)
       if (ids[j] < 0 || ids[j] >= rows)
-        Fail("gather (node ", i, "): id ", ids[j], " at position ", j, " of input '", ir.nodes[n.in[1]].name,
+        Fail(ir.NodeStr(static_cast<int>(i)), ": id ", ids[j], " at position ", j, " of input '", ir.nodes[n.in[1]].name,
              "' is outside [0, ", rows, ")");
   }
   std::vector<int> out_slot(nn, -1);
