@@ -538,3 +538,36 @@ TEST(GraphLibraryOps, GatherConcatSplitIotaMaskExpand) {
 
 }  // namespace
 }  // namespace dvm
+
+namespace dvm {
+namespace {
+
+// A reduction over every axis is not fused with values that are also stored
+// (its chunk stages would compute them a second time); its private prologue
+// is fused.
+TEST(FusionPasses, FullReductionKeepsOnlyPrivatePrologue) {
+  Graph g;
+  Value x = g.Input("x", {"n"}, DType::kFloat32);
+  Value d = g.Binary(BinaryOp::kMul, g.Unary(UnaryOp::kTanh, x), 0.5);
+  Value y = g.Binary(BinaryOp::kSub, x, d);
+  g.Output(y);                                                                // stored
+  g.Output(g.Reduce(ReduceOp::kMax, g.Unary(UnaryOp::kAbs, d), {0}, false));  // max |d|
+  CompiledGraph cg(g);
+  EXPECT_EQ(cg.num_kernels(), 2) << cg.Dump();
+  Graph g2;  // nothing stored but the sum: one kernel
+  Value x2 = g2.Input("x", {"n"}, DType::kFloat32);
+  g2.Output(g2.Reduce(ReduceOp::kSum, g2.Unary(UnaryOp::kExp, x2), {0}, true));
+  EXPECT_EQ(CompiledGraph(g2).num_kernels(), 1);
+  std::vector<float> xs = Rand(5000, 3), out(5000), mx(1);
+  cg.Run({{xs.data(), {5000}}}, {{out.data(), {}}, {mx.data(), {}}});
+  double want = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double di = std::tanh(double(xs[i])) * 0.5;
+    ASSERT_NEAR(out[i], xs[i] - di, 1e-6);
+    want = std::max(want, std::fabs(di));
+  }
+  EXPECT_NEAR(mx[0], want, 1e-6);
+}
+
+}  // namespace
+}  // namespace dvm

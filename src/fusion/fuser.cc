@@ -57,6 +57,8 @@ std::vector<bool> LiveNodes(const GraphIR& g) {
 
 FusionState::FusionState(const GraphIR& g) : g_(g), root_(g.nodes.size(), -1), kernel_node_(g.nodes.size(), false) {
   const std::vector<bool> live = LiveNodes(g);
+  is_output_.assign(g.nodes.size(), false);
+  for (int32_t o : g.outputs) is_output_[o] = true;
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const GNode& n = g.nodes[i];
     OpClass c = graph::Classify(n.op);
@@ -101,6 +103,20 @@ std::string FusionState::CheckGroup(const std::vector<int32_t>& members) const {
     if (c == OpClass::kView && !prologue(v)) return "view of a value computed in the kernel";
   }
   if (matmul >= 0 && reduce) return "reduction with a matmul";
+  // A reduction over every axis runs in chunk stages of its own; a value of
+  // the kernel that is also stored would be computed twice (once for the
+  // chunks, once for the store), so such a reduction keeps only prologue
+  // values no one else reads.
+  for (int v : members) {
+    const GNode& n = g_.nodes[v];
+    if (n.op != GOp::kReduce || n.axes.size() != g_.nodes[n.in[0]].shape.size()) continue;
+    for (int u : members) {
+      if (u == v || graph::Classify(g_.nodes[u].op) == OpClass::kReduce) continue;
+      if (is_output_[u]) return "a full reduction with a stored value";
+      for (int32_t w : g_.users[u])
+        if (!in_group(w)) return "a full reduction with a stored value";
+    }
+  }
   if (matmul >= 0)
     for (int32_t x : g_.nodes[matmul].in)
       if (in_group(x) && !prologue(x)) return "matmul operand computed in the kernel";

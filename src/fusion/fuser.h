@@ -80,6 +80,7 @@ class FusionState {
   std::vector<int> root_;  // node -> group id (index into members_), -1 leaf
   std::vector<std::vector<int32_t>> members_;
   std::vector<bool> kernel_node_;
+  std::vector<bool> is_output_;
 };
 
 // The passes.
