@@ -784,6 +784,27 @@ TEST(KernelsFused, RowBroadcastOperand) {
   }
 }
 
+// sum(x * x, row): the MUL is fused into the RSUM when the sum is its only
+// reader. Same bits as when the square is also stored (not fused).
+TEST(KernelsFused, SumOfSquaresEqualsMulThenSum) {
+  for (int64_t K : {1, 3, 8, 15, 16, 17, 100, 768, 1000, 4096}) {
+    SCOPED_TRACE("K=" + std::to_string(K));
+    const int64_t R = 9;
+    std::vector<double> x = Values(DType::kFloat32, R * K, 700 + K, -3, 3);
+    const Tensor in = MakeTensor(DType::kFloat32, {R, K}, x);
+    auto sq_sum = [](Kernel& k, NDObject* v) {
+      return k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, v, v), {1}, false);
+    };
+    Tensor fused = RunOne({in}, [&](Kernel& k, auto& v) { return sq_sum(k, v[0]); });
+    std::vector<Tensor> plain = dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) {
+      NDObject* sq = k.Binary(BinaryOp::kMul, v[0], v[0]);
+      return std::vector<NDObject*>{k.Reduce(ReduceOp::kSum, sq, {1}, false), sq};
+    });
+    ASSERT_EQ(fused.bytes.size(), plain[0].bytes.size());
+    EXPECT_EQ(fused.bytes, plain[0].bytes);
+  }
+}
+
 // ---- data movement: loads and stores of every dtype, every path ------------------------
 
 // Contiguous runs (vector + scalar tail), strided runs (element at a time),

@@ -547,7 +547,8 @@ HWY_INLINE double AccSD(double a, double b) {
   return kOp == 1 ? (a > b ? a : b) : (a < b ? a : b);
 }
 
-template <int kOp>
+// kSq: reduce x * x (each square rounded to f32, as a MUL then the reduction).
+template <int kOp, bool kSq = false>
 float RowF(const float* x, int64_t K) {
   const DF d;
   const int64_t L = hn::Lanes(d);
@@ -572,19 +573,24 @@ float RowF(const float* x, int64_t K) {
   const int64_t LD = hn::Lanes(dd);
   const double init = kOp == 0 ? 0.0 : 1.0;
   VD a0 = hn::Set(dd, init), a1 = a0, a2 = a0, a3 = a0;
+  auto ld = [&](const float* p) HWY_ATTR {
+    auto v = hn::LoadU(dh, p);
+    if (kSq) v = hn::Mul(v, v);
+    return hn::PromoteTo(dd, v);
+  };
   int64_t i = 0;
   for (; i + 4 * LD <= K; i += 4 * LD) {
-    a0 = AccD<kOp>(dd, a0, hn::PromoteTo(dd, hn::LoadU(dh, x + i)));
-    a1 = AccD<kOp>(dd, a1, hn::PromoteTo(dd, hn::LoadU(dh, x + i + LD)));
-    a2 = AccD<kOp>(dd, a2, hn::PromoteTo(dd, hn::LoadU(dh, x + i + 2 * LD)));
-    a3 = AccD<kOp>(dd, a3, hn::PromoteTo(dd, hn::LoadU(dh, x + i + 3 * LD)));
+    a0 = AccD<kOp>(dd, a0, ld(x + i));
+    a1 = AccD<kOp>(dd, a1, ld(x + i + LD));
+    a2 = AccD<kOp>(dd, a2, ld(x + i + 2 * LD));
+    a3 = AccD<kOp>(dd, a3, ld(x + i + 3 * LD));
   }
   a0 = AccD<kOp>(dd, AccD<kOp>(dd, a0, a1), AccD<kOp>(dd, a2, a3));
   HWY_ALIGN double lanes[hn::MaxLanes(dd)];
   hn::StoreU(a0, dd, lanes);
   double r = lanes[0];
   for (size_t l = 1; l < hn::Lanes(dd); ++l) r = AccSD<kOp>(r, lanes[l]);
-  for (; i < K; ++i) r = AccSD<kOp>(r, x[i]);
+  for (; i < K; ++i) r = AccSD<kOp>(r, kSq ? x[i] * x[i] : x[i]);
   return static_cast<float>(r);
 }
 
@@ -683,6 +689,15 @@ void RowReduceF(const VInst& vi, TileCtx& c) {
   const float* x = c.R<float>(vi.a);
   float* o = c.W<float>(vi.dst);
   for (int64_t r = 0; r < rows; ++r) o[r] = RowF<kOp>(x + r * K, K);
+}
+
+// RSUM of MUL(x, x) fused at decode (vm.cc FuseSquareSums): the same bits.
+void RowSumSqF(const VInst& vi, TileCtx& c) {
+  const int64_t rows = c.n[1];
+  const int64_t K = rows ? c.n[0] / rows : 0;
+  const float* x = c.R<float>(vi.a);
+  float* o = c.W<float>(vi.dst);
+  for (int64_t r = 0; r < rows; ++r) o[r] = RowF<0, true>(x + r * K, K);
 }
 
 template <int kOp, bool kWrap8>
@@ -929,6 +944,8 @@ Handler SelectHandlerT(const bc::Inst& in) {
   return nullptr;
 }
 
+Handler RowSumSquaresHandlerT() { return &RowSumSqF; }
+
 Handler RowBroadcastHandlerT(const bc::Inst& in) {
   using bc::Opcode;
   const DType src = DType((in.flags & bc::kSrcMask) >> bc::kSrcShift);
@@ -997,6 +1014,7 @@ HWY_EXPORT(SelectHandlerT);
 HWY_EXPORT(LoadConverterT);
 HWY_EXPORT(ColAccumulatorT);
 HWY_EXPORT(RowBroadcastHandlerT);
+HWY_EXPORT(RowSumSquaresHandlerT);
 HWY_EXPORT(StoreConverterT);
 HWY_EXPORT(ErfScalarT);
 HWY_EXPORT(TargetNameT);
@@ -1005,6 +1023,7 @@ Handler SelectHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(SelectHa
 ConvertFn LoadConverter(DType t) { return HWY_DYNAMIC_DISPATCH(LoadConverterT)(t); }
 ColAccFn ColAccumulator(int op) { return HWY_DYNAMIC_DISPATCH(ColAccumulatorT)(op); }
 Handler RowBroadcastHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(RowBroadcastHandlerT)(in); }
+Handler RowSumSquaresHandler() { return HWY_DYNAMIC_DISPATCH(RowSumSquaresHandlerT)(); }
 ConvertFn StoreConverter(DType t) { return HWY_DYNAMIC_DISPATCH(StoreConverterT)(t); }
 float ErfApprox(float x) { return HWY_DYNAMIC_DISPATCH(ErfScalarT)(x); }
 const char* TargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameT)(); }

@@ -81,6 +81,10 @@ ColAccFn ColAccumulator(int op);
 // (BCAST fused into its reader), or nullptr.
 Handler RowBroadcastHandler(const bc::Inst& in);
 
+// The handler of a float RSUM of x * x (a MUL of a register by itself fused
+// into the RSUM reading it): the bits of the MUL then the RSUM.
+Handler RowSumSquaresHandler();
+
 // erf approximation used by the ERF handler (scalar twin, for tests).
 float ErfApprox(float x);
 

@@ -453,6 +453,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     ForwardStores(s, rt);
     ElideRoundingCasts(s, rt);
     FuseRowBroadcasts(s, rt);
+    FuseSquareSums(s, rt);
     SetupColFast(s, rt);
   }
 }
@@ -550,6 +551,38 @@ void Executable::FuseRowBroadcasts(const bc::Stage& s, StageRt& rt) {
     VInst& v = rt.code[k];
     (v.fwd_view != kNoForward ? v.fn2 : v.fn) = h;
     v.b = rr;
+    rt.code[j].fn = &NopHandler;
+  }
+}
+
+// ROW stages: "MUL rm, ra, ra" (f32, full level) whose only reader is the
+// next "RSUM rs, rm" runs as one RSUM of squares of ra (RowSumSquaresHandler):
+// a pass and a full-size temporary less (layernorm's variance). Needed: ra
+// not rewritten in between, rm dead after the RSUM.
+void Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
+  if (s.mode != bc::Mode::kRow) return;
+  const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
+  for (int j = b; j < e; ++j) {
+    const bc::Inst& mul = s.insts[j];
+    if (bc::Opcode(mul.op) != bc::Opcode::MUL || (mul.flags & bc::kFormMask) != bc::kFormRR ||
+        mul.a != mul.b || (mul.flags & bc::kLevelRed) || DType(mul.type) != DType::kFloat32 ||
+        rt.code[j].fwd_view != kNoForward || mul.dst == mul.a)
+      continue;
+    const int rm = mul.dst, ra = mul.a;
+    int k = j + 1;
+    bool ra_kept = true;
+    while (k < e && !ReadsReg(s.insts[k], rm) && !WritesReg(s.insts[k], rm)) {
+      ra_kept = ra_kept && !WritesReg(s.insts[k], ra);
+      ++k;
+    }
+    if (k == e || !ra_kept) continue;
+    const bc::Inst& red = s.insts[k];
+    if (bc::Opcode(red.op) != bc::Opcode::RSUM || DType(red.type) != DType::kFloat32 || red.a != rm ||
+        red.dst == ra || (red.dst != rm && LiveIn(s, k + 1, e, rm)))
+      continue;
+    VInst& v = rt.code[k];
+    (v.fwd_view != kNoForward ? v.fn2 : v.fn) = RowSumSquaresHandler();
+    v.a = ra;
     rt.code[j].fn = &NopHandler;
   }
 }

@@ -67,6 +67,7 @@ class Executable {
   static void SetupColFast(const bc::Stage& s, StageRt& rt);
   static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
   static void FuseRowBroadcasts(const bc::Stage& s, StageRt& rt);
+  static void FuseSquareSums(const bc::Stage& s, StageRt& rt);
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
