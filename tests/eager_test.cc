@@ -1,6 +1,8 @@
 // Eager API: results against a float64 reference for random op sequences
 // with random flush points (fused and unfused), flush rules, kernel counts,
 // the structure cache, allocation counts, threads and error messages.
+#include "dvm/eager.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,22 +12,19 @@
 #include <thread>
 #include <vector>
 
-#include "dvm/eager.h"
-
 namespace dvm::eager {
 namespace {
 
-#define EXPECT_HAS(text, sub)                                                  \
-  do {                                                                         \
-    const std::string t_ = (text);                                             \
-    EXPECT_NE(t_.find(sub), std::string::npos)                                 \
-        << "'" << t_ << "' lacks '" << (sub) << "'";                           \
+#define EXPECT_HAS(text, sub)                                                               \
+  do {                                                                                      \
+    const std::string t_ = (text);                                                          \
+    EXPECT_NE(t_.find(sub), std::string::npos) << "'" << t_ << "' lacks '" << (sub) << "'"; \
   } while (0)
 
-std::string ErrorOf(const std::function<void()> &f) {
+std::string ErrorOf(const std::function<void()>& f) {
   try {
     f();
-  } catch (const Error &e) {
+  } catch (const Error& e) {
     return e.what();
   }
   return "(no error)";
@@ -41,25 +40,20 @@ struct Ref {
   size_t size() const { return v.size(); }
 };
 
-Ref RefFrom(const Tensor &t) { return {t.shape(), t.values()}; }
+Ref RefFrom(const Tensor& t) { return {t.shape(), t.values()}; }
 
 // numpy broadcast of a and b, elementwise f.
-Ref RefBinary(const Ref &a, const Ref &b,
-              const std::function<double(double, double)> &f) {
+Ref RefBinary(const Ref& a, const Ref& b, const std::function<double(double, double)>& f) {
   const size_t r = std::max(a.shape.size(), b.shape.size());
   Shape s(r);
-  auto dim = [&](const Shape &x, size_t i) {
-    return i + x.size() >= r ? x[i + x.size() - r] : int64_t(1);
-  };
-  for (size_t i = 0; i < r; ++i)
-    s[i] = std::max(dim(a.shape, i), dim(b.shape, i));
+  auto dim = [&](const Shape& x, size_t i) { return i + x.size() >= r ? x[i + x.size() - r] : int64_t(1); };
+  for (size_t i = 0; i < r; ++i) s[i] = std::max(dim(a.shape, i), dim(b.shape, i));
   Ref out{s, {}};
   size_t n = 1;
-  for (int64_t d : s)
-    n *= size_t(d);
+  for (int64_t d : s) n *= size_t(d);
   out.v.resize(n);
   std::vector<int64_t> idx(r, 0);
-  auto offset = [&](const Shape &x) {
+  auto offset = [&](const Shape& x) {
     size_t o = 0;
     for (size_t i = 0; i < r; ++i) {
       const int64_t d = dim(x, i);
@@ -70,23 +64,21 @@ Ref RefBinary(const Ref &a, const Ref &b,
   for (size_t k = 0; k < n; ++k) {
     out.v[k] = f(a.v[offset(a.shape)], b.v[offset(b.shape)]);
     for (size_t i = r; i-- > 0;) {
-      if (++idx[i] < s[i])
-        break;
+      if (++idx[i] < s[i]) break;
       idx[i] = 0;
     }
   }
   return out;
 }
 
-Ref RefUnary(const Ref &a, const std::function<double(double)> &f) {
+Ref RefUnary(const Ref& a, const std::function<double(double)>& f) {
   Ref r = a;
-  for (double &x : r.v)
-    x = f(x);
+  for (double& x : r.v) x = f(x);
   return r;
 }
 
 // Reduction over the last axis with keepdims.
-Ref RefReduceLast(const Ref &a, bool is_max, bool mean) {
+Ref RefReduceLast(const Ref& a, bool is_max, bool mean) {
   const int64_t c = a.shape.back();
   Ref r{a.shape, {}};
   r.shape.back() = 1;
@@ -101,13 +93,12 @@ Ref RefReduceLast(const Ref &a, bool is_max, bool mean) {
   return r;
 }
 
-void ExpectClose(const Ref &ref, const Tensor &t, const std::string &what) {
+void ExpectClose(const Ref& ref, const Tensor& t, const std::string& what) {
   ASSERT_EQ(ref.shape, t.shape()) << what;
   const std::vector<double> got = t.values();
   for (size_t i = 0; i < ref.size(); ++i)
     ASSERT_LE(std::fabs(got[i] - ref.v[i]), kAtol + kRtol * std::fabs(ref.v[i]))
-        << what << " element " << i << ": got " << got[i] << ", want "
-        << ref.v[i];
+        << what << " element " << i << ": got " << got[i] << ", want " << ref.v[i];
 }
 
 // A random program over a pool of values kept in [-1, 1] (so the float64
@@ -132,8 +123,7 @@ void RunRandomProgram(uint64_t seed, bool fuse, int max_trace) {
   }
   const Tensor zeros = Tensor::Zeros({R, C});
   const Ref zeros_ref = RefFrom(zeros);
-  const Tensor w =
-      Tensor::Random({C, C}, -1.0 / double(C), 1.0 / double(C), seed * 10 + 9);
+  const Tensor w = Tensor::Random({C, C}, -1.0 / double(C), 1.0 / double(C), seed * 10 + 9);
   const Ref w_ref = RefFrom(w);
   const int steps = 20 + int(rng() % 40);
   for (int s = 0; s < steps; ++s) {
@@ -142,114 +132,98 @@ void RunRandomProgram(uint64_t seed, bool fuse, int max_trace) {
     Ref r;
     // Full [R, C] operands for matmul and slices: broadcast against zeros.
     auto full = [&](size_t k) { return pool[k] + zeros; };
-    auto full_ref = [&](size_t k) {
-      return RefBinary(refs[k], zeros_ref, [](double x, double) { return x; });
-    };
+    auto full_ref = [&](size_t k) { return RefBinary(refs[k], zeros_ref, [](double x, double) { return x; }); };
     switch (rng() % 14) {
-    case 12: { // [R, C] x [C, C] with |w| <= 1/C keeps values in [-1, 1]
-      t = matmul(full(a), w);
-      const Ref x = full_ref(a);
-      r = {{R, C}, std::vector<double>(size_t(R * C), 0.0)};
-      for (int64_t i = 0; i < R; ++i)
-        for (int64_t j = 0; j < C; ++j)
-          for (int64_t k = 0; k < C; ++k)
-            r.v[size_t(i * C + j)] +=
-                x.v[size_t(i * C + k)] * w_ref.v[size_t(k * C + j)];
-      break;
-    }
-    case 13: { // a roll of the columns: slices and a concat
-      const int64_t k = int64_t(rng() % uint64_t(C));
-      const Tensor x = full(a);
-      t = k ? concat({slice(x, 1, k, C - k), slice(x, -1, 0, k)}, 1)
-            : reshape(transpose(reshape(x, {R * C, 1}), {1, 0}), {R, C});
-      const Ref xr = full_ref(a);
-      r = xr;
-      for (int64_t i = 0; i < R; ++i)
-        for (int64_t j = 0; j < C; ++j)
-          r.v[size_t(i * C + j)] = xr.v[size_t(i * C + (j + k) % C)];
-      break;
-    }
-    case 0:
-      t = tanh(pool[a]),
-      r = RefUnary(refs[a], [](double x) { return std::tanh(x); });
-      break;
-    case 1:
-      t = sin(pool[a]),
-      r = RefUnary(refs[a], [](double x) { return std::sin(x); });
-      break;
-    case 2:
-      t = sigmoid(pool[a]) * 2.0 - 1.0;
-      r = RefUnary(refs[a],
-                   [](double x) { return 2 / (1 + std::exp(-x)) - 1; });
-      break;
-    case 3:
-      t = pool[a] * pool[b];
-      r = RefBinary(refs[a], refs[b], [](double x, double y) { return x * y; });
-      break;
-    case 4:
-      t = (pool[a] + pool[b]) * 0.5;
-      r = RefBinary(refs[a], refs[b],
-                    [](double x, double y) { return (x + y) * 0.5; });
-      break;
-    case 5:
-      t = maximum(pool[a], pool[b]) - relu(pool[b]) * 0.5;
-      r = RefBinary(refs[a], refs[b], [](double x, double y) {
-        return std::max(x, y) - std::max(y, 0.0) * 0.5;
-      });
-      break;
-    case 6:
-      t = where(pool[a] > pool[b], pool[a], neg(pool[b]));
-      r = RefBinary(refs[a], refs[b],
-                    [](double x, double y) { return x > y ? x : -y; });
-      break;
-    case 7:
-      t = 0.25 - abs(pool[a]) * 0.75;
-      r = RefUnary(refs[a],
-                   [](double x) { return 0.25 - std::fabs(x) * 0.75; });
-      break;
-    case 8:
-      t = mean(pool[a], {-1}, true);
-      r = RefReduceLast(refs[a], false, true);
-      break;
-    case 9:
-      t = max(pool[a], {-1}, true) * cos(pool[b]);
-      r = RefBinary(RefReduceLast(refs[a], true, false), refs[b],
-                    [](double x, double y) { return x * std::cos(y); });
-      break;
-    case 10:
-      t = erf(pool[a]) / 1.5;
-      r = RefUnary(refs[a], [](double x) { return std::erf(x) / 1.5; });
-      break;
-    default:
-      t = minimum(pool[a], 0.5) * pool[b];
-      r = RefBinary(refs[a], refs[b],
-                    [](double x, double y) { return std::min(x, 0.5) * y; });
-      break;
+      case 12: {  // [R, C] x [C, C] with |w| <= 1/C keeps values in [-1, 1]
+        t = matmul(full(a), w);
+        const Ref x = full_ref(a);
+        r = {{R, C}, std::vector<double>(size_t(R * C), 0.0)};
+        for (int64_t i = 0; i < R; ++i)
+          for (int64_t j = 0; j < C; ++j)
+            for (int64_t k = 0; k < C; ++k)
+              r.v[size_t(i * C + j)] += x.v[size_t(i * C + k)] * w_ref.v[size_t(k * C + j)];
+        break;
+      }
+      case 13: {  // a roll of the columns: slices and a concat
+        const int64_t k = int64_t(rng() % uint64_t(C));
+        const Tensor x = full(a);
+        t = k ? concat({slice(x, 1, k, C - k), slice(x, -1, 0, k)}, 1)
+              : reshape(transpose(reshape(x, {R * C, 1}), {1, 0}), {R, C});
+        const Ref xr = full_ref(a);
+        r = xr;
+        for (int64_t i = 0; i < R; ++i)
+          for (int64_t j = 0; j < C; ++j) r.v[size_t(i * C + j)] = xr.v[size_t(i * C + (j + k) % C)];
+        break;
+      }
+      case 0:
+        t = tanh(pool[a]), r = RefUnary(refs[a], [](double x) { return std::tanh(x); });
+        break;
+      case 1:
+        t = sin(pool[a]), r = RefUnary(refs[a], [](double x) { return std::sin(x); });
+        break;
+      case 2:
+        t = sigmoid(pool[a]) * 2.0 - 1.0;
+        r = RefUnary(refs[a], [](double x) { return 2 / (1 + std::exp(-x)) - 1; });
+        break;
+      case 3:
+        t = pool[a] * pool[b];
+        r = RefBinary(refs[a], refs[b], [](double x, double y) { return x * y; });
+        break;
+      case 4:
+        t = (pool[a] + pool[b]) * 0.5;
+        r = RefBinary(refs[a], refs[b], [](double x, double y) { return (x + y) * 0.5; });
+        break;
+      case 5:
+        t = maximum(pool[a], pool[b]) - relu(pool[b]) * 0.5;
+        r = RefBinary(refs[a], refs[b], [](double x, double y) { return std::max(x, y) - std::max(y, 0.0) * 0.5; });
+        break;
+      case 6:
+        t = where(pool[a] > pool[b], pool[a], neg(pool[b]));
+        r = RefBinary(refs[a], refs[b], [](double x, double y) { return x > y ? x : -y; });
+        break;
+      case 7:
+        t = 0.25 - abs(pool[a]) * 0.75;
+        r = RefUnary(refs[a], [](double x) { return 0.25 - std::fabs(x) * 0.75; });
+        break;
+      case 8:
+        t = mean(pool[a], {-1}, true);
+        r = RefReduceLast(refs[a], false, true);
+        break;
+      case 9:
+        t = max(pool[a], {-1}, true) * cos(pool[b]);
+        r = RefBinary(RefReduceLast(refs[a], true, false), refs[b], [](double x, double y) { return x * std::cos(y); });
+        break;
+      case 10:
+        t = erf(pool[a]) / 1.5;
+        r = RefUnary(refs[a], [](double x) { return std::erf(x) / 1.5; });
+        break;
+      default:
+        t = minimum(pool[a], 0.5) * pool[b];
+        r = RefBinary(refs[a], refs[b], [](double x, double y) { return std::min(x, 0.5) * y; });
+        break;
     }
     pool.push_back(t);
     refs.push_back(r);
     const int what = int(rng() % 10);
-    if (what == 0) { // a read
+    if (what == 0) {  // a read
       const size_t k = pick(pool.size());
       ExpectClose(refs[k], pool[k], "read at step " + std::to_string(s));
     } else if (what == 1) {
       ctx.Sync();
-    } else if (what <= 4 && pool.size() > 3) { // drop a handle
+    } else if (what <= 4 && pool.size() > 3) {  // drop a handle
       const size_t k = pick(pool.size());
       pool.erase(pool.begin() + long(k));
       refs.erase(refs.begin() + long(k));
     }
   }
-  for (size_t k = 0; k < pool.size(); ++k)
-    ExpectClose(refs[k], pool[k], "final value " + std::to_string(k));
+  for (size_t k = 0; k < pool.size(); ++k) ExpectClose(refs[k], pool[k], "final value " + std::to_string(k));
 }
 
 TEST(EagerRandom, FusedMatchesFloat64Reference) {
   for (uint64_t seed = 1; seed <= 40; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     RunRandomProgram(seed, true, 512);
-    if (HasFatalFailure())
-      return;
+    if (HasFatalFailure()) return;
   }
 }
 
@@ -257,8 +231,7 @@ TEST(EagerRandom, SmallTraceLimitMatchesFloat64Reference) {
   for (uint64_t seed = 100; seed <= 115; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     RunRandomProgram(seed, true, 1 + int(seed % 7));
-    if (HasFatalFailure())
-      return;
+    if (HasFatalFailure()) return;
   }
 }
 
@@ -266,13 +239,12 @@ TEST(EagerRandom, UnfusedMatchesFloat64Reference) {
   for (uint64_t seed = 200; seed <= 210; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     RunRandomProgram(seed, false, 512);
-    if (HasFatalFailure())
-      return;
+    if (HasFatalFailure()) return;
   }
 }
 
 // A 10-op elementwise chain on x [64, 100] and b [100].
-Tensor Chain10(const Tensor &x, const Tensor &b) {
+Tensor Chain10(const Tensor& x, const Tensor& b) {
   Tensor y = x * 2.0;
   y = y + b;
   y = tanh(y);
@@ -325,7 +297,7 @@ TEST(EagerFusion, UnfusedRunsEveryOpAtOnce) {
   EXPECT_FALSE(y.pending());
   EXPECT_EQ(ctx.stats().flushes, 10u);
   EXPECT_EQ(ctx.stats().kernels, 10u);
-  EXPECT_EQ(ctx.stats().allocations - allocs, 10u); // every op's result
+  EXPECT_EQ(ctx.stats().allocations - allocs, 10u);  // every op's result
 }
 
 TEST(EagerFusion, EscapingIntermediatesAreWritten) {
@@ -333,8 +305,8 @@ TEST(EagerFusion, EscapingIntermediatesAreWritten) {
   ContextScope scope(ctx);
   Tensor x = Tensor::Random({8, 16}, -1, 1, 3);
   const uint64_t allocs = ctx.stats().allocations;
-  Tensor a = exp(x);            // kept: escapes
-  Tensor c = tanh(a * 0.5) + a; // a * 0.5 and tanh(...) do not
+  Tensor a = exp(x);             // kept: escapes
+  Tensor c = tanh(a * 0.5) + a;  // a * 0.5 and tanh(...) do not
   ctx.Sync();
   EXPECT_EQ(ctx.stats().allocations - allocs, 2u);
   EXPECT_FALSE(a.pending());
@@ -354,18 +326,18 @@ TEST(EagerFusion, DeadValuesAreNotComputed) {
   EXPECT_EQ(ctx.pending_ops(), 2u);
   ctx.Sync();
   EXPECT_EQ(ctx.pending_ops(), 0u);
-  EXPECT_EQ(ctx.stats().flushes, 0u); // nothing escaped: nothing ran
+  EXPECT_EQ(ctx.stats().flushes, 0u);  // nothing escaped: nothing ran
   EXPECT_EQ(ctx.stats().kernels, 0u);
 }
 
 TEST(EagerAlloc, LargeBuffersComeBackFromTheCache) {
   Context ctx;
   ContextScope scope(ctx);
-  Tensor x = Tensor::Random({1 << 18}, -1, 1, 5); // 1 MiB
+  Tensor x = Tensor::Random({1 << 18}, -1, 1, 5);  // 1 MiB
   for (int i = 0; i < 3; ++i) {
     Tensor y = exp(x);
     EXPECT_FLOAT_EQ(float(y.values()[7]), std::exp(float(x.values()[7])));
-  } // y's buffer goes back to the cache
+  }  // y's buffer goes back to the cache
   EXPECT_EQ(ctx.stats().allocations, 4u);
   EXPECT_GE(ctx.stats().reused, 2u);
 }
@@ -390,16 +362,14 @@ TEST(EagerFlush, SizeLimitFlushes) {
   Context ctx({true, /*max_trace=*/8});
   ContextScope scope(ctx);
   Tensor x = Tensor::Full({16}, 1.0);
-  for (int i = 0; i < 7; ++i)
-    x = x + 1.0;
+  for (int i = 0; i < 7; ++i) x = x + 1.0;
   EXPECT_EQ(ctx.stats().flushes, 0u);
   EXPECT_EQ(ctx.pending_ops(), 7u);
-  x = x + 1.0; // the 8th op fills the trace
+  x = x + 1.0;  // the 8th op fills the trace
   EXPECT_EQ(ctx.stats().flushes, 1u);
   EXPECT_EQ(ctx.pending_ops(), 0u);
   EXPECT_FALSE(x.pending());
-  for (int i = 0; i < 20; ++i)
-    x = x + 1.0;
+  for (int i = 0; i < 20; ++i) x = x + 1.0;
   EXPECT_EQ(ctx.stats().flushes, 3u);
   EXPECT_EQ(ctx.pending_ops(), 4u);
   EXPECT_EQ(x.values()[5], 29.0);
@@ -411,7 +381,7 @@ TEST(EagerFlush, SyncFlushes) {
   Tensor x = Tensor::Full({3}, 1.5);
   Tensor y = x * 2.0;
   EXPECT_TRUE(y.pending());
-  Sync(); // the active context
+  Sync();  // the active context
   EXPECT_FALSE(y.pending());
   EXPECT_EQ(ctx.stats().flushes, 1u);
   EXPECT_EQ(y.values(), (std::vector<double>{3, 3, 3}));
@@ -421,9 +391,9 @@ TEST(EagerFlush, UnfusibleOpFlushes) {
   Context ctx;
   ContextScope scope(ctx);
   Tensor x = Tensor::FromVector({0, 1, -2, 0, 3, 0}, {2, 3});
-  Tensor other = exp(x); // pending, unrelated
+  Tensor other = exp(x);  // pending, unrelated
   Tensor nz = nonzero(x * 2.0);
-  EXPECT_FALSE(other.pending()); // the whole trace ran
+  EXPECT_FALSE(other.pending());  // the whole trace ran
   EXPECT_EQ(ctx.stats().flushes, 1u);
   EXPECT_EQ(nz.shape(), (Shape{3, 2}));
   EXPECT_EQ(nz.values(), (std::vector<double>{0, 1, 0, 2, 1, 1}));
@@ -438,7 +408,7 @@ TEST(EagerCache, RepeatedLoopBodyHitsCache) {
     for (int step = 0; step < 5; ++step) {
       x = x * 0.5 + b;
       x = sqrt(x * x + 1.0) - 1.0;
-      (void)x.values(); // the loop body is one trace
+      (void)x.values();  // the loop body is one trace
     }
   }
   // 30 flushes of one structure: one compile; the pattern (all dims in one
@@ -447,7 +417,7 @@ TEST(EagerCache, RepeatedLoopBodyHitsCache) {
   EXPECT_EQ(ctx.stats().cache_misses, 1u);
   EXPECT_EQ(ctx.stats().cache_hits, 29u);
   EXPECT_EQ(ctx.cache_size(), 1u);
-  EXPECT_GE(ctx.stats().codegens, 3u); // 1000, 37, 5000
+  EXPECT_GE(ctx.stats().codegens, 3u);  // 1000, 37, 5000
   EXPECT_LE(ctx.stats().codegens, 4u);
 }
 
@@ -459,11 +429,11 @@ TEST(EagerCache, EqualityPatternIsPartOfTheKey) {
     return sum(exp(x), {-1}).values();
   };
   run(4, 8);
-  run(5, 9); // same pattern: two classes
+  run(5, 9);  // same pattern: two classes
   EXPECT_EQ(ctx.stats().cache_misses, 1u);
-  run(6, 6); // one class
+  run(6, 6);  // one class
   EXPECT_EQ(ctx.stats().cache_misses, 2u);
-  run(1, 9); // a dim of 1 is a constant
+  run(1, 9);  // a dim of 1 is a constant
   EXPECT_EQ(ctx.stats().cache_misses, 3u);
   const std::vector<double> v = run(7, 7);
   EXPECT_EQ(ctx.stats().cache_misses, 3u);
@@ -474,23 +444,22 @@ TEST(EagerCache, CapacityBoundsTheCache) {
   Context ctx({true, 512, /*cache_capacity=*/2});
   ContextScope scope(ctx);
   Tensor x = Tensor::Full({4}, 1.0);
-  for (double s : {1.0, 2.0, 3.0, 4.0}) // scalars are part of the key
+  for (double s : {1.0, 2.0, 3.0, 4.0})  // scalars are part of the key
     EXPECT_EQ((x * s).values()[0], s);
   EXPECT_EQ(ctx.stats().cache_misses, 4u);
   EXPECT_EQ(ctx.cache_size(), 2u);
 }
 
 TEST(EagerThreads, TwoThreadsComputeIndependently) {
-  Tensor shared = Tensor::Random({256, 64}, -1, 1, 9); // materialised
+  Tensor shared = Tensor::Random({256, 64}, -1, 1, 9);  // materialised
   std::vector<double> result[2];
   std::vector<uint64_t> flushes(2);
   auto work = [&](int id) {
-    Context &ctx = Context::Current(); // this thread's default context
+    Context& ctx = Context::Current();  // this thread's default context
     Tensor acc = shared * double(id + 1);
     for (int i = 0; i < 200; ++i) {
       acc = tanh(acc) * 0.9 + shared * 0.1;
-      if (i % 50 == 49)
-        (void)sum(acc).item();
+      if (i % 50 == 49) (void)sum(acc).item();
     }
     result[id] = acc.values();
     flushes[id] = ctx.stats().flushes;
@@ -500,11 +469,10 @@ TEST(EagerThreads, TwoThreadsComputeIndependently) {
   t1.join();
   const std::vector<double> s = shared.values();
   for (int id = 0; id < 2; ++id) {
-    EXPECT_EQ(flushes[id], 4u); // the reads; values() finds acc computed
+    EXPECT_EQ(flushes[id], 4u);  // the reads; values() finds acc computed
     for (size_t i = 0; i < s.size(); i += 97) {
       double a = s[i] * (id + 1);
-      for (int k = 0; k < 200; ++k)
-        a = std::tanh(a) * 0.9 + s[i] * 0.1;
+      for (int k = 0; k < 200; ++k) a = std::tanh(a) * 0.9 + s[i] * 0.1;
       ASSERT_NEAR(result[id][i], a, 1e-4) << "thread " << id << " elem " << i;
     }
   }
@@ -514,7 +482,7 @@ TEST(EagerErrors, RecordTimeErrorNamesTheOp) {
   Context ctx;
   ContextScope scope(ctx);
   Tensor a = Tensor::Zeros({3, 4}), b = Tensor::Zeros({5});
-  Tensor t = exp(a) * 2.0 + 1.0; // ops #0..#2
+  Tensor t = exp(a) * 2.0 + 1.0;  // ops #0..#2
   const std::string e = ErrorOf([&] { (void)(t - b); });
   EXPECT_HAS(e, "eager op #3 (sub)");
   EXPECT_HAS(e, "[3, 4]");
@@ -523,16 +491,11 @@ TEST(EagerErrors, RecordTimeErrorNamesTheOp) {
                (void)(a + Tensor::Zeros({3, 4}, DType::kInt32));
              }),
              "(add): add: dtype mismatch f32 vs i32");
-  EXPECT_HAS(ErrorOf([&] { (void)matmul(a, a); }),
-             "(matmul): inner dims differ");
-  EXPECT_HAS(ErrorOf([&] {
-               (void)reshape(a, {5, -1});
-             }),
-             "(reshape): cannot reshape");
+  EXPECT_HAS(ErrorOf([&] { (void)matmul(a, a); }), "(matmul): inner dims differ");
+  EXPECT_HAS(ErrorOf([&] { (void)reshape(a, {5, -1}); }), "(reshape): cannot reshape");
   EXPECT_HAS(ErrorOf([&] { (void)sum(a, {2}); }), "axis 2 out of range");
   EXPECT_HAS(ErrorOf([&] { (void)slice(a, 1, 2, 3); }), "(slice)");
-  EXPECT_HAS(ErrorOf([&] { (void)exp(Tensor::Zeros({2}, DType::kInt32)); }),
-             "exp: dtype i32 not supported");
+  EXPECT_HAS(ErrorOf([&] { (void)exp(Tensor::Zeros({2}, DType::kInt32)); }), "exp: dtype i32 not supported");
   // The trace survives a rejected op.
   EXPECT_EQ(ctx.pending_ops(), 3u);
   EXPECT_EQ(t.values()[0], 3.0);
@@ -546,8 +509,8 @@ TEST(EagerErrors, FlushTimeErrorNamesTheOp) {
   Tensor table = Tensor::Random({4, 3}, -1, 1, 1);
   const int32_t bad[2] = {1, 7};
   Tensor ids = Tensor::FromData(bad, {2}, DType::kInt32);
-  Tensor y = exp(table) * 2.0;     // #0, #1
-  Tensor g = gather(y, ids) + 1.0; // #2, #3
+  Tensor y = exp(table) * 2.0;      // #0, #1
+  Tensor g = gather(y, ids) + 1.0;  // #2, #3
   const std::string e = ErrorOf([&] { (void)g.values(); });
   EXPECT_HAS(e, "eager op #2 (gather)");
   EXPECT_HAS(e, "7");
@@ -561,8 +524,7 @@ TEST(EagerOps, ShapesLibraryOpsAndReductions) {
   Context ctx;
   ContextScope scope(ctx);
   Tensor a = Tensor::FromVector({1, 2, 3, 4, 5, 6}, {2, 3});
-  EXPECT_EQ(transpose(a, {1, 0}).values(),
-            (std::vector<double>{1, 4, 2, 5, 3, 6}));
+  EXPECT_EQ(transpose(a, {1, 0}).values(), (std::vector<double>{1, 4, 2, 5, 3, 6}));
   EXPECT_EQ(reshape(a, {3, -1}).shape(), (Shape{3, 2}));
   EXPECT_EQ(sum(a, {0}).values(), (std::vector<double>{5, 7, 9}));
   EXPECT_EQ(max(a, {1}, true).shape(), (Shape{2, 1}));
@@ -572,19 +534,13 @@ TEST(EagerOps, ShapesLibraryOpsAndReductions) {
   EXPECT_EQ(mean(a, {1}).values(), (std::vector<double>{2, 5}));
   EXPECT_EQ(slice(a, 1, 1, 2).values(), (std::vector<double>{2, 3, 5, 6}));
   EXPECT_EQ(concat({a, a * 10.0}, 0).shape(), (Shape{4, 3}));
-  EXPECT_EQ(concat({slice(a, 1, 2, 1), slice(a, 1, 0, 2)}, 1).values(),
-            (std::vector<double>{3, 1, 2, 6, 4, 5}));
-  EXPECT_EQ(broadcast_to(Tensor::FromVector({1, 2}, {2, 1}), {2, 3}).values(),
-            (std::vector<double>{1, 1, 1, 2, 2, 2}));
-  EXPECT_EQ(matmul(a, a, false, true).values(),
-            (std::vector<double>{14, 32, 32, 77}));
+  EXPECT_EQ(concat({slice(a, 1, 2, 1), slice(a, 1, 0, 2)}, 1).values(), (std::vector<double>{3, 1, 2, 6, 4, 5}));
+  EXPECT_EQ(broadcast_to(Tensor::FromVector({1, 2}, {2, 1}), {2, 3}).values(), (std::vector<double>{1, 1, 1, 2, 2, 2}));
+  EXPECT_EQ(matmul(a, a, false, true).values(), (std::vector<double>{14, 32, 32, 77}));
   EXPECT_EQ(matmul(a, a, true, false).shape(), (Shape{3, 3}));
-  EXPECT_EQ(cast(a * 1.6, DType::kInt32).values(),
-            (std::vector<double>{1, 3, 4, 6, 8, 9}));
-  EXPECT_EQ(where(a > 3.0, a, Tensor::Zeros({1})).values(),
-            (std::vector<double>{0, 0, 0, 4, 5, 6}));
-  EXPECT_EQ(arange(4, DType::kFloat32, 1, 2).values(),
-            (std::vector<double>{1, 3, 5, 7}));
+  EXPECT_EQ(cast(a * 1.6, DType::kInt32).values(), (std::vector<double>{1, 3, 4, 6, 8, 9}));
+  EXPECT_EQ(where(a > 3.0, a, Tensor::Zeros({1})).values(), (std::vector<double>{0, 0, 0, 4, 5, 6}));
+  EXPECT_EQ(arange(4, DType::kFloat32, 1, 2).values(), (std::vector<double>{1, 3, 5, 7}));
   const std::vector<double> m = causal_mask(2, 3).values();
   EXPECT_EQ(m[1], 0.0);
   EXPECT_TRUE(std::isinf(m[2]) && m[2] < 0);
@@ -603,7 +559,7 @@ TEST(EagerOps, FromBufferReadsTheCallersMemory) {
   std::vector<float> v = {1, 2, 3};
   Tensor t = Tensor::FromBuffer(v.data(), {3}, DType::kFloat32);
   const uint64_t allocs = ctx.stats().allocations;
-  EXPECT_EQ(t.data(), static_cast<const void *>(v.data()));
+  EXPECT_EQ(t.data(), static_cast<const void*>(v.data()));
   EXPECT_EQ(ctx.stats().allocations, allocs);
   EXPECT_EQ(sum(t * t).item(), 14.0);
 }
@@ -611,7 +567,7 @@ TEST(EagerOps, FromBufferReadsTheCallersMemory) {
 // A layer-like trace (matmul, softmax, reshapes, slices, mask) gives the
 // same values fused and unfused, across lengths that share one plan.
 TEST(EagerFusion, AttentionFusedEqualsUnfused) {
-  auto attention = [](int64_t S, Context &ctx) {
+  auto attention = [](int64_t S, Context& ctx) {
     ContextScope scope(ctx);
     Tensor x = Tensor::Random({S, 32}, -1, 1, uint64_t(S));
     Tensor w = Tensor::Random({32, 96}, -0.3, 0.3, 2);
@@ -630,16 +586,14 @@ TEST(EagerFusion, AttentionFusedEqualsUnfused) {
   };
   Context fused, unfused({false});
   for (int64_t S : {5, 17, 3, 17}) {
-    const std::vector<double> a = attention(S, fused),
-                              b = attention(S, unfused);
+    const std::vector<double> a = attention(S, fused), b = attention(S, unfused);
     ASSERT_EQ(a.size(), b.size());
-    for (size_t i = 0; i < a.size(); ++i)
-      ASSERT_NEAR(a[i], b[i], kAtol + kRtol * std::fabs(b[i])) << S << " " << i;
+    for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], kAtol + kRtol * std::fabs(b[i])) << S << " " << i;
   }
-  EXPECT_EQ(fused.stats().cache_misses, 1u); // one plan for every S > 1
+  EXPECT_EQ(fused.stats().cache_misses, 1u);  // one plan for every S > 1
   EXPECT_EQ(fused.stats().cache_hits, 3u);
   EXPECT_LT(fused.stats().kernels, unfused.stats().kernels);
 }
 
-} // namespace
-} // namespace dvm::eager
+}  // namespace
+}  // namespace dvm::eager

@@ -85,8 +85,8 @@ void ExpectError(F&& f, std::initializer_list<std::string> parts) {
 
 // ---- Gather ---------------------------------------------------------------
 
-Bytes RefGather(const Bytes& table, const Shape& table_shape, size_t es,
-                const std::vector<int32_t>& ids, const Shape& ids_shape) {
+Bytes RefGather(const Bytes& table, const Shape& table_shape, size_t es, const std::vector<int32_t>& ids,
+                const Shape& ids_shape) {
   Shape row_shape(table_shape.begin() + 1, table_shape.end());
   const int64_t row = Count(row_shape);
   Bytes out(static_cast<size_t>(Count(ids_shape) * row) * es);
@@ -106,10 +106,8 @@ TEST(LibOpsGather, MatchesReference) {
     Shape table, ids;
   };
   const Case cases[] = {
-      {{5}, {3}},           {{7, 4}, {6}},          {{10, 3}, {2, 3}},
-      {{4, 2, 3}, {5}},     {{6, 2, 3, 2}, {2, 2}}, {{3, 5}, {}},
-      {{3, 5}, {0}},        {{3, 0}, {4}},          {{3, 5}, {2, 0, 3}},
-      {{50257, 1}, {1, 9}}, {{9, 8}, {1, 1, 1, 4}},
+      {{5}, {3}},    {{7, 4}, {6}}, {{10, 3}, {2, 3}},   {{4, 2, 3}, {5}},     {{6, 2, 3, 2}, {2, 2}}, {{3, 5}, {}},
+      {{3, 5}, {0}}, {{3, 0}, {4}}, {{3, 5}, {2, 0, 3}}, {{50257, 1}, {1, 9}}, {{9, 8}, {1, 1, 1, 4}},
   };
   for (DType dt : kAll) {
     const size_t es = DTypeSize(dt);
@@ -157,11 +155,8 @@ TEST(LibOpsGather, OutOfRangeIdThrowsBeforeWriting) {
   for (const Case& c : cases) {
     SCOPED_TRACE(c.value);
     Bytes out = SentinelBuf(c.ids.size() * 3 * 4);
-    ExpectError(
-        [&] {
-          Gather(table.data(), table_shape, DType::kFloat32, c.ids.data(), c.ids_shape, out.data());
-        },
-        {"gather", c.value, c.position, "[0, 4)"});
+    ExpectError([&] { Gather(table.data(), table_shape, DType::kFloat32, c.ids.data(), c.ids_shape, out.data()); },
+                {"gather", c.value, c.position, "[0, 4)"});
     EXPECT_TRUE(AllSentinel(out)) << "gather wrote output before throwing";
   }
   // An empty table rejects every id; ids are checked even when rows are empty.
@@ -183,8 +178,7 @@ TEST(LibOpsGather, BadArguments) {
   const Bytes table(64, 0);
   Bytes out = SentinelBuf(64);
   const int32_t ids[2] = {0, 1};
-  ExpectError([&] { Gather(table.data(), {}, DType::kFloat32, ids, {2}, out.data()); },
-              {"gather", "rank"});
+  ExpectError([&] { Gather(table.data(), {}, DType::kFloat32, ids, {2}, out.data()); }, {"gather", "rank"});
   ExpectError(
       [&] {
         Gather(table.data(), {4, 2}, DType::kFloat32, nullptr, {2}, out.data());
@@ -197,20 +191,11 @@ TEST(LibOpsGather, BadArguments) {
       {"gather", "negative", "[4, -2]"});
   ExpectError(
       [&] {
-        Gather(table.data(), {int64_t{1} << 40, int64_t{1} << 20}, DType::kInt8, ids, {2},
-               out.data());
+        Gather(table.data(), {int64_t{1} << 40, int64_t{1} << 20}, DType::kInt8, ids, {2}, out.data());
       },
       {"gather", "overflow"});
-  ExpectError(
-      [&] {
-        Gather(nullptr, {4, 2}, DType::kFloat32, ids, {2}, out.data());
-      },
-      {"gather", "table", "null"});
-  ExpectError(
-      [&] {
-        Gather(table.data(), {4, 2}, DType::kFloat32, ids, {2}, nullptr);
-      },
-      {"gather", "output", "null"});
+  ExpectError([&] { Gather(nullptr, {4, 2}, DType::kFloat32, ids, {2}, out.data()); }, {"gather", "table", "null"});
+  ExpectError([&] { Gather(table.data(), {4, 2}, DType::kFloat32, ids, {2}, nullptr); }, {"gather", "output", "null"});
   ExpectError(
       [&] {
         Gather(table.data(), {4, 2}, static_cast<DType>(17), ids, {2}, out.data());
@@ -226,8 +211,7 @@ size_t Norm(int64_t axis, size_t rank) {
 }
 
 // Every output element located by its multi-index: which input along `axis`.
-Bytes RefConcat(const std::vector<Bytes>& ins, const std::vector<Shape>& shapes, size_t es,
-                int64_t axis) {
+Bytes RefConcat(const std::vector<Bytes>& ins, const std::vector<Shape>& shapes, size_t es, int64_t axis) {
   const size_t ax = Norm(axis, shapes[0].size());
   Shape out_shape = shapes[0];
   out_shape[ax] = 0;
@@ -326,8 +310,8 @@ TEST(LibOpsSplit, MatchesReferenceAndInvertsConcat) {
         shape[ax] += s[ax];
         sizes.push_back(s[ax]);
       }
-      SCOPED_TRACE(std::string(DTypeName(dt)) + " " + Str(shape) + " axis " +
-                   std::to_string(c.axis) + " sizes " + Str(sizes));
+      SCOPED_TRACE(std::string(DTypeName(dt)) + " " + Str(shape) + " axis " + std::to_string(c.axis) + " sizes " +
+                   Str(sizes));
       const Bytes in = RandomBytes(Count(shape) * es, rng);
       const std::vector<Bytes> want = RefSplit(in, shape, es, c.axis, sizes);
       std::vector<Bytes> got;
@@ -361,8 +345,7 @@ TEST(LibOpsConcat, Errors) {
   Bytes out = SentinelBuf(256);
   auto run = [&](std::vector<Shape> shapes, int64_t axis) {
     return [&out, &three, shapes, axis] {
-      Concat(std::span<const void* const>(three, shapes.size()), shapes, DType::kFloat32, axis,
-             out.data());
+      Concat(std::span<const void* const>(three, shapes.size()), shapes, DType::kFloat32, axis, out.data());
     };
   };
   ExpectError(run({{2, 3}, {2, 4}}, 2), {"concat", "axis 2", "rank 2"});
@@ -372,18 +355,15 @@ TEST(LibOpsConcat, Errors) {
   ExpectError(run({{2, 3, 4}, {5, 3, 5}}, -2), {"concat", "input 1", "[5, 3, 5]", "[2, 3, 4]"});
   ExpectError(run({{2, 3}, {2, 3, 1}}, 1), {"concat", "input 1", "rank 3", "rank 2"});
   ExpectError(run({{2, -3}, {2, 3}}, 1), {"concat", "negative", "[2, -3]"});
-  ExpectError(run({{int64_t{1} << 30, 1}, {int64_t{1} << 30, int64_t{1} << 21}}, 1),
-              {"concat", "overflow"});
+  ExpectError(run({{int64_t{1} << 30, 1}, {int64_t{1} << 30, int64_t{1} << 21}}, 1), {"concat", "overflow"});
   const int64_t big = int64_t{1} << 62;
   ExpectError(run({{0, big}, {0, big}, {0, big}}, 1), {"concat", "overflow", "input 1"});
   ExpectError([&] { Concat({}, {}, DType::kFloat32, 0, out.data()); }, {"concat", "at least one"});
   const Shape shapes[] = {{2}, {2}};
-  ExpectError(
-      [&] { Concat(std::span<const void* const>(two, 1), shapes, DType::kFloat32, 0, out.data()); },
-      {"concat", "1 input", "2 shapes"});
+  ExpectError([&] { Concat(std::span<const void* const>(two, 1), shapes, DType::kFloat32, 0, out.data()); },
+              {"concat", "1 input", "2 shapes"});
   const void* with_null[] = {a.data(), nullptr};
-  ExpectError([&] { Concat(with_null, shapes, DType::kInt8, 0, out.data()); },
-              {"concat", "input 1", "null"});
+  ExpectError([&] { Concat(with_null, shapes, DType::kInt8, 0, out.data()); }, {"concat", "input 1", "null"});
   ExpectError([&] { Concat(two, shapes, DType::kInt8, 0, nullptr); }, {"concat", "output", "null"});
   EXPECT_TRUE(AllSentinel(out)) << "concat wrote output before throwing";
 }
@@ -394,8 +374,7 @@ TEST(LibOpsSplit, Errors) {
   void* outs[] = {o0.data(), o1.data()};
   auto run = [&](Shape shape, int64_t axis, std::vector<int64_t> sizes) {
     return [&in, &outs, shape, axis, sizes] {
-      Split(in.data(), shape, DType::kFloat32, axis, sizes,
-            std::span<void* const>(outs, sizes.size()));
+      Split(in.data(), shape, DType::kFloat32, axis, sizes, std::span<void* const>(outs, sizes.size()));
     };
   };
   ExpectError(run({2, 6}, 2, {3, 3}), {"split", "axis 2", "rank 2"});
@@ -404,9 +383,8 @@ TEST(LibOpsSplit, Errors) {
   ExpectError(run({2, 6}, 1, {3, 2}), {"split", "[3, 2]", "sum to 5", "dim 6"});
   ExpectError(run({2, 6}, -1, {3, 4}), {"split", "[3, 4]", "6"});
   ExpectError(run({2, 6}, 0, {3, -1}), {"split", "negative", "-1"});
-  ExpectError(
-      run({2, 6}, 1, {std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::max()}),
-      {"split", "9223372036854775807"});
+  ExpectError(run({2, 6}, 1, {std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::max()}),
+              {"split", "9223372036854775807"});
   ExpectError(run({2, -6}, 1, {3, 3}), {"split", "negative", "[2, -6]"});
   ExpectError(
       [&] {
@@ -492,15 +470,13 @@ TEST(LibOpsIota, ExactValues) {
 }
 
 TEST(LibOpsIota, MatchesReferenceAllDTypes) {
-  const DType dts[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kInt32,
-                       DType::kInt8};
+  const DType dts[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kInt32, DType::kInt8};
   const double starts[] = {0, -3.25, 1000.5, 1e6};
   const double steps[] = {1, 0.1, -2.5, 1.0 / 3};
   for (DType dt : dts)
     for (double start : starts)
       for (double step : steps) {
-        SCOPED_TRACE(std::string(DTypeName(dt)) + " start " + std::to_string(start) + " step " +
-                     std::to_string(step));
+        SCOPED_TRACE(std::string(DTypeName(dt)) + " start " + std::to_string(start) + " step " + std::to_string(step));
         const int64_t n = 1000;
         const std::vector<double> got = RunIota(n, dt, start, step);
         for (int64_t i = 0; i < n; ++i) {
@@ -535,8 +511,7 @@ TEST(LibOpsIota, Errors) {
   Bytes out = SentinelBuf(64);
   ExpectError([&] { Iota(4, DType::kBool, 0, 1, out.data()); }, {"iota", "bool"});
   ExpectError([&] { Iota(-3, DType::kFloat32, 0, 1, out.data()); }, {"iota", "-3"});
-  ExpectError([&] { Iota(int64_t{1} << 60, DType::kFloat32, 0, 1, out.data()); },
-              {"iota", "overflow"});
+  ExpectError([&] { Iota(int64_t{1} << 60, DType::kFloat32, 0, 1, out.data()); }, {"iota", "overflow"});
   ExpectError([&] { Iota(4, DType::kFloat32, 0, 1, nullptr); }, {"iota", "null"});
   ExpectError([&] { Iota(4, static_cast<DType>(9), 0, 1, out.data()); }, {"iota", "dtype", "9"});
   EXPECT_TRUE(AllSentinel(out)) << "iota wrote output before throwing";
@@ -546,13 +521,11 @@ TEST(LibOpsIota, Errors) {
 // ---- CausalMask -----------------------------------------------------------
 
 TEST(LibOpsCausalMask, MatchesReference) {
-  const std::pair<int64_t, int64_t> qkv[] = {{0, 0}, {0, 5}, {1, 1},  {1, 7},  {4, 4},
-                                             {3, 8}, {8, 8}, {5, 13}, {17, 33}};
+  const std::pair<int64_t, int64_t> qkv[] = {{0, 0}, {0, 5}, {1, 1}, {1, 7}, {4, 4}, {3, 8}, {8, 8}, {5, 13}, {17, 33}};
   const DType dts[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kBool};
   for (DType dt : dts)
     for (auto [q, kv] : qkv) {
-      SCOPED_TRACE(std::string(DTypeName(dt)) + " q " + std::to_string(q) + " kv " +
-                   std::to_string(kv));
+      SCOPED_TRACE(std::string(DTypeName(dt)) + " q " + std::to_string(q) + " kv " + std::to_string(kv));
       Bytes out = SentinelBuf(static_cast<size_t>(q * kv) * DTypeSize(dt));
       CausalMask(q, kv, dt, out.data());
       if (q * kv == 0) {
@@ -584,8 +557,7 @@ TEST(LibOpsCausalMask, LastRowSeesEverything) {
 
 TEST(LibOpsCausalMask, Errors) {
   Bytes out = SentinelBuf(256);
-  ExpectError([&] { CausalMask(4, 3, DType::kFloat32, out.data()); },
-              {"causal_mask", "q = 4", "kv = 3"});
+  ExpectError([&] { CausalMask(4, 3, DType::kFloat32, out.data()); }, {"causal_mask", "q = 4", "kv = 3"});
   ExpectError([&] { CausalMask(-1, 3, DType::kFloat32, out.data()); }, {"causal_mask", "q = -1"});
   ExpectError([&] { CausalMask(-5, -2, DType::kBool, out.data()); }, {"causal_mask", "kv = -2"});
   ExpectError([&] { CausalMask(2, 4, DType::kInt32, out.data()); }, {"causal_mask", "i32"});

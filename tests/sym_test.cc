@@ -279,7 +279,8 @@ struct Rand {
         int id = static_cast<int>(Int(0, 2));
         return {S(id), [id](const auto& v) { return std::optional<int64_t>(v[id]); }};
       }
-      default: break;
+      default:
+        break;
     }
     Node x = Make(depth - 1);
     Node y = Make(depth - 1);
@@ -291,9 +292,12 @@ struct Rand {
       };
     };
     switch (k) {
-      case 2: return {x.e + y.e, both(x.f, y.f, [](int64_t p, int64_t q) -> std::optional<int64_t> { return p + q; })};
-      case 3: return {x.e - y.e, both(x.f, y.f, [](int64_t p, int64_t q) -> std::optional<int64_t> { return p - q; })};
-      case 4: return {x.e * y.e, both(x.f, y.f, [](int64_t p, int64_t q) -> std::optional<int64_t> { return p * q; })};
+      case 2:
+        return {x.e + y.e, both(x.f, y.f, [](int64_t p, int64_t q) -> std::optional<int64_t> { return p + q; })};
+      case 3:
+        return {x.e - y.e, both(x.f, y.f, [](int64_t p, int64_t q) -> std::optional<int64_t> { return p - q; })};
+      case 4:
+        return {x.e * y.e, both(x.f, y.f, [](int64_t p, int64_t q) -> std::optional<int64_t> { return p * q; })};
       case 5: {
         if (Int(0, 1)) {
           int64_t c = Int(1, 4) * (Int(0, 3) ? 1 : -1);

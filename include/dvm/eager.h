@@ -42,70 +42,70 @@
 namespace dvm::eager {
 
 struct ContextOptions {
-  bool fuse = true;            // false: every op runs at once (unfused)
-  int max_trace = 512;         // pending ops that force a flush
-  size_t cache_capacity = 256; // compiled traces kept (least recently used)
-  bool stack = true;           // launch independent kernels as one stack
+  bool fuse = true;             // false: every op runs at once (unfused)
+  int max_trace = 512;          // pending ops that force a flush
+  size_t cache_capacity = 256;  // compiled traces kept (least recently used)
+  bool stack = true;            // launch independent kernels as one stack
 };
 
 struct EagerStats {
-  uint64_t ops = 0;          // ops recorded
-  uint64_t flushes = 0;      // traces run (flushes with work to do)
-  uint64_t kernels = 0;      // fused kernels run
-  uint64_t launches = 0;     // launches (a kernel stack counts once)
-  uint64_t library_ops = 0;  // gather, concat, slice, ... run by plain C++
-  uint64_t cache_hits = 0;   // flushes served by a cached compiled trace
-  uint64_t cache_misses = 0; // flushes that compiled a new trace
-  uint64_t codegens = 0;     // programs generated for new shapes
-  double codegen_us = 0;     // their total codegen time
-  double compile_us = 0;     // trace -> graph -> fused kernels, on misses
-  double run_us = 0;         // time in CompiledGraph::Run
-  double flush_us = 0;       // total flush time (hash, compile, run)
-  double record_ns = 0;      // total time spent recording ops
-  uint64_t allocations = 0;  // buffers the eager layer allocated for values
-  uint64_t reused = 0;       // ... of which came from the buffer cache
+  uint64_t ops = 0;           // ops recorded
+  uint64_t flushes = 0;       // traces run (flushes with work to do)
+  uint64_t kernels = 0;       // fused kernels run
+  uint64_t launches = 0;      // launches (a kernel stack counts once)
+  uint64_t library_ops = 0;   // gather, concat, slice, ... run by plain C++
+  uint64_t cache_hits = 0;    // flushes served by a cached compiled trace
+  uint64_t cache_misses = 0;  // flushes that compiled a new trace
+  uint64_t codegens = 0;      // programs generated for new shapes
+  double codegen_us = 0;      // their total codegen time
+  double compile_us = 0;      // trace -> graph -> fused kernels, on misses
+  double run_us = 0;          // time in CompiledGraph::Run
+  double flush_us = 0;        // total flush time (hash, compile, run)
+  double record_ns = 0;       // total time spent recording ops
+  uint64_t allocations = 0;   // buffers the eager layer allocated for values
+  uint64_t reused = 0;        // ... of which came from the buffer cache
   uint64_t allocated_bytes = 0;
 };
 
 class Context {
-public:
-  explicit Context(const ContextOptions &options = {});
-  ~Context(); // runs the pending trace (errors are dropped)
-  Context(const Context &) = delete;
-  Context &operator=(const Context &) = delete;
+ public:
+  explicit Context(const ContextOptions& options = {});
+  ~Context();  // runs the pending trace (errors are dropped)
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
 
   // Runs the pending trace now.
   void Sync();
   size_t pending_ops() const;
-  const EagerStats &stats() const;
+  const EagerStats& stats() const;
   void ResetStats();
-  const ContextOptions &options() const;
+  const ContextOptions& options() const;
   // Changes options (the pending trace is run first).
-  void SetOptions(const ContextOptions &options);
+  void SetOptions(const ContextOptions& options);
   size_t cache_size() const;
   void ClearCache();
 
   // The calling thread's active context (its default one unless a
   // ContextScope is active).
-  static Context &Current();
+  static Context& Current();
 
   struct Impl;
-  Impl &impl() { return *impl_; }
+  Impl& impl() { return *impl_; }
 
-private:
+ private:
   std::unique_ptr<Impl> impl_;
 };
 
 // Makes `ctx` the calling thread's active context for the scope's lifetime.
 class ContextScope {
-public:
-  explicit ContextScope(Context &ctx);
+ public:
+  explicit ContextScope(Context& ctx);
   ~ContextScope();
-  ContextScope(const ContextScope &) = delete;
-  ContextScope &operator=(const ContextScope &) = delete;
+  ContextScope(const ContextScope&) = delete;
+  ContextScope& operator=(const ContextScope&) = delete;
 
-private:
-  Context *prev_;
+ private:
+  Context* prev_;
 };
 
 // Syncs the calling thread's active context.
@@ -116,40 +116,35 @@ struct TensorImpl;
 // A value handle: cheap to copy; copies share the value. Either
 // materialised (a buffer) or pending (a node of its context's trace).
 class Tensor {
-public:
-  Tensor() = default; // a null handle
+ public:
+  Tensor() = default;  // a null handle
 
   // ---- factories (materialised at once) ------------------------------------
   // Copies `data` (shape's element count elements of `type`).
-  static Tensor FromData(const void *data, const Shape &shape, DType type);
-  static Tensor FromVector(const std::vector<float> &v, const Shape &shape);
+  static Tensor FromData(const void* data, const Shape& shape, DType type);
+  static Tensor FromVector(const std::vector<float>& v, const Shape& shape);
   // Wraps a caller's buffer without copying; it must outlive every use.
-  static Tensor FromBuffer(void *data, const Shape &shape, DType type);
-  static Tensor Full(const Shape &shape, double value,
-                     DType type = DType::kFloat32);
-  static Tensor Zeros(const Shape &shape, DType type = DType::kFloat32) {
-    return Full(shape, 0, type);
-  }
-  static Tensor Ones(const Shape &shape, DType type = DType::kFloat32) {
-    return Full(shape, 1, type);
-  }
+  static Tensor FromBuffer(void* data, const Shape& shape, DType type);
+  static Tensor Full(const Shape& shape, double value, DType type = DType::kFloat32);
+  static Tensor Zeros(const Shape& shape, DType type = DType::kFloat32) { return Full(shape, 0, type); }
+  static Tensor Ones(const Shape& shape, DType type = DType::kFloat32) { return Full(shape, 1, type); }
   // Uniform in [lo, hi) from a fixed generator (deterministic per seed).
-  static Tensor Random(const Shape &shape, double lo, double hi, uint64_t seed,
-                       DType type = DType::kFloat32);
+  static Tensor Random(const Shape& shape, double lo, double hi, uint64_t seed, DType type = DType::kFloat32);
 
   // ---- inspection (no flush) -----------------------------------------------
   bool defined() const { return impl_ != nullptr; }
   DType dtype() const;
   int rank() const;
-  int64_t dim(int axis) const; // negative axes count from the end
+  int64_t dim(int axis) const;  // negative axes count from the end
   Shape shape() const;
   int64_t numel() const;
-  bool pending() const; // still a node of a trace
+  bool pending() const;  // still a node of a trace
 
   // ---- reads (flush the trace if pending) ----------------------------------
-  const void *data() const;
-  template <class T> const T *data_as() const {
-    return static_cast<const T *>(data());
+  const void* data() const;
+  template <class T>
+  const T* data_as() const {
+    return static_cast<const T*>(data());
   }
   // Elements converted to double.
   std::vector<double> values() const;
@@ -158,54 +153,54 @@ public:
   // A host comparison: the single element is non-zero.
   explicit operator bool() const { return item() != 0; }
 
-  std::string ToString() const; // "f32[2, 3]" (+ " pending")
+  std::string ToString() const;  // "f32[2, 3]" (+ " pending")
 
-  const std::shared_ptr<TensorImpl> &impl() const { return impl_; }
+  const std::shared_ptr<TensorImpl>& impl() const { return impl_; }
   explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
 
-private:
+ private:
   std::shared_ptr<TensorImpl> impl_;
 };
 
 // ---- elementwise ------------------------------------------------------------
-Tensor unary(UnaryOp op, const Tensor &x);
-Tensor binary(BinaryOp op, const Tensor &a, const Tensor &b);
-Tensor binary(BinaryOp op, const Tensor &a, double scalar);
-Tensor binary(BinaryOp op, double scalar, const Tensor &b);
+Tensor unary(UnaryOp op, const Tensor& x);
+Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b);
+Tensor binary(BinaryOp op, const Tensor& a, double scalar);
+Tensor binary(BinaryOp op, double scalar, const Tensor& b);
 
-Tensor exp(const Tensor &x);
-Tensor log(const Tensor &x);
-Tensor tanh(const Tensor &x);
-Tensor sigmoid(const Tensor &x);
-Tensor sqrt(const Tensor &x);
-Tensor rsqrt(const Tensor &x);
-Tensor abs(const Tensor &x);
-Tensor neg(const Tensor &x);
-Tensor relu(const Tensor &x);
-Tensor erf(const Tensor &x);
-Tensor sin(const Tensor &x);
-Tensor cos(const Tensor &x);
-Tensor reciprocal(const Tensor &x);
-Tensor floor(const Tensor &x);
-Tensor ceil(const Tensor &x);
-Tensor round(const Tensor &x);
-Tensor isfinite(const Tensor &x);
-Tensor logical_not(const Tensor &x);
-Tensor pow(const Tensor &a, const Tensor &b);
-Tensor pow(const Tensor &a, double b);
-Tensor maximum(const Tensor &a, const Tensor &b);
-Tensor maximum(const Tensor &a, double b);
-Tensor minimum(const Tensor &a, const Tensor &b);
-Tensor minimum(const Tensor &a, double b);
-Tensor logical_and(const Tensor &a, const Tensor &b);
-Tensor logical_or(const Tensor &a, const Tensor &b);
-Tensor where(const Tensor &cond, const Tensor &a, const Tensor &b);
-Tensor cast(const Tensor &x, DType type);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor rsqrt(const Tensor& x);
+Tensor abs(const Tensor& x);
+Tensor neg(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor erf(const Tensor& x);
+Tensor sin(const Tensor& x);
+Tensor cos(const Tensor& x);
+Tensor reciprocal(const Tensor& x);
+Tensor floor(const Tensor& x);
+Tensor ceil(const Tensor& x);
+Tensor round(const Tensor& x);
+Tensor isfinite(const Tensor& x);
+Tensor logical_not(const Tensor& x);
+Tensor pow(const Tensor& a, const Tensor& b);
+Tensor pow(const Tensor& a, double b);
+Tensor maximum(const Tensor& a, const Tensor& b);
+Tensor maximum(const Tensor& a, double b);
+Tensor minimum(const Tensor& a, const Tensor& b);
+Tensor minimum(const Tensor& a, double b);
+Tensor logical_and(const Tensor& a, const Tensor& b);
+Tensor logical_or(const Tensor& a, const Tensor& b);
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+Tensor cast(const Tensor& x, DType type);
 
-#define DVM_EAGER_BINARY_OPERATOR(sym)                                         \
-  Tensor operator sym(const Tensor &a, const Tensor &b);                       \
-  Tensor operator sym(const Tensor &a, double b);                              \
-  Tensor operator sym(double a, const Tensor &b);
+#define DVM_EAGER_BINARY_OPERATOR(sym)                   \
+  Tensor operator sym(const Tensor& a, const Tensor& b); \
+  Tensor operator sym(const Tensor& a, double b);        \
+  Tensor operator sym(double a, const Tensor& b);
 DVM_EAGER_BINARY_OPERATOR(+)
 DVM_EAGER_BINARY_OPERATOR(-)
 DVM_EAGER_BINARY_OPERATOR(*)
@@ -217,38 +212,35 @@ DVM_EAGER_BINARY_OPERATOR(<=)
 DVM_EAGER_BINARY_OPERATOR(>)
 DVM_EAGER_BINARY_OPERATOR(>=)
 #undef DVM_EAGER_BINARY_OPERATOR
-Tensor operator-(const Tensor &x);
+Tensor operator-(const Tensor& x);
 
 // ---- shapes -----------------------------------------------------------------
-Tensor broadcast_to(const Tensor &x, const Shape &shape);
-Tensor reshape(const Tensor &x, const Shape &shape); // one dim may be -1
-Tensor transpose(const Tensor &x, const Shape &perm);
-Tensor permute(const Tensor &x, const Shape &perm); // = transpose
+Tensor broadcast_to(const Tensor& x, const Shape& shape);
+Tensor reshape(const Tensor& x, const Shape& shape);  // one dim may be -1
+Tensor transpose(const Tensor& x, const Shape& perm);
+Tensor permute(const Tensor& x, const Shape& perm);  // = transpose
 // Swaps two axes.
-Tensor swapaxes(const Tensor &x, int64_t a, int64_t b);
+Tensor swapaxes(const Tensor& x, int64_t a, int64_t b);
 
 // ---- reductions (empty axes: all) -------------------------------------------
-Tensor reduce(ReduceOp op, const Tensor &x, const Shape &axes = {},
-              bool keepdims = false);
-Tensor sum(const Tensor &x, const Shape &axes = {}, bool keepdims = false);
-Tensor max(const Tensor &x, const Shape &axes = {}, bool keepdims = false);
-Tensor min(const Tensor &x, const Shape &axes = {}, bool keepdims = false);
-Tensor prod(const Tensor &x, const Shape &axes = {}, bool keepdims = false);
-Tensor mean(const Tensor &x, const Shape &axes = {}, bool keepdims = false);
+Tensor reduce(ReduceOp op, const Tensor& x, const Shape& axes = {}, bool keepdims = false);
+Tensor sum(const Tensor& x, const Shape& axes = {}, bool keepdims = false);
+Tensor max(const Tensor& x, const Shape& axes = {}, bool keepdims = false);
+Tensor min(const Tensor& x, const Shape& axes = {}, bool keepdims = false);
+Tensor prod(const Tensor& x, const Shape& axes = {}, bool keepdims = false);
+Tensor mean(const Tensor& x, const Shape& axes = {}, bool keepdims = false);
 
 // ---- matmul -----------------------------------------------------------------
-Tensor matmul(const Tensor &a, const Tensor &b, bool trans_a = false,
-              bool trans_b = false);
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 
 // ---- library ops (traced; run by plain C++ kernels)
 // -------------------------- x[..., start:start+size, ...] along `axis`.
-Tensor slice(const Tensor &x, int64_t axis, int64_t start, int64_t size);
-Tensor concat(const std::vector<Tensor> &xs, int64_t axis);
+Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t size);
+Tensor concat(const std::vector<Tensor>& xs, int64_t axis);
 // Rows of `table` picked by int32 `ids`.
-Tensor gather(const Tensor &table, const Tensor &ids);
+Tensor gather(const Tensor& table, const Tensor& ids);
 // [n]: start, start + step, ...
-Tensor arange(int64_t n, DType type = DType::kFloat32, double start = 0,
-              double step = 1);
+Tensor arange(int64_t n, DType type = DType::kFloat32, double start = 0, double step = 1);
 // [q, kv]: 0 where key j may be attended by query i (j <= i + kv - q),
 // -inf elsewhere.
 Tensor causal_mask(int64_t q, int64_t kv, DType type = DType::kFloat32);
@@ -256,6 +248,6 @@ Tensor causal_mask(int64_t q, int64_t kv, DType type = DType::kFloat32);
 // ---- not traceable (flush) --------------------------------------------------
 // Indices of the non-zero elements, int32 [count, rank]: the shape depends
 // on the data, so the pending trace runs first.
-Tensor nonzero(const Tensor &x);
+Tensor nonzero(const Tensor& x);
 
-} // namespace dvm::eager
+}  // namespace dvm::eager

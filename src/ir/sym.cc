@@ -415,7 +415,8 @@ int64_t EvalAtom(const Atom& a, std::span<const int64_t> binding) {
       if (n == kMin && d == -1) Overflow(n, "/", d);
       return FloorDivInt(n, d);
     }
-    case Atom::kMax: return std::max(EvalRep(R(a.a), binding), EvalRep(R(a.b), binding));
+    case Atom::kMax:
+      return std::max(EvalRep(R(a.a), binding), EvalRep(R(a.b), binding));
   }
   return 0;
 }
@@ -438,9 +439,15 @@ Expr Substitute(const Expr& e, const F& f) {
     Expr m = t.coef;
     for (const Atom& a : t.atoms) {
       switch (a.kind) {
-        case Atom::kSym: m = m * f(a.id); break;
-        case Atom::kFloorDiv: m = m * FloorDiv(Substitute(a.a, f), Substitute(a.b, f)); break;
-        case Atom::kMax: m = m * Max(Substitute(a.a, f), Substitute(a.b, f)); break;
+        case Atom::kSym:
+          m = m * f(a.id);
+          break;
+        case Atom::kFloorDiv:
+          m = m * FloorDiv(Substitute(a.a, f), Substitute(a.b, f));
+          break;
+        case Atom::kMax:
+          m = m * Max(Substitute(a.a, f), Substitute(a.b, f));
+          break;
       }
     }
     sum = sum + m;
@@ -459,7 +466,9 @@ void Print(const Expr& e, const SymbolTable* t, std::ostream& os);
 
 void PrintAtom(const Atom& a, const SymbolTable* t, std::ostream& os) {
   switch (a.kind) {
-    case Atom::kSym: os << SymName(a.id, t); return;
+    case Atom::kSym:
+      os << SymName(a.id, t);
+      return;
     case Atom::kFloorDiv: {
       bool paren_num = T(a.a).size() > 1;
       bool paren_den = !(a.b.is_const() && a.b.value() >= 0) && !LoneAtom(a.b);

@@ -64,21 +64,20 @@ void OuterInner(const char* op, const Shape& shape, size_t axis, int64_t& outer,
 
 }  // namespace
 
-void Gather(const void* table, const Shape& table_shape, DType dt, const int32_t* ids,
-            const Shape& ids_shape, void* out) {
+void Gather(const void* table, const Shape& table_shape, DType dt, const int32_t* ids, const Shape& ids_shape,
+            void* out) {
   const size_t es = ElemSize("gather", dt);
   if (table_shape.empty()) Fail("gather: table must have rank >= 1, got shape []");
   NumElements(table_shape, "gather (table)");
   const int64_t n = NumElements(ids_shape, "gather (ids)");
   const int64_t vocab = table_shape[0];
-  if (n > 0 && ids == nullptr)
-    Fail("gather: ids is null but ids shape ", ShapeStr(ids_shape), " is not empty");
+  if (n > 0 && ids == nullptr) Fail("gather: ids is null but ids shape ", ShapeStr(ids_shape), " is not empty");
   // Every id is checked before anything is written.
   for (int64_t i = 0; i < n; ++i) {
     const int32_t id = ids[i];
     if (id < 0 || id >= vocab)
-      Fail("gather: id ", id, " at position ", IndexStr(i, ids_shape), " (flat ", i,
-           ") is out of range [0, ", vocab, ") for table shape ", ShapeStr(table_shape));
+      Fail("gather: id ", id, " at position ", IndexStr(i, ids_shape), " (flat ", i, ") is out of range [0, ", vocab,
+           ") for table shape ", ShapeStr(table_shape));
   }
   Shape out_shape = ids_shape;
   out_shape.insert(out_shape.end(), table_shape.begin() + 1, table_shape.end());
@@ -91,15 +90,12 @@ void Gather(const void* table, const Shape& table_shape, DType dt, const int32_t
 
   const auto* src = static_cast<const unsigned char*>(table);
   auto* dst = static_cast<unsigned char*>(out);
-  for (int64_t i = 0; i < n; ++i)
-    std::memcpy(dst + Bytes(i, row_bytes), src + Bytes(ids[i], row_bytes), row_bytes);
+  for (int64_t i = 0; i < n; ++i) std::memcpy(dst + Bytes(i, row_bytes), src + Bytes(ids[i], row_bytes), row_bytes);
 }
 
-void Concat(std::span<const void* const> ins, std::span<const Shape> shapes, DType dt, int64_t axis,
-            void* out) {
+void Concat(std::span<const void* const> ins, std::span<const Shape> shapes, DType dt, int64_t axis, void* out) {
   const size_t es = ElemSize("concat", dt);
-  if (ins.size() != shapes.size())
-    Fail("concat: ", ins.size(), " input pointers but ", shapes.size(), " shapes");
+  if (ins.size() != shapes.size()) Fail("concat: ", ins.size(), " input pointers but ", shapes.size(), " shapes");
   if (shapes.empty()) Fail("concat: needs at least one input");
   const Shape& s0 = shapes[0];
   const size_t rank = s0.size();
@@ -110,18 +106,17 @@ void Concat(std::span<const void* const> ins, std::span<const Shape> shapes, DTy
   for (size_t i = 0; i < shapes.size(); ++i) {
     const Shape& s = shapes[i];
     if (s.size() != rank)
-      Fail("concat: input ", i, " has rank ", s.size(), " (shape ", ShapeStr(s),
-           ") but input 0 has rank ", rank, " (shape ", ShapeStr(s0), ")");
+      Fail("concat: input ", i, " has rank ", s.size(), " (shape ", ShapeStr(s), ") but input 0 has rank ", rank,
+           " (shape ", ShapeStr(s0), ")");
     NumElements(s, "concat (input)");
     for (size_t k = 0; k < rank; ++k)
       if (k != ax && s[k] != s0[k])
-        Fail("concat: input ", i, " has shape ", ShapeStr(s), " but input 0 has shape ",
-             ShapeStr(s0), "; dims must match except along axis ", axis, " (dim ", k, " differs)");
+        Fail("concat: input ", i, " has shape ", ShapeStr(s), " but input 0 has shape ", ShapeStr(s0),
+             "; dims must match except along axis ", axis, " (dim ", k, " differs)");
     // A zero dim elsewhere lets s[ax] be any non-negative value, so guard the
     // sum itself; NumElements below bounds the whole output.
     if (s[ax] > std::numeric_limits<int64_t>::max() - out_shape[ax])
-      Fail("concat: output dim along axis ", axis, " overflows at input ", i, " (shape ",
-           ShapeStr(s), ")");
+      Fail("concat: output dim along axis ", axis, " overflows at input ", i, " (shape ", ShapeStr(s), ")");
     out_shape[ax] += s[ax];
   }
 
@@ -131,8 +126,7 @@ void Concat(std::span<const void* const> ins, std::span<const Shape> shapes, DTy
   OuterInner("concat", out_shape, ax, outer, inner);
   const size_t out_chunk = Bytes(out_shape[ax] * inner, es);
   for (size_t i = 0; i < ins.size(); ++i)
-    if (shapes[i][ax] != 0 && ins[i] == nullptr)
-      Fail("concat: input ", i, " is null, shape ", ShapeStr(shapes[i]));
+    if (shapes[i][ax] != 0 && ins[i] == nullptr) Fail("concat: input ", i, " is null, shape ", ShapeStr(shapes[i]));
   if (out == nullptr) Fail("concat: output is null, shape ", ShapeStr(out_shape));
 
   auto* dst = static_cast<unsigned char*>(out);
@@ -141,35 +135,31 @@ void Concat(std::span<const void* const> ins, std::span<const Shape> shapes, DTy
     const size_t chunk = Bytes(shapes[i][ax] * inner, es);
     if (chunk == 0) continue;
     const auto* src = static_cast<const unsigned char*>(ins[i]);
-    for (int64_t o = 0; o < outer; ++o)
-      std::memcpy(dst + Bytes(o, out_chunk) + offset, src + Bytes(o, chunk), chunk);
+    for (int64_t o = 0; o < outer; ++o) std::memcpy(dst + Bytes(o, out_chunk) + offset, src + Bytes(o, chunk), chunk);
     offset += chunk;
   }
 }
 
-void Split(const void* in, const Shape& shape, DType dt, int64_t axis,
-           std::span<const int64_t> sizes, std::span<void* const> outs) {
+void Split(const void* in, const Shape& shape, DType dt, int64_t axis, std::span<const int64_t> sizes,
+           std::span<void* const> outs) {
   const size_t es = ElemSize("split", dt);
   const size_t rank = shape.size();
   const size_t ax = NormAxis("split", axis, rank);
   const int64_t total = NumElements(shape, "split (input)");
-  if (sizes.size() != outs.size())
-    Fail("split: ", sizes.size(), " sizes but ", outs.size(), " output pointers");
+  if (sizes.size() != outs.size()) Fail("split: ", sizes.size(), " sizes but ", outs.size(), " output pointers");
   const int64_t dim = shape[ax];
   for (size_t i = 0; i < sizes.size(); ++i)
-    if (sizes[i] < 0)
-      Fail("split: size ", i, " is negative (", sizes[i], ") in sizes ", ShapeStr(sizes));
+    if (sizes[i] < 0) Fail("split: size ", i, " is negative (", sizes[i], ") in sizes ", ShapeStr(sizes));
   int64_t sum = 0;
   for (size_t i = 0; i < sizes.size(); ++i) {
     // Bounded by dim before adding, so no overflow.
     if (sizes[i] > dim - sum)
-      Fail("split: sizes ", ShapeStr(sizes), " sum past dim ", dim, " of axis ", axis, " of shape ",
-           ShapeStr(shape));
+      Fail("split: sizes ", ShapeStr(sizes), " sum past dim ", dim, " of axis ", axis, " of shape ", ShapeStr(shape));
     sum += sizes[i];
   }
   if (sum != dim)
-    Fail("split: sizes ", ShapeStr(sizes), " sum to ", sum, " but axis ", axis, " of shape ",
-         ShapeStr(shape), " has dim ", dim);
+    Fail("split: sizes ", ShapeStr(sizes), " sum to ", sum, " but axis ", axis, " of shape ", ShapeStr(shape),
+         " has dim ", dim);
 
   if (total == 0) return;
   // Every dim of the input is non-zero here, so no partial product overflows.
@@ -178,8 +168,7 @@ void Split(const void* in, const Shape& shape, DType dt, int64_t axis,
   const size_t in_chunk = Bytes(dim * inner, es);
   if (in == nullptr) Fail("split: input is null, shape ", ShapeStr(shape));
   for (size_t i = 0; i < outs.size(); ++i)
-    if (sizes[i] != 0 && outs[i] == nullptr)
-      Fail("split: output ", i, " is null (size ", sizes[i], ")");
+    if (sizes[i] != 0 && outs[i] == nullptr) Fail("split: output ", i, " is null (size ", sizes[i], ")");
 
   const auto* src = static_cast<const unsigned char*>(in);
   size_t offset = 0;
@@ -187,8 +176,7 @@ void Split(const void* in, const Shape& shape, DType dt, int64_t axis,
     const size_t chunk = Bytes(sizes[i] * inner, es);
     if (chunk == 0) continue;
     auto* dst = static_cast<unsigned char*>(outs[i]);
-    for (int64_t o = 0; o < outer; ++o)
-      std::memcpy(dst + Bytes(o, chunk), src + Bytes(o, in_chunk) + offset, chunk);
+    for (int64_t o = 0; o < outer; ++o) std::memcpy(dst + Bytes(o, chunk), src + Bytes(o, in_chunk) + offset, chunk);
     offset += chunk;
   }
 }
@@ -241,8 +229,7 @@ void CausalMask(int64_t q, int64_t kv, DType dt, void* out) {
   ElemSize("causal_mask", dt);
   if (dt == DType::kInt32 || dt == DType::kInt8)
     Fail("causal_mask: dtype ", DTypeName(dt), " is not supported (f32, f16, bf16, bool)");
-  if (q < 0 || kv < 0 || q > kv)
-    Fail("causal_mask: needs 0 <= q <= kv, got q = ", q, ", kv = ", kv);
+  if (q < 0 || kv < 0 || q > kv) Fail("causal_mask: needs 0 <= q <= kv, got q = ", q, ", kv = ", kv);
   const Shape shape{q, kv};
   const int64_t n = NumElements(shape, "causal_mask");
   if (n == 0) return;
