@@ -64,8 +64,8 @@ class Args {
     char* end = nullptr;
     long v = std::strtol(s.c_str(), &end, 10);
     if (*end || v < lo || v > hi)
-      throw UsageError(name + " wants an integer in [" + std::to_string(lo) + ", " +
-                       std::to_string(hi) + "], got '" + s + "'");
+      throw UsageError(name + " wants an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" +
+                       s + "'");
     return v;
   }
   void Finish() const {
@@ -99,9 +99,7 @@ struct BenchOptions {
     return dvm::GetNumThreads();
   }
   // Whether --filter rules out the case `name`.
-  bool Skip(const std::string& name) const {
-    return !filter.empty() && name.find(filter) == std::string::npos;
-  }
+  bool Skip(const std::string& name) const { return !filter.empty() && name.find(filter) == std::string::npos; }
 };
 
 // ---- timing and statistics -------------------------------------------------
@@ -158,9 +156,8 @@ inline double Geomean(const std::vector<double>& v) {
 // `slow_idle` names an implementation whose idle threads keep spinning for
 // ~100 ms (OpenBLAS): the pause after its blocks is 150 ms, and with it set
 // the last run of blocks is followed by a pause too.
-inline std::vector<std::vector<double>> MeasureBlocks(const std::vector<std::function<void()>>& f,
-                                                      int reps, int calib_calls = 3,
-                                                      const std::function<void()>& park = {},
+inline std::vector<std::vector<double>> MeasureBlocks(const std::vector<std::function<void()>>& f, int reps,
+                                                      int calib_calls = 3, const std::function<void()>& park = {},
                                                       int slow_idle = -1) {
   const size_t n = f.size();
   std::vector<int> inner(n, 1);
@@ -174,6 +171,9 @@ inline std::vector<std::vector<double>> MeasureBlocks(const std::vector<std::fun
       }
       inner[k] = int(std::clamp(1000.0 / std::max(best, 0.05), 1.0, 100000.0));
       if (park) park();
+      // The slow-idle implementation's threads must fall asleep before the
+      // next one is calibrated or the first round starts.
+      if (int(k) == slow_idle) std::this_thread::sleep_for(std::chrono::milliseconds(150));
     }
   auto pause = [&](int prev) {
     std::this_thread::sleep_for(std::chrono::milliseconds(prev >= 0 && prev == slow_idle ? 150 : 2));
@@ -209,8 +209,7 @@ inline bool Matches(float x, float ref, bool exact, double atol, double rtol, do
 // ---- buffers -------------------------------------------------------------------
 struct Buf {  // n zeroed floats, 64-byte aligned
   explicit Buf(size_t n)
-      : n(n), p(static_cast<float*>(std::aligned_alloc(64, std::max<size_t>((n * 4 + 63) / 64 * 64, 64))),
-                &std::free) {
+      : n(n), p(static_cast<float*>(std::aligned_alloc(64, std::max<size_t>((n * 4 + 63) / 64 * 64, 64))), &std::free) {
     if (!p) throw std::bad_alloc();
     std::memset(p.get(), 0, n * 4);
   }
@@ -275,8 +274,7 @@ class Table {
       }
     for (size_t k = 0; k < rows_.size(); ++k) {
       const auto& r = rows_[k];
-      for (size_t i = 0; i < r.size(); ++i)
-        std::fprintf(f, i == 0 ? "%-*s" : "  %*s", int(w[i]), r[i].c_str());
+      for (size_t i = 0; i < r.size(); ++i) std::fprintf(f, i == 0 ? "%-*s" : "  %*s", int(w[i]), r[i].c_str());
       std::fprintf(f, "\n");
       if (k == 0) {
         size_t total = 0;
@@ -297,8 +295,10 @@ class JsonObject {
  public:
   JsonObject& Num(const std::string& k, double v) {
     char b[64];
-    if (std::isfinite(v)) std::snprintf(b, sizeof b, "%.6g", v);
-    else std::snprintf(b, sizeof b, "null");
+    if (std::isfinite(v))
+      std::snprintf(b, sizeof b, "%.6g", v);
+    else
+      std::snprintf(b, sizeof b, "null");
     return Raw(k, b);
   }
   JsonObject& Str(const std::string& k, const std::string& v) { return Raw(k, Quote(v)); }
@@ -309,19 +309,20 @@ class JsonObject {
   }
   std::string str() const {
     std::string s = "{";
-    for (size_t i = 0; i < kv_.size(); ++i)
-      s += (i ? ", " : "") + Quote(kv_[i].first) + ": " + kv_[i].second;
+    for (size_t i = 0; i < kv_.size(); ++i) s += (i ? ", " : "") + Quote(kv_[i].first) + ": " + kv_[i].second;
     return s + "}";
   }
   static std::string Quote(const std::string& v) {
     std::string s = "\"";
     for (char c : v) {
-      if (c == '"' || c == '\\') s += '\\', s += c;
+      if (c == '"' || c == '\\')
+        s += '\\', s += c;
       else if (static_cast<unsigned char>(c) < 0x20) {
         char b[8];
         std::snprintf(b, sizeof b, "\\u%04x", c);
         s += b;
-      } else s += c;
+      } else
+        s += c;
     }
     return s + "\"";
   }

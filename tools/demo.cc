@@ -23,6 +23,7 @@ struct StreamOptions {
   long layers = 6, hidden = 768, heads = 12, requests = 100, min_len = 1, max_len = 256, seed = 1;
   long vocab = 50257;
   bool quiet = false, profile = false;
+  long profile_top = 12;  // launches listed per kind by --profile
 };
 
 StreamOptions ReadStreamOptions(Args& args) {
@@ -37,6 +38,7 @@ StreamOptions ReadStreamOptions(Args& args) {
   o.vocab = args.Int("--vocab", o.vocab, 1, 1L << 24);
   o.quiet = args.Flag("--quiet");
   o.profile = args.Flag("--profile");
+  o.profile_top = args.Int("--profile-top", o.profile_top, 1, 1000000);
   return o;
 }
 
@@ -160,7 +162,7 @@ int RunStream(const StreamOptions& o, const std::string& json, int threads, bool
       for (int mm = 1; mm >= 0; --mm) {
         std::printf("  %s:\n", mm ? "launches with a matmul" : "other launches");
         int shown = 0;
-        for (size_t i = 0; i < idx.size() && shown < 12; ++i) {
+        for (size_t i = 0; i < idx.size() && shown < o.profile_top; ++i) {
           const std::string name = cg.LaunchName(int(idx[i]));
           if ((name.find("matmul") != std::string::npos) != bool(mm)) continue;
           std::printf("  %9.2f ms  #%-4zu %s\n", prof[idx[i]] * ms, idx[i], name.c_str());

@@ -23,7 +23,7 @@ const char kUsage[] = R"(usage: dvm <command> [options]
 
 commands:
   demo [--layers N] [--hidden H] [--heads A] [--vocab V] [--requests R]
-       [--min-len L] [--max-len L] [--seed S] [--threads T] [--quiet] [--profile]
+       [--min-len L] [--max-len L] [--seed S] [--threads T] [--quiet] [--profile] [--profile-top N]
       The main job: a GPT-2-shaped decoder (default 6 layers, hidden 768, 12
       heads) built from primitives with the graph API and fused once by
       symbol deduction; a stream of requests (default 100) with random
