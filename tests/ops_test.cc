@@ -20,15 +20,18 @@ namespace dvm::test {
 namespace {
 
 enum class Layout { kContiguous, kBroadcast, kStrided, kSlice };
-constexpr Layout kAllLayouts[] = {Layout::kContiguous, Layout::kBroadcast, Layout::kStrided,
-                                  Layout::kSlice};
+constexpr Layout kAllLayouts[] = {Layout::kContiguous, Layout::kBroadcast, Layout::kStrided, Layout::kSlice};
 
 const char* LayoutName(Layout l) {
   switch (l) {
-    case Layout::kContiguous: return "contig";
-    case Layout::kBroadcast: return "bcast";
-    case Layout::kStrided: return "strided";
-    case Layout::kSlice: return "slice";
+    case Layout::kContiguous:
+      return "contig";
+    case Layout::kBroadcast:
+      return "bcast";
+    case Layout::kStrided:
+      return "strided";
+    case Layout::kSlice:
+      return "slice";
   }
   return "?";
 }
@@ -43,10 +46,27 @@ std::string Sanitize(std::string s) {
 // Shapes for element-wise cases.
 const std::vector<Shape>& ElementwiseShapes() {
   static const std::vector<Shape> s = {
-      {},     {0},     {1},          {7},          {1023},          {1024},
-      {1025}, {4095},  {4096},       {4097},       {70000},         {3, 0, 5},
-      {2, 3}, {3, 1025}, {1025, 3},  {2, 3, 4},    {2, 1, 3, 5},    {2, 3, 1, 2, 3},
-      {3, 2, 1, 2, 3, 2}, {2, 2, 2, 1, 2, 2, 3},   {2, 1, 2, 3, 1, 2, 2, 3},
+      {},
+      {0},
+      {1},
+      {7},
+      {1023},
+      {1024},
+      {1025},
+      {4095},
+      {4096},
+      {4097},
+      {70000},
+      {3, 0, 5},
+      {2, 3},
+      {3, 1025},
+      {1025, 3},
+      {2, 3, 4},
+      {2, 1, 3, 5},
+      {2, 3, 1, 2, 3},
+      {3, 2, 1, 2, 3, 2},
+      {2, 2, 2, 1, 2, 2, 3},
+      {2, 1, 2, 3, 1, 2, 2, 3},
   };
   return s;
 }
@@ -54,8 +74,7 @@ const std::vector<Shape>& ElementwiseShapes() {
 // A smaller list for the many-combination suites (casts, binary scalar forms).
 const std::vector<Shape>& SmallShapes() {
   static const std::vector<Shape> s = {
-      {}, {0}, {1}, {7}, {1023}, {1025}, {4097}, {3, 0, 5}, {3, 1025}, {2, 3, 4},
-      {2, 1, 2, 3, 1, 2, 2, 3},
+      {}, {0}, {1}, {7}, {1023}, {1025}, {4097}, {3, 0, 5}, {3, 1025}, {2, 3, 4}, {2, 1, 2, 3, 1, 2, 2, 3},
   };
   return s;
 }
@@ -78,8 +97,8 @@ struct OpCase {
 // Creates operand `i` of shape `target` in `k` and appends its input tensor.
 // Values come from spec.For(target): their conditioning depends on the
 // logical value (e.g. the extent a reduction sums), not on the buffer.
-NDObject* MakeOperand(Kernel& k, bool dynamic, Layout layout, int i, const Shape& target,
-                      const OperandSpec& spec, Rng& rng, std::vector<ref::Tensor>& inputs) {
+NDObject* MakeOperand(Kernel& k, bool dynamic, Layout layout, int i, const Shape& target, const OperandSpec& spec,
+                      Rng& rng, std::vector<ref::Tensor>& inputs) {
   auto dims = [&](const Shape& s) { return dynamic ? Shape(s.size(), -1) : s; };
   const size_t r = target.size();
   switch (layout) {
@@ -125,8 +144,7 @@ NDObject* MakeOperand(Kernel& k, bool dynamic, Layout layout, int i, const Shape
 }
 
 // Runs `c` over `shapes` with the given layout and kernel type.
-void RunCase(const OpCase& c, Layout layout, KernelType type, const std::vector<Shape>& shapes,
-             uint64_t seed) {
+void RunCase(const OpCase& c, Layout layout, KernelType type, const std::vector<Shape>& shapes, uint64_t seed) {
   Rng rng(seed);
   if (type == KernelType::kDynamic && layout == Layout::kContiguous) {
     std::map<size_t, std::vector<Shape>> by_rank;
@@ -170,8 +188,8 @@ void RunCase(const OpCase& c, Layout layout, KernelType type, const std::vector<
       std::vector<ref::Tensor> inputs;
       std::vector<NDObject*> xs;
       for (size_t i = 0; i < c.operands.size(); ++i)
-        xs.push_back(MakeOperand(k, type == KernelType::kDynamic, layout, static_cast<int>(i), s,
-                                 c.operands[i], rng, inputs));
+        xs.push_back(
+            MakeOperand(k, type == KernelType::kDynamic, layout, static_cast<int>(i), s, c.operands[i], rng, inputs));
       k.Store(nullptr, c.build(k, xs));
       EXPECT_TRUE(CheckKernel(k, inputs));
     } catch (const std::exception& e) {
@@ -190,35 +208,42 @@ bool UnarySupports(UnaryOp op, DType dt) {
   if (IsFloat(dt)) return true;
   switch (op) {
     case UnaryOp::kIsFinite:
-    case UnaryOp::kLogicalNot: return true;
+    case UnaryOp::kLogicalNot:
+      return true;
     case UnaryOp::kAbs:
     case UnaryOp::kNeg:
     case UnaryOp::kRelu:
     case UnaryOp::kFloor:
     case UnaryOp::kCeil:
-    case UnaryOp::kRound: return dt != DType::kBool;
-    default: return false;
+    case UnaryOp::kRound:
+      return dt != DType::kBool;
+    default:
+      return false;
   }
 }
 
 Gen UnaryGen(UnaryOp op, DType dt) {
   if (!IsFloat(dt)) {
     if (dt == DType::kBool) return IntUniform(0, 1);
-    Gen special = dt == DType::kInt32 ? Choice({double(kI32Min), double(kI32Max), 0, -1})
-                                      : Choice({-128, 127, 0, -1});
+    Gen special = dt == DType::kInt32 ? Choice({double(kI32Min), double(kI32Max), 0, -1}) : Choice({-128, 127, 0, -1});
     return Mix(DefaultGen(dt), 0.05, special);
   }
   switch (op) {
     case UnaryOp::kSqrt:
     case UnaryOp::kRsqrt:
-    case UnaryOp::kLog: return Uniform(0.1, 10);
-    case UnaryOp::kReciprocal: return SignedUniform(0.1, 10);
-    case UnaryOp::kExp: return Uniform(-10, 10);
+    case UnaryOp::kLog:
+      return Uniform(0.1, 10);
+    case UnaryOp::kReciprocal:
+      return SignedUniform(0.1, 10);
+    case UnaryOp::kExp:
+      return Uniform(-10, 10);
     case UnaryOp::kTanh:
     case UnaryOp::kSigmoid:
-    case UnaryOp::kErf: return Uniform(-5, 5);
+    case UnaryOp::kErf:
+      return Uniform(-5, 5);
     case UnaryOp::kSin:
-    case UnaryOp::kCos: return Uniform(-10, 10);
+    case UnaryOp::kCos:
+      return Uniform(-10, 10);
     case UnaryOp::kAbs:
     case UnaryOp::kNeg:
     case UnaryOp::kRelu:
@@ -226,12 +251,13 @@ Gen UnaryGen(UnaryOp op, DType dt) {
     case UnaryOp::kCeil:
     case UnaryOp::kRound:
       // Half-integers exercise round-half-to-even; also NaN and infinities.
-      return Mix(Mix(Uniform(-100, 100), 0.3, [](Rng& r) {
-                   return 0.5 * std::uniform_int_distribution<int>(-9, 9)(r);
-                 }),
-                 0.02, Choice({kNaN, kInf, -kInf, -0.0}));
-    case UnaryOp::kIsFinite: return Mix(Uniform(-3, 3), 0.3, Choice({kNaN, kInf, -kInf, 3e38, 1e5}));
-    case UnaryOp::kLogicalNot: return Mix(SmallGen(dt), 0.2, Choice({0.0, -0.0, kNaN}));
+      return Mix(
+          Mix(Uniform(-100, 100), 0.3, [](Rng& r) { return 0.5 * std::uniform_int_distribution<int>(-9, 9)(r); }), 0.02,
+          Choice({kNaN, kInf, -kInf, -0.0}));
+    case UnaryOp::kIsFinite:
+      return Mix(Uniform(-3, 3), 0.3, Choice({kNaN, kInf, -kInf, 3e38, 1e5}));
+    case UnaryOp::kLogicalNot:
+      return Mix(SmallGen(dt), 0.2, Choice({0.0, -0.0, kNaN}));
   }
   return Uniform(-1, 1);
 }
@@ -249,8 +275,7 @@ std::vector<UnaryParam> UnaryParams() {
     for (DType dt : kAllDTypes)
       if (UnarySupports(UnaryOp(o), dt))
         for (Layout l : kAllLayouts)
-          for (KernelType t : {KernelType::kStatic, KernelType::kDynamic})
-            ps.push_back({UnaryOp(o), dt, l, t});
+          for (KernelType t : {KernelType::kStatic, KernelType::kDynamic}) ps.push_back({UnaryOp(o), dt, l, t});
   return ps;
 }
 
@@ -262,19 +287,16 @@ TEST_P(UnaryTest, MatchesReference) {
   c.operands = {{p.dt, UnaryGen(p.op, p.dt), {}}};
   c.build = [&](Kernel& k, const std::vector<NDObject*>& x) {
     NDObject* y = k.Unary(p.op, x[0]);
-    EXPECT_EQ(k.GetDType(y),
-              (p.op == UnaryOp::kIsFinite || p.op == UnaryOp::kLogicalNot) ? DType::kBool : p.dt);
+    EXPECT_EQ(k.GetDType(y), (p.op == UnaryOp::kIsFinite || p.op == UnaryOp::kLogicalNot) ? DType::kBool : p.dt);
     return y;
   };
-  RunCase(c, p.layout, p.type, ElementwiseShapes(),
-          SeedOf(std::string(UnaryOpName(p.op)) + DTypeName(p.dt)));
+  RunCase(c, p.layout, p.type, ElementwiseShapes(), SeedOf(std::string(UnaryOpName(p.op)) + DTypeName(p.dt)));
 }
 
 INSTANTIATE_TEST_SUITE_P(Ops, UnaryTest, ::testing::ValuesIn(UnaryParams()),
                          [](const ::testing::TestParamInfo<UnaryParam>& i) {
-                           return Sanitize(std::string(UnaryOpName(i.param.op)) + "_" +
-                                           DTypeName(i.param.dt) + "_" + LayoutName(i.param.layout) +
-                                           "_" + TypeName(i.param.type));
+                           return Sanitize(std::string(UnaryOpName(i.param.op)) + "_" + DTypeName(i.param.dt) + "_" +
+                                           LayoutName(i.param.layout) + "_" + TypeName(i.param.type));
                          });
 
 // ===========================================================================
@@ -293,11 +315,11 @@ Gen BinaryGen(BinaryOp op, DType dt, int k) {
   switch (op) {
     case BinaryOp::kAdd:
     case BinaryOp::kSub:
-    case BinaryOp::kMul: return fl ? Uniform(-3, 3) : DefaultGen(dt);  // ints wrap
+    case BinaryOp::kMul:
+      return fl ? Uniform(-3, 3) : DefaultGen(dt);  // ints wrap
     case BinaryOp::kDiv:
       if (fl) return k == 0 ? Uniform(-3, 3) : SignedUniform(0.25, 4);
-      if (k == 0)
-        return Mix(DefaultGen(dt), 0.1, Choice({dt == DType::kInt32 ? double(kI32Min) : -128.0, 0, 7}));
+      if (k == 0) return Mix(DefaultGen(dt), 0.1, Choice({dt == DType::kInt32 ? double(kI32Min) : -128.0, 0, 7}));
       return Mix(IntUniform(-5, 5), 0.3, DefaultGen(dt));  // zero and -1 divisors
     case BinaryOp::kPow:
       if (fl) return k == 0 ? Uniform(0.5, 2) : Uniform(-2, 2);
@@ -337,8 +359,10 @@ std::vector<double> BinaryScalars(BinaryOp op, DType dt, bool tensor_first) {
       if (fl) return tensor_first ? std::vector<double>{2, 0.5, -1.5, 0} : std::vector<double>{1.5, 0.75};
       return tensor_first ? std::vector<double>{3, 0, -1, 7} : std::vector<double>{2, -1, 3, 1};
     case BinaryOp::kLogicalAnd:
-    case BinaryOp::kLogicalOr: return {0, 1, -0.5};
-    default: return fl ? std::vector<double>{0.5, 1, -1, kNaN, kInf} : std::vector<double>{0, 1, -2, 2.5, 1e10};
+    case BinaryOp::kLogicalOr:
+      return {0, 1, -0.5};
+    default:
+      return fl ? std::vector<double>{0.5, 1, -1, kNaN, kInf} : std::vector<double>{0, 1, -2, 2.5, 1e10};
   }
 }
 
@@ -360,8 +384,7 @@ std::vector<BinaryParam> BinaryParams() {
       if (BinarySupports(BinaryOp(o), dt))
         for (Form f : {Form::kTT, Form::kTS, Form::kST})
           for (Layout l : kAllLayouts)
-            for (KernelType t : {KernelType::kStatic, KernelType::kDynamic})
-              ps.push_back({BinaryOp(o), dt, f, l, t});
+            for (KernelType t : {KernelType::kStatic, KernelType::kDynamic}) ps.push_back({BinaryOp(o), dt, f, l, t});
   return ps;
 }
 
@@ -398,9 +421,8 @@ TEST_P(BinaryTest, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Ops, BinaryTest, ::testing::ValuesIn(BinaryParams()),
                          [](const ::testing::TestParamInfo<BinaryParam>& i) {
-                           return Sanitize(std::string(BinaryOpName(i.param.op)) + "_" +
-                                           DTypeName(i.param.dt) + "_" + FormName(i.param.form) +
-                                           "_" + LayoutName(i.param.layout) + "_" +
+                           return Sanitize(std::string(BinaryOpName(i.param.op)) + "_" + DTypeName(i.param.dt) + "_" +
+                                           FormName(i.param.form) + "_" + LayoutName(i.param.layout) + "_" +
                                            TypeName(i.param.type));
                          });
 
@@ -460,8 +482,8 @@ TEST(BinaryEdgeCases, FloatPow) {
 Gen CastGen(DType src) {
   if (IsFloat(src))
     return Mix(Uniform(-300, 300), 0.1,
-               Choice({kNaN, kInf, -kInf, 3e9, -3e9, 0.5, 1.5, 2.5, -0.5, -2.5, 65520, 1e5, -0.0,
-                       127.5, 128, -128.5, 255.9, 1e-6}));
+               Choice({kNaN, kInf, -kInf, 3e9, -3e9, 0.5, 1.5, 2.5, -0.5, -2.5, 65520, 1e5, -0.0, 127.5, 128, -128.5,
+                       255.9, 1e-6}));
   if (src == DType::kInt32)
     return Mix(DefaultGen(src), 0.5, Mix(IntUniform(-300, 300), 0.1, Choice({16777217, 2049, 2051, -129, 257})));
   return DefaultGen(src);
@@ -493,15 +515,13 @@ TEST_P(CastTest, MatchesReference) {
     EXPECT_EQ(k.GetDType(y), p.dst);
     return y;
   };
-  RunCase(c, p.layout, p.type, SmallShapes(),
-          SeedOf(std::string("cast") + DTypeName(p.src) + DTypeName(p.dst)));
+  RunCase(c, p.layout, p.type, SmallShapes(), SeedOf(std::string("cast") + DTypeName(p.src) + DTypeName(p.dst)));
 }
 
 INSTANTIATE_TEST_SUITE_P(Ops, CastTest, ::testing::ValuesIn(CastParams()),
                          [](const ::testing::TestParamInfo<CastParam>& i) {
-                           return Sanitize(std::string(DTypeName(i.param.src)) + "_to_" +
-                                           DTypeName(i.param.dst) + "_" + LayoutName(i.param.layout) +
-                                           "_" + TypeName(i.param.type));
+                           return Sanitize(std::string(DTypeName(i.param.src)) + "_to_" + DTypeName(i.param.dst) + "_" +
+                                           LayoutName(i.param.layout) + "_" + TypeName(i.param.type));
                          });
 
 // ===========================================================================
@@ -523,8 +543,7 @@ std::vector<DTypeParam> DTypeParams() {
 }
 
 std::string DTypeParamName(const ::testing::TestParamInfo<DTypeParam>& i) {
-  return Sanitize(std::string(DTypeName(i.param.dt)) + "_" + LayoutName(i.param.layout) + "_" +
-                  TypeName(i.param.type));
+  return Sanitize(std::string(DTypeName(i.param.dt)) + "_" + LayoutName(i.param.layout) + "_" + TypeName(i.param.type));
 }
 
 class SelectTest : public ::testing::TestWithParam<DTypeParam> {};
@@ -560,8 +579,8 @@ TEST(SelectExtra, ComputedConditionAndScalarBranches) {
     k.Store(nullptr, relu);
     k.Store(nullptr, k.Select(c0, x, k.Unary(UnaryOp::kNeg, x)));
     for (double cv : {0.0, 1.0}) {
-      EXPECT_TRUE(CheckKernel(k, {MakeTensor(DType::kFloat32, s, Uniform(-2, 2), rng),
-                                  Filled(DType::kBool, {}, {cv})}));
+      EXPECT_TRUE(
+          CheckKernel(k, {MakeTensor(DType::kFloat32, s, Uniform(-2, 2), rng), Filled(DType::kBool, {}, {cv})}));
     }
   }
 }
@@ -613,8 +632,7 @@ class DataMovementTest : public ::testing::TestWithParam<MoveParam> {
  protected:
   // Builds `build(load)` for an input of `in_shape` and checks it; the input
   // is loaded plainly and, for a second kernel, through a strided slice.
-  void Check(const Shape& in_shape, const std::function<NDObject*(Kernel&, NDObject*)>& build,
-             uint64_t seed) {
+  void Check(const Shape& in_shape, const std::function<NDObject*(Kernel&, NDObject*)>& build, uint64_t seed) {
     const MoveParam& p = GetParam();
     SCOPED_TRACE("input " + ShapeString(in_shape));
     Rng rng(seed);
@@ -623,8 +641,8 @@ class DataMovementTest : public ::testing::TestWithParam<MoveParam> {
       try {
         Kernel k(p.type);
         std::vector<ref::Tensor> inputs;
-        NDObject* x = MakeOperand(k, p.type == KernelType::kDynamic, l, 0, in_shape,
-                                  {p.dt, DefaultGen(p.dt), {}}, rng, inputs);
+        NDObject* x =
+            MakeOperand(k, p.type == KernelType::kDynamic, l, 0, in_shape, {p.dt, DefaultGen(p.dt), {}}, rng, inputs);
         k.Store(nullptr, build(k, x));
         EXPECT_TRUE(CheckKernel(k, inputs));
       } catch (const std::exception& e) {
@@ -654,7 +672,8 @@ TEST_P(DataMovementTest, Broadcast) {
   };
   for (const auto& [in, out] : cases) {
     SCOPED_TRACE("to " + ShapeString(out));
-    Check(in, [&](Kernel& k, NDObject* x) { return k.Broadcast(x, D(out)); }, 11);
+    Check(
+        in, [&](Kernel& k, NDObject* x) { return k.Broadcast(x, D(out)); }, 11);
   }
 }
 
@@ -701,10 +720,16 @@ TEST_P(DataMovementTest, Reshape) {
   };
   for (const auto& [in, out] : cases) {
     SCOPED_TRACE("to " + ShapeString(out));
-    Check(in, [&](Kernel& k, NDObject* x) { return k.Reshape(x, D(out)); }, 12);
+    Check(
+        in, [&](Kernel& k, NDObject* x) { return k.Reshape(x, D(out)); }, 12);
   }
   // Reshape of a non-contiguous value (a transpose).
-  Check({6, 4}, [](Kernel& k, NDObject* x) { return k.Reshape(k.Transpose(x, {1, 0}), {3, 8}); }, 13);
+  Check(
+      {6, 4},
+      [](Kernel& k, NDObject* x) {
+        return k.Reshape(k.Transpose(x, {1, 0}), {3, 8});
+      },
+      13);
 }
 
 TEST_P(DataMovementTest, Transpose) {
@@ -725,13 +750,17 @@ TEST_P(DataMovementTest, Transpose) {
   };
   for (const auto& [in, perm] : cases) {
     SCOPED_TRACE("perm " + ShapeString(perm));
-    Check(in, [&](Kernel& k, NDObject* x) { return k.Transpose(x, D(perm)); }, 14);
+    Check(
+        in, [&](Kernel& k, NDObject* x) { return k.Transpose(x, D(perm)); }, 14);
   }
   // A transpose feeding element-wise math.
-  Check({33, 1025}, [](Kernel& k, NDObject* x) {
-    NDObject* t = k.Transpose(x, {1, 0});
-    return k.Binary(BinaryOp::kMaximum, t, t);
-  }, 15);
+  Check(
+      {33, 1025},
+      [](Kernel& k, NDObject* x) {
+        NDObject* t = k.Transpose(x, {1, 0});
+        return k.Binary(BinaryOp::kMaximum, t, t);
+      },
+      15);
 }
 
 INSTANTIATE_TEST_SUITE_P(Ops, DataMovementTest, ::testing::ValuesIn(MoveParams()), MoveParamName);
@@ -754,17 +783,24 @@ TEST(DynamicBroadcast, MinusOneKeepsInputDim) {
 // ===========================================================================
 
 enum class Axes { kLast, kFirst, kLeading2, kMiddle, kNonContig, kAll, kLastTwo };
-constexpr Axes kAllAxes[] = {Axes::kLast,   Axes::kFirst, Axes::kLeading2, Axes::kMiddle,
-                             Axes::kNonContig, Axes::kAll, Axes::kLastTwo};
+constexpr Axes kAllAxes[] = {Axes::kLast,      Axes::kFirst, Axes::kLeading2, Axes::kMiddle,
+                             Axes::kNonContig, Axes::kAll,   Axes::kLastTwo};
 const char* AxesName(Axes a) {
   switch (a) {
-    case Axes::kLast: return "last";
-    case Axes::kFirst: return "first";
-    case Axes::kLeading2: return "leading2";
-    case Axes::kMiddle: return "middle";
-    case Axes::kNonContig: return "noncontig";
-    case Axes::kAll: return "all";
-    case Axes::kLastTwo: return "last2";
+    case Axes::kLast:
+      return "last";
+    case Axes::kFirst:
+      return "first";
+    case Axes::kLeading2:
+      return "leading2";
+    case Axes::kMiddle:
+      return "middle";
+    case Axes::kNonContig:
+      return "noncontig";
+    case Axes::kAll:
+      return "all";
+    case Axes::kLastTwo:
+      return "last2";
   }
   return "?";
 }
@@ -804,11 +840,34 @@ Shape AxesFor(Axes a, size_t rank) {
 
 const std::vector<Shape>& ReduceShapes() {
   static const std::vector<Shape> s = {
-      {0},        {1},         {7},          {1023},       {1024},         {1025},
-      {4095},     {4096},      {4097},       {70000},      {3, 0},         {0, 3},
-      {5, 7},     {3, 1025},   {4097, 3},    {65, 513},    {64, 512},      {130, 1025},
-      {8, 4097},  {300, 200},  {2, 3, 4},    {2, 0, 4},    {1, 1, 5},      {17, 1, 33},
-      {3, 4, 5, 6}, {2, 3, 2, 3, 2}, {2, 2, 3, 2, 2, 3, 2, 2}, {64, 1024},
+      {0},
+      {1},
+      {7},
+      {1023},
+      {1024},
+      {1025},
+      {4095},
+      {4096},
+      {4097},
+      {70000},
+      {3, 0},
+      {0, 3},
+      {5, 7},
+      {3, 1025},
+      {4097, 3},
+      {65, 513},
+      {64, 512},
+      {130, 1025},
+      {8, 4097},
+      {300, 200},
+      {2, 3, 4},
+      {2, 0, 4},
+      {1, 1, 5},
+      {17, 1, 33},
+      {3, 4, 5, 6},
+      {2, 3, 2, 3, 2},
+      {2, 2, 3, 2, 2, 3, 2, 2},
+      {64, 1024},
   };
   return s;
 }
@@ -908,9 +967,8 @@ TEST_P(ReduceTest, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Ops, ReduceTest, ::testing::ValuesIn(ReduceParams()),
                          [](const ::testing::TestParamInfo<ReduceParam>& i) {
-                           return Sanitize(std::string(ReduceOpName(i.param.op)) + "_" +
-                                           DTypeName(i.param.dt) + "_" + AxesName(i.param.axes) +
-                                           "_" + LayoutName(i.param.layout) + "_" +
+                           return Sanitize(std::string(ReduceOpName(i.param.op)) + "_" + DTypeName(i.param.dt) + "_" +
+                                           AxesName(i.param.axes) + "_" + LayoutName(i.param.layout) + "_" +
                                            TypeName(i.param.type));
                          });
 
@@ -940,8 +998,7 @@ TEST(ReduceExtra, FusedPrologueEpilogue) {
       NDObject* e = k.Unary(UnaryOp::kExp, k.Binary(BinaryOp::kSub, x, mx));
       NDObject* sum = k.Reduce(ReduceOp::kSum, e, {1}, true);
       k.Store(nullptr, k.Binary(BinaryOp::kDiv, e, sum));
-      NDObject* mean = k.Binary(BinaryOp::kDiv, k.Reduce(ReduceOp::kSum, x, {1}, true),
-                                static_cast<double>(s[1]));
+      NDObject* mean = k.Binary(BinaryOp::kDiv, k.Reduce(ReduceOp::kSum, x, {1}, true), static_cast<double>(s[1]));
       NDObject* dev = k.Binary(BinaryOp::kSub, x, mean);
       k.Store(nullptr, k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, dev, dev), {1}, false));
       k.Store(nullptr, k.Reduce(ReduceOp::kMax, x, {0}, false));  // column reduction
@@ -971,8 +1028,8 @@ TEST(ReduceExtra, ReductionOfReductionBroadcastBack) {
       SCOPED_TRACE(keep ? "keepdims" : "no keepdims");
       Kernel k(t);
       NDObject* x = k.Load(nullptr, D(t == KernelType::kStatic ? Shape{7, 2} : Shape{-1, -1}), DType::kFloat32);
-      NDObject* rows = k.Reduce(ReduceOp::kSum, x, {1}, false);  // [7]
-      NDObject* e = k.Unary(UnaryOp::kExp, x);                     // [7, 2]
+      NDObject* rows = k.Reduce(ReduceOp::kSum, x, {1}, false);     // [7]
+      NDObject* e = k.Unary(UnaryOp::kExp, x);                      // [7, 2]
       NDObject* total = k.Reduce(ReduceOp::kSum, rows, {0}, keep);  // [1] or []
       k.Store(nullptr, k.Binary(BinaryOp::kAdd, total, e));
       EXPECT_TRUE(CheckKernel(k, {MakeTensor(DType::kFloat32, {7, 2}, Uniform(-1, 1), rng)}));
@@ -998,6 +1055,31 @@ TEST(ReduceExtra, ChunkedFullReductionBroadcastAndReducedAgain) {
       EXPECT_TRUE(CheckKernel(k, {MakeTensor(DType::kFloat32, {n}, Uniform(-3, 3), rng)}));
     }
   }
+}
+
+// A layernorm over rows longer than one tile runs in chunked stages. Its row
+// scalars (mean, 1 / sqrt(var + eps)) are computed once per row in a small
+// stage, not once per element in the long ones: RSQRT appears only in a
+// stage over [rows] and the results still equal the reference.
+TEST(ReduceExtra, LongRowScalarsComputedOncePerRow) {
+  Rng rng(14);
+  const int64_t R = 3, C = 40000;
+  Kernel k(KernelType::kDynamic);
+  NDObject* x = k.Load(nullptr, {-1, -1}, DType::kFloat32);
+  NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, x, {1}, true), 1.0 / C);
+  NDObject* d = k.Binary(BinaryOp::kSub, x, mean);
+  NDObject* var =
+      k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, true), 1.0 / C);
+  k.Store(nullptr, k.Binary(BinaryOp::kMul, d, k.Unary(UnaryOp::kRsqrt, k.Binary(BinaryOp::kAdd, var, 1e-5))));
+  EXPECT_TRUE(CheckKernel(k, {MakeTensor(DType::kFloat32, {R, C}, Uniform(-2, 2), rng)}));
+  const std::string das = k.Das();
+  const size_t at = das.find("RSQRT");
+  ASSERT_NE(at, std::string::npos) << das;
+  EXPECT_EQ(das.find("RSQRT", at + 1), std::string::npos) << das;
+  const size_t header = das.rfind("stage ", at);
+  ASSERT_NE(header, std::string::npos) << das;
+  const std::string line = das.substr(header, das.find('\n', header) - header);
+  EXPECT_NE(line.find("full=[3]"), std::string::npos) << line << "\n" << das;
 }
 
 // ===========================================================================
@@ -1049,9 +1131,8 @@ TEST_P(ElemAnyTest, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Ops, ElemAnyTest, ::testing::ValuesIn(AnyParams()),
                          [](const ::testing::TestParamInfo<AnyParam>& i) {
-                           return Sanitize(std::string(DTypeName(i.param.dt)) + "_d" +
-                                           std::to_string(i.param.density) + "_" +
-                                           LayoutName(i.param.layout) + "_" + TypeName(i.param.type));
+                           return Sanitize(std::string(DTypeName(i.param.dt)) + "_d" + std::to_string(i.param.density) +
+                                           "_" + LayoutName(i.param.layout) + "_" + TypeName(i.param.type));
                          });
 
 // A single non-zero at each interesting position of a tile-sized input.
@@ -1093,15 +1174,15 @@ TEST_P(SliceTest, StridedSliceLoad) {
       {{70000}, {3}, {69990}, {1}},
       {{1025, 33}, {3, 5}, {1020, 30}, {4, 3}},
       {{5, 1, 4097}, {1, 0, 1}, {5, 1, 4097}, {2, 1, 2}},
-      {{9}, {2}, {3}, {10}},       // step larger than the dim
+      {{9}, {2}, {3}, {10}},             // step larger than the dim
       {{9, 4}, {4, 0}, {4, 4}, {1, 1}},  // empty
       {{3, 3, 3, 3, 3, 3, 3, 3}, {0, 1, 2, 0, 1, 2, 0, 1}, {3, 3, 3, 3, 3, 3, 3, 3}, {2, 1, 1, 3, 2, 1, 1, 1}},
       {{4100}, {1}, {4100}, {1}},
   };
   Rng rng(21);
   for (const SliceCase& c : cases) {
-    SCOPED_TRACE("slice of " + ShapeString(c.full) + " start " + ShapeString(c.start) + " end " +
-                 ShapeString(c.end) + " step " + ShapeString(c.step));
+    SCOPED_TRACE("slice of " + ShapeString(c.full) + " start " + ShapeString(c.start) + " end " + ShapeString(c.end) +
+                 " step " + ShapeString(c.step));
     try {
       Kernel k(p.type);
       Shape d = p.type == KernelType::kStatic ? c.full : Shape(c.full.size(), -1);
@@ -1116,7 +1197,8 @@ TEST_P(SliceTest, StridedSliceLoad) {
 
 TEST_P(SliceTest, SliceLoad) {
   const MoveParam& p = GetParam();
-  const SliceCase cases[] = {  // start, size (end unused)
+  const SliceCase cases[] = {
+      // start, size (end unused)
       {{70000}, {1}, {}, {69998}},
       {{1025, 33}, {3, 5}, {}, {1000, 20}},
       {{4097, 2}, {0, 1}, {}, {4097, 1}},
@@ -1126,8 +1208,7 @@ TEST_P(SliceTest, SliceLoad) {
   };
   Rng rng(22);
   for (const SliceCase& c : cases) {
-    SCOPED_TRACE("slice of " + ShapeString(c.full) + " start " + ShapeString(c.start) + " size " +
-                 ShapeString(c.step));
+    SCOPED_TRACE("slice of " + ShapeString(c.full) + " start " + ShapeString(c.start) + " size " + ShapeString(c.step));
     try {
       Kernel k(p.type);
       Shape d = p.type == KernelType::kStatic ? c.full : Shape(c.full.size(), -1);
@@ -1136,8 +1217,8 @@ TEST_P(SliceTest, SliceLoad) {
       NDObject* y = k.Load(nullptr, D(p.type == KernelType::kStatic ? c.step : Shape(c.step.size(), -1)), p.dt);
       k.Store(nullptr, x);
       k.Store(nullptr, k.Binary(BinaryOp::kMaximum, x, y));
-      EXPECT_TRUE(CheckKernel(k, {MakeTensor(p.dt, c.full, DefaultGen(p.dt), rng),
-                                  MakeTensor(p.dt, c.step, DefaultGen(p.dt), rng)}));
+      EXPECT_TRUE(CheckKernel(
+          k, {MakeTensor(p.dt, c.full, DefaultGen(p.dt), rng), MakeTensor(p.dt, c.step, DefaultGen(p.dt), rng)}));
     } catch (const std::exception& e) {
       ADD_FAILURE() << "exception: " << e.what();
     }
@@ -1173,8 +1254,8 @@ TEST_P(PadStoreTest, MatchesReference) {
   };
   Rng rng(31);
   for (const Case& c : cases) {
-    SCOPED_TRACE("value " + ShapeString(c.value) + " into " + ShapeString(c.padded) + " at " +
-                 ShapeString(c.before) + " pad " + FormatValue(c.pad));
+    SCOPED_TRACE("value " + ShapeString(c.value) + " into " + ShapeString(c.padded) + " at " + ShapeString(c.before) +
+                 " pad " + FormatValue(c.pad));
     try {
       Kernel k(p.type);
       Shape d = p.type == KernelType::kStatic ? c.value : Shape(c.value.size(), -1);
@@ -1207,11 +1288,9 @@ TEST(Cache, CodegenPerDistinctShapeSet) {
     auto want = ref::Evaluate(GetGraph(k), std::vector<ref::Tensor>{a, b});
     auto ba = ref::ToBytes(a), bb = ref::ToBytes(b);
     std::vector<uint8_t> out(ByteSize(DType::kFloat32, want[0].shape) + 1, 0xCD);
-    k.Launch({{ba.data(), sx, ba.size()}, {bb.data(), sy, bb.size()}},
-             {{out.data(), {}, out.size() - 1}});
+    k.Launch({{ba.data(), sx, ba.size()}, {bb.data(), sy, bb.size()}}, {{out.data(), {}, out.size() - 1}});
     EXPECT_EQ(out.back(), 0xCD);
-    EXPECT_TRUE(AllClose(want[0], ref::FromBytes(out.data(), DType::kFloat32, want[0].shape),
-                         DType::kFloat32));
+    EXPECT_TRUE(AllClose(want[0], ref::FromBytes(out.data(), DType::kFloat32, want[0].shape), DType::kFloat32));
   };
   launch({3, 5}, {3, 5});
   launch({3, 5}, {1, 5});  // a different shape set (broadcast b)

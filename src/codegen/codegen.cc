@@ -109,8 +109,10 @@ uint32_t ConstBits(double v, DType t) {
 
 double ReduceIdentity(ReduceOp op, DType t) {
   switch (op) {
-    case ReduceOp::kSum: return 0;
-    case ReduceOp::kProd: return 1;
+    case ReduceOp::kSum:
+      return 0;
+    case ReduceOp::kProd:
+      return 1;
     case ReduceOp::kMax:
       return IsFloat(t) ? -HUGE_VAL : t == DType::kInt8 ? -128 : t == DType::kBool ? 0 : -2147483648.0;
     case ReduceOp::kMin:
@@ -121,28 +123,35 @@ double ReduceIdentity(ReduceOp op, DType t) {
 
 Opcode CombineOp(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return Opcode::ADD;
-    case ReduceOp::kMax: return Opcode::MAX;
-    case ReduceOp::kMin: return Opcode::MIN;
-    case ReduceOp::kProd: return Opcode::MUL;
+    case ReduceOp::kSum:
+      return Opcode::ADD;
+    case ReduceOp::kMax:
+      return Opcode::MAX;
+    case ReduceOp::kMin:
+      return Opcode::MIN;
+    case ReduceOp::kProd:
+      return Opcode::MUL;
   }
   return Opcode::ADD;
 }
 Opcode RowOp(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return Opcode::RSUM;
-    case ReduceOp::kMax: return Opcode::RMAX;
-    case ReduceOp::kMin: return Opcode::RMIN;
-    case ReduceOp::kProd: return Opcode::RPROD;
+    case ReduceOp::kSum:
+      return Opcode::RSUM;
+    case ReduceOp::kMax:
+      return Opcode::RMAX;
+    case ReduceOp::kMin:
+      return Opcode::RMIN;
+    case ReduceOp::kProd:
+      return Opcode::RPROD;
   }
   return Opcode::RSUM;
 }
 
-constexpr Opcode kUnaryOpcode[] = {Opcode::SQRT, Opcode::RSQRT, Opcode::ABS,   Opcode::NEG,
-                                   Opcode::EXP,  Opcode::LOG,   Opcode::RECIP, Opcode::TANH,
-                                   Opcode::SIGMOID, Opcode::ERF, Opcode::RELU, Opcode::SIN,
-                                   Opcode::COS,  Opcode::FLOOR, Opcode::CEIL,  Opcode::ROUND,
-                                   Opcode::ISFINITE, Opcode::NOT};
+constexpr Opcode kUnaryOpcode[] = {Opcode::SQRT,  Opcode::RSQRT,    Opcode::ABS,  Opcode::NEG,     Opcode::EXP,
+                                   Opcode::LOG,   Opcode::RECIP,    Opcode::TANH, Opcode::SIGMOID, Opcode::ERF,
+                                   Opcode::RELU,  Opcode::SIN,      Opcode::COS,  Opcode::FLOOR,   Opcode::CEIL,
+                                   Opcode::ROUND, Opcode::ISFINITE, Opcode::NOT};
 constexpr Opcode kBinaryOpcode[] = {Opcode::ADD, Opcode::SUB, Opcode::MUL, Opcode::DIV, Opcode::POW,
                                     Opcode::MAX, Opcode::MIN, Opcode::EQ,  Opcode::NE,  Opcode::LT,
                                     Opcode::LE,  Opcode::GT,  Opcode::GE,  Opcode::AND, Opcode::OR};
@@ -151,8 +160,8 @@ constexpr Opcode kBinaryOpcode[] = {Opcode::ADD, Opcode::SUB, Opcode::MUL, Opcod
 
 struct StagePlan {
   Mode mode = Mode::kElem;
-  Dims8 dom;          // domain, rank r
-  uint32_t rmask = 0; // reduced axes of dom
+  Dims8 dom;           // domain, rank r
+  uint32_t rmask = 0;  // reduced axes of dom
   int chunk_node = -1;
   int gemm_node = -1;  // kGemm: the matmul; its C workspace is written by the stage
   std::vector<int> roots;
@@ -448,8 +457,7 @@ class Gen {
   int GemmOperand(int x) {
     const LNode& n = ln_[x];
     const size_t r = n.shape.size();
-    bool ok = n.op == L::kLoad && tensors_[n.tensor].dtype == DType::kFloat32 && r >= 2 &&
-              r <= 2 + bc::kMaxBatchRank;
+    bool ok = n.op == L::kLoad && tensors_[n.tensor].dtype == DType::kFloat32 && r >= 2 && r <= 2 + bc::kMaxBatchRank;
     if (ok) {
       const int64_t rows = n.shape[r - 2], cols = n.shape[r - 1];
       ok = (cols <= 1 || n.strides[r - 1] == 1) && (rows <= 1 || n.strides[r - 2] >= cols);
@@ -640,8 +648,10 @@ class Gen {
       bool trailing = true, seen_red = false;
       for (size_t i = 0; i < plan.dom.size(); ++i) {
         if (plan.dom[i] == 1) continue;
-        if (plan.rmask >> i & 1) seen_red = true;
-        else if (seen_red) trailing = false;
+        if (plan.rmask >> i & 1)
+          seen_red = true;
+        else if (seen_red)
+          trailing = false;
       }
       plan.mode = trailing ? Mode::kRow : Mode::kCol;
       if (!CheckSlice(slice, plan)) continue;
@@ -656,10 +666,40 @@ class Gen {
     }
   }
 
+  // ELEM and chunked ROW nests compute every node per element of the
+  // domain. A computed node over a much smaller shape that is broadcast into
+  // the domain (the mean or 1/sqrt(var + eps) of a long-row layernorm, a
+  // scale derived from a scalar input) would be recomputed for each element:
+  // it is materialised instead, computed once in a small stage of its own.
+  // Returns true when it materialised one (the caller re-slices).
+  bool HoistSmall(const std::vector<int>& slice, const StagePlan& plan) {
+    if (plan.mode != Mode::kElem && plan.chunk_node < 0) return false;
+    const int64_t dom_n = Numel(plan.dom);
+    if (dom_n < kHoistMinElems) return false;
+    for (int u : slice) {
+      const LNode& user = ln_[u];
+      if (user.op == L::kChunk) continue;
+      const int64_t user_n = Numel(user.shape);
+      for (int k = 0; k < user.num_in(); ++k) {
+        const int in = Resolve(user.in[k]);
+        const LNode& x = ln_[in];
+        if (x.leaf() || x.op == L::kChunk || x.op == L::kReduce) continue;
+        const int64_t xn = Numel(x.shape);
+        if (xn * kHoistRatio > dom_n || xn >= user_n) continue;
+        Materialize(in);
+        return true;
+      }
+    }
+    return false;
+  }
+  // Domains this large, and nodes this many times smaller, are worth a stage.
+  static constexpr int64_t kHoistMinElems = 32768, kHoistRatio = 64;
+
   // Assigns levels; materialises what cannot live in the plan's nest.
   // Returns false when it changed the graph (the caller re-slices).
   bool CheckSlice(const std::vector<int>& slice, const StagePlan& plan) {
     lvl_.resize(ln_.size());
+    if (HoistSmall(slice, plan)) return false;
     const Dims8 red = RedShape(plan.dom, plan.rmask);
     auto leaf_lvl = [&](int n) -> Lvl {
       if (plan.mode == Mode::kElem || plan.mode == Mode::kGemm || plan.chunk_node >= 0) return kFull;
@@ -804,8 +844,13 @@ class Gen {
   void Push(StageEmit& e, int sec, Opcode op, DType type, DType src, bool red, int dst, int a = -1, int b = -1,
             int c_reg = -1, uint16_t c = 0, uint8_t form = 0, bool no_alias = false, uint8_t b_raw = 0) {
     VInstr v;
-    v.in = {static_cast<uint8_t>(op), static_cast<uint8_t>(type), 0, 0, b_raw,
-            bc::MakeFlags(form, static_cast<uint8_t>(src), red), c};
+    v.in = {static_cast<uint8_t>(op),
+            static_cast<uint8_t>(type),
+            0,
+            0,
+            b_raw,
+            bc::MakeFlags(form, static_cast<uint8_t>(src), red),
+            c};
     v.sec = sec;
     v.dst_v = dst;
     v.a_v = a;
@@ -954,16 +999,25 @@ class Gen {
       result = NewV(e);
       const DType src = ln_[Resolve(x.in[0])].dtype;
       switch (x.op) {
-        case L::kUn: Push(e, sec, Opcode(x.sub), x.dtype, src, red, result, ops[0]); break;
-        case L::kCast: Push(e, sec, Opcode::CAST, x.dtype, src, red, result, ops[0]); break;
-        case L::kCopy: Push(e, sec, Opcode::COPY, x.dtype, src, red, result, ops[0]); break;
-        case L::kSel: Push(e, sec, Opcode::SELECT, x.dtype, x.dtype, red, result, ops[0], ops[1], ops[2]); break;
+        case L::kUn:
+          Push(e, sec, Opcode(x.sub), x.dtype, src, red, result, ops[0]);
+          break;
+        case L::kCast:
+          Push(e, sec, Opcode::CAST, x.dtype, src, red, result, ops[0]);
+          break;
+        case L::kCopy:
+          Push(e, sec, Opcode::COPY, x.dtype, src, red, result, ops[0]);
+          break;
+        case L::kSel:
+          Push(e, sec, Opcode::SELECT, x.dtype, x.dtype, red, result, ops[0], ops[1], ops[2]);
+          break;
         case L::kBin: {
           uint16_t c = x.form == bc::kFormRR ? 0 : Const(x.scalar, src);
           Push(e, sec, Opcode(x.sub), x.dtype, src, red, result, ops[0], ops[1], -1, c, x.form);
           break;
         }
-        default: break;
+        default:
+          break;
       }
     }
     e.memo[red][n] = result;
@@ -1240,7 +1294,8 @@ class Gen {
     }
     // Accumulators live across the whole tile loop.
     for (const VInstr& v : e.code)
-      if (v.sec == bc::kTileInit || v.sec == bc::kBlockInit) last[v.dst_v] = std::max<int>(last[v.dst_v], static_cast<int>(e.code.size()));
+      if (v.sec == bc::kTileInit || v.sec == bc::kBlockInit)
+        last[v.dst_v] = std::max<int>(last[v.dst_v], static_cast<int>(e.code.size()));
     e.wide.resize(e.nvregs, 0);
     std::vector<int> phys(e.nvregs, -1);
     std::vector<int> free_list;
