@@ -46,10 +46,15 @@ struct WorkspaceLayout {
       bytes += (static_cast<size_t>(t.numel) * DTypeSize(t.dtype) + 63) / 64 * 64;
     }
   }
-  // Points the workspace entries of ptrs into this thread's arena (valid
+  // Points the workspace entries of ptrs into `external` (a caller's
+  // buffer of at least `bytes`), or else into this thread's arena (valid
   // until the thread's next launch: Run is synchronous).
-  void Bind(std::vector<void*>& ptrs) const {
+  void Bind(std::vector<void*>& ptrs, uint8_t* external = nullptr) const {
     if (slots.empty()) return;
+    if (external) {
+      for (const auto& [t, off] : slots) ptrs[t] = external + off;
+      return;
+    }
     thread_local std::unique_ptr<void, AlignedFree> arena;
     thread_local size_t arena_bytes = 0;
     if (bytes > arena_bytes) {
@@ -137,6 +142,25 @@ struct Kernel::Impl {
     return nullptr;
   }
   Program& GetProgram(std::span<const Shape> in_shapes);
+  // A launch with shaped arguments; the workspace is the caller's when given.
+  void LaunchArgs(std::span<const TensorArg> inputs, std::span<const TensorArg> outputs, const TensorArg* workspace) {
+    Program& p = Prepare(inputs, outputs.size());
+    Bind(
+        p, [&](size_t i) { return std::pair(inputs[i].data, inputs[i].bytes); },
+        [&](size_t i) { return std::pair(outputs[i].data, outputs[i].bytes); });
+    uint8_t* ws = nullptr;
+    if (workspace) {
+      if (p.ws.bytes > 0 && workspace->data == nullptr)
+        Fail("launch: workspace buffer is null, needs ", p.ws.bytes, " bytes");
+      if (workspace->bytes < p.ws.bytes)
+        Fail("launch: workspace has ", workspace->bytes, " bytes, needs ", p.ws.bytes, " (WorkspaceBytes)");
+      if (reinterpret_cast<uintptr_t>(workspace->data) % 4 != 0) Fail("launch: workspace buffer is not 4-byte aligned");
+      ws = static_cast<uint8_t*>(workspace->data);
+    }
+    p.ws.Bind(p.ptrs, ws);
+    p.exe->Run(p.ptrs.data());
+    ++stats.launches;
+  }
   // The program for these launch arguments (generated on a new shape set).
   Program& Prepare(std::span<const TensorArg> inputs, size_t num_outputs);
   // The cache entry of the program Prepare returned last (front of the cache).
@@ -394,6 +418,17 @@ NDObject* Kernel::Copy(NDObject* x) {
   return k.Push(std::move(n));
 }
 
+NDObject* Kernel::StageBoundary(NDObject* x) {
+  Impl& k = *impl_;
+  k.CheckMutable("stage_boundary");
+  ir::Node n;
+  n.op = ir::Op::kCopy;
+  n.sub = 1;  // materialised (codegen)
+  n.in[0] = k.Id(x, "stage_boundary");
+  n.dtype = k.g.nodes[n.in[0]].dtype;
+  return k.Push(std::move(n));
+}
+
 NDObject* Kernel::Reduce(ReduceOp op, NDObject* x, Dims axes, bool keepdims) {
   Impl& k = *impl_;
   const char* name = "reduce";
@@ -516,14 +551,7 @@ void Kernel::Launch(std::span<void* const> inputs, std::span<void* const> output
 }
 
 void Kernel::Launch(std::span<const TensorArg> inputs, std::span<const TensorArg> outputs) {
-  Impl& k = *impl_;
-  Program& p = k.Prepare(inputs, outputs.size());
-  k.Bind(
-      p, [&](size_t i) { return std::pair(inputs[i].data, inputs[i].bytes); },
-      [&](size_t i) { return std::pair(outputs[i].data, outputs[i].bytes); });
-  p.ws.Bind(p.ptrs);
-  p.exe->Run(p.ptrs.data());
-  ++k.stats.launches;
+  impl_->LaunchArgs(inputs, outputs, nullptr);
 }
 
 Program& Kernel::Impl::Prepare(std::span<const TensorArg> inputs, size_t num_outputs) {
@@ -546,6 +574,18 @@ Program& Kernel::Impl::Prepare(std::span<const TensorArg> inputs, size_t num_out
   shapes.reserve(inputs.size());
   for (const TensorArg& a : inputs) shapes.push_back(a.shape);
   return GetProgram(shapes);
+}
+
+void Kernel::Launch(std::span<const TensorArg> inputs, std::span<const TensorArg> outputs, const TensorArg& workspace) {
+  impl_->LaunchArgs(inputs, outputs, &workspace);
+}
+
+size_t Kernel::WorkspaceBytes(std::span<const Shape> input_shapes) {
+  Impl& k = *impl_;
+  if (k.g.outputs.empty()) Fail("codegen: kernel has no outputs");
+  k.codegen_called = true;
+  if (k.g.type == KernelType::kStatic || input_shapes.empty()) return k.GetProgram(BuiltInputShapes(k.g)).ws.bytes;
+  return k.GetProgram(input_shapes).ws.bytes;
 }
 
 std::vector<Shape> Kernel::OutputShapes(std::span<const Shape> input_shapes) {

@@ -33,15 +33,44 @@ const char* DTypeName(DType t);
 size_t DTypeSize(DType t);
 
 enum class UnaryOp : uint8_t {
-  kSqrt, kRsqrt, kAbs, kNeg, kExp, kLog, kReciprocal, kTanh, kSigmoid,
-  kErf, kRelu, kSin, kCos, kFloor, kCeil, kRound, kIsFinite, kLogicalNot,
+  kSqrt,
+  kRsqrt,
+  kAbs,
+  kNeg,
+  kExp,
+  kLog,
+  kReciprocal,
+  kTanh,
+  kSigmoid,
+  kErf,
+  kRelu,
+  kSin,
+  kCos,
+  kFloor,
+  kCeil,
+  kRound,
+  kIsFinite,
+  kLogicalNot,
 };
 constexpr int kNumUnaryOps = 18;
 const char* UnaryOpName(UnaryOp op);
 
 enum class BinaryOp : uint8_t {
-  kAdd, kSub, kMul, kDiv, kPow, kMaximum, kMinimum, kEqual, kNotEqual,
-  kLess, kLessEqual, kGreater, kGreaterEqual, kLogicalAnd, kLogicalOr,
+  kAdd,
+  kSub,
+  kMul,
+  kDiv,
+  kPow,
+  kMaximum,
+  kMinimum,
+  kEqual,
+  kNotEqual,
+  kLess,
+  kLessEqual,
+  kGreater,
+  kGreaterEqual,
+  kLogicalAnd,
+  kLogicalOr,
 };
 constexpr int kNumBinaryOps = 15;
 const char* BinaryOpName(BinaryOp op);
@@ -81,9 +110,9 @@ struct TensorArg {
 
 struct KernelStats {
   uint64_t launches = 0;
-  uint64_t codegens = 0;      // programs generated (cache misses)
-  uint64_t cache_hits = 0;    // launches served by a cached program
-  double last_codegen_us = 0; // time of the most recent codegen
+  uint64_t codegens = 0;       // programs generated (cache misses)
+  uint64_t cache_hits = 0;     // launches served by a cached program
+  double last_codegen_us = 0;  // time of the most recent codegen
 };
 
 class Kernel {
@@ -104,14 +133,12 @@ class Kernel {
   // Slice [start, start+size) on every axis.
   NDObject* SliceLoad(void* addr, Dims shape, DType type, Dims start, Dims size);
   // Python-style slice start:end:step on every axis (step > 0).
-  NDObject* StridedSliceLoad(void* addr, Dims shape, DType type, Dims start, Dims end,
-                             Dims step);
+  NDObject* StridedSliceLoad(void* addr, Dims shape, DType type, Dims start, Dims end, Dims step);
   // Writes `value` to an output buffer with the value's shape and dtype.
   NDObject* Store(void* addr, NDObject* value);
   // Writes `value` into a larger output of shape `padded_shape`, at offset
   // `pad_before` on each axis (empty = zeros); the rest is `pad_value`.
-  NDObject* PadStore(void* addr, NDObject* value, Dims padded_shape, Dims pad_before = {},
-                     double pad_value = 0.0);
+  NDObject* PadStore(void* addr, NDObject* value, Dims padded_shape, Dims pad_before = {}, double pad_value = 0.0);
 
   // ---- compute ------------------------------------------------------------
   NDObject* Unary(UnaryOp op, NDObject* x);
@@ -127,6 +154,12 @@ class Kernel {
   NDObject* Reshape(NDObject* x, Dims shape);
   NDObject* Transpose(NDObject* x, Dims perm);
   NDObject* Copy(NDObject* x);
+  // The value of x, handed to the ops that use it through a workspace: x is
+  // computed in full first, and its users run in a later stage of the same
+  // launch. Codegen stages kernels itself where a row does not fit a tile;
+  // this marks a boundary explicitly (e.g. to compute an expensive value
+  // once rather than in every stage that reads it).
+  NDObject* StageBoundary(NDObject* x);
   NDObject* Reduce(ReduceOp op, NDObject* x, Dims axes, bool keepdims);
   // True when any element is non-zero; a rank-0 bool.
   NDObject* ElemAny(NDObject* x);
@@ -150,8 +183,7 @@ class Kernel {
   NDObject* Transpose(NDObject* x, std::initializer_list<int64_t> perm) {
     return Transpose(x, Dims(perm.begin(), perm.size()));
   }
-  NDObject* Reduce(ReduceOp op, NDObject* x, std::initializer_list<int64_t> axes,
-                   bool keepdims) {
+  NDObject* Reduce(ReduceOp op, NDObject* x, std::initializer_list<int64_t> axes, bool keepdims) {
     return Reduce(op, x, Dims(axes.begin(), axes.size()), keepdims);
   }
 
@@ -176,9 +208,16 @@ class Kernel {
     Launch(std::span<const TensorArg>(inputs.begin(), inputs.size()),
            std::span<const TensorArg>(outputs.begin(), outputs.size()));
   }
+  // With a caller-owned workspace for the values stages pass on (at least
+  // WorkspaceBytes for these input shapes); the other launches use scratch
+  // memory of the calling thread.
+  void Launch(std::span<const TensorArg> inputs, std::span<const TensorArg> outputs, const TensorArg& workspace);
   // Output shapes for the given input shapes (generates the program if
   // needed). For static kernels `input_shapes` may be empty.
   std::vector<Shape> OutputShapes(std::span<const Shape> input_shapes = {});
+  // Workspace bytes a launch with these input shapes uses (0 for a single
+  // stage that passes nothing on); generates the program if needed.
+  size_t WorkspaceBytes(std::span<const Shape> input_shapes = {});
 
   // The IR as text.
   std::string Dump() const;

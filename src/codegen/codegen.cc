@@ -366,6 +366,10 @@ class Gen {
           l.in[0] = in(0);
           break;
         case ir::Op::kCopy:
+          if (node.sub == 1) {  // an explicit stage boundary
+            map_[i] = Materialize(in(0));
+            continue;
+          }
           l.op = L::kCopy;
           l.in[0] = in(0);
           break;

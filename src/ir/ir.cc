@@ -9,12 +9,18 @@ namespace dvm {
 
 const char* DTypeName(DType t) {
   switch (t) {
-    case DType::kFloat32: return "f32";
-    case DType::kFloat16: return "f16";
-    case DType::kBFloat16: return "bf16";
-    case DType::kInt32: return "i32";
-    case DType::kInt8: return "i8";
-    case DType::kBool: return "bool";
+    case DType::kFloat32:
+      return "f32";
+    case DType::kFloat16:
+      return "f16";
+    case DType::kBFloat16:
+      return "bf16";
+    case DType::kInt32:
+      return "i32";
+    case DType::kInt8:
+      return "i8";
+    case DType::kBool:
+      return "bool";
   }
   return "?";
 }
@@ -22,28 +28,30 @@ const char* DTypeName(DType t) {
 size_t DTypeSize(DType t) {
   switch (t) {
     case DType::kFloat32:
-    case DType::kInt32: return 4;
+    case DType::kInt32:
+      return 4;
     case DType::kFloat16:
-    case DType::kBFloat16: return 2;
+    case DType::kBFloat16:
+      return 2;
     case DType::kInt8:
-    case DType::kBool: return 1;
+    case DType::kBool:
+      return 1;
   }
   return 0;
 }
 
 const char* UnaryOpName(UnaryOp op) {
-  static const char* kNames[] = {"sqrt",  "rsqrt", "abs",  "neg",   "exp",      "log",
-                                 "reciprocal", "tanh", "sigmoid", "erf", "relu", "sin",
-                                 "cos",   "floor", "ceil", "round", "isfinite", "logical_not"};
+  static const char* kNames[] = {"sqrt",       "rsqrt", "abs",     "neg",   "exp",      "log",
+                                 "reciprocal", "tanh",  "sigmoid", "erf",   "relu",     "sin",
+                                 "cos",        "floor", "ceil",    "round", "isfinite", "logical_not"};
   auto i = static_cast<size_t>(op);
   return i < std::size(kNames) ? kNames[i] : "?";
 }
 
 const char* BinaryOpName(BinaryOp op) {
-  static const char* kNames[] = {"add",  "sub",     "mul",        "div",         "pow",
-                                 "maximum", "minimum", "equal",   "not_equal",   "less",
-                                 "less_equal", "greater", "greater_equal", "logical_and",
-                                 "logical_or"};
+  static const char* kNames[] = {"add",        "sub",     "mul",           "div",         "pow",
+                                 "maximum",    "minimum", "equal",         "not_equal",   "less",
+                                 "less_equal", "greater", "greater_equal", "logical_and", "logical_or"};
   auto i = static_cast<size_t>(op);
   return i < std::size(kNames) ? kNames[i] : "?";
 }
@@ -58,22 +66,38 @@ namespace ir {
 
 const char* OpName(Op op) {
   switch (op) {
-    case Op::kLoad: return "load";
-    case Op::kStore: return "store";
-    case Op::kUnary: return "unary";
-    case Op::kBinary: return "binary";
-    case Op::kBinaryTS: return "binary_ts";
-    case Op::kBinaryST: return "binary_st";
-    case Op::kScalar: return "scalar";
-    case Op::kSelect: return "select";
-    case Op::kCast: return "cast";
-    case Op::kBroadcast: return "broadcast";
-    case Op::kReshape: return "reshape";
-    case Op::kTranspose: return "transpose";
-    case Op::kCopy: return "copy";
-    case Op::kReduce: return "reduce";
-    case Op::kElemAny: return "elem_any";
-    case Op::kMatMul: return "matmul";
+    case Op::kLoad:
+      return "load";
+    case Op::kStore:
+      return "store";
+    case Op::kUnary:
+      return "unary";
+    case Op::kBinary:
+      return "binary";
+    case Op::kBinaryTS:
+      return "binary_ts";
+    case Op::kBinaryST:
+      return "binary_st";
+    case Op::kScalar:
+      return "scalar";
+    case Op::kSelect:
+      return "select";
+    case Op::kCast:
+      return "cast";
+    case Op::kBroadcast:
+      return "broadcast";
+    case Op::kReshape:
+      return "reshape";
+    case Op::kTranspose:
+      return "transpose";
+    case Op::kCopy:
+      return "copy";
+    case Op::kReduce:
+      return "reduce";
+    case Op::kElemAny:
+      return "elem_any";
+    case Op::kMatMul:
+      return "matmul";
   }
   return "?";
 }
@@ -110,8 +134,8 @@ Shape BroadcastShapes(const Shape& a, const Shape& b, const char* what, int node
     } else if (x < 0 || y < 0) {
       out[i] = x < 0 ? y : x;  // unknown dim assumed to match
     } else {
-      Fail(what, " (node ", node, "): shapes ", ShapeStr(a), " and ", ShapeStr(b),
-           " are not broadcastable (axis ", i, ": ", x, " vs ", y, ")");
+      Fail(what, " (node ", node, "): shapes ", ShapeStr(a), " and ", ShapeStr(b), " are not broadcastable (axis ", i,
+           ": ", x, " vs ", y, ")");
     }
   }
   return out;
@@ -126,13 +150,12 @@ Shape InferNode(const Graph& g, int id, const std::vector<Shape>& sh, std::span<
       if (!ins.empty()) {
         const Shape& given = ins[n.io];
         if (given.size() != t.size())
-          Fail("load (input ", n.io, "): rank mismatch, kernel expects ", ShapeStr(t), ", got ",
-               ShapeStr(given));
+          Fail("load (input ", n.io, "): rank mismatch, kernel expects ", ShapeStr(t), ", got ", ShapeStr(given));
         for (size_t i = 0; i < t.size(); ++i) {
           if (given[i] < 0) Fail("load (input ", n.io, "): negative dim in ", ShapeStr(given));
           if (t[i] >= 0 && t[i] != given[i])
-            Fail("load (input ", n.io, "): shape ", ShapeStr(given), " does not match built shape ",
-                 ShapeStr(t), " at axis ", i);
+            Fail("load (input ", n.io, "): shape ", ShapeStr(given), " does not match built shape ", ShapeStr(t),
+                 " at axis ", i);
           t[i] = given[i];
         }
       }
@@ -145,8 +168,7 @@ Shape InferNode(const Graph& g, int id, const std::vector<Shape>& sh, std::span<
           continue;
         }
         if (st <= 0 || s < 0 || e < s || e > t[i])
-          Fail("slice load (input ", n.io, "): bad slice ", s, ":", e, ":", st, " for axis ", i,
-               " of size ", t[i]);
+          Fail("slice load (input ", n.io, "): bad slice ", s, ":", e, ":", st, " for axis ", i, " of size ", t[i]);
         out[i] = (e - s + st - 1) / st;
       }
       return out;
@@ -155,13 +177,13 @@ Shape InferNode(const Graph& g, int id, const std::vector<Shape>& sh, std::span<
       if (n.sub == 0) return in(0);
       const Shape& v = in(0);
       if (v.size() != n.a0.size())
-        Fail("pad store (output ", n.io, "): value ", ShapeStr(v), " and padded shape ",
-             ShapeStr(n.a0), " differ in rank");
+        Fail("pad store (output ", n.io, "): value ", ShapeStr(v), " and padded shape ", ShapeStr(n.a0),
+             " differ in rank");
       for (size_t i = 0; i < v.size(); ++i) {
         int64_t before = n.a1.empty() ? 0 : n.a1[i];
         if (v[i] >= 0 && (before < 0 || before + v[i] > n.a0[i]))
-          Fail("pad store (output ", n.io, "): value ", ShapeStr(v), " at offset ", ShapeStr(n.a1),
-               " does not fit in ", ShapeStr(n.a0), " (axis ", i, ")");
+          Fail("pad store (output ", n.io, "): value ", ShapeStr(v), " at offset ", ShapeStr(n.a1), " does not fit in ",
+               ShapeStr(n.a0), " (axis ", i, ")");
       }
       return n.a0;
     }
@@ -169,24 +191,26 @@ Shape InferNode(const Graph& g, int id, const std::vector<Shape>& sh, std::span<
     case Op::kCast:
     case Op::kCopy:
     case Op::kBinaryTS:
-    case Op::kBinaryST: return in(0);
-    case Op::kBinary: return BroadcastShapes(in(0), in(1), BinaryOpName(BinaryOp(n.sub)), id);
+    case Op::kBinaryST:
+      return in(0);
+    case Op::kBinary:
+      return BroadcastShapes(in(0), in(1), BinaryOpName(BinaryOp(n.sub)), id);
     case Op::kSelect:
       return BroadcastShapes(BroadcastShapes(in(0), in(1), "select", id), in(2), "select", id);
-    case Op::kScalar: return n.a0;
+    case Op::kScalar:
+      return n.a0;
     case Op::kBroadcast: {
       const Shape& x = in(0);
       if (x.size() > n.a0.size())
-        Fail("broadcast (node ", id, "): cannot broadcast ", ShapeStr(x), " to lower rank ",
-             ShapeStr(n.a0));
+        Fail("broadcast (node ", id, "): cannot broadcast ", ShapeStr(x), " to lower rank ", ShapeStr(n.a0));
       Shape out = n.a0;
       size_t off = n.a0.size() - x.size();
       for (size_t i = 0; i < out.size(); ++i) {
         int64_t xd = i < off ? 1 : x[i - off];
-        if (out[i] < 0) out[i] = xd;
+        if (out[i] < 0)
+          out[i] = xd;
         else if (xd >= 0 && xd != 1 && xd != out[i])
-          Fail("broadcast (node ", id, "): cannot broadcast ", ShapeStr(x), " to ",
-               ShapeStr(n.a0), " (axis ", i, ")");
+          Fail("broadcast (node ", id, "): cannot broadcast ", ShapeStr(x), " to ", ShapeStr(n.a0), " (axis ", i, ")");
       }
       return out;
     }
@@ -197,8 +221,10 @@ Shape InferNode(const Graph& g, int id, const std::vector<Shape>& sh, std::span<
       int infer = -1;
       int64_t prod = 1;
       for (size_t i = 0; i < out.size(); ++i) {
-        if (out[i] < 0) infer = static_cast<int>(i);
-        else prod *= out[i];
+        if (out[i] < 0)
+          infer = static_cast<int>(i);
+        else
+          prod *= out[i];
       }
       if (!known) return out;
       int64_t total = NumElements(x, "reshape");
@@ -207,8 +233,8 @@ Shape InferNode(const Graph& g, int id, const std::vector<Shape>& sh, std::span<
           Fail("reshape (node ", id, "): cannot reshape ", ShapeStr(x), " to ", ShapeStr(n.a0));
         out[infer] = total / prod;
       } else if (prod != total) {
-        Fail("reshape (node ", id, "): cannot reshape ", ShapeStr(x), " (", total, " elements) to ",
-             ShapeStr(n.a0), " (", prod, " elements)");
+        Fail("reshape (node ", id, "): cannot reshape ", ShapeStr(x), " (", total, " elements) to ", ShapeStr(n.a0),
+             " (", prod, " elements)");
       }
       return out;
     }
@@ -223,12 +249,15 @@ Shape InferNode(const Graph& g, int id, const std::vector<Shape>& sh, std::span<
       Shape out;
       for (size_t i = 0; i < x.size(); ++i) {
         bool red = std::find(n.a0.begin(), n.a0.end(), int64_t(i)) != n.a0.end();
-        if (!red) out.push_back(x[i]);
-        else if (n.keepdims) out.push_back(1);
+        if (!red)
+          out.push_back(x[i]);
+        else if (n.keepdims)
+          out.push_back(1);
       }
       return out;
     }
-    case Op::kElemAny: return {};
+    case Op::kElemAny:
+      return {};
     case Op::kMatMul: {
       const Shape& a = in(0);
       const Shape& b = in(1);
@@ -264,14 +293,28 @@ std::string Dump(const Graph& g) {
     const Node& n = g.nodes[i];
     os << "  %" << i << " = ";
     switch (n.op) {
-      case Op::kLoad: os << (n.a1.empty() ? "load" : "slice_load") << " in" << n.io; break;
-      case Op::kStore: os << (n.sub ? "pad_store" : "store") << " out" << n.io; break;
-      case Op::kUnary: os << UnaryOpName(UnaryOp(n.sub)); break;
+      case Op::kLoad:
+        os << (n.a1.empty() ? "load" : "slice_load") << " in" << n.io;
+        break;
+      case Op::kStore:
+        os << (n.sub ? "pad_store" : "store") << " out" << n.io;
+        break;
+      case Op::kUnary:
+        os << UnaryOpName(UnaryOp(n.sub));
+        break;
       case Op::kBinary:
       case Op::kBinaryTS:
-      case Op::kBinaryST: os << BinaryOpName(BinaryOp(n.sub)); break;
-      case Op::kReduce: os << "reduce_" << ReduceOpName(ReduceOp(n.sub)); break;
-      default: os << OpName(n.op);
+      case Op::kBinaryST:
+        os << BinaryOpName(BinaryOp(n.sub));
+        break;
+      case Op::kReduce:
+        os << "reduce_" << ReduceOpName(ReduceOp(n.sub));
+        break;
+      case Op::kCopy:
+        os << (n.sub ? "stage_boundary" : "copy");
+        break;
+      default:
+        os << OpName(n.op);
     }
     os << " " << DTypeName(n.dtype) << ShapeStr(n.shape);
     if (n.op == Op::kBinaryST) os << " " << n.scalar << ",";
