@@ -52,14 +52,25 @@ TEST_P(MatMulTest, MatchesReference) {
 
 std::vector<MMCase> Cases() {
   std::vector<MMCase> v = {
-      {1, 1, 1, false, false, {}, {}},        {1, 768, 64, false, false, {}, {}},
-      {7, 1, 5, false, false, {}, {}},        {300, 3, 2, false, false, {}, {}},   // tall-skinny
-      {2, 5, 700, false, false, {}, {}},      {129, 65, 33, false, false, {}, {}},  // odd tiles
-      {70, 31, 90, true, false, {}, {}},      {70, 31, 90, false, true, {}, {}},
-      {33, 17, 9, true, true, {}, {}},        {8, 16, 8, false, false, {3}, {3}},
-      {8, 16, 8, false, false, {2, 1}, {3}},  {5, 4, 6, true, false, {1, 2}, {2, 1}},
-      {300, 64, 96, false, false, {}, {}},    {0, 4, 5, false, false, {}, {}},
+      {1, 1, 1, false, false, {}, {}},
+      {1, 768, 64, false, false, {}, {}},
+      {7, 1, 5, false, false, {}, {}},
+      {300, 3, 2, false, false, {}, {}},  // tall-skinny
+      {2, 5, 700, false, false, {}, {}},
+      {129, 65, 33, false, false, {}, {}},  // odd tiles
+      {70, 31, 90, true, false, {}, {}},
+      {70, 31, 90, false, true, {}, {}},
+      {33, 17, 9, true, true, {}, {}},
+      {8, 16, 8, false, false, {3}, {3}},
+      {8, 16, 8, false, false, {2, 1}, {3}},
+      {5, 4, 6, true, false, {1, 2}, {2, 1}},
+      {300, 64, 96, false, false, {}, {}},
+      {0, 4, 5, false, false, {}, {}},
       {3, 0, 5, false, false, {}, {}},
+      // Rank 8: six batch dims that merge (the format holds four); size-1
+      // and broadcast dims among them.
+      {5, 4, 6, false, false, {2, 3, 2, 1, 2, 2}, {2, 3, 2, 1, 2, 2}},
+      {5, 4, 6, false, true, {2, 3, 1, 1, 2, 2}, {1, 1, 3, 1, 1, 1}},
   };
   for (DType dt : {DType::kFloat16, DType::kBFloat16}) {
     v.push_back({33, 40, 17, false, false, {}, {}, dt});
@@ -70,6 +81,23 @@ std::vector<MMCase> Cases() {
 
 INSTANTIATE_TEST_SUITE_P(MatMul, MatMulTest, ::testing::ValuesIn(Cases()),
                          [](const auto& info) { return Name(info.param); });
+
+// Batch dims that alternate between the operands do not merge: more than
+// the format's four is an error that names the operands, not a crash.
+TEST(MatMulErrors, TooManyUnmergeableBatchDims) {
+  Kernel k(KernelType::kDynamic);
+  auto* a = k.Load(nullptr, {-1, -1, -1, -1, -1, -1, -1, -1}, DType::kFloat32);
+  auto* b = k.Load(nullptr, {-1, -1, -1, -1, -1, -1, -1, -1}, DType::kFloat32);
+  k.Store(nullptr, k.MatMul(a, b));
+  std::vector<float> x(2 * 2 * 2 * 2 * 2 * 3 * 4, 1.0f), y(x.size(), 1.0f), o(1024);
+  try {
+    k.Launch({{x.data(), {2, 1, 2, 1, 2, 1, 3, 4}, 0}, {y.data(), {1, 2, 1, 2, 1, 2, 4, 3}, 0}},
+             {{o.data(), {}, o.size() * 4}});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("batch dims that do not merge"), std::string::npos) << e.what();
+  }
+}
 
 // Bias + GELU (tanh form) + residual fused on C equals the same ops run as
 // a separate kernel on a stored C, bit for bit.
@@ -84,8 +112,8 @@ TEST(MatMulEpilogue, FusedEqualsUnfused) {
     auto epilogue = [](Kernel& k, NDObject* c, NDObject* bias, NDObject* res) {
       auto* x = k.Binary(BinaryOp::kAdd, c, bias);
       auto* x3 = k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, x, x), x);
-      auto* u = k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kAdd, x, k.Binary(BinaryOp::kMul, x3, 0.044715)),
-                         0.7978845608);
+      auto* u =
+          k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kAdd, x, k.Binary(BinaryOp::kMul, x3, 0.044715)), 0.7978845608);
       auto* g = k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, x, 0.5),
                          k.Binary(BinaryOp::kAdd, k.Unary(UnaryOp::kTanh, u), 1.0));
       return k.Binary(BinaryOp::kAdd, g, res);

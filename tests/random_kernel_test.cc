@@ -17,7 +17,15 @@
 //    one-ulp difference must not flip a predicate),
 //  * sums only non-negative values over at most 4097 elements and multiplies
 //    at most 8 values in [0.5, 2],
-//  * rounds an inexact value to f16/bf16 only right before a store.
+//  * rounds an inexact value to f16/bf16 only right before a store,
+//  * multiplies matrices (MatMul, 2-D and batched, transposed operands) of
+//    non-negative f32 values over at most 16 products (BLAS accumulates in
+//    f32), so the operations after it run as the GEMM's fused epilogue,
+//  * sums rows longer than a tile (17000, 40000, 70000: chunked stages) of
+//    non-negative values; a sum too large for the magnitude bound may only
+//    be stored, and its mean is taken.
+// A second test launches groups of random kernels as one KernelStack and
+// compares them, bit for bit, with the same kernels launched one by one.
 //
 // Environment:
 //   DVM_RANDOM_KERNELS  number of kernels (default 2000)
@@ -26,6 +34,7 @@
 //   DVM_KERNEL_SEED     run only the kernel with this seed and print it
 //   DVM_RANDOM_VERBOSE  print each kernel's seed before running it (to find
 //                       the kernel behind a crash or hang)
+//   DVM_RANDOM_STACKS   number of stacked groups (default 150)
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -74,9 +83,12 @@ bool Broadcastable(const Shape& a, const Shape& b, Shape* out) {
   for (size_t i = 0; i < r; ++i) {
     int64_t x = i < r - a.size() ? 1 : a[i - (r - a.size())];
     int64_t y = i < r - b.size() ? 1 : b[i - (r - b.size())];
-    if (x == y || y == 1) o[i] = x;
-    else if (x == 1) o[i] = y;
-    else return false;
+    if (x == y || y == 1)
+      o[i] = x;
+    else if (x == 1)
+      o[i] = y;
+    else
+      return false;
   }
   *out = o;
   return true;
@@ -126,6 +138,8 @@ class RandomKernel {
   bool TryTranspose();
   bool TryCopy();
   bool TryAny();
+  bool TryMatMul();
+  Val NonNegative(Val a);  // |a| (pushed) when a may be negative
 
   Rng rng_;
   std::unique_ptr<Kernel> k_;
@@ -155,11 +169,18 @@ Shape RandomKernel::RandomShape(int64_t budget) {
     Shape s(rank);
     for (int i = 0; i < rank; ++i) {
       double w = U();
-      if (w < 0.02) s[i] = 0;
-      else if (w < 0.47) s[i] = Pick<int64_t>({1, 2, 3, 4, 5, 7, 8});
-      else if (w < 0.72) s[i] = Pick<int64_t>({16, 31, 33, 64, 127});
-      else if (rank == 1 && w < 0.78) s[i] = Pick<int64_t>({9000, 70000});
-      else s[i] = Pick<int64_t>({1023, 1024, 1025, 4095, 4096, 4097});
+      if (w < 0.02)
+        s[i] = 0;
+      else if (w < 0.47)
+        s[i] = Pick<int64_t>({1, 2, 3, 4, 5, 7, 8});
+      else if (w < 0.72)
+        s[i] = Pick<int64_t>({16, 31, 33, 64, 127});
+      else if (rank == 1 && w < 0.78)
+        s[i] = Pick<int64_t>({9000, 70000});
+      else if (rank == 2 && i == 1 && w < 0.80)
+        s[i] = Pick<int64_t>({17000, 40000});
+      else
+        s[i] = Pick<int64_t>({1023, 1024, 1025, 4095, 4096, 4097});
     }
     double n = 1;  // zero dims count as 1: a slice of them still has a buffer
     for (int64_t d : s) n *= static_cast<double>(std::max<int64_t>(d, 1));
@@ -184,12 +205,16 @@ Val RandomKernel::AddInput(const Shape& target, DType dt) {
   v.shape = target;
   Gen gen;
   if (IsFloat(dt)) {
-    if (Coin(0.65)) v.lo = -2, v.hi = 2;
-    else v.lo = 0.5, v.hi = 2;
+    if (Coin(0.65))
+      v.lo = -2, v.hi = 2;
+    else
+      v.lo = 0.5, v.hi = 2;
     gen = Uniform(v.lo, v.hi);
   } else if (dt == DType::kInt32) {
-    if (Coin(0.6)) v.lo = -1000, v.hi = 1000;
-    else v.lo = kI32Min, v.hi = kI32Max;
+    if (Coin(0.6))
+      v.lo = -1000, v.hi = 1000;
+    else
+      v.lo = kI32Min, v.hi = kI32Max;
     gen = IntUniform(static_cast<int64_t>(v.lo), static_cast<int64_t>(v.hi));
   } else if (dt == DType::kInt8) {
     v.lo = -128, v.hi = 127;
@@ -271,8 +296,8 @@ bool RandomKernel::TryUnary() {
   Val r = a;
   UnaryOp op;
   if (IsFloat(a.dt)) {
-    std::vector<UnaryOp> ok = {UnaryOp::kTanh, UnaryOp::kSigmoid, UnaryOp::kErf, UnaryOp::kAbs,
-                               UnaryOp::kNeg, UnaryOp::kRelu};
+    std::vector<UnaryOp> ok = {UnaryOp::kTanh, UnaryOp::kSigmoid, UnaryOp::kErf,
+                               UnaryOp::kAbs,  UnaryOp::kNeg,     UnaryOp::kRelu};
     if (a.Mag() <= 16) ok.insert(ok.end(), {UnaryOp::kSin, UnaryOp::kCos});
     if (a.lo >= -8 && a.hi <= 3) ok.push_back(UnaryOp::kExp);
     if (a.lo >= 0) ok.push_back(UnaryOp::kSqrt);
@@ -283,41 +308,79 @@ bool RandomKernel::TryUnary() {
     if (Coin(0.08)) op = a.exact && Coin(0.5) ? UnaryOp::kLogicalNot : UnaryOp::kIsFinite;
     auto sig = [](double v) { return 1 / (1 + std::exp(-v)); };
     switch (op) {
-      case UnaryOp::kTanh: r.lo = std::tanh(a.lo), r.hi = std::tanh(a.hi), r.exact = false; break;
-      case UnaryOp::kSigmoid: r.lo = sig(a.lo), r.hi = sig(a.hi), r.exact = false; break;
-      case UnaryOp::kErf: r.lo = std::erf(a.lo), r.hi = std::erf(a.hi), r.exact = false; break;
+      case UnaryOp::kTanh:
+        r.lo = std::tanh(a.lo), r.hi = std::tanh(a.hi), r.exact = false;
+        break;
+      case UnaryOp::kSigmoid:
+        r.lo = sig(a.lo), r.hi = sig(a.hi), r.exact = false;
+        break;
+      case UnaryOp::kErf:
+        r.lo = std::erf(a.lo), r.hi = std::erf(a.hi), r.exact = false;
+        break;
       case UnaryOp::kSin:
-      case UnaryOp::kCos: r.lo = -1, r.hi = 1, r.exact = false; break;
-      case UnaryOp::kExp: r.lo = std::exp(a.lo), r.hi = std::exp(a.hi), r.exact = false; break;
-      case UnaryOp::kSqrt: r.lo = std::sqrt(a.lo), r.hi = std::sqrt(a.hi); break;  // IEEE-exact
-      case UnaryOp::kLog: r.lo = std::log(a.lo), r.hi = std::log(a.hi), r.exact = false; break;
-      case UnaryOp::kRsqrt: r.lo = 1 / std::sqrt(a.hi), r.hi = 1 / std::sqrt(a.lo), r.exact = false; break;
-      case UnaryOp::kReciprocal: r.lo = 1 / a.hi, r.hi = 1 / a.lo, r.exact = false; break;
+      case UnaryOp::kCos:
+        r.lo = -1, r.hi = 1, r.exact = false;
+        break;
+      case UnaryOp::kExp:
+        r.lo = std::exp(a.lo), r.hi = std::exp(a.hi), r.exact = false;
+        break;
+      case UnaryOp::kSqrt:
+        r.lo = std::sqrt(a.lo), r.hi = std::sqrt(a.hi);
+        break;  // IEEE-exact
+      case UnaryOp::kLog:
+        r.lo = std::log(a.lo), r.hi = std::log(a.hi), r.exact = false;
+        break;
+      case UnaryOp::kRsqrt:
+        r.lo = 1 / std::sqrt(a.hi), r.hi = 1 / std::sqrt(a.lo), r.exact = false;
+        break;
+      case UnaryOp::kReciprocal:
+        r.lo = 1 / a.hi, r.hi = 1 / a.lo, r.exact = false;
+        break;
       case UnaryOp::kAbs:
         r.lo = a.lo >= 0 ? a.lo : a.hi <= 0 ? -a.hi : 0;
         r.hi = a.Mag();
         break;
-      case UnaryOp::kNeg: r.lo = -a.hi, r.hi = -a.lo; break;
-      case UnaryOp::kRelu: r.lo = std::max(a.lo, 0.0), r.hi = std::max(a.hi, 0.0); break;
-      case UnaryOp::kFloor: r.lo = std::floor(a.lo), r.hi = std::floor(a.hi); break;
-      case UnaryOp::kCeil: r.lo = std::ceil(a.lo), r.hi = std::ceil(a.hi); break;
-      case UnaryOp::kRound: r.lo = std::floor(a.lo), r.hi = std::ceil(a.hi); break;
+      case UnaryOp::kNeg:
+        r.lo = -a.hi, r.hi = -a.lo;
+        break;
+      case UnaryOp::kRelu:
+        r.lo = std::max(a.lo, 0.0), r.hi = std::max(a.hi, 0.0);
+        break;
+      case UnaryOp::kFloor:
+        r.lo = std::floor(a.lo), r.hi = std::floor(a.hi);
+        break;
+      case UnaryOp::kCeil:
+        r.lo = std::ceil(a.lo), r.hi = std::ceil(a.hi);
+        break;
+      case UnaryOp::kRound:
+        r.lo = std::floor(a.lo), r.hi = std::ceil(a.hi);
+        break;
       case UnaryOp::kIsFinite:
-      case UnaryOp::kLogicalNot: r.dt = DType::kBool, r.lo = 0, r.hi = 1, r.exact = true; break;
+      case UnaryOp::kLogicalNot:
+        r.dt = DType::kBool, r.lo = 0, r.hi = 1, r.exact = true;
+        break;
     }
   } else if (a.dt == DType::kBool) {
     op = Pick({UnaryOp::kLogicalNot, UnaryOp::kIsFinite});
   } else {
-    op = Pick({UnaryOp::kAbs, UnaryOp::kNeg, UnaryOp::kRelu, UnaryOp::kFloor, UnaryOp::kCeil,
-               UnaryOp::kRound});
+    op = Pick({UnaryOp::kAbs, UnaryOp::kNeg, UnaryOp::kRelu, UnaryOp::kFloor, UnaryOp::kCeil, UnaryOp::kRound});
     if (Coin(0.1)) op = Pick({UnaryOp::kIsFinite, UnaryOp::kLogicalNot});
     switch (op) {
-      case UnaryOp::kAbs: r.lo = a.lo >= 0 ? a.lo : 0, r.hi = a.Mag(); break;
-      case UnaryOp::kNeg: r.lo = -a.hi, r.hi = -a.lo; break;
-      case UnaryOp::kRelu: r.lo = std::max(a.lo, 0.0), r.hi = std::max(a.hi, 0.0); break;
+      case UnaryOp::kAbs:
+        r.lo = a.lo >= 0 ? a.lo : 0, r.hi = a.Mag();
+        break;
+      case UnaryOp::kNeg:
+        r.lo = -a.hi, r.hi = -a.lo;
+        break;
+      case UnaryOp::kRelu:
+        r.lo = std::max(a.lo, 0.0), r.hi = std::max(a.hi, 0.0);
+        break;
       case UnaryOp::kIsFinite:
-      case UnaryOp::kLogicalNot: r.dt = DType::kBool, r.lo = 0, r.hi = 1; break;
-      default: break;
+      case UnaryOp::kLogicalNot:
+        r.dt = DType::kBool, r.lo = 0, r.hi = 1;
+        break;
+      default:
+        break;
     }
   }
   r.obj = k_->Unary(op, a.obj);
@@ -330,7 +393,8 @@ bool RandomKernel::TryBinary() {
   if (!x) return false;
   Val a = *x;
   Shape out;
-  Val* y = PickPartner(a, [](const Val&) { return true; }, &out);
+  Val* y = PickPartner(
+      a, [](const Val&) { return true; }, &out);
   if (!y) return false;
   Val b = *y;
   Val r = a;
@@ -346,24 +410,29 @@ bool RandomKernel::TryBinary() {
     if (a.lo >= 0.5 && a.hi <= 2 && b.lo >= -2 && b.hi <= 2) ok.push_back(BinaryOp::kPow);
     ok.insert(ok.end(), {BinaryOp::kMaximum, BinaryOp::kMinimum});
     if (both_exact && Coin(0.25))
-      ok = {BinaryOp::kEqual, BinaryOp::kNotEqual, BinaryOp::kLess, BinaryOp::kLessEqual,
+      ok = {BinaryOp::kEqual,   BinaryOp::kNotEqual,     BinaryOp::kLess,       BinaryOp::kLessEqual,
             BinaryOp::kGreater, BinaryOp::kGreaterEqual, BinaryOp::kLogicalAnd, BinaryOp::kLogicalOr};
   } else if (a.dt == DType::kBool) {
-    ok = {BinaryOp::kMaximum, BinaryOp::kMinimum, BinaryOp::kEqual, BinaryOp::kNotEqual,
-          BinaryOp::kLess, BinaryOp::kLogicalAnd, BinaryOp::kLogicalOr};
+    ok = {BinaryOp::kMaximum, BinaryOp::kMinimum,    BinaryOp::kEqual,    BinaryOp::kNotEqual,
+          BinaryOp::kLess,    BinaryOp::kLogicalAnd, BinaryOp::kLogicalOr};
   } else {
-    ok = {BinaryOp::kAdd, BinaryOp::kSub, BinaryOp::kMul, BinaryOp::kDiv, BinaryOp::kMaximum,
-          BinaryOp::kMinimum};
+    ok = {BinaryOp::kAdd, BinaryOp::kSub, BinaryOp::kMul, BinaryOp::kDiv, BinaryOp::kMaximum, BinaryOp::kMinimum};
     if (Coin(0.25))
-      ok = {BinaryOp::kEqual, BinaryOp::kLessEqual, BinaryOp::kGreater, BinaryOp::kLogicalAnd,
-            BinaryOp::kLogicalOr, BinaryOp::kNotEqual};
+      ok = {BinaryOp::kEqual,      BinaryOp::kLessEqual, BinaryOp::kGreater,
+            BinaryOp::kLogicalAnd, BinaryOp::kLogicalOr, BinaryOp::kNotEqual};
   }
   BinaryOp op = ok[static_cast<size_t>(RandInt(0, static_cast<int64_t>(ok.size()) - 1))];
   const double c[4] = {a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi};
   switch (op) {
-    case BinaryOp::kAdd: r.lo = a.lo + b.lo, r.hi = a.hi + b.hi; break;
-    case BinaryOp::kSub: r.lo = a.lo - b.hi, r.hi = a.hi - b.lo; break;
-    case BinaryOp::kMul: r.lo = *std::min_element(c, c + 4), r.hi = *std::max_element(c, c + 4); break;
+    case BinaryOp::kAdd:
+      r.lo = a.lo + b.lo, r.hi = a.hi + b.hi;
+      break;
+    case BinaryOp::kSub:
+      r.lo = a.lo - b.hi, r.hi = a.hi - b.lo;
+      break;
+    case BinaryOp::kMul:
+      r.lo = *std::min_element(c, c + 4), r.hi = *std::max_element(c, c + 4);
+      break;
     case BinaryOp::kDiv:
       if (IsFloat(a.dt)) {
         r.lo = -a.Mag() * 4, r.hi = a.Mag() * 4;
@@ -380,8 +449,12 @@ bool RandomKernel::TryBinary() {
       break;
     }
     case BinaryOp::kMaximum:
-    case BinaryOp::kMinimum: r.lo = std::min(a.lo, b.lo), r.hi = std::max(a.hi, b.hi); break;
-    default: r.dt = DType::kBool, r.lo = 0, r.hi = 1, r.exact = true; break;
+    case BinaryOp::kMinimum:
+      r.lo = std::min(a.lo, b.lo), r.hi = std::max(a.hi, b.hi);
+      break;
+    default:
+      r.dt = DType::kBool, r.lo = 0, r.hi = 1, r.exact = true;
+      break;
   }
   if (IsFloat(r.dt) && (std::fabs(r.lo) > kMaxMag || std::fabs(r.hi) > kMaxMag)) return false;
   r.obj = k_->Binary(op, a.obj, b.obj);
@@ -404,8 +477,12 @@ bool RandomKernel::TryScalar() {
     if (a.lo >= -2 && a.hi <= 2) ok.push_back(8);
     if (a.exact && Coin(0.3)) ok.push_back(9);
     switch (ok[static_cast<size_t>(RandInt(0, static_cast<int64_t>(ok.size()) - 1))]) {
-      case 0: op = BinaryOp::kAdd, s = Pick({-1.5, -0.5, 0.25, 1.0, 2.0}), r.lo = a.lo + s, r.hi = a.hi + s; break;
-      case 1: op = BinaryOp::kSub, s = Pick({-1.0, 0.5, 3.0}), r.lo = a.lo - s, r.hi = a.hi - s; break;
+      case 0:
+        op = BinaryOp::kAdd, s = Pick({-1.5, -0.5, 0.25, 1.0, 2.0}), r.lo = a.lo + s, r.hi = a.hi + s;
+        break;
+      case 1:
+        op = BinaryOp::kSub, s = Pick({-1.0, 0.5, 3.0}), r.lo = a.lo - s, r.hi = a.hi - s;
+        break;
       case 2:
         op = BinaryOp::kMul, s = Pick({0.5, 2.0, -1.5, 3.0});
         r.lo = std::min(a.lo * s, a.hi * s), r.hi = std::max(a.lo * s, a.hi * s);
@@ -414,7 +491,9 @@ bool RandomKernel::TryScalar() {
         op = BinaryOp::kDiv, s = Pick({2.0, -4.0, 3.0, 0.7});
         r.lo = std::min(a.lo / s, a.hi / s), r.hi = std::max(a.lo / s, a.hi / s);
         break;
-      case 4: op = BinaryOp::kMaximum, s = Pick({0.0, 0.5, -1.0}), r.lo = std::max(a.lo, s), r.hi = std::max(a.hi, s); break;
+      case 4:
+        op = BinaryOp::kMaximum, s = Pick({0.0, 0.5, -1.0}), r.lo = std::max(a.lo, s), r.hi = std::max(a.hi, s);
+        break;
       case 5:
         ts = false, op = BinaryOp::kSub, s = Pick({1.0, -2.0, 0.5});
         r.lo = s - a.hi, r.hi = s - a.lo;
@@ -445,15 +524,25 @@ bool RandomKernel::TryScalar() {
     ts = Coin(0.5);
   } else {
     switch (RandInt(0, 6)) {
-      case 0: op = BinaryOp::kAdd, s = Pick({3.0, -7.0, 100.0}), r.lo = a.lo + s, r.hi = a.hi + s; break;
+      case 0:
+        op = BinaryOp::kAdd, s = Pick({3.0, -7.0, 100.0}), r.lo = a.lo + s, r.hi = a.hi + s;
+        break;
       case 1:
         op = BinaryOp::kMul, s = Pick({3.0, -2.0, 1000.0});
         r.lo = std::min(a.lo * s, a.hi * s), r.hi = std::max(a.lo * s, a.hi * s);
         break;
-      case 2: op = BinaryOp::kDiv, s = Pick({3.0, -2.0, 0.0}), r.lo = -a.Mag(), r.hi = a.Mag(); break;
-      case 3: ts = false, op = BinaryOp::kDiv, s = Pick({100.0, -7.0}), r.lo = -100, r.hi = 100; break;
-      case 4: op = BinaryOp::kPow, s = Pick({0.0, 1.0, 2.0, 3.0, -1.0}), r.lo = DTypeMin(a.dt), r.hi = DTypeMax(a.dt); break;
-      case 5: ts = false, op = BinaryOp::kSub, s = Pick({0.0, 5.0}), r.lo = s - a.hi, r.hi = s - a.lo; break;
+      case 2:
+        op = BinaryOp::kDiv, s = Pick({3.0, -2.0, 0.0}), r.lo = -a.Mag(), r.hi = a.Mag();
+        break;
+      case 3:
+        ts = false, op = BinaryOp::kDiv, s = Pick({100.0, -7.0}), r.lo = -100, r.hi = 100;
+        break;
+      case 4:
+        op = BinaryOp::kPow, s = Pick({0.0, 1.0, 2.0, 3.0, -1.0}), r.lo = DTypeMin(a.dt), r.hi = DTypeMax(a.dt);
+        break;
+      case 5:
+        ts = false, op = BinaryOp::kSub, s = Pick({0.0, 5.0}), r.lo = s - a.hi, r.hi = s - a.lo;
+        break;
       default:
         op = Pick({BinaryOp::kLess, BinaryOp::kEqual, BinaryOp::kGreaterEqual, BinaryOp::kLogicalAnd});
         s = Pick({0.0, 1.0, -2.0});
@@ -489,10 +578,13 @@ bool RandomKernel::TrySelect() {
   Shape ca;
   Broadcastable(cond.shape, a.shape, &ca);
   Shape out;
-  Val* y = PickPartner(a, [&](const Val& v) {
-    Shape o;
-    return Broadcastable(ca, v.shape, &o) && Numel(o) <= budget_;
-  }, &out);
+  Val* y = PickPartner(
+      a,
+      [&](const Val& v) {
+        Shape o;
+        return Broadcastable(ca, v.shape, &o) && Numel(o) <= budget_;
+      },
+      &out);
   if (!y) return false;
   Val b = *y;
   Broadcastable(ca, b.shape, &out);
@@ -517,8 +609,10 @@ bool RandomKernel::TryCast() {
       if ((to == DType::kFloat16 || to == DType::kBFloat16) && !a.exact) r.terminal = true;
     } else {
       if (!a.exact) return false;
-      if (to == DType::kBool) r.lo = 0, r.hi = 1;
-      else r.lo = std::trunc(a.lo), r.hi = std::trunc(a.hi);
+      if (to == DType::kBool)
+        r.lo = 0, r.hi = 1;
+      else
+        r.lo = std::trunc(a.lo), r.hi = std::trunc(a.hi);
     }
   } else if (IsFloat(to)) {
     if (a.Mag() > kMaxMag) return false;
@@ -560,13 +654,19 @@ bool RandomKernel::TryReduce() {
   Shape out;
   for (int64_t i = 0; i < rank; ++i) {
     bool red = std::find(axes.begin(), axes.end(), i) != axes.end();
-    if (!red) out.push_back(a.shape[i]);
-    else if (keep) out.push_back(1);
+    if (!red)
+      out.push_back(a.shape[i]);
+    else if (keep)
+      out.push_back(1);
   }
   if (Numel(out) > budget_) return false;
   std::vector<ReduceOp> ok = {ReduceOp::kMax, ReduceOp::kMin};
+  // Rows longer than a tile sum in chunked stages: partials (each rounded
+  // to f32 once) are combined in f64, a few ulp for non-negative values.
+  const bool long_sum = IsFloat(a.dt) && a.lo >= 0 && n > 4097 && n <= 70000 && a.hi <= 4;
   if (IsFloat(a.dt)) {
-    if (a.lo >= 0 && n <= 4097 && n * a.hi <= kMaxMag) ok.insert(ok.end(), {ReduceOp::kSum, ReduceOp::kSum});
+    if ((a.lo >= 0 && n <= 4097 && n * a.hi <= kMaxMag) || long_sum)
+      ok.insert(ok.end(), {ReduceOp::kSum, ReduceOp::kSum});
     if (a.lo >= 0.5 && a.hi <= 2 && n <= 8) ok.push_back(ReduceOp::kProd);
   } else if (a.dt != DType::kBool) {
     ok.insert(ok.end(), {ReduceOp::kSum, ReduceOp::kProd});
@@ -576,12 +676,17 @@ bool RandomKernel::TryReduce() {
   r.shape = out;
   switch (op) {
     case ReduceOp::kSum:
-      if (IsFloat(a.dt)) r.lo = a.lo * n, r.hi = a.hi * n, r.exact = false;
-      else r.lo = DTypeMin(a.dt), r.hi = DTypeMax(a.dt);
+      if (IsFloat(a.dt))
+        r.lo = a.lo * n, r.hi = a.hi * n, r.exact = false;
+      else
+        r.lo = DTypeMin(a.dt), r.hi = DTypeMax(a.dt);
+      if (IsFloat(a.dt) && r.hi > kMaxMag) r.terminal = true;  // stored or averaged only
       break;
     case ReduceOp::kProd:
-      if (IsFloat(a.dt)) r.lo = std::pow(a.lo, n), r.hi = std::pow(a.hi, n), r.exact = false;
-      else r.lo = DTypeMin(a.dt), r.hi = DTypeMax(a.dt);
+      if (IsFloat(a.dt))
+        r.lo = std::pow(a.lo, n), r.hi = std::pow(a.hi, n), r.exact = false;
+      else
+        r.lo = DTypeMin(a.dt), r.hi = DTypeMax(a.dt);
       break;
     default:
       if (n == 0) {  // identity: +-inf / INT extremes
@@ -592,11 +697,13 @@ bool RandomKernel::TryReduce() {
       break;
   }
   r.obj = k_->Reduce(op, a.obj, D(axes), keep);
-  Push(r, (std::string("reduce_") + ReduceOpName(op)).c_str());
-  if (op == ReduceOp::kSum && IsFloat(a.dt) && n > 0 && Coin(0.5)) {
+  const bool chunked = n > 16384 && a.shape.size() > 0;  // rows the VM reduces in chunks
+  Push(r, (std::string("reduce_") + ReduceOpName(op) + (chunked ? "_long" : "")).c_str());
+  if (op == ReduceOp::kSum && IsFloat(a.dt) && n > 0 && (Coin(0.5) || r.terminal)) {
     Val m = vals_.back();
     m.obj = k_->Binary(BinaryOp::kDiv, m.obj, static_cast<double>(n));
     m.lo = a.lo, m.hi = a.hi;
+    m.terminal = false;
     Push(m, "mean_div");
   }
   return true;
@@ -625,7 +732,9 @@ bool RandomKernel::TryReshape() {
   Shape t = a.shape;
   const int64_t n = Numel(a.shape);
   switch (RandInt(0, 4)) {
-    case 0: t = {n}; break;
+    case 0:
+      t = {n};
+      break;
     case 1:
       if (t.size() < 2) return false;
       {
@@ -656,7 +765,8 @@ bool RandomKernel::TryReshape() {
   }
   Shape arg = t;
   bool any_zero = std::find(t.begin(), t.end(), 0) != t.end();
-  if (!t.empty() && !any_zero && Coin(0.3)) arg[static_cast<size_t>(RandInt(0, static_cast<int64_t>(t.size()) - 1))] = -1;
+  if (!t.empty() && !any_zero && Coin(0.3))
+    arg[static_cast<size_t>(RandInt(0, static_cast<int64_t>(t.size()) - 1))] = -1;
   Val r = a;
   r.shape = t;
   r.obj = k_->Reshape(a.obj, D(arg));
@@ -684,6 +794,54 @@ bool RandomKernel::TryCopy() {
   Val r = *x;
   r.obj = k_->Copy(r.obj);
   Push(r, "copy");
+  return true;
+}
+
+Val RandomKernel::NonNegative(Val a) {
+  if (a.lo >= 0) return a;
+  Val p = a;
+  p.obj = k_->Unary(UnaryOp::kAbs, a.obj);
+  p.lo = 0;
+  p.hi = a.Mag();
+  Push(p, "abs");
+  return p;
+}
+
+bool RandomKernel::TryMatMul() {
+  // a: [..., M, K] ([..., K, M] with trans_a), f32, K <= 16.
+  const bool ta = Coin(0.25), tb = Coin(0.3);
+  Val* x = PickVal([&](const Val& v) {
+    const size_t r = v.shape.size();
+    if (v.dt != DType::kFloat32 || r < 2 || v.Mag() > 64) return false;
+    const int64_t k = ta ? v.shape[r - 2] : v.shape[r - 1];
+    return k >= 1 && k <= 16;
+  });
+  if (!x) return false;
+  Val a = NonNegative(*x);
+  const size_t r = a.shape.size();
+  const int64_t M = ta ? a.shape[r - 1] : a.shape[r - 2], K = ta ? a.shape[r - 2] : a.shape[r - 1];
+  const int64_t N = Pick<int64_t>({1, 3, 7, 16, 33, 64, 130});
+  // b: [K, N] ([N, K] with trans_b), or with a's batch dims (some 1).
+  Shape b_shape;
+  if (r > 2 && Coin(0.5))
+    for (size_t i = 0; i + 2 < r; ++i) b_shape.push_back(Coin(0.3) ? 1 : a.shape[i]);
+  b_shape.push_back(tb ? N : K);
+  b_shape.push_back(tb ? K : N);
+  Shape out(a.shape.begin(), a.shape.end() - 2);
+  out.push_back(M);
+  out.push_back(N);
+  if (Numel(out) > budget_ || SafeNumel(b_shape) > budget_) return false;
+  Val b = NonNegative(AddInput(b_shape, DType::kFloat32));
+  const double hi = static_cast<double>(K) * a.hi * b.hi;
+  if (hi > kMaxMag) return false;
+  Val m;
+  m.dt = DType::kFloat32;
+  m.shape = out;
+  m.lo = 0;
+  m.hi = hi;
+  m.exact = false;
+  m.obj = k_->MatMul(a.obj, b.obj, ta, tb);
+  Push(m, "matmul");
   return true;
 }
 
@@ -722,10 +880,10 @@ void RandomKernel::Build() {
     int weight;
   };
   const Choice choices[] = {
-      {&RandomKernel::TryUnary, 20},    {&RandomKernel::TryBinary, 20},   {&RandomKernel::TryScalar, 12},
-      {&RandomKernel::TryReduce, 12},   {&RandomKernel::TryCast, 8},      {&RandomKernel::TrySelect, 5},
-      {&RandomKernel::TryBroadcast, 4}, {&RandomKernel::TryReshape, 4},   {&RandomKernel::TryTranspose, 4},
-      {&RandomKernel::TryCopy, 1},      {&RandomKernel::TryAny, 2},
+      {&RandomKernel::TryUnary, 20},    {&RandomKernel::TryBinary, 20}, {&RandomKernel::TryScalar, 12},
+      {&RandomKernel::TryReduce, 12},   {&RandomKernel::TryCast, 8},    {&RandomKernel::TrySelect, 5},
+      {&RandomKernel::TryBroadcast, 4}, {&RandomKernel::TryReshape, 4}, {&RandomKernel::TryTranspose, 4},
+      {&RandomKernel::TryCopy, 1},      {&RandomKernel::TryAny, 2},     {&RandomKernel::TryMatMul, 4},
   };
   int total = 0;
   for (const auto& c : choices) total += c.weight;
@@ -813,6 +971,67 @@ TEST(RandomKernels, MatchReference) {
               count, failures, secs, slowest_secs, static_cast<unsigned long long>(slowest_seed),
               static_cast<long long>(elements), hist.c_str());
   EXPECT_EQ(failures, 0) << failures << " of " << count << " random kernels failed";
+}
+
+// Groups of 2 to 6 random kernels (a kernel may appear twice) launched as
+// one KernelStack equal the same launches one by one, bit for bit, with 1
+// and 2 threads. Each group is checked twice: the second launch reuses the
+// cached stacked program.
+TEST(RandomKernels, StackedEqualsSeparate) {
+  const uint64_t base = EnvU64("DVM_SEED", 20241125) ^ 0x5354414b;
+  const int groups = static_cast<int>(EnvU64("DVM_RANDOM_STACKS", 150));
+  int failures = 0, kernels = 0;
+  for (int g = 0; g < groups; ++g) {
+    const uint64_t seed = SplitMix64(SplitMix64(base) + static_cast<uint64_t>(g));
+    Rng rng(seed);
+    const int n = std::uniform_int_distribution<int>(2, 6)(rng);
+    std::vector<std::unique_ptr<RandomKernel>> ks;
+    std::vector<size_t> order;  // the launches: indices into ks
+    std::string problem;
+    try {
+      for (int i = 0; i < n; ++i) {
+        if (i > 0 && std::uniform_int_distribution<int>(0, 4)(rng) == 0) {
+          order.push_back(order.back());  // the same kernel again
+          continue;
+        }
+        ks.push_back(std::make_unique<RandomKernel>(SplitMix64(seed + static_cast<uint64_t>(i) + 1)));
+        ks.back()->Build();
+        order.push_back(ks.size() - 1);
+      }
+      kernels += static_cast<int>(order.size());
+      for (int threads : {1, 2}) {
+        SetNumThreads(threads);
+        std::vector<LaunchBuffers> sep, stk;
+        for (size_t i : order) {
+          sep.emplace_back(ks[i]->kernel(), ks[i]->inputs());
+          stk.emplace_back(ks[i]->kernel(), ks[i]->inputs());
+        }
+        for (size_t j = 0; j < order.size(); ++j) ks[order[j]]->kernel().Launch(sep[j].in_args, sep[j].out_args);
+        KernelStack stack;
+        for (int rep = 0; rep < 2 && problem.empty(); ++rep) {
+          stack.Clear();
+          for (size_t j = 0; j < order.size(); ++j) stack.Add(ks[order[j]]->kernel(), stk[j].in_args, stk[j].out_args);
+          stack.Launch();
+          for (size_t j = 0; j < order.size() && problem.empty(); ++j)
+            for (size_t o = 0; o < sep[j].out.size(); ++o)
+              if (sep[j].out[o] != stk[j].out[o]) {
+                problem = "launch " + std::to_string(j) + " output " + std::to_string(o) + " differs (" +
+                          std::to_string(threads) + " threads, rep " + std::to_string(rep) + ")\n" +
+                          ks[order[j]]->kernel().Dump();
+                break;
+              }
+        }
+      }
+    } catch (const std::exception& e) {
+      problem = std::string("exception: ") + e.what();
+    }
+    SetNumThreads(2);
+    if (!problem.empty() && failures++ < 5)
+      ADD_FAILURE() << "stacked group " << g << " (seed " << seed << ", base DVM_SEED " << EnvU64("DVM_SEED", 20241125)
+                    << "): " << problem;
+  }
+  std::printf("[ random   ] %d stacked groups, %d launches, %d failed\n", groups, kernels, failures);
+  EXPECT_EQ(failures, 0);
 }
 
 }  // namespace

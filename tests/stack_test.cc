@@ -12,24 +12,6 @@ struct Launch {
   std::vector<ref::Tensor> inputs;
 };
 
-// Buffers for one launch; outputs sized from the kernel's output shapes.
-struct Buffers {
-  std::vector<std::vector<uint8_t>> in, out;
-  std::vector<TensorArg> in_args, out_args;
-  Buffers(Kernel& k, const std::vector<ref::Tensor>& inputs) {
-    std::vector<Shape> shapes;
-    for (const auto& t : inputs) shapes.push_back(t.shape);
-    auto out_shapes = k.OutputShapes(shapes);
-    const ir::Graph& g = GetGraph(k);
-    for (const auto& t : inputs) in.push_back(ref::ToBytes(t));
-    for (size_t i = 0; i < inputs.size(); ++i) in_args.push_back({in[i].data(), inputs[i].shape, in[i].size()});
-    for (size_t i = 0; i < out_shapes.size(); ++i) {
-      out.emplace_back(ByteSize(g.nodes[g.outputs[i]].dtype, out_shapes[i]), 0xAB);
-      out_args.push_back({out.back().data(), out_shapes[i], out.back().size()});
-    }
-  }
-};
-
 TEST(KernelStack, EqualsSeparateLaunches) {
   Rng rng(11);
   // An elementwise kernel, a row softmax, a full reduction (two stages) and
@@ -50,15 +32,15 @@ TEST(KernelStack, EqualsSeparateLaunches) {
   }
   auto T = [&](Shape s) { return MakeTensor(DType::kFloat32, s, Uniform(-1, 1), rng); };
   std::vector<Launch> launches = {
-      {&ew, {T({100}), T({100})}},          {&ew, {T({70001}), T({70001})}},
-      {&ew, {T({100}), T({100})}},          {&sm, {T({33, 1000})}},
-      {&total, {T({300000})}},              {&mm, {T({40, 30}), T({30, 50})}},
-      {&sm, {T({1, 7})}},                   {&total, {T({5})}},
+      {&ew, {T({100}), T({100})}}, {&ew, {T({70001}), T({70001})}},
+      {&ew, {T({100}), T({100})}}, {&sm, {T({33, 1000})}},
+      {&total, {T({300000})}},     {&mm, {T({40, 30}), T({30, 50})}},
+      {&sm, {T({1, 7})}},          {&total, {T({5})}},
   };
   for (int threads : {1, 2}) {
     SCOPED_TRACE("threads " + std::to_string(threads));
     SetNumThreads(threads);
-    std::vector<Buffers> sep, stk;
+    std::vector<LaunchBuffers> sep, stk;
     for (auto& l : launches) {
       sep.emplace_back(*l.k, l.inputs);
       stk.emplace_back(*l.k, l.inputs);
@@ -88,8 +70,9 @@ TEST(KernelStack, ManyShapesBeyondTheKernelCache) {
   auto* x = k.Load(nullptr, {-1}, DType::kFloat32);
   k.Store(nullptr, k.Unary(UnaryOp::kSigmoid, x));
   std::vector<std::vector<ref::Tensor>> ins;
-  std::vector<Buffers> bufs;
-  for (int i = 0; i < 20; ++i) ins.push_back({MakeTensor(DType::kFloat32, {int64_t(10 + 37 * i)}, Uniform(-3, 3), rng)});
+  std::vector<LaunchBuffers> bufs;
+  for (int i = 0; i < 20; ++i)
+    ins.push_back({MakeTensor(DType::kFloat32, {int64_t(10 + 37 * i)}, Uniform(-3, 3), rng)});
   for (auto& in : ins) bufs.emplace_back(k, in);
   KernelStack stack;
   for (auto& b : bufs) stack.Add(k, b.in_args, b.out_args);

@@ -35,8 +35,8 @@ constexpr int32_t kI32Max = std::numeric_limits<int32_t>::max();
 inline constexpr DType kAllDTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16,
                                        DType::kInt32,   DType::kInt8,    DType::kBool};
 inline constexpr DType kFloatDTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
-inline constexpr DType kNumberDTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16,
-                                          DType::kInt32, DType::kInt8};
+inline constexpr DType kNumberDTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kInt32,
+                                          DType::kInt8};
 
 inline std::string ShapeString(const Shape& s) { return ir::ShapeStr(s); }
 
@@ -61,9 +61,7 @@ inline Gen IntUniform(int64_t lo, int64_t hi) {
 }
 // One of `values`.
 inline Gen Choice(std::vector<double> values) {
-  return [v = std::move(values)](Rng& r) {
-    return v[std::uniform_int_distribution<size_t>(0, v.size() - 1)(r)];
-  };
+  return [v = std::move(values)](Rng& r) { return v[std::uniform_int_distribution<size_t>(0, v.size() - 1)(r)]; };
 }
 // With probability p draws from `b`, otherwise from `a`.
 inline Gen Mix(Gen a, double p, Gen b) {
@@ -83,10 +81,14 @@ inline Gen DefaultGen(DType dt) {
   switch (dt) {
     case DType::kFloat32:
     case DType::kFloat16:
-    case DType::kBFloat16: return Uniform(-3, 3);
-    case DType::kInt32: return IntUniform(kI32Min, kI32Max);
-    case DType::kInt8: return IntUniform(-128, 127);
-    case DType::kBool: return IntUniform(0, 1);
+    case DType::kBFloat16:
+      return Uniform(-3, 3);
+    case DType::kInt32:
+      return IntUniform(kI32Min, kI32Max);
+    case DType::kInt8:
+      return IntUniform(-128, 127);
+    case DType::kBool:
+      return IntUniform(0, 1);
   }
   return Uniform(-1, 1);
 }
@@ -124,10 +126,14 @@ struct Tolerance {
 // PyTorch's torch.testing.assert_close defaults.
 inline Tolerance DefaultTolerance(DType dt) {
   switch (dt) {
-    case DType::kFloat32: return {1.3e-6, 1e-5};
-    case DType::kFloat16: return {1e-3, 1e-5};
-    case DType::kBFloat16: return {1.6e-2, 1e-5};
-    default: return {0, 0};
+    case DType::kFloat32:
+      return {1.3e-6, 1e-5};
+    case DType::kFloat16:
+      return {1e-3, 1e-5};
+    case DType::kBFloat16:
+      return {1.6e-2, 1e-5};
+    default:
+      return {0, 0};
   }
 }
 
@@ -158,14 +164,14 @@ inline std::string FormatValue(double v) {
 // Element-wise comparison with the tolerance of `dtype` (exact for ints and
 // bool); NaN equals NaN, infinities must match exactly. Reports the first
 // mismatching index, both values and the number of mismatches.
-inline ::testing::AssertionResult AllClose(const ref::Tensor& want, const ref::Tensor& got,
-                                           DType dtype, Tolerance tol) {
+inline ::testing::AssertionResult AllClose(const ref::Tensor& want, const ref::Tensor& got, DType dtype,
+                                           Tolerance tol) {
   if (want.shape != got.shape)
-    return ::testing::AssertionFailure() << "shape mismatch: expected " << ShapeString(want.shape)
-                                         << ", got " << ShapeString(got.shape);
+    return ::testing::AssertionFailure() << "shape mismatch: expected " << ShapeString(want.shape) << ", got "
+                                         << ShapeString(got.shape);
   if (want.data.size() != got.data.size())
-    return ::testing::AssertionFailure() << "size mismatch: expected " << want.data.size()
-                                         << " values, got " << got.data.size();
+    return ::testing::AssertionFailure() << "size mismatch: expected " << want.data.size() << " values, got "
+                                         << got.data.size();
   int64_t bad = 0, first = -1;
   for (size_t i = 0; i < want.data.size(); ++i) {
     if (!ValuesClose(want.data[i], got.data[i], tol)) {
@@ -175,22 +181,20 @@ inline ::testing::AssertionResult AllClose(const ref::Tensor& want, const ref::T
   }
   if (bad == 0) return ::testing::AssertionSuccess();
   auto f = ::testing::AssertionFailure();
-  f << bad << " of " << want.data.size() << " elements differ (dtype " << DTypeName(dtype)
-    << ", shape " << ShapeString(want.shape) << ", rtol " << tol.rtol << ", atol " << tol.atol
-    << "); first at index " << first << " " << IndexString(first, want.shape) << ": expected "
-    << FormatValue(want.data[first]) << ", got " << FormatValue(got.data[first]);
+  f << bad << " of " << want.data.size() << " elements differ (dtype " << DTypeName(dtype) << ", shape "
+    << ShapeString(want.shape) << ", rtol " << tol.rtol << ", atol " << tol.atol << "); first at index " << first << " "
+    << IndexString(first, want.shape) << ": expected " << FormatValue(want.data[first]) << ", got "
+    << FormatValue(got.data[first]);
   int shown = 0;
   for (size_t i = first + 1; i < want.data.size() && shown < 4; ++i) {
     if (!ValuesClose(want.data[i], got.data[i], tol)) {
-      f << "; at " << i << ": expected " << FormatValue(want.data[i]) << ", got "
-        << FormatValue(got.data[i]);
+      f << "; at " << i << ": expected " << FormatValue(want.data[i]) << ", got " << FormatValue(got.data[i]);
       ++shown;
     }
   }
   return f;
 }
-inline ::testing::AssertionResult AllClose(const ref::Tensor& want, const ref::Tensor& got,
-                                           DType dtype) {
+inline ::testing::AssertionResult AllClose(const ref::Tensor& want, const ref::Tensor& got, DType dtype) {
   return AllClose(want, got, dtype, DefaultTolerance(dtype));
 }
 inline void ExpectClose(const ref::Tensor& want, const ref::Tensor& got, DType dtype) {
@@ -199,15 +203,13 @@ inline void ExpectClose(const ref::Tensor& want, const ref::Tensor& got, DType d
 
 // Bit-exact comparison of two results of the same kernel.
 inline ::testing::AssertionResult BitsEqual(const ref::Tensor& a, const ref::Tensor& b) {
-  if (a.shape != b.shape || a.dtype != b.dtype)
-    return ::testing::AssertionFailure() << "shape/dtype differ";
+  if (a.shape != b.shape || a.dtype != b.dtype) return ::testing::AssertionFailure() << "shape/dtype differ";
   std::vector<uint8_t> x = ref::ToBytes(a), y = ref::ToBytes(b);
   for (size_t i = 0; i < x.size(); ++i) {
     if (x[i] != y[i]) {
       size_t e = i / DTypeSize(a.dtype);
       return ::testing::AssertionFailure()
-             << "bits differ at element " << e << ": " << FormatValue(a.data[e]) << " vs "
-             << FormatValue(b.data[e]);
+             << "bits differ at element " << e << ": " << FormatValue(a.data[e]) << " vs " << FormatValue(b.data[e]);
     }
   }
   return ::testing::AssertionSuccess();
@@ -222,8 +224,7 @@ class GuardedBuffer {
   static constexpr size_t kGuard = 64;
   static constexpr uint8_t kGuardByte = 0xA5;
 
-  explicit GuardedBuffer(size_t bytes, uint8_t fill = 0xCD)
-      : bytes_(bytes), storage_(bytes + 2 * kGuard, kGuardByte) {
+  explicit GuardedBuffer(size_t bytes, uint8_t fill = 0xCD) : bytes_(bytes), storage_(bytes + 2 * kGuard, kGuardByte) {
     std::memset(data(), fill, bytes_);
   }
   explicit GuardedBuffer(const std::vector<uint8_t>& payload) : GuardedBuffer(payload.size()) {
@@ -258,8 +259,7 @@ struct RunOutput {
 // Launches `k` with the given full input tensors (one per input slot) using
 // Launch(span<TensorArg>, span<TensorArg>), with exact-capacity guarded
 // buffers, and reads the outputs back.
-inline RunOutput RunKernel(Kernel& k, const std::vector<ref::Tensor>& inputs,
-                           uint8_t out_fill = 0xCD) {
+inline RunOutput RunKernel(Kernel& k, const std::vector<ref::Tensor>& inputs, uint8_t out_fill = 0xCD) {
   const ir::Graph& g = GetGraph(k);
   std::vector<Shape> in_shapes;
   for (const auto& t : inputs) in_shapes.push_back(t.shape);
@@ -287,13 +287,12 @@ inline RunOutput RunKernel(Kernel& k, const std::vector<ref::Tensor>& inputs,
   }
   for (size_t i = 0; i < out_shapes.size(); ++i) {
     DType dt = g.nodes[g.outputs[i]].dtype;
-    if (!out_bufs[i].GuardsIntact())
-      r.problems += "output " + std::to_string(i) + " written out of bounds; ";
+    if (!out_bufs[i].GuardsIntact()) r.problems += "output " + std::to_string(i) + " written out of bounds; ";
     if (dt == DType::kBool) {
       for (size_t j = 0; j < out_bufs[i].bytes(); ++j) {
         if (out_bufs[i].data()[j] > 1) {
-          r.problems += "output " + std::to_string(i) + " bool byte " + std::to_string(j) +
-                        " is " + std::to_string(out_bufs[i].data()[j]) + " (not 0/1); ";
+          r.problems += "output " + std::to_string(i) + " bool byte " + std::to_string(j) + " is " +
+                        std::to_string(out_bufs[i].data()[j]) + " (not 0/1); ";
           break;
         }
       }
@@ -302,6 +301,24 @@ inline RunOutput RunKernel(Kernel& k, const std::vector<ref::Tensor>& inputs,
   }
   return r;
 }
+
+// Buffers for one launch; outputs sized from the kernel's output shapes.
+struct LaunchBuffers {
+  std::vector<std::vector<uint8_t>> in, out;
+  std::vector<TensorArg> in_args, out_args;
+  LaunchBuffers(Kernel& k, const std::vector<ref::Tensor>& inputs) {
+    std::vector<Shape> shapes;
+    for (const auto& t : inputs) shapes.push_back(t.shape);
+    auto out_shapes = k.OutputShapes(shapes);
+    const ir::Graph& g = GetGraph(k);
+    for (const auto& t : inputs) in.push_back(ref::ToBytes(t));
+    for (size_t i = 0; i < inputs.size(); ++i) in_args.push_back({in[i].data(), inputs[i].shape, in[i].size()});
+    for (size_t i = 0; i < out_shapes.size(); ++i) {
+      out.emplace_back(ByteSize(g.nodes[g.outputs[i]].dtype, out_shapes[i]), 0xAB);
+      out_args.push_back({out.back().data(), out_shapes[i], out.back().size()});
+    }
+  }
+};
 
 // Runs `k` and the reference on `inputs` and compares every output.
 inline ::testing::AssertionResult CheckKernel(Kernel& k, const std::vector<ref::Tensor>& inputs,
@@ -320,8 +337,8 @@ inline ::testing::AssertionResult CheckKernel(Kernel& k, const std::vector<ref::
   }
   if (!got.problems.empty()) return ::testing::AssertionFailure() << got.problems << "\n" << k.Dump();
   if (got.outputs.size() != want.size())
-    return ::testing::AssertionFailure() << "kernel produced " << got.outputs.size()
-                                         << " outputs, reference " << want.size();
+    return ::testing::AssertionFailure() << "kernel produced " << got.outputs.size() << " outputs, reference "
+                                         << want.size();
   for (size_t i = 0; i < want.size(); ++i) {
     DType dt = want[i].dtype;
     auto res = tol ? AllClose(want[i], got.outputs[i], dt, *tol) : AllClose(want[i], got.outputs[i], dt);
@@ -329,8 +346,9 @@ inline ::testing::AssertionResult CheckKernel(Kernel& k, const std::vector<ref::
       std::ostringstream in_desc;
       for (size_t j = 0; j < inputs.size(); ++j)
         in_desc << " in" << j << "=" << DTypeName(inputs[j].dtype) << ShapeString(inputs[j].shape);
-      return ::testing::AssertionFailure() << "output " << i << ": " << res.message()
-                                           << "\ninputs:" << in_desc.str() << "\n" << k.Dump();
+      return ::testing::AssertionFailure()
+             << "output " << i << ": " << res.message() << "\ninputs:" << in_desc.str() << "\n"
+             << k.Dump();
     }
   }
   return ::testing::AssertionSuccess();

@@ -1263,18 +1263,33 @@ class Gen {
     };
     g.lda = ld(A);
     g.ldb = ld(B);
+    // Batch dims: size-1 dims dropped, and a dim merged into the one before
+    // it when both operands step through the pair as one dim (C is
+    // contiguous), so up to rank-8 operands fit the format's batch dims.
     const size_t br = r - 2;
-    if (br > bc::kMaxBatchRank) Fail("matmul: ", br, " batch dims exceed ", bc::kMaxBatchRank);
-    g.batch_rank = static_cast<uint8_t>(br);
+    int64_t bd[8], as[8], bs[8];
+    int nb = 0;
     for (size_t i = 0; i < br; ++i) {
-      g.bdims[i] = mm.shape[i];
       auto bstride = [&](const LNode& x, size_t rx) -> int64_t {
         const int64_t j = static_cast<int64_t>(i) - static_cast<int64_t>(br - (rx - 2));
         return j < 0 || x.shape[j] == 1 ? 0 : x.strides[j];
       };
-      g.a_bs[i] = bstride(A, ra);
-      g.b_bs[i] = bstride(B, rb);
+      const int64_t d = mm.shape[i], sa = bstride(A, ra), sb = bstride(B, rb);
+      if (d == 1) continue;
+      if (nb > 0 && as[nb - 1] == sa * d && bs[nb - 1] == sb * d) {
+        bd[nb - 1] *= d;
+        as[nb - 1] = sa;
+        bs[nb - 1] = sb;
+        continue;
+      }
+      bd[nb] = d, as[nb] = sa, bs[nb] = sb;
+      ++nb;
     }
+    if (nb > bc::kMaxBatchRank)
+      Fail("matmul: ", ir::ShapeStr(A.shape), " @ ", ir::ShapeStr(B.shape), " has ", nb,
+           " batch dims that do not merge; at most ", bc::kMaxBatchRank, " are supported");
+    g.batch_rank = static_cast<uint8_t>(nb);
+    for (int i = 0; i < nb; ++i) g.bdims[i] = bd[i], g.a_bs[i] = as[i], g.b_bs[i] = bs[i];
     // Blocks: two per thread over rows when M is large, else over columns.
     const int64_t threads = std::max(1, GetNumThreads());
     if (M >= 64 * threads) {
