@@ -1148,7 +1148,8 @@ class Gen {
         cap = s.gemm.body_tile;
         break;
       case Mode::kElem:
-        s.p[0] = std::min<int64_t>(ElemTile(s), std::max<int64_t>(n_full, 1));
+        s.p[0] = std::min<int64_t>(ElemTile(s, Streaming(e, s) ? 4 * t_->elem_tile : t_->elem_tile),
+                                   std::max<int64_t>(n_full, 1));
         cap = s.p[0];
         break;
       case Mode::kRow: {
@@ -1224,8 +1225,34 @@ class Gen {
   // a slice, a transpose): tiles are then cut on row boundaries where that
   // keeps them a multiple of 16 lanes, so a tile of one row reads such a view
   // in place and other views see whole rows.
-  int64_t ElemTile(const bc::Stage& s) const {
-    const int64_t T = t_->elem_tile;
+  // A streaming ELEM body: at most one instruction whose result needs tile
+  // scratch (the VM reads contiguous 32-bit loads in place and computes a
+  // stored value into its destination). Its tiles can be 4x longer without
+  // leaving L1, and the per-tile cost (~50 ns: view addressing, dispatch) is
+  // paid 4x less often: add [32768] 3.4 -> 2.6 us at 2 threads.
+  bool Streaming(const StageEmit& e, const bc::Stage& s) const {
+    int scratch = 0;
+    for (const VInstr& v : e.code) {
+      const bc::Opcode op = bc::Opcode(v.in.op);
+      if (op == bc::Opcode::STORE) continue;
+      if (op == bc::Opcode::LOAD) {
+        const bc::View& view = s.views[v.in.c];
+        const DType dt = tensors_[view.tensor].dtype;
+        // In place when the view walks the whole domain contiguously.
+        bool in_place = dt == DType::kFloat32 || dt == DType::kInt32;
+        int64_t span = 1;
+        for (int i = s.full_rank - 1; i >= 0 && in_place; --i) {
+          if (s.full_dims[i] != 1 && view.strides[i] != span) in_place = false;
+          span *= s.full_dims[i];
+        }
+        if (in_place) continue;
+      }
+      if (++scratch > 1) return false;
+    }
+    return true;
+  }
+
+  int64_t ElemTile(const bc::Stage& s, int64_t T) const {
     if (s.full_rank < 2) return T;
     const int64_t K = s.full_dims[s.full_rank - 1];
     if (K <= 0) return T;
