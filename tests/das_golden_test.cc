@@ -153,7 +153,7 @@ stage 0 row full=[4,16] red=[4] p=[16,128,0,0]
 // LayerNorm with gamma and beta: one ROW stage; gamma/beta read with row
 // stride 0; the scalar math on means runs at the reduced level.
 TEST(DasGolden, LayerNorm) {
-  const char* kWant = R"(; dvm bytecode v1: 3 registers x 2048 lanes, 4 tensors, 2 constants, 1 stages
+  const char* kWant = R"(; dvm bytecode v1: 5 registers x 2048 lanes, 4 tensors, 2 constants, 1 stages
 tensor t0 in0 f32 x 64
 tensor t1 in1 f32 x 16
 tensor t2 in2 f32 x 16
@@ -178,11 +178,11 @@ stage 0 row full=[4,16] red=[4] p=[16,128,0,0]
     9: RSQRT.f32.red r1, r1
     10: BCAST.f32 r0, r1
     11: MUL.f32 r0, r2, r0
-    12: LOAD.f32 r2, v1
-    13: MUL.f32 r2, r0, r2
-    14: LOAD.f32 r0, v2
-    15: ADD.f32 r0, r2, r0
-    16: STORE.f32 v3, r0
+    12: LOAD.f32 r3, v1
+    13: MUL.f32 r3, r0, r3
+    14: LOAD.f32 r4, v2
+    15: ADD.f32 r4, r3, r4
+    16: STORE.f32 v3, r4
 )";
   EXPECT_TRUE(SameText(kWant, LayerNormDas()));
 }
@@ -238,7 +238,7 @@ stage 1 row full=[25] red=[] p=[25,81,0,0]
 // bf16, and an i8 column max (integer COL reductions accumulate in a plain
 // register filled with the identity).
 TEST(DasGolden, Mixed) {
-  const char* kWant = R"(; dvm bytecode v1: 4 registers x 48 lanes, 4 tensors, 3 constants, 1 stages
+  const char* kWant = R"(; dvm bytecode v1: 5 registers x 48 lanes, 4 tensors, 3 constants, 1 stages
 tensor t0 in0 f16 x 320
 tensor t1 in1 i8 x 320
 tensor t2 out0 bf16 x 320
@@ -261,8 +261,8 @@ stage 0 col full=[8,40] red=[40] p=[8,40,40,64]
     5: SELECT.f32 r3, r2, r1, r3
     6: CAST.bf16 r3, r3 (from f32)
     7: STORE.bf16 v1, r3
-    8: LOAD.i8 r3, v2
-    9: MAX.i8.red r0, r0, r3
+    8: LOAD.i8 r4, v2
+    9: MAX.i8.red r0, r0, r4
   post:
     10: STORE.i8.red v3, r0
 )";

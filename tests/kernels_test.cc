@@ -8,6 +8,8 @@
 //
 // Measured values are printed as "[ measured ]" lines and recorded as test
 // properties (visible in --gtest_output=xml).
+#include "vm/cpu/kernels.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -21,7 +23,7 @@
 
 #include "dvm/dvm.h"
 #include "ir/dtype.h"
-#include "vm/cpu/kernels.h"
+#include "vm/cpu/vm.h"
 
 namespace dvm {
 namespace {
@@ -31,7 +33,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 // Lengths around the vector length (4, 8 or 16 f32 lanes) and the tiles.
-const std::vector<int64_t> kLengths = {1,  3,  4,  5,  7,  8,  9,  15,   16,   17,   31,   32,
+const std::vector<int64_t> kLengths = {1,  3,  4,  5,  7,    8,    9,    15,   16,   17,   31,  32,
                                        33, 63, 64, 65, 1023, 1024, 1025, 2048, 2049, 4096, 5000};
 
 // ---- storage encoding -------------------------------------------------------------
@@ -58,8 +60,10 @@ double Decode(DType dt, const uint8_t* p) {
       std::memcpy(&i, p, 4);
       return i;
     }
-    case DType::kInt8: return static_cast<int8_t>(*p);
-    case DType::kBool: return *p;
+    case DType::kInt8:
+      return static_cast<int8_t>(*p);
+    case DType::kBool:
+      return *p;
   }
   return 0;
 }
@@ -68,12 +72,18 @@ double Decode(DType dt, const uint8_t* p) {
 // ints wrap, bool is != 0).
 double ToStorage(DType dt, double v) {
   switch (dt) {
-    case DType::kFloat32: return static_cast<float>(v);
-    case DType::kFloat16: return F16ToF32(F32ToF16(static_cast<float>(v)));
-    case DType::kBFloat16: return BF16ToF32(F32ToBF16(static_cast<float>(v)));
-    case DType::kInt32: return static_cast<int32_t>(static_cast<int64_t>(v));
-    case DType::kInt8: return WrapI8(static_cast<int32_t>(static_cast<int64_t>(v)));
-    case DType::kBool: return v != 0;
+    case DType::kFloat32:
+      return static_cast<float>(v);
+    case DType::kFloat16:
+      return F16ToF32(F32ToF16(static_cast<float>(v)));
+    case DType::kBFloat16:
+      return BF16ToF32(F32ToBF16(static_cast<float>(v)));
+    case DType::kInt32:
+      return static_cast<int32_t>(static_cast<int64_t>(v));
+    case DType::kInt8:
+      return WrapI8(static_cast<int32_t>(static_cast<int64_t>(v)));
+    case DType::kBool:
+      return v != 0;
   }
   return v;
 }
@@ -100,8 +110,12 @@ void Encode(DType dt, uint8_t* p, double v) {
       std::memcpy(p, &i, 4);
       break;
     }
-    case DType::kInt8: *p = static_cast<uint8_t>(static_cast<int64_t>(v) & 0xff); break;
-    case DType::kBool: *p = v != 0; break;
+    case DType::kInt8:
+      *p = static_cast<uint8_t>(static_cast<int64_t>(v) & 0xff);
+      break;
+    case DType::kBool:
+      *p = v != 0;
+      break;
   }
 }
 
@@ -162,7 +176,8 @@ std::vector<Tensor> Run(const std::vector<Tensor>& ins, const Build& build) {
   return res;
 }
 
-Tensor RunOne(const std::vector<Tensor>& ins, const std::function<NDObject*(Kernel&, const std::vector<NDObject*>&)>& f) {
+Tensor RunOne(const std::vector<Tensor>& ins,
+              const std::function<NDObject*(Kernel&, const std::vector<NDObject*>&)>& f) {
   return Run(ins, [&](Kernel& k, const std::vector<NDObject*>& xs) { return std::vector<NDObject*>{f(k, xs)}; })[0];
 }
 
@@ -230,9 +245,14 @@ std::vector<double> Values(DType dt, int64_t n, uint64_t seed, double lo = -4, d
         x = static_cast<int32_t>(static_cast<uint32_t>(rng()));
         if (rng() % 4 == 0) x = static_cast<int32_t>(rng() % 64) - 32;  // small values too
         break;
-      case DType::kInt8: x = static_cast<int8_t>(rng() & 0xff); break;
-      case DType::kBool: x = rng() & 1; break;
-      default: x = ToStorage(dt, std::uniform_real_distribution<double>(lo, hi)(rng));
+      case DType::kInt8:
+        x = static_cast<int8_t>(rng() & 0xff);
+        break;
+      case DType::kBool:
+        x = rng() & 1;
+        break;
+      default:
+        x = ToStorage(dt, std::uniform_real_distribution<double>(lo, hi)(rng));
     }
   }
   return v;
@@ -253,9 +273,9 @@ constexpr DType kInts[] = {DType::kInt32, DType::kInt8};
 struct UnaryCase {
   UnaryOp op;
   std::function<double(float)> f;  // oracle on the f32 lanes
-  double ulps;                      // tolerance in f32 ulps (f16/bf16: 1 if non-zero)
+  double ulps;                     // tolerance in f32 ulps (f16/bf16: 1 if non-zero)
   double lo = -4, hi = 4;
-  bool specials = true;             // the handler gets +-0, +-inf, NaN right
+  bool specials = true;  // the handler gets +-0, +-inf, NaN right
 };
 
 std::vector<UnaryCase> FloatUnaryCases() {
@@ -292,7 +312,8 @@ TEST(KernelsUnary, FloatOpsAllLengths) {
         std::vector<double> want(n);
         for (int64_t i = 0; i < n; ++i) want[i] = c.f(static_cast<float>(x[i]));
         if (c.op == UnaryOp::kErf) {
-          for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(out.at(i), ToStorage(out.dt, want[i]), dt == DType::kFloat32 ? 5e-7 : 1e-2);
+          for (int64_t i = 0; i < n; ++i)
+            ASSERT_NEAR(out.at(i), ToStorage(out.dt, want[i]), dt == DType::kFloat32 ? 5e-7 : 1e-2);
           continue;
         }
         const double tol = dt == DType::kFloat32 ? c.ulps : (c.ulps > 0 ? 1 : 0);
@@ -337,21 +358,36 @@ TEST(KernelsUnary, IntegerOpsAllLengths) {
 double FloatBinary(BinaryOp op, float a, float b) {
   auto truth = [](float v) { return v != 0 || std::isnan(v); };
   switch (op) {
-    case BinaryOp::kAdd: return a + b;
-    case BinaryOp::kSub: return a - b;
-    case BinaryOp::kMul: return a * b;
-    case BinaryOp::kDiv: return a / b;
-    case BinaryOp::kPow: return std::pow(a, b);
-    case BinaryOp::kMaximum: return std::isnan(a) ? a : std::isnan(b) ? b : (a > b ? a : b);
-    case BinaryOp::kMinimum: return std::isnan(a) ? a : std::isnan(b) ? b : (a < b ? a : b);
-    case BinaryOp::kEqual: return a == b;
-    case BinaryOp::kNotEqual: return a != b;
-    case BinaryOp::kLess: return a < b;
-    case BinaryOp::kLessEqual: return a <= b;
-    case BinaryOp::kGreater: return a > b;
-    case BinaryOp::kGreaterEqual: return a >= b;
-    case BinaryOp::kLogicalAnd: return truth(a) && truth(b);
-    case BinaryOp::kLogicalOr: return truth(a) || truth(b);
+    case BinaryOp::kAdd:
+      return a + b;
+    case BinaryOp::kSub:
+      return a - b;
+    case BinaryOp::kMul:
+      return a * b;
+    case BinaryOp::kDiv:
+      return a / b;
+    case BinaryOp::kPow:
+      return std::pow(a, b);
+    case BinaryOp::kMaximum:
+      return std::isnan(a) ? a : std::isnan(b) ? b : (a > b ? a : b);
+    case BinaryOp::kMinimum:
+      return std::isnan(a) ? a : std::isnan(b) ? b : (a < b ? a : b);
+    case BinaryOp::kEqual:
+      return a == b;
+    case BinaryOp::kNotEqual:
+      return a != b;
+    case BinaryOp::kLess:
+      return a < b;
+    case BinaryOp::kLessEqual:
+      return a <= b;
+    case BinaryOp::kGreater:
+      return a > b;
+    case BinaryOp::kGreaterEqual:
+      return a >= b;
+    case BinaryOp::kLogicalAnd:
+      return truth(a) && truth(b);
+    case BinaryOp::kLogicalOr:
+      return truth(a) || truth(b);
   }
   return 0;
 }
@@ -359,9 +395,12 @@ double FloatBinary(BinaryOp op, float a, float b) {
 int64_t IntBinary(BinaryOp op, int32_t a, int32_t b) {
   const uint32_t ua = static_cast<uint32_t>(a), ub = static_cast<uint32_t>(b);
   switch (op) {
-    case BinaryOp::kAdd: return static_cast<int32_t>(ua + ub);
-    case BinaryOp::kSub: return static_cast<int32_t>(ua - ub);
-    case BinaryOp::kMul: return static_cast<int32_t>(ua * ub);
+    case BinaryOp::kAdd:
+      return static_cast<int32_t>(ua + ub);
+    case BinaryOp::kSub:
+      return static_cast<int32_t>(ua - ub);
+    case BinaryOp::kMul:
+      return static_cast<int32_t>(ua * ub);
     case BinaryOp::kDiv:  // truncating; x / 0 = 0; INT_MIN / -1 wraps
       if (b == 0) return 0;
       if (b == -1) return static_cast<int32_t>(0u - ua);
@@ -378,23 +417,33 @@ int64_t IntBinary(BinaryOp op, int32_t a, int32_t b) {
       }
       return static_cast<int32_t>(r);
     }
-    case BinaryOp::kMaximum: return std::max(a, b);
-    case BinaryOp::kMinimum: return std::min(a, b);
-    case BinaryOp::kEqual: return a == b;
-    case BinaryOp::kNotEqual: return a != b;
-    case BinaryOp::kLess: return a < b;
-    case BinaryOp::kLessEqual: return a <= b;
-    case BinaryOp::kGreater: return a > b;
-    case BinaryOp::kGreaterEqual: return a >= b;
-    case BinaryOp::kLogicalAnd: return a != 0 && b != 0;
-    case BinaryOp::kLogicalOr: return a != 0 || b != 0;
+    case BinaryOp::kMaximum:
+      return std::max(a, b);
+    case BinaryOp::kMinimum:
+      return std::min(a, b);
+    case BinaryOp::kEqual:
+      return a == b;
+    case BinaryOp::kNotEqual:
+      return a != b;
+    case BinaryOp::kLess:
+      return a < b;
+    case BinaryOp::kLessEqual:
+      return a <= b;
+    case BinaryOp::kGreater:
+      return a > b;
+    case BinaryOp::kGreaterEqual:
+      return a >= b;
+    case BinaryOp::kLogicalAnd:
+      return a != 0 && b != 0;
+    case BinaryOp::kLogicalOr:
+      return a != 0 || b != 0;
   }
   return 0;
 }
 
 constexpr BinaryOp kAllBinary[] = {
-    BinaryOp::kAdd,     BinaryOp::kSub,     BinaryOp::kMul,         BinaryOp::kDiv,       BinaryOp::kPow,
-    BinaryOp::kMaximum, BinaryOp::kMinimum, BinaryOp::kEqual,       BinaryOp::kNotEqual,  BinaryOp::kLess,
+    BinaryOp::kAdd,       BinaryOp::kSub,     BinaryOp::kMul,          BinaryOp::kDiv,        BinaryOp::kPow,
+    BinaryOp::kMaximum,   BinaryOp::kMinimum, BinaryOp::kEqual,        BinaryOp::kNotEqual,   BinaryOp::kLess,
     BinaryOp::kLessEqual, BinaryOp::kGreater, BinaryOp::kGreaterEqual, BinaryOp::kLogicalAnd, BinaryOp::kLogicalOr,
 };
 
@@ -418,9 +467,8 @@ TEST(KernelsBinary, FloatOpsAllFormsAllLengths) {
           if (op == BinaryOp::kPow)
             for (double& x : a) x = std::fabs(x);
           const double s = op == BinaryOp::kPow ? 2.0 : -1.5;
-          Tensor out = RunOne({MakeTensor(dt, {n}, a), MakeTensor(dt, {n}, b)}, [&](Kernel& k, auto& v) {
-            return BuildBinary(k, op, form, v[0], v[1], s);
-          });
+          Tensor out = RunOne({MakeTensor(dt, {n}, a), MakeTensor(dt, {n}, b)},
+                              [&](Kernel& k, auto& v) { return BuildBinary(k, op, form, v[0], v[1], s); });
           std::vector<double> want(n);
           for (int64_t i = 0; i < n; ++i) {
             const float x = static_cast<float>(a[i]), y = static_cast<float>(b[i]), sf = static_cast<float>(s);
@@ -446,13 +494,14 @@ TEST(KernelsBinary, IntegerOpsAllFormsAllLengths) {
           if (op == BinaryOp::kPow)
             for (double& x : b) x = static_cast<double>(static_cast<int64_t>(x) % 40);  // some negative
           const double s = op == BinaryOp::kPow ? 3 : -7;
-          Tensor out = RunOne({MakeTensor(dt, {n}, a), MakeTensor(dt, {n}, b)}, [&](Kernel& k, auto& v) {
-            return BuildBinary(k, op, form, v[0], v[1], s);
-          });
+          Tensor out = RunOne({MakeTensor(dt, {n}, a), MakeTensor(dt, {n}, b)},
+                              [&](Kernel& k, auto& v) { return BuildBinary(k, op, form, v[0], v[1], s); });
           std::vector<double> want(n);
           for (int64_t i = 0; i < n; ++i) {
             const int32_t x = static_cast<int32_t>(a[i]), y = static_cast<int32_t>(b[i]), si = static_cast<int32_t>(s);
-            want[i] = static_cast<double>(form == 0 ? IntBinary(op, x, y) : form == 1 ? IntBinary(op, x, si) : IntBinary(op, si, x));
+            want[i] = static_cast<double>(form == 0   ? IntBinary(op, x, y)
+                                          : form == 1 ? IntBinary(op, x, si)
+                                                      : IntBinary(op, si, x));
           }
           ASSERT_TRUE(Matches(out, want, 0, &a));
         }
@@ -462,8 +511,8 @@ TEST(KernelsBinary, IntegerOpsAllFormsAllLengths) {
 }
 
 TEST(KernelsBinary, BoolLogicAndCompare) {
-  const BinaryOp ops[] = {BinaryOp::kLogicalAnd, BinaryOp::kLogicalOr, BinaryOp::kEqual, BinaryOp::kNotEqual,
-                          BinaryOp::kMaximum, BinaryOp::kMinimum};
+  const BinaryOp ops[] = {BinaryOp::kLogicalAnd, BinaryOp::kLogicalOr, BinaryOp::kEqual,
+                          BinaryOp::kNotEqual,   BinaryOp::kMaximum,   BinaryOp::kMinimum};
   for (BinaryOp op : ops) {
     for (int64_t n : kLengths) {
       SCOPED_TRACE(std::string(BinaryOpName(op)) + " n=" + std::to_string(n));
@@ -483,7 +532,8 @@ TEST(KernelsSelect, AllDTypesAllLengths) {
   for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kBFloat16, DType::kInt32, DType::kInt8, DType::kBool}) {
     for (int64_t n : kLengths) {
       SCOPED_TRACE(std::string(DTypeName(dt)) + " n=" + std::to_string(n));
-      std::vector<double> c = Values(DType::kBool, n, 8000 + n), a = Values(dt, n, 8100 + n), b = Values(dt, n, 8200 + n);
+      std::vector<double> c = Values(DType::kBool, n, 8000 + n), a = Values(dt, n, 8100 + n),
+                          b = Values(dt, n, 8200 + n);
       AddSpecials(dt, a);
       Tensor out = RunOne({MakeTensor(DType::kBool, {n}, c), MakeTensor(dt, {n}, a), MakeTensor(dt, {n}, b)},
                           [&](Kernel& k, auto& v) { return k.Select(v[0], v[1], v[2]); });
@@ -542,12 +592,16 @@ double ReduceOracle(ReduceOp op, const std::vector<double>& v, size_t begin, siz
     const double x = v[begin + j * stride];
     switch (op) {
       case ReduceOp::kSum:
-        if (fl) acc += x;
-        else iacc += static_cast<uint32_t>(static_cast<int32_t>(x));
+        if (fl)
+          acc += x;
+        else
+          iacc += static_cast<uint32_t>(static_cast<int32_t>(x));
         break;
       case ReduceOp::kProd:
-        if (fl) acc *= x;
-        else iacc *= static_cast<uint32_t>(static_cast<int32_t>(x));
+        if (fl)
+          acc *= x;
+        else
+          iacc *= static_cast<uint32_t>(static_cast<int32_t>(x));
         break;
       case ReduceOp::kMax:
         acc = std::isnan(acc) ? acc : std::isnan(x) ? x : (first || x > acc ? x : acc);
@@ -594,7 +648,8 @@ TEST(KernelsReduce, RowsAllLengths) {
         SCOPED_TRACE(std::string(ReduceOpName(op)) + " " + DTypeName(dt) + " K=" + std::to_string(K));
         const int64_t rows = 3;
         std::vector<double> x = ReduceValues(op, dt, rows * K, 10000 + K);
-        Tensor out = RunOne({MakeTensor(dt, {rows, K}, x)}, [&](Kernel& k, auto& v) { return k.Reduce(op, v[0], {1}, false); });
+        Tensor out =
+            RunOne({MakeTensor(dt, {rows, K}, x)}, [&](Kernel& k, auto& v) { return k.Reduce(op, v[0], {1}, false); });
         std::vector<double> want(rows);
         for (int64_t r = 0; r < rows; ++r) want[r] = ReduceOracle(op, x, r * K, K, 1, dt);
         ASSERT_TRUE(Matches(out, want, ReduceTolerance(op, dt)));
@@ -611,7 +666,8 @@ TEST(KernelsReduce, ColumnsAllLengths) {
         SCOPED_TRACE(std::string(ReduceOpName(op)) + " " + DTypeName(dt) + " C=" + std::to_string(C));
         const int64_t R = C > 1000 ? 5 : 70;  // 70 > the 64-row accumulation block
         std::vector<double> x = ReduceValues(op, dt, R * C, 11000 + C);
-        Tensor out = RunOne({MakeTensor(dt, {R, C}, x)}, [&](Kernel& k, auto& v) { return k.Reduce(op, v[0], {0}, false); });
+        Tensor out =
+            RunOne({MakeTensor(dt, {R, C}, x)}, [&](Kernel& k, auto& v) { return k.Reduce(op, v[0], {0}, false); });
         std::vector<double> want(C);
         for (int64_t c = 0; c < C; ++c) want[c] = ReduceOracle(op, x, c, R, C, dt);
         ASSERT_TRUE(Matches(out, want, ReduceTolerance(op, dt)));
@@ -631,8 +687,7 @@ TEST(KernelsReduce, ColumnPassEqualsPerRowAccumulation) {
   for (int op = 0; op < 4; ++op) {
     for (int64_t rows : {1, 7, 8, 9, 70}) {
       for (int64_t cols : {1, 3, 4, 5, 16, 31, 32, 33, 64, 100}) {
-        SCOPED_TRACE("op " + std::to_string(op) + " rows " + std::to_string(rows) + " cols " +
-                     std::to_string(cols));
+        SCOPED_TRACE("op " + std::to_string(op) + " rows " + std::to_string(rows) + " cols " + std::to_string(cols));
         const int64_t stride = cols + 5;
         std::vector<float> x(rows * stride);
         for (float& v : x) v = (rng() % 16 == 0) ? specials[rng() % 5] : u(rng);
@@ -657,8 +712,7 @@ TEST(KernelsReduce, ColumnPassEqualsPerRowAccumulation) {
           if (std::isnan(want[c])) {
             EXPECT_TRUE(std::isnan(w[c])) << "column " << c;
           } else {
-            EXPECT_EQ(std::memcmp(&w[c], &want[c], 8), 0)
-                << "column " << c << ": " << w[c] << " vs " << want[c];
+            EXPECT_EQ(std::memcmp(&w[c], &want[c], 8), 0) << "column " << c << ": " << w[c] << " vs " << want[c];
           }
         }
       }
@@ -675,7 +729,8 @@ TEST(KernelsReduce, FullVector) {
       for (int64_t n : lengths) {
         SCOPED_TRACE(std::string(ReduceOpName(op)) + " " + DTypeName(dt) + " n=" + std::to_string(n));
         std::vector<double> x = ReduceValues(op, dt, n, 12000 + n);
-        Tensor out = RunOne({MakeTensor(dt, {n}, x)}, [&](Kernel& k, auto& v) { return k.Reduce(op, v[0], {0}, false); });
+        Tensor out =
+            RunOne({MakeTensor(dt, {n}, x)}, [&](Kernel& k, auto& v) { return k.Reduce(op, v[0], {0}, false); });
         const double want = ReduceOracle(op, x, 0, n, 1, dt);
         if (IsFloat(dt) && op == ReduceOp::kSum) {
           double mag = 0;
@@ -714,8 +769,8 @@ TEST(KernelsFused, GeluTanhEqualsOpSequence) {
   std::vector<double> x = Values(DType::kFloat32, n, 4242, -6, 6);
   const double specials[] = {0.0, -0.0, kInf, -kInf, kNaN, 1e-30, -1e-30, 20, -20, 1e20, -1e20};
   for (size_t i = 0; i < std::size(specials); ++i) x[i] = specials[i];
-  Tensor y = RunOne({MakeTensor(DType::kFloat32, {n}, x)},
-                    [&](Kernel& k, auto& v) { return GeluTanhGraph(k, v[0], 0.5); });
+  Tensor y =
+      RunOne({MakeTensor(DType::kFloat32, {n}, x)}, [&](Kernel& k, auto& v) { return GeluTanhGraph(k, v[0], 0.5); });
   std::vector<double> arg(n);
   for (int64_t i = 0; i < n; ++i) {  // volatile: each step rounded, no FMA
     volatile float xf = static_cast<float>(x[i]);
@@ -765,12 +820,24 @@ TEST(KernelsFused, RowBroadcastOperand) {
           const float v = static_cast<float>(x[r * K + j]);
           float want;
           switch (op) {
-            case BinaryOp::kAdd: want = v + m; break;
-            case BinaryOp::kSub: want = v - m; break;
-            case BinaryOp::kMul: want = v * m; break;
-            case BinaryOp::kDiv: want = v / m; break;
-            case BinaryOp::kMaximum: want = std::isnan(v) || std::isnan(m) ? NAN : std::max(v, m); break;
-            default: want = std::isnan(v) || std::isnan(m) ? NAN : std::min(v, m); break;
+            case BinaryOp::kAdd:
+              want = v + m;
+              break;
+            case BinaryOp::kSub:
+              want = v - m;
+              break;
+            case BinaryOp::kMul:
+              want = v * m;
+              break;
+            case BinaryOp::kDiv:
+              want = v / m;
+              break;
+            case BinaryOp::kMaximum:
+              want = std::isnan(v) || std::isnan(m) ? NAN : std::max(v, m);
+              break;
+            default:
+              want = std::isnan(v) || std::isnan(m) ? NAN : std::min(v, m);
+              break;
           }
           const float got = static_cast<float>(y.at(r * K + j));
           if (std::isnan(want)) {
@@ -786,6 +853,64 @@ TEST(KernelsFused, RowBroadcastOperand) {
 
 // sum(x * x, row): the MUL is fused into the RSUM when the sum is its only
 // reader. Same bits as when the square is also stored (not fused).
+// Two f32 ADD/SUB/MUL in a row run as one pass (vm.cc FuseBinaryChains),
+// with the intermediate rounded as the two instructions round it: every
+// chain kind (register, constant, constant first, register first, row
+// broadcasts in a ROW stage) gives the bits of the same ops with each
+// intermediate also stored (a stored intermediate is not fused), specials
+// included, at row lengths that leave vector tails.
+TEST(KernelsFused, BinaryChainsEqualSeparateOps) {
+  for (int64_t K : {16, 37, 300}) {
+    SCOPED_TRACE("K " + std::to_string(K));
+    const int64_t R = 5, n = R * K;
+    std::vector<double> x = Values(DType::kFloat32, n, 71, -3, 3), y = Values(DType::kFloat32, n, 72, -3, 3),
+                        z = Values(DType::kFloat32, n, 73, -3, 3);
+    const double specials[] = {kInf, -kInf, kNaN, 0.0, -0.0, 1e30, -1e-30};
+    for (size_t i = 0; i < std::size(specials); ++i) x[i * 7] = specials[i], y[i * 5 + 1] = specials[i];
+    const std::vector<Tensor> in = {MakeTensor(DType::kFloat32, {R, K}, x), MakeTensor(DType::kFloat32, {R, K}, y),
+                                    MakeTensor(DType::kFloat32, {R, K}, z)};
+    auto build = [&](Kernel& k, const std::vector<NDObject*>& v, bool store_steps) {
+      std::vector<NDObject*> outs, steps;
+      auto step = [&](NDObject* t) {
+        if (store_steps) steps.push_back(t);
+        return t;
+      };
+      auto bin = [&](BinaryOp op, NDObject* a, NDObject* b) { return k.Binary(op, a, b); };
+      outs.push_back(bin(BinaryOp::kMul, step(bin(BinaryOp::kAdd, v[0], v[1])), v[2]));      // (x + y) * z
+      outs.push_back(bin(BinaryOp::kSub, step(k.Binary(BinaryOp::kMul, v[0], 2.5)), v[2]));  // x * 2.5 - z
+      outs.push_back(k.Binary(BinaryOp::kSub, 3.0, step(bin(BinaryOp::kSub, v[0], v[1]))));  // 3 - (x - y)
+      outs.push_back(bin(BinaryOp::kSub, v[2], step(bin(BinaryOp::kMul, v[0], v[1]))));      // z - x * y
+      outs.push_back(k.Binary(BinaryOp::kAdd, step(k.Binary(BinaryOp::kMul, 1.5, v[1])), -0.25));
+      // Row broadcasts (ROW stage): (x - rowmax) * rowsum, then * y.
+      NDObject* mx = k.Reduce(ReduceOp::kMax, v[0], {1}, true);
+      NDObject* sm = k.Reduce(ReduceOp::kSum, v[2], {1}, true);
+      NDObject* c = step(bin(BinaryOp::kSub, v[0], mx));
+      outs.push_back(bin(BinaryOp::kMul, step(bin(BinaryOp::kMul, c, sm)), v[1]));
+      outs.insert(outs.end(), steps.begin(), steps.end());
+      return outs;
+    };
+    {  // the chains are fused: six pairs in the kernel without stored steps
+      Kernel k;
+      std::vector<NDObject*> v;
+      for (const Tensor& t : in) v.push_back(k.Load(nullptr, Dims(t.shape.data(), t.shape.size()), t.dt));
+      for (NDObject* o : build(k, v, false)) k.Store(nullptr, o);
+      k.CodeGen();
+      EXPECT_EQ(vm::Executable(k.Bytecode()).fused_chains(), 6) << k.Das();
+    }
+    std::vector<Tensor> want;
+    for (bool store_steps : {false, true}) {
+      std::vector<Tensor> got =
+          ::dvm::Run(in, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v, store_steps); });
+      if (store_steps) {
+        ASSERT_EQ(got.size(), want.size() + 7);
+        for (size_t o = 0; o < want.size(); ++o) EXPECT_EQ(got[o].bytes, want[o].bytes) << "output " << o;
+      } else {
+        want = got;
+      }
+    }
+  }
+}
+
 TEST(KernelsFused, SumOfSquaresEqualsMulThenSum) {
   for (int64_t K : {1, 3, 8, 15, 16, 17, 100, 768, 1000, 4096}) {
     SCOPED_TRACE("K=" + std::to_string(K));
@@ -1007,21 +1132,21 @@ TEST(KernelsAccuracy, SpecialValuesHandled) {
 TEST(KernelsAccuracy, SpecialValues) {
   const float inf = std::numeric_limits<float>::infinity();
   auto one = [](UnaryOp op, float x) { return RunUnaryF32(op, {x})[0]; };
-  EXPECT_EQ(one(UnaryOp::kExp, 200.0f), inf);           // today 0 (x >~ 179)
-  EXPECT_EQ(one(UnaryOp::kExp, 1e5f), inf);             // today 3.4e-35
-  EXPECT_TRUE(std::isnan(one(UnaryOp::kExp, NAN)));     // today 0
-  EXPECT_EQ(one(UnaryOp::kSigmoid, -200.0f), 0.0f);     // today 1 (exp(200) = 0)
-  EXPECT_EQ(one(UnaryOp::kSigmoid, -1000.0f), 0.0f);    // today 1
-  EXPECT_TRUE(std::isnan(one(UnaryOp::kSigmoid, NAN)));  // today 1
-  EXPECT_EQ(one(UnaryOp::kLog, 0.0f), -inf);            // today -105.36
-  EXPECT_EQ(one(UnaryOp::kLog, -0.0f), -inf);           // today 72.09
-  EXPECT_EQ(one(UnaryOp::kLog, inf), inf);              // today 88.72
-  EXPECT_TRUE(std::isnan(one(UnaryOp::kLog, -1.0f)));   // today a finite number
-  EXPECT_TRUE(std::isnan(one(UnaryOp::kLog, NAN)));     // today 89.13
-  EXPECT_TRUE(std::isnan(one(UnaryOp::kErf, NAN)));     // today -1
-  EXPECT_TRUE(std::isnan(one(UnaryOp::kSin, inf)));     // today -inf
-  EXPECT_TRUE(std::isnan(one(UnaryOp::kCos, inf)));     // today inf
-  EXPECT_LE(std::fabs(one(UnaryOp::kSin, 1e30f)), 1.0f);  // today -inf
+  EXPECT_EQ(one(UnaryOp::kExp, 200.0f), inf);                   // today 0 (x >~ 179)
+  EXPECT_EQ(one(UnaryOp::kExp, 1e5f), inf);                     // today 3.4e-35
+  EXPECT_TRUE(std::isnan(one(UnaryOp::kExp, NAN)));             // today 0
+  EXPECT_EQ(one(UnaryOp::kSigmoid, -200.0f), 0.0f);             // today 1 (exp(200) = 0)
+  EXPECT_EQ(one(UnaryOp::kSigmoid, -1000.0f), 0.0f);            // today 1
+  EXPECT_TRUE(std::isnan(one(UnaryOp::kSigmoid, NAN)));         // today 1
+  EXPECT_EQ(one(UnaryOp::kLog, 0.0f), -inf);                    // today -105.36
+  EXPECT_EQ(one(UnaryOp::kLog, -0.0f), -inf);                   // today 72.09
+  EXPECT_EQ(one(UnaryOp::kLog, inf), inf);                      // today 88.72
+  EXPECT_TRUE(std::isnan(one(UnaryOp::kLog, -1.0f)));           // today a finite number
+  EXPECT_TRUE(std::isnan(one(UnaryOp::kLog, NAN)));             // today 89.13
+  EXPECT_TRUE(std::isnan(one(UnaryOp::kErf, NAN)));             // today -1
+  EXPECT_TRUE(std::isnan(one(UnaryOp::kSin, inf)));             // today -inf
+  EXPECT_TRUE(std::isnan(one(UnaryOp::kCos, inf)));             // today inf
+  EXPECT_LE(std::fabs(one(UnaryOp::kSin, 1e30f)), 1.0f);        // today -inf
   EXPECT_LE(std::fabs(one(UnaryOp::kErf, -3.9832354f)), 1.0f);  // today -1.00000036
 }
 
@@ -1033,7 +1158,9 @@ TEST(KernelsAccuracy, SpecialValues) {
 // lose their payload (they must stay NaNs of the same sign).
 void CheckRoundTrip(DType dt) {
   const bool f16 = dt == DType::kFloat16;
-  auto is_nan = [&](uint16_t h) { return f16 ? (h & 0x7c00) == 0x7c00 && (h & 0x3ff) : (h & 0x7f80) == 0x7f80 && (h & 0x7f); };
+  auto is_nan = [&](uint16_t h) {
+    return f16 ? (h & 0x7c00) == 0x7c00 && (h & 0x3ff) : (h & 0x7f80) == 0x7f80 && (h & 0x7f);
+  };
   auto check = [&](const std::vector<uint16_t>& want, const std::vector<uint16_t>& got, const char* path) {
     int bad = 0;
     for (size_t i = 0; i < want.size(); ++i) {

@@ -1329,6 +1329,7 @@ class Gen {
     g.body_tile = t_->elem_tile;
   }
 
+  static constexpr int kFreshLoadRegs = 12;
   void AllocRegs(StageEmit& e) {
     // Order by section, keeping emission order inside a section.
     std::stable_sort(e.code.begin(), e.code.end(), [](const VInstr& a, const VInstr& b) { return a.sec < b.sec; });
@@ -1379,6 +1380,12 @@ class Gen {
           phys[v.dst_v] = used;
           used += 2;
         }
+        // A LOAD takes a fresh register while there are few: loads mostly
+        // alias the tensor (no scratch is touched), and not reusing the
+        // registers just freed keeps the operands of the instruction before
+        // intact, so the VM can fuse it with its reader (FuseBinaryChains).
+        if (phys[v.dst_v] < 0 && bc::Opcode(v.in.op) == bc::Opcode::LOAD && used < kFreshLoadRegs)
+          phys[v.dst_v] = used++;
         if (phys[v.dst_v] < 0) phys[v.dst_v] = alloc();
         v.in.dst = static_cast<uint8_t>(phys[v.dst_v]);
       }

@@ -9,14 +9,18 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "ir/dtype.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "vm/cpu/kernels.cc"
+// foreach_target must come first: it re-includes this file per target.
+// clang-format off
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
 #include <hwy/contrib/math/math-inl.h>
+// clang-format on
 
 HWY_BEFORE_NAMESPACE();
 namespace dvm::vm::HWY_NAMESPACE {
@@ -174,9 +178,9 @@ HWY_INLINE void MapI(const VInst& vi, TileCtx& c, F f) {
 }
 
 // Float unary -> float.
-#define DVM_UNF(NAME, EXPR)                                               \
-  void NAME(const VInst& vi, TileCtx& c) {                                \
-    MapF(vi, c, [](DF d, VF x) HWY_ATTR { return EXPR; });                \
+#define DVM_UNF(NAME, EXPR)                                \
+  void NAME(const VInst& vi, TileCtx& c) {                 \
+    MapF(vi, c, [](DF d, VF x) HWY_ATTR { return EXPR; }); \
   }
 DVM_UNF(SqrtF, hn::Sqrt(x))
 DVM_UNF(RsqrtF, hn::Div(hn::Set(d, 1.0f), hn::Sqrt(x)))
@@ -206,10 +210,10 @@ void CopyRegs(const VInst& vi, TileCtx& c) {
 }
 
 // Integer unary (i32 lanes); kWrap8 wraps results to 8 bits.
-#define DVM_UNI(NAME, EXPR)                                                        \
-  template <bool kWrap8>                                                           \
-  void NAME(const VInst& vi, TileCtx& c) {                                         \
-    MapI<kWrap8>(vi, c, [](DI d, VI x) HWY_ATTR { return EXPR; });                 \
+#define DVM_UNI(NAME, EXPR)                                        \
+  template <bool kWrap8>                                           \
+  void NAME(const VInst& vi, TileCtx& c) {                         \
+    MapI<kWrap8>(vi, c, [](DI d, VI x) HWY_ATTR { return EXPR; }); \
   }
 DVM_UNI(AbsI, hn::IfThenElse(hn::Lt(x, hn::Zero(d)), hn::Sub(hn::Zero(d), x), x))
 DVM_UNI(NegI, hn::Sub(hn::Zero(d), x))
@@ -222,8 +226,7 @@ void IsFiniteF(const VInst& vi, TileCtx& c) {
   const float* a = c.R<float>(vi.a);
   int32_t* o = c.W<int32_t>(vi.dst);
   const int64_t nl = c.n[vi.level];
-  for (int64_t i = 0; i < nl; i += hn::Lanes(d))
-    hn::StoreU(BoolF(d, hn::IsFinite(hn::LoadU(d, a + i))), di, o + i);
+  for (int64_t i = 0; i < nl; i += hn::Lanes(d)) hn::StoreU(BoolF(d, hn::IsFinite(hn::LoadU(d, a + i))), di, o + i);
 }
 void OnesI(const VInst& vi, TileCtx& c) {
   const DI d;
@@ -251,8 +254,7 @@ void NotI(const VInst& vi, TileCtx& c) {
 
 // Binary ops. kForm: 0 = reg op reg, 1 = reg op const, 2 = const op reg.
 template <int kForm, class D, class T, class V>
-HWY_INLINE void Operands(const VInst& vi, const TileCtx& c, D d, const T* a, const T* b, int64_t i,
-                         V k, V& x, V& y) {
+HWY_INLINE void Operands(const VInst& vi, const TileCtx& c, D d, const T* a, const T* b, int64_t i, V k, V& x, V& y) {
   if (kForm == 0) {
     x = hn::LoadU(d, a + i);
     y = hn::LoadU(d, b + i);
@@ -321,14 +323,14 @@ HWY_INLINE void BinIB(const VInst& vi, TileCtx& c, F f) {
   }
 }
 
-#define DVM_BIN(NAME, KIND, EXPR)                                                    \
-  template <int kForm>                                                               \
-  void NAME(const VInst& vi, TileCtx& c) {                                           \
-    KIND<kForm>(vi, c, [](auto d, auto x, auto y) HWY_ATTR { return EXPR; });        \
+#define DVM_BIN(NAME, KIND, EXPR)                                             \
+  template <int kForm>                                                        \
+  void NAME(const VInst& vi, TileCtx& c) {                                    \
+    KIND<kForm>(vi, c, [](auto d, auto x, auto y) HWY_ATTR { return EXPR; }); \
   }
-#define DVM_BINI(NAME, EXPR)                                                         \
-  template <int kForm, bool kWrap8>                                                  \
-  void NAME(const VInst& vi, TileCtx& c) {                                           \
+#define DVM_BINI(NAME, EXPR)                                                           \
+  template <int kForm, bool kWrap8>                                                    \
+  void NAME(const VInst& vi, TileCtx& c) {                                             \
     BinII<kForm, kWrap8>(vi, c, [](auto d, auto x, auto y) HWY_ATTR { return EXPR; }); \
   }
 DVM_BIN(AddF, BinFF, hn::Add(x, y))
@@ -393,6 +395,83 @@ HWY_INLINE void BinRowFF(const VInst& vi, TileCtx& c, F f) {
   void NAME(const VInst& vi, TileCtx& c) {                           \
     BinRowFF(vi, c, [](DF d, VF x, VF y) HWY_ATTR { return EXPR; }); \
   }
+// ---- fused chains of two binary ops (vm.cc FuseBinaryChains) ------------------
+
+template <int kOp>
+HWY_INLINE VF ChainOp(VF x, VF y) {
+  if constexpr (kOp == 0)
+    return hn::Add(x, y);
+  else if constexpr (kOp == 1)
+    return hn::Sub(x, y);
+  else
+    return hn::Mul(x, y);
+}
+
+// See ChainHandler (kernels.h). Rows (a row-broadcast operand) are walked
+// like BinRowFF, their tails through buffers so that no lane of the next row
+// is touched (dst may be a, b or c).
+template <int kOp1, int kOp2, int kY, int kZ, bool kZFirst>
+void ChainF(const VInst& vi, TileCtx& c) {
+  const DF d;
+  const int64_t L = hn::Lanes(d);
+  const float* a = c.R<float>(vi.a);
+  const float* b = kY != 1 ? c.R<float>(vi.b) : nullptr;
+  const float* z = kZ != 1 ? c.R<float>(vi.c) : nullptr;
+  float* o = c.W<float>(vi.dst);
+  const VF k1 = hn::Set(d, BitsF32(vi.kbits)), k2 = hn::Set(d, BitsF32(vi.kbits2));
+  auto f = [&](VF x, VF y, VF w) HWY_ATTR {
+    const VF t = Opaque(d, ChainOp<kOp1>(x, y));  // rounded, never contracted into an FMA
+    return kZFirst ? ChainOp<kOp2>(w, t) : ChainOp<kOp2>(t, w);
+  };
+  if constexpr (kY == 2 || kZ == 2) {
+    const int64_t rows = c.n[1];
+    const int64_t K = rows ? c.n[0] / rows : 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const VF yr = kY == 2 ? hn::Set(d, b[r]) : k1, zr = kZ == 2 ? hn::Set(d, z[r]) : k2;
+      int64_t i = r * K;
+      const int64_t e = i + K;
+      for (; i + L <= e; i += L) {
+        const VF y = kY == 0 ? hn::LoadU(d, b + i) : yr, w = kZ == 0 ? hn::LoadU(d, z + i) : zr;
+        hn::StoreU(f(hn::LoadU(d, a + i), y, w), d, o + i);
+      }
+      if (i < e) {
+        HWY_ALIGN float ba[hn::MaxLanes(d)] = {}, bb[hn::MaxLanes(d)] = {}, bz[hn::MaxLanes(d)] = {};
+        const size_t tail = sizeof(float) * static_cast<size_t>(e - i);
+        std::memcpy(ba, a + i, tail);
+        if (kY == 0) std::memcpy(bb, b + i, tail);
+        if (kZ == 0) std::memcpy(bz, z + i, tail);
+        const VF y = kY == 0 ? hn::Load(d, bb) : yr, w = kZ == 0 ? hn::Load(d, bz) : zr;
+        hn::Store(f(hn::Load(d, ba), y, w), d, ba);
+        std::memcpy(o + i, ba, tail);
+      }
+    }
+  } else {
+    const int64_t n = c.n[vi.level];
+    for (int64_t i = 0; i < n; i += L) {
+      const VF y = kY == 0 ? hn::LoadU(d, b + i) : k1, w = kZ == 0 ? hn::LoadU(d, z + i) : k2;
+      hn::StoreU(f(hn::LoadU(d, a + i), y, w), d, o + i);
+    }
+  }
+}
+
+// The table: z_first only for op2 = sub (add and mul commute).
+template <size_t I>
+constexpr Handler ChainAt() {
+  constexpr int op1 = I / 27, op2 = I / 9 % 3, y = I / 3 % 3, z = I % 3;
+  return &ChainF<op1, op2, y, z, false>;
+}
+template <size_t I>
+constexpr Handler ChainFirstAt() {
+  constexpr int op1 = I / 9, y = I / 3 % 3, z = I % 3;
+  return &ChainF<op1, 1, y, z, true>;
+}
+template <size_t... I, size_t... J>
+Handler ChainLookup(size_t i, bool first, std::index_sequence<I...>, std::index_sequence<J...>) {
+  static const Handler kPlain[] = {ChainAt<I>()...};
+  static const Handler kFirst[] = {ChainFirstAt<J>()...};
+  return first ? kFirst[i % 27] : kPlain[i];
+}
+
 DVM_BINROW(AddRowF, hn::Add(x, y))
 DVM_BINROW(SubRowF, hn::Sub(x, y))
 DVM_BINROW(MulRowF, hn::Mul(x, y))
@@ -519,7 +598,7 @@ HWY_INLINE float AccS(float a, float b) {
 }
 template <int kOp>
 constexpr float AccInit() {
-  return kOp == 0 ? 0.0f
+  return kOp == 0   ? 0.0f
          : kOp == 1 ? -std::numeric_limits<float>::infinity()
          : kOp == 2 ? std::numeric_limits<float>::infinity()
                     : 1.0f;
@@ -610,10 +689,18 @@ void WAccT(const VInst& vi, TileCtx& c) {
 }
 void WAcc(const VInst& vi, TileCtx& c) {
   switch (vi.sub) {
-    case 0: WAccT<0>(vi, c); break;
-    case 1: WAccT<1>(vi, c); break;
-    case 2: WAccT<2>(vi, c); break;
-    default: WAccT<3>(vi, c); break;
+    case 0:
+      WAccT<0>(vi, c);
+      break;
+    case 1:
+      WAccT<1>(vi, c);
+      break;
+    case 2:
+      WAccT<2>(vi, c);
+      break;
+    default:
+      WAccT<3>(vi, c);
+      break;
   }
 }
 void WFill(const VInst& vi, TileCtx& c) {
@@ -641,9 +728,8 @@ void ColAccRowsT(double* w, const float* x, int64_t stride, int64_t rows, int64_
   int64_t c = 0;
   for (; c + 8 * LD <= cols; c += 8 * LD) {
     VD a0 = hn::LoadU(dd, w + c), a1 = hn::LoadU(dd, w + c + LD), a2 = hn::LoadU(dd, w + c + 2 * LD),
-       a3 = hn::LoadU(dd, w + c + 3 * LD), a4 = hn::LoadU(dd, w + c + 4 * LD),
-       a5 = hn::LoadU(dd, w + c + 5 * LD), a6 = hn::LoadU(dd, w + c + 6 * LD),
-       a7 = hn::LoadU(dd, w + c + 7 * LD);
+       a3 = hn::LoadU(dd, w + c + 3 * LD), a4 = hn::LoadU(dd, w + c + 4 * LD), a5 = hn::LoadU(dd, w + c + 5 * LD),
+       a6 = hn::LoadU(dd, w + c + 6 * LD), a7 = hn::LoadU(dd, w + c + 7 * LD);
     const float* p = x + c;
     for (int64_t r = 0; r < rows; ++r, p += stride) {
       a0 = AccD<kOp>(dd, a0, hn::PromoteTo(dd, hn::LoadU(dh, p)));
@@ -846,31 +932,31 @@ Handler Form(uint8_t form) {
   return form == 0 ? &H<0>::Run : form == 1 ? &H<1>::Run : &H<2>::Run;
 }
 
-#define DVM_FORMS(NAME)                                                                  \
-  template <int kForm>                                                                   \
-  struct NAME##_ {                                                                       \
-    static void Run(const VInst& vi, TileCtx& c) { NAME<kForm>(vi, c); }                 \
+#define DVM_FORMS(NAME)                                                  \
+  template <int kForm>                                                   \
+  struct NAME##_ {                                                       \
+    static void Run(const VInst& vi, TileCtx& c) { NAME<kForm>(vi, c); } \
   };
-#define DVM_FORMS_I(NAME)                                                                \
-  template <int kForm>                                                                   \
-  struct NAME##_32 {                                                                     \
-    static void Run(const VInst& vi, TileCtx& c) { NAME<kForm, false>(vi, c); }          \
-  };                                                                                     \
-  template <int kForm>                                                                   \
-  struct NAME##_8 {                                                                      \
-    static void Run(const VInst& vi, TileCtx& c) { NAME<kForm, true>(vi, c); }           \
+#define DVM_FORMS_I(NAME)                                                       \
+  template <int kForm>                                                          \
+  struct NAME##_32 {                                                            \
+    static void Run(const VInst& vi, TileCtx& c) { NAME<kForm, false>(vi, c); } \
+  };                                                                            \
+  template <int kForm>                                                          \
+  struct NAME##_8 {                                                             \
+    static void Run(const VInst& vi, TileCtx& c) { NAME<kForm, true>(vi, c); }  \
   };
-DVM_FORMS(AddF) DVM_FORMS(SubF) DVM_FORMS(MulF) DVM_FORMS(DivF) DVM_FORMS(PowF)
-DVM_FORMS(MaxF) DVM_FORMS(MinF) DVM_FORMS(EqF) DVM_FORMS(NeF) DVM_FORMS(LtF)
-DVM_FORMS(LeF) DVM_FORMS(GtF) DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF)
-DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI)
-DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI)
-DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI)
-DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
+DVM_FORMS(AddF)
+DVM_FORMS(SubF)
+DVM_FORMS(MulF)
+DVM_FORMS(DivF) DVM_FORMS(PowF) DVM_FORMS(MaxF) DVM_FORMS(MinF) DVM_FORMS(EqF) DVM_FORMS(NeF) DVM_FORMS(LtF)
+    DVM_FORMS(LeF) DVM_FORMS(GtF) DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI)
+        DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI)
+            DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
 #undef DVM_FORMS
 #undef DVM_FORMS_I
 
-Handler SelectHandlerT(const bc::Inst& in) {
+                Handler SelectHandlerT(const bc::Inst& in) {
   using bc::Opcode;
   const DType type = DType(in.type);
   const DType src = DType((in.flags & bc::kSrcMask) >> bc::kSrcShift);
@@ -882,42 +968,85 @@ Handler SelectHandlerT(const bc::Inst& in) {
     case Opcode::LOAD:
     case Opcode::STORE:
     case Opcode::FILL:
-    case Opcode::kCount: return nullptr;
-    case Opcode::COPY: return &CopyRegs;
-    case Opcode::SQRT: return &SqrtF;
-    case Opcode::RSQRT: return &RsqrtF;
-    case Opcode::ABS: return fsrc ? &AbsF : i8 ? &AbsI<true> : &AbsI<false>;
-    case Opcode::NEG: return fsrc ? &NegF : i8 ? &NegI<true> : &NegI<false>;
-    case Opcode::EXP: return &ExpF;
-    case Opcode::LOG: return &LogF;
-    case Opcode::RECIP: return &RecipF;
-    case Opcode::TANH: return &TanhF;
-    case Opcode::SIGMOID: return &SigmoidF;
-    case Opcode::ERF: return &ErfF;
-    case Opcode::RELU: return fsrc ? &ReluF : i8 ? &ReluI<true> : &ReluI<false>;
-    case Opcode::SIN: return &SinF;
-    case Opcode::COS: return &CosF;
-    case Opcode::FLOOR: return fsrc ? &FloorF : &CopyRegs;
-    case Opcode::CEIL: return fsrc ? &CeilF : &CopyRegs;
-    case Opcode::ROUND: return fsrc ? &RoundF : &CopyRegs;
-    case Opcode::ISFINITE: return fsrc ? &IsFiniteF : &OnesI;
-    case Opcode::NOT: return fsrc ? &NotF : &NotI;
-    case Opcode::ADD: if (fsrc) return Form<AddF_>(form); DVM_IBIN(AddI);
-    case Opcode::SUB: if (fsrc) return Form<SubF_>(form); DVM_IBIN(SubI);
-    case Opcode::MUL: if (fsrc) return Form<MulF_>(form); DVM_IBIN(MulI);
-    case Opcode::DIV: if (fsrc) return Form<DivF_>(form); DVM_IBIN(DivI);
-    case Opcode::POW: if (fsrc) return Form<PowF_>(form); DVM_IBIN(PowI);
-    case Opcode::MAX: if (fsrc) return Form<MaxF_>(form); DVM_IBIN(MaxI);
-    case Opcode::MIN: if (fsrc) return Form<MinF_>(form); DVM_IBIN(MinI);
-    case Opcode::EQ: return fsrc ? Form<EqF_>(form) : Form<EqI_>(form);
-    case Opcode::NE: return fsrc ? Form<NeF_>(form) : Form<NeI_>(form);
-    case Opcode::LT: return fsrc ? Form<LtF_>(form) : Form<LtI_>(form);
-    case Opcode::LE: return fsrc ? Form<LeF_>(form) : Form<LeI_>(form);
-    case Opcode::GT: return fsrc ? Form<GtF_>(form) : Form<GtI_>(form);
-    case Opcode::GE: return fsrc ? Form<GeF_>(form) : Form<GeI_>(form);
-    case Opcode::AND: return fsrc ? Form<AndF_>(form) : Form<AndI_>(form);
-    case Opcode::OR: return fsrc ? Form<OrF_>(form) : Form<OrI_>(form);
-    case Opcode::SELECT: return &Select;
+    case Opcode::kCount:
+      return nullptr;
+    case Opcode::COPY:
+      return &CopyRegs;
+    case Opcode::SQRT:
+      return &SqrtF;
+    case Opcode::RSQRT:
+      return &RsqrtF;
+    case Opcode::ABS:
+      return fsrc ? &AbsF : i8 ? &AbsI<true> : &AbsI<false>;
+    case Opcode::NEG:
+      return fsrc ? &NegF : i8 ? &NegI<true> : &NegI<false>;
+    case Opcode::EXP:
+      return &ExpF;
+    case Opcode::LOG:
+      return &LogF;
+    case Opcode::RECIP:
+      return &RecipF;
+    case Opcode::TANH:
+      return &TanhF;
+    case Opcode::SIGMOID:
+      return &SigmoidF;
+    case Opcode::ERF:
+      return &ErfF;
+    case Opcode::RELU:
+      return fsrc ? &ReluF : i8 ? &ReluI<true> : &ReluI<false>;
+    case Opcode::SIN:
+      return &SinF;
+    case Opcode::COS:
+      return &CosF;
+    case Opcode::FLOOR:
+      return fsrc ? &FloorF : &CopyRegs;
+    case Opcode::CEIL:
+      return fsrc ? &CeilF : &CopyRegs;
+    case Opcode::ROUND:
+      return fsrc ? &RoundF : &CopyRegs;
+    case Opcode::ISFINITE:
+      return fsrc ? &IsFiniteF : &OnesI;
+    case Opcode::NOT:
+      return fsrc ? &NotF : &NotI;
+    case Opcode::ADD:
+      if (fsrc) return Form<AddF_>(form);
+      DVM_IBIN(AddI);
+    case Opcode::SUB:
+      if (fsrc) return Form<SubF_>(form);
+      DVM_IBIN(SubI);
+    case Opcode::MUL:
+      if (fsrc) return Form<MulF_>(form);
+      DVM_IBIN(MulI);
+    case Opcode::DIV:
+      if (fsrc) return Form<DivF_>(form);
+      DVM_IBIN(DivI);
+    case Opcode::POW:
+      if (fsrc) return Form<PowF_>(form);
+      DVM_IBIN(PowI);
+    case Opcode::MAX:
+      if (fsrc) return Form<MaxF_>(form);
+      DVM_IBIN(MaxI);
+    case Opcode::MIN:
+      if (fsrc) return Form<MinF_>(form);
+      DVM_IBIN(MinI);
+    case Opcode::EQ:
+      return fsrc ? Form<EqF_>(form) : Form<EqI_>(form);
+    case Opcode::NE:
+      return fsrc ? Form<NeF_>(form) : Form<NeI_>(form);
+    case Opcode::LT:
+      return fsrc ? Form<LtF_>(form) : Form<LtI_>(form);
+    case Opcode::LE:
+      return fsrc ? Form<LeF_>(form) : Form<LeI_>(form);
+    case Opcode::GT:
+      return fsrc ? Form<GtF_>(form) : Form<GtI_>(form);
+    case Opcode::GE:
+      return fsrc ? Form<GeF_>(form) : Form<GeI_>(form);
+    case Opcode::AND:
+      return fsrc ? Form<AndF_>(form) : Form<AndI_>(form);
+    case Opcode::OR:
+      return fsrc ? Form<OrF_>(form) : Form<OrI_>(form);
+    case Opcode::SELECT:
+      return &Select;
     case Opcode::CAST:
       if (fsrc) {
         if (type == DType::kFloat32) return &CopyRegs;
@@ -930,15 +1059,24 @@ Handler SelectHandlerT(const bc::Inst& in) {
       if (type == DType::kBool) return &IntToBool;
       if (type == DType::kInt8) return &IntToI8;
       return &CopyRegs;
-    case Opcode::RSUM: return fsrc ? &RowReduceF<0> : i8 ? &RowReduceI<0, true> : &RowReduceI<0, false>;
-    case Opcode::RMAX: return fsrc ? &RowReduceF<1> : &RowReduceI<1, false>;
-    case Opcode::RMIN: return fsrc ? &RowReduceF<2> : &RowReduceI<2, false>;
-    case Opcode::RPROD: return fsrc ? &RowReduceF<3> : i8 ? &RowReduceI<3, true> : &RowReduceI<3, false>;
-    case Opcode::BCAST: return &Bcast;
-    case Opcode::WFILL: return &WFill;
-    case Opcode::WACC: return &WAcc;
-    case Opcode::WNARROW: return &WNarrow;
-    case Opcode::GELU: return &GeluTanhF;
+    case Opcode::RSUM:
+      return fsrc ? &RowReduceF<0> : i8 ? &RowReduceI<0, true> : &RowReduceI<0, false>;
+    case Opcode::RMAX:
+      return fsrc ? &RowReduceF<1> : &RowReduceI<1, false>;
+    case Opcode::RMIN:
+      return fsrc ? &RowReduceF<2> : &RowReduceI<2, false>;
+    case Opcode::RPROD:
+      return fsrc ? &RowReduceF<3> : i8 ? &RowReduceI<3, true> : &RowReduceI<3, false>;
+    case Opcode::BCAST:
+      return &Bcast;
+    case Opcode::WFILL:
+      return &WFill;
+    case Opcode::WACC:
+      return &WAcc;
+    case Opcode::WNARROW:
+      return &WNarrow;
+    case Opcode::GELU:
+      return &GeluTanhF;
   }
 #undef DVM_IBIN
   return nullptr;
@@ -946,49 +1084,80 @@ Handler SelectHandlerT(const bc::Inst& in) {
 
 Handler RowSumSquaresHandlerT() { return &RowSumSqF; }
 
+Handler ChainHandlerT(int op1, int op2, int y_kind, int z_kind, bool z_first) {
+  if (op1 < 0 || op1 > 2 || op2 < 0 || op2 > 2 || y_kind < 0 || y_kind > 2 || z_kind < 0 || z_kind > 2) return nullptr;
+  if (z_first && op2 != 1) z_first = false;  // add and mul commute
+  const size_t i = z_first ? static_cast<size_t>((op1 * 3 + y_kind) * 3 + z_kind)
+                           : static_cast<size_t>(((op1 * 3 + op2) * 3 + y_kind) * 3 + z_kind);
+  return ChainLookup(i, z_first, std::make_index_sequence<81>(), std::make_index_sequence<27>());
+}
+
 Handler RowBroadcastHandlerT(const bc::Inst& in) {
   using bc::Opcode;
   const DType src = DType((in.flags & bc::kSrcMask) >> bc::kSrcShift);
   if (!IsFloat(src) || !IsFloat(DType(in.type))) return nullptr;
   switch (Opcode(in.op)) {
-    case Opcode::ADD: return &AddRowF;
-    case Opcode::SUB: return &SubRowF;
-    case Opcode::MUL: return &MulRowF;
-    case Opcode::DIV: return &DivRowF;
-    case Opcode::MAX: return &MaxRowF;
-    case Opcode::MIN: return &MinRowF;
-    default: return nullptr;
+    case Opcode::ADD:
+      return &AddRowF;
+    case Opcode::SUB:
+      return &SubRowF;
+    case Opcode::MUL:
+      return &MulRowF;
+    case Opcode::DIV:
+      return &DivRowF;
+    case Opcode::MAX:
+      return &MaxRowF;
+    case Opcode::MIN:
+      return &MinRowF;
+    default:
+      return nullptr;
   }
 }
 
 ColAccFn ColAccumulatorT(int op) {
   switch (op) {
-    case 0: return &ColAccT<0>;
-    case 1: return &ColAccT<1>;
-    case 2: return &ColAccT<2>;
-    default: return &ColAccT<3>;
+    case 0:
+      return &ColAccT<0>;
+    case 1:
+      return &ColAccT<1>;
+    case 2:
+      return &ColAccT<2>;
+    default:
+      return &ColAccT<3>;
   }
 }
 
 ConvertFn LoadConverterT(DType t) {
   switch (t) {
-    case DType::kFloat32: return &LoadF32;
-    case DType::kFloat16: return &LoadF16;
-    case DType::kBFloat16: return &LoadBF16;
-    case DType::kInt32: return &LoadI32;
-    case DType::kInt8: return &LoadI8;
-    case DType::kBool: return &LoadBool;
+    case DType::kFloat32:
+      return &LoadF32;
+    case DType::kFloat16:
+      return &LoadF16;
+    case DType::kBFloat16:
+      return &LoadBF16;
+    case DType::kInt32:
+      return &LoadI32;
+    case DType::kInt8:
+      return &LoadI8;
+    case DType::kBool:
+      return &LoadBool;
   }
   return nullptr;
 }
 ConvertFn StoreConverterT(DType t) {
   switch (t) {
-    case DType::kFloat32: return &LoadF32;
-    case DType::kFloat16: return &StoreF16;
-    case DType::kBFloat16: return &StoreBF16;
-    case DType::kInt32: return &LoadI32;
-    case DType::kInt8: return &StoreI8;
-    case DType::kBool: return &StoreBool;
+    case DType::kFloat32:
+      return &LoadF32;
+    case DType::kFloat16:
+      return &StoreF16;
+    case DType::kBFloat16:
+      return &StoreBF16;
+    case DType::kInt32:
+      return &LoadI32;
+    case DType::kInt8:
+      return &StoreI8;
+    case DType::kBool:
+      return &StoreBool;
   }
   return nullptr;
 }
@@ -1015,6 +1184,7 @@ HWY_EXPORT(LoadConverterT);
 HWY_EXPORT(ColAccumulatorT);
 HWY_EXPORT(RowBroadcastHandlerT);
 HWY_EXPORT(RowSumSquaresHandlerT);
+HWY_EXPORT(ChainHandlerT);
 HWY_EXPORT(StoreConverterT);
 HWY_EXPORT(ErfScalarT);
 HWY_EXPORT(TargetNameT);
@@ -1024,6 +1194,9 @@ ConvertFn LoadConverter(DType t) { return HWY_DYNAMIC_DISPATCH(LoadConverterT)(t
 ColAccFn ColAccumulator(int op) { return HWY_DYNAMIC_DISPATCH(ColAccumulatorT)(op); }
 Handler RowBroadcastHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(RowBroadcastHandlerT)(in); }
 Handler RowSumSquaresHandler() { return HWY_DYNAMIC_DISPATCH(RowSumSquaresHandlerT)(); }
+Handler ChainHandler(int op1, int op2, int y_kind, int z_kind, bool z_first) {
+  return HWY_DYNAMIC_DISPATCH(ChainHandlerT)(op1, op2, y_kind, z_kind, z_first);
+}
 ConvertFn StoreConverter(DType t) { return HWY_DYNAMIC_DISPATCH(StoreConverterT)(t); }
 float ErfApprox(float x) { return HWY_DYNAMIC_DISPATCH(ErfScalarT)(x); }
 const char* TargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameT)(); }

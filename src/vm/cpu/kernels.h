@@ -59,7 +59,13 @@ struct VInst {
   uint8_t sub = 0;                        // raw b byte (reduce op of wide ops)
   uint16_t fwd_view = kNoForward;         // store forwarding (see vm.cc)
   Handler fn2 = nullptr;                  // the handler a forwarding wrapper runs
+  uint32_t kbits2 = 0;                    // second constant (fused chains)
+  uint8_t form = 0;                       // binary ops: bc form, or kFormRow
+  bool fused = false;                     // part of a decode-time fusion
 };
+// VInst::form of a binary op whose b operand is a reduced register broadcast
+// over each row (vm.cc FuseRowBroadcasts).
+constexpr uint8_t kFormRow = 3;
 
 // The SIMD handler for an instruction (runtime ISA dispatch), or nullptr when
 // the (opcode, dtype) pair has none. LOAD and STORE are handled by the VM.
@@ -80,6 +86,13 @@ ColAccFn ColAccumulator(int op);
 // operand b is a reduced register broadcast over each row of a ROW tile
 // (BCAST fused into its reader), or nullptr.
 Handler RowBroadcastHandler(const bc::Inst& in);
+// Two f32 binary ops run as one pass (vm.cc FuseBinaryChains):
+//   R[dst] = op2(op1(R[a], y), z), or op2(z, op1(R[a], y)) when z_first,
+// op 0 add, 1 sub, 2 mul; y / z kinds: 0 register (b / c), 1 constant
+// (kbits / kbits2), 2 reduced register broadcast per row (b / c; ROW
+// stages). The intermediate is rounded to f32 as the two instructions round
+// it. nullptr for a combination that is not provided.
+Handler ChainHandler(int op1, int op2, int y_kind, int z_kind, bool z_first);
 
 // The handler of a float RSUM of x * x (a MUL of a register by itself fused
 // into the RSUM reading it): the bits of the MUL then the RSUM.

@@ -1,12 +1,12 @@
 #include "vm/cpu/vm.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-
-#include <cblas.h>
 
 #include "ir/dtype.h"
 #include "ir/error.h"
@@ -35,8 +35,10 @@ uint32_t LoadOne(DType t, const uint8_t* p) {
       std::memcpy(&h, p, 2);
       return uint32_t(h) << 16;
     }
-    case DType::kInt8: return static_cast<uint32_t>(static_cast<int32_t>(static_cast<int8_t>(*p)));
-    case DType::kBool: return *p != 0;
+    case DType::kInt8:
+      return static_cast<uint32_t>(static_cast<int32_t>(static_cast<int8_t>(*p)));
+    case DType::kBool:
+      return *p != 0;
   }
   return 0;
 }
@@ -44,7 +46,9 @@ uint32_t LoadOne(DType t, const uint8_t* p) {
 void StoreOne(DType t, uint8_t* p, uint32_t v) {
   switch (t) {
     case DType::kFloat32:
-    case DType::kInt32: std::memcpy(p, &v, 4); break;
+    case DType::kInt32:
+      std::memcpy(p, &v, 4);
+      break;
     case DType::kFloat16: {
       uint16_t h = F32ToF16(BitsF32(v));
       std::memcpy(p, &h, 2);
@@ -55,8 +59,12 @@ void StoreOne(DType t, uint8_t* p, uint32_t v) {
       std::memcpy(p, &h, 2);
       break;
     }
-    case DType::kInt8: *p = static_cast<uint8_t>(v & 0xff); break;
-    case DType::kBool: *p = v != 0; break;
+    case DType::kInt8:
+      *p = static_cast<uint8_t>(v & 0xff);
+      break;
+    case DType::kBool:
+      *p = v != 0;
+      break;
   }
 }
 
@@ -230,8 +238,8 @@ void RunGemmTile(const StageRt& s, int64_t t, TileCtx& c) {
     for (int64_t r = 0; r < rows; ++r) std::fill(C + r * N, C + r * N + cols, 0.0f);
   } else {
     cblas_sgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans, g.trans_b ? CblasTrans : CblasNoTrans,
-                static_cast<int>(rows), static_cast<int>(cols), static_cast<int>(K), 1.0f, A,
-                static_cast<int>(g.lda), B, static_cast<int>(g.ldb), 0.0f, C, static_cast<int>(N));
+                static_cast<int>(rows), static_cast<int>(cols), static_cast<int>(K), 1.0f, A, static_cast<int>(g.lda),
+                B, static_cast<int>(g.ldb), 0.0f, C, static_cast<int>(N));
   }
   if (s.sec[bc::kBody] == s.sec[bc::kBody + 1]) return;
   const VInst* code = s.code.data();
@@ -243,7 +251,8 @@ void RunGemmTile(const StageRt& s, int64_t t, TileCtx& c) {
     }
   };
   const int64_t base = (b * M + m0) * N + n0;
-  if (cols == N) body(base, rows * N);  // whole rows: one flat range
+  if (cols == N)
+    body(base, rows * N);  // whole rows: one flat range
   else
     for (int64_t r = 0; r < rows; ++r) body(base + r * N, cols);
 }
@@ -278,7 +287,9 @@ void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
       RunCode(code + s.sec[bc::kBody], code + s.sec[bc::kBody + 1], c);
       break;
     }
-    case bc::Mode::kGemm: RunGemmTile(s, t, c); break;
+    case bc::Mode::kGemm:
+      RunGemmTile(s, t, c);
+      break;
     case bc::Mode::kCol: {
       const int64_t R = s.p[0], C = s.p[1], w = s.p[2], blk = s.p[3];
       const int64_t chunks = C / w + (C % w != 0);
@@ -373,9 +384,15 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     rt.n_red = bc::RedElems(s);
     std::copy(std::begin(s.p), std::end(s.p), rt.p);
     switch (s.mode) {
-      case bc::Mode::kElem: rt.ntiles = (rt.n_full + s.p[0] - 1) / s.p[0]; break;
-      case bc::Mode::kRow: rt.ntiles = s.p[2] > 0 ? rt.n_red : (rt.n_red + s.p[1] - 1) / s.p[1]; break;
-      case bc::Mode::kCol: rt.ntiles = (rt.n_red / s.p[1]) * (s.p[1] / s.p[2] + (s.p[1] % s.p[2] != 0)); break;
+      case bc::Mode::kElem:
+        rt.ntiles = (rt.n_full + s.p[0] - 1) / s.p[0];
+        break;
+      case bc::Mode::kRow:
+        rt.ntiles = s.p[2] > 0 ? rt.n_red : (rt.n_red + s.p[1] - 1) / s.p[1];
+        break;
+      case bc::Mode::kCol:
+        rt.ntiles = (rt.n_red / s.p[1]) * (s.p[1] / s.p[2] + (s.p[1] % s.p[2] != 0));
+        break;
       case bc::Mode::kGemm: {
         const bc::Gemm& g = s.gemm;
         int64_t batch = 1;
@@ -437,14 +454,22 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
       v.src = (in.flags & bc::kSrcMask) >> bc::kSrcShift;
       v.view = in.c;
       v.sub = in.b;
-      bool konst = info.kind == bc::Kind::kFill ||
-                   (info.kind == bc::Kind::kBin && (in.flags & bc::kFormMask) != bc::kFormRR);
+      bool konst =
+          info.kind == bc::Kind::kFill || (info.kind == bc::Kind::kBin && (in.flags & bc::kFormMask) != bc::kFormRR);
       if (konst) v.kbits = prog_.consts[in.c].bits;
+      if (info.kind == bc::Kind::kBin) v.form = in.flags & bc::kFormMask;
       switch (info.kind) {
-        case bc::Kind::kLoad: v.fn = &LoadHandler; break;
-        case bc::Kind::kStore: v.fn = &StoreHandler; break;
-        case bc::Kind::kFill: v.fn = &FillHandler; break;
-        default: v.fn = SelectHandler(in);
+        case bc::Kind::kLoad:
+          v.fn = &LoadHandler;
+          break;
+        case bc::Kind::kStore:
+          v.fn = &StoreHandler;
+          break;
+        case bc::Kind::kFill:
+          v.fn = &FillHandler;
+          break;
+        default:
+          v.fn = SelectHandler(in);
       }
       if (!v.fn)
         Fail("bytecode: stage ", si, " instruction ", i, " (", info.name, ".", DTypeName(DType(in.type)),
@@ -454,6 +479,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     ElideRoundingCasts(s, rt);
     FuseRowBroadcasts(s, rt);
     FuseSquareSums(s, rt);
+    chains_ += FuseBinaryChains(s, rt);
     SetupColFast(s, rt);
   }
 }
@@ -463,22 +489,25 @@ namespace {
 bool ReadsReg(const bc::Inst& in, int r) {
   switch (bc::kOpInfo[in.op].kind) {
     case bc::Kind::kLoad:
-    case bc::Kind::kFill: return false;
-    case bc::Kind::kBin: return in.a == r || ((in.flags & bc::kFormMask) == bc::kFormRR && in.b == r);
-    case bc::Kind::kSel: return in.a == r || in.b == r || in.c == r;
+    case bc::Kind::kFill:
+      return false;
+    case bc::Kind::kBin:
+      return in.a == r || ((in.flags & bc::kFormMask) == bc::kFormRR && in.b == r);
+    case bc::Kind::kSel:
+      return in.a == r || in.b == r || in.c == r;
     case bc::Kind::kWide:
       if (bc::Opcode(in.op) == bc::Opcode::WACC) return in.a == r || in.dst == r || in.dst + 1 == r;
       if (bc::Opcode(in.op) == bc::Opcode::WNARROW) return in.a == r || in.a + 1 == r;
       return false;
-    default: return in.a == r;
+    default:
+      return in.a == r;
   }
 }
 // Whether an instruction overwrites register r entirely.
 bool WritesReg(const bc::Inst& in, int r) {
   const bc::Kind kind = bc::kOpInfo[in.op].kind;
   if (kind == bc::Kind::kStore) return false;
-  if (kind == bc::Kind::kWide && bc::Opcode(in.op) != bc::Opcode::WNARROW)
-    return in.dst == r || in.dst + 1 == r;
+  if (kind == bc::Kind::kWide && bc::Opcode(in.op) != bc::Opcode::WNARROW) return in.dst == r || in.dst + 1 == r;
   return in.dst == r;
 }
 // Whether register r is read in [from, to) before being overwritten.
@@ -551,8 +580,107 @@ void Executable::FuseRowBroadcasts(const bc::Stage& s, StageRt& rt) {
     VInst& v = rt.code[k];
     (v.fwd_view != kNoForward ? v.fn2 : v.fn) = h;
     v.b = rr;
+    v.form = kFormRow;
     rt.code[j].fn = &NopHandler;
+    rt.code[j].fused = true;
   }
+}
+
+namespace {
+// ADD/SUB/MUL on f32 at full level: its chain op number, else -1.
+int ChainOpOf(const bc::Inst& in) {
+  if (bc::kOpInfo[in.op].kind != bc::Kind::kBin || (in.flags & bc::kLevelRed) || DType(in.type) != DType::kFloat32 ||
+      DType((in.flags & bc::kSrcMask) >> bc::kSrcShift) != DType::kFloat32)
+    return -1;
+  switch (bc::Opcode(in.op)) {
+    case bc::Opcode::ADD:
+      return 0;
+    case bc::Opcode::SUB:
+      return 1;
+    case bc::Opcode::MUL:
+      return 2;
+    default:
+      return -1;
+  }
+}
+}  // namespace
+
+// "op1 t, x, y" whose only reader is the next "op2 d, t, z" (or "op2 d, z,
+// t"), both f32 ADD/SUB/MUL at full level, y and z registers, constants or
+// row broadcasts: op2 runs both in one pass (ChainHandler) and op1 is
+// dropped: a pass over the tile and a temporary less, with the bits of the
+// two instructions (t is rounded, never contracted into an FMA). Needed: t
+// dead after op2, x and y not rewritten in between, d not a row register.
+int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
+  if (s.mode == bc::Mode::kCol) return 0;  // COL runs its sections in its own loops; keep it as is
+  int fused = 0;
+  const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
+  for (int j = b; j < e; ++j) {
+    const bc::Inst& i1 = s.insts[j];
+    VInst& v1 = rt.code[j];
+    const int op1 = ChainOpOf(i1);
+    if (op1 < 0 || v1.fused || v1.fwd_view != kNoForward) continue;
+    // op1's operands: x = R[a]; y by form (const op reg only when it commutes).
+    int y_kind;
+    if (v1.form == bc::kFormRR)
+      y_kind = 0;
+    else if (v1.form == bc::kFormRK || (v1.form == bc::kFormKR && op1 != 1))
+      y_kind = 1;
+    else if (v1.form == kFormRow)
+      y_kind = 2;
+    else
+      continue;
+    const uint32_t x = v1.a, y = v1.b, t = i1.dst;
+    int k = j + 1;
+    while (k < e && !ReadsReg(s.insts[k], static_cast<int>(t)) && !WritesReg(s.insts[k], static_cast<int>(t))) ++k;
+    if (k == e || !ReadsReg(s.insts[k], static_cast<int>(t))) continue;
+    const bc::Inst& i2 = s.insts[k];
+    VInst& v2 = rt.code[k];
+    const int op2 = ChainOpOf(i2);
+    if (op2 < 0 || v2.fused) continue;
+    // op2's other operand z, and whether it comes first.
+    int z_kind;
+    bool z_first = false;
+    uint32_t z = 0, k2 = 0;
+    if (v2.form == bc::kFormRR) {
+      if (v2.a == t && v2.b == t) continue;
+      z_kind = 0;
+      z_first = v2.b == t;
+      z = z_first ? v2.a : v2.b;
+    } else if (v2.form == bc::kFormRK || v2.form == bc::kFormKR) {
+      if (v2.a != t) continue;
+      z_kind = 1;
+      z_first = v2.form == bc::kFormKR;
+      k2 = v2.kbits;
+    } else if (v2.form == kFormRow) {
+      if (v2.a != t) continue;
+      z_kind = 2;
+      z = v2.b;
+    } else {
+      continue;
+    }
+    if (z_first && op2 != 1) z_first = false;
+    bool kept = true;  // x and y still hold op1's operands at op2
+    for (int m = j + 1; m < k && kept; ++m)
+      kept =
+          !WritesReg(s.insts[m], static_cast<int>(x)) && (y_kind == 1 || !WritesReg(s.insts[m], static_cast<int>(y)));
+    if (!kept) continue;
+    if (i2.dst != t && LiveIn(s, k + 1, rt.sec[bc::kNumSections], static_cast<int>(t))) continue;
+    if ((y_kind == 2 && i2.dst == y) || (z_kind == 2 && i2.dst == z)) continue;
+    const Handler h = ChainHandler(op1, op2, y_kind, z_kind, z_first);
+    if (!h) continue;
+    const uint32_t k1 = v1.kbits;
+    v2.a = x;
+    v2.b = y;
+    v2.c = z;
+    v2.kbits = k1;
+    v2.kbits2 = k2;
+    (v2.fwd_view != kNoForward ? v2.fn2 : v2.fn) = h;
+    v1.fn = &NopHandler;
+    v1.fused = v2.fused = true;
+    ++fused;
+  }
+  return fused;
 }
 
 // ROW stages: "MUL rm, ra, ra" (f32, full level) whose only reader is the
@@ -564,9 +692,9 @@ void Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
   const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
   for (int j = b; j < e; ++j) {
     const bc::Inst& mul = s.insts[j];
-    if (bc::Opcode(mul.op) != bc::Opcode::MUL || (mul.flags & bc::kFormMask) != bc::kFormRR ||
-        mul.a != mul.b || (mul.flags & bc::kLevelRed) || DType(mul.type) != DType::kFloat32 ||
-        rt.code[j].fwd_view != kNoForward || mul.dst == mul.a)
+    if (bc::Opcode(mul.op) != bc::Opcode::MUL || (mul.flags & bc::kFormMask) != bc::kFormRR || mul.a != mul.b ||
+        (mul.flags & bc::kLevelRed) || DType(mul.type) != DType::kFloat32 || rt.code[j].fwd_view != kNoForward ||
+        mul.dst == mul.a)
       continue;
     const int rm = mul.dst, ra = mul.a;
     int k = j + 1;
@@ -577,13 +705,14 @@ void Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
     }
     if (k == e || !ra_kept) continue;
     const bc::Inst& red = s.insts[k];
-    if (bc::Opcode(red.op) != bc::Opcode::RSUM || DType(red.type) != DType::kFloat32 || red.a != rm ||
-        red.dst == ra || (red.dst != rm && LiveIn(s, k + 1, e, rm)))
+    if (bc::Opcode(red.op) != bc::Opcode::RSUM || DType(red.type) != DType::kFloat32 || red.a != rm || red.dst == ra ||
+        (red.dst != rm && LiveIn(s, k + 1, e, rm)))
       continue;
     VInst& v = rt.code[k];
     (v.fwd_view != kNoForward ? v.fn2 : v.fn) = RowSumSquaresHandler();
     v.a = ra;
     rt.code[j].fn = &NopHandler;
+    rt.code[j].fused = v.fused = true;
   }
 }
 
@@ -736,8 +865,10 @@ void Executable::Run(void* const* ptrs) const {
     const int threads = small ? 1 : static_cast<int>(std::min<int64_t>(pool.num_threads(), ntiles));
     const int64_t per_tile = std::max<int64_t>(1, elems / ntiles);
     job.grain = std::max<int64_t>(1, std::min<int64_t>(ntiles / (threads * 8), 16384 / per_tile + 1));
-    if (threads <= 1) RunStageJob(&job, 0);
-    else pool.Run(threads, &RunStageJob, &job);
+    if (threads <= 1)
+      RunStageJob(&job, 0);
+    else
+      pool.Run(threads, &RunStageJob, &job);
   }
 }
 

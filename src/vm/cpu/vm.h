@@ -17,9 +17,9 @@ struct ViewRt {
   uint8_t esize = 4;
   int rank = 0;
   int64_t offset = 0;
-  int64_t numel = 0;        // elements of the tensor
-  bool zero_copy = false;   // storage is 32-bit lanes: contiguous runs load in place
-  int cont_dim = -1;        // dims cont_dim.. are one contiguous run of `span` elements (-1: none)
+  int64_t numel = 0;       // elements of the tensor
+  bool zero_copy = false;  // storage is 32-bit lanes: contiguous runs load in place
+  int cont_dim = -1;       // dims cont_dim.. are one contiguous run of `span` elements (-1: none)
   int64_t span = 1;
   int64_t dims[bc::kMaxRank] = {};
   int64_t strides[bc::kMaxRank] = {};
@@ -61,6 +61,8 @@ class Executable {
   const bc::Program& program() const { return prog_; }
   // Work estimate (elements touched) used to decide on parallelism.
   int64_t work() const { return work_; }
+  // Pairs of instructions FuseBinaryChains runs as one (tests).
+  int fused_chains() const { return chains_; }
 
  private:
   static void ForwardStores(const bc::Stage& s, StageRt& rt);
@@ -68,11 +70,13 @@ class Executable {
   static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
   static void FuseRowBroadcasts(const bc::Stage& s, StageRt& rt);
   static void FuseSquareSums(const bc::Stage& s, StageRt& rt);
+  static int FuseBinaryChains(const bc::Stage& s, StageRt& rt);  // returns the pairs fused
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
   int64_t work_ = 0;
   bool gemm_ = false;
+  int chains_ = 0;
 };
 
 }  // namespace dvm::vm
