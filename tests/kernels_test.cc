@@ -856,7 +856,7 @@ TEST(KernelsFused, RowBroadcastOperand) {
 // Two f32 ADD/SUB/MUL in a row run as one pass (vm.cc FuseBinaryChains),
 // with the intermediate rounded as the two instructions round it: every
 // chain kind (register, constant, constant first, register first, row
-// broadcasts in a ROW stage) gives the bits of the same ops with each
+// broadcasts in a ROW stage, exp of a difference) gives the bits of the same ops with each
 // intermediate also stored (a stored intermediate is not fused), specials
 // included, at row lengths that leave vector tails.
 TEST(KernelsFused, BinaryChainsEqualSeparateOps) {
@@ -886,23 +886,24 @@ TEST(KernelsFused, BinaryChainsEqualSeparateOps) {
       NDObject* sm = k.Reduce(ReduceOp::kSum, v[2], {1}, true);
       NDObject* c = step(bin(BinaryOp::kSub, v[0], mx));
       outs.push_back(bin(BinaryOp::kMul, step(bin(BinaryOp::kMul, c, sm)), v[1]));
+      outs.push_back(k.Unary(UnaryOp::kExp, step(bin(BinaryOp::kSub, v[1], mx))));  // exp(y - rowmax)
       outs.insert(outs.end(), steps.begin(), steps.end());
       return outs;
     };
-    {  // the chains are fused: six pairs in the kernel without stored steps
+    {  // the chains are fused: seven pairs in the kernel without stored steps
       Kernel k;
       std::vector<NDObject*> v;
       for (const Tensor& t : in) v.push_back(k.Load(nullptr, Dims(t.shape.data(), t.shape.size()), t.dt));
       for (NDObject* o : build(k, v, false)) k.Store(nullptr, o);
       k.CodeGen();
-      EXPECT_EQ(vm::Executable(k.Bytecode()).fused_chains(), 6) << k.Das();
+      EXPECT_EQ(vm::Executable(k.Bytecode()).fused_chains(), 7) << k.Das();
     }
     std::vector<Tensor> want;
     for (bool store_steps : {false, true}) {
       std::vector<Tensor> got =
           ::dvm::Run(in, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v, store_steps); });
       if (store_steps) {
-        ASSERT_EQ(got.size(), want.size() + 7);
+        ASSERT_EQ(got.size(), want.size() + 8);
         for (size_t o = 0; o < want.size(); ++o) EXPECT_EQ(got[o].bytes, want[o].bytes) << "output " << o;
       } else {
         want = got;

@@ -421,7 +421,10 @@ void ChainF(const VInst& vi, TileCtx& c) {
   const VF k1 = hn::Set(d, BitsF32(vi.kbits)), k2 = hn::Set(d, BitsF32(vi.kbits2));
   auto f = [&](VF x, VF y, VF w) HWY_ATTR {
     const VF t = Opaque(d, ChainOp<kOp1>(x, y));  // rounded, never contracted into an FMA
-    return kZFirst ? ChainOp<kOp2>(w, t) : ChainOp<kOp2>(t, w);
+    if constexpr (kOp2 == 3)
+      return ExpV(d, t);  // a unary second op: z unused
+    else
+      return kZFirst ? ChainOp<kOp2>(w, t) : ChainOp<kOp2>(t, w);
   };
   if constexpr (kY == 2 || kZ == 2) {
     const int64_t rows = c.n[1];
@@ -465,11 +468,17 @@ constexpr Handler ChainFirstAt() {
   constexpr int op1 = I / 9, y = I / 3 % 3, z = I % 3;
   return &ChainF<op1, 1, y, z, true>;
 }
-template <size_t... I, size_t... J>
-Handler ChainLookup(size_t i, bool first, std::index_sequence<I...>, std::index_sequence<J...>) {
+template <size_t I>
+constexpr Handler ChainExpAt() {
+  return &ChainF<I / 3, 3, I % 3, 1, false>;
+}
+template <size_t... I, size_t... J, size_t... E>
+Handler ChainLookup(size_t i, int kind, std::index_sequence<I...>, std::index_sequence<J...>,
+                    std::index_sequence<E...>) {
   static const Handler kPlain[] = {ChainAt<I>()...};
   static const Handler kFirst[] = {ChainFirstAt<J>()...};
-  return first ? kFirst[i % 27] : kPlain[i];
+  static const Handler kExp[] = {ChainExpAt<E>()...};
+  return kind == 1 ? kFirst[i % 27] : kind == 2 ? kExp[i % 9] : kPlain[i % 81];
 }
 
 DVM_BINROW(AddRowF, hn::Add(x, y))
@@ -949,10 +958,13 @@ Handler Form(uint8_t form) {
 DVM_FORMS(AddF)
 DVM_FORMS(SubF)
 DVM_FORMS(MulF)
-DVM_FORMS(DivF) DVM_FORMS(PowF) DVM_FORMS(MaxF) DVM_FORMS(MinF) DVM_FORMS(EqF) DVM_FORMS(NeF) DVM_FORMS(LtF)
-    DVM_FORMS(LeF) DVM_FORMS(GtF) DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI)
-        DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI)
-            DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
+DVM_FORMS(DivF)
+DVM_FORMS(PowF)
+DVM_FORMS(MaxF)
+DVM_FORMS(MinF) DVM_FORMS(EqF) DVM_FORMS(NeF) DVM_FORMS(LtF) DVM_FORMS(LeF) DVM_FORMS(GtF) DVM_FORMS(GeF)
+    DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI)
+        DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI)
+            DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
 #undef DVM_FORMS
 #undef DVM_FORMS_I
 
@@ -1085,11 +1097,14 @@ DVM_FORMS(DivF) DVM_FORMS(PowF) DVM_FORMS(MaxF) DVM_FORMS(MinF) DVM_FORMS(EqF) D
 Handler RowSumSquaresHandlerT() { return &RowSumSqF; }
 
 Handler ChainHandlerT(int op1, int op2, int y_kind, int z_kind, bool z_first) {
-  if (op1 < 0 || op1 > 2 || op2 < 0 || op2 > 2 || y_kind < 0 || y_kind > 2 || z_kind < 0 || z_kind > 2) return nullptr;
-  if (z_first && op2 != 1) z_first = false;  // add and mul commute
-  const size_t i = z_first ? static_cast<size_t>((op1 * 3 + y_kind) * 3 + z_kind)
-                           : static_cast<size_t>(((op1 * 3 + op2) * 3 + y_kind) * 3 + z_kind);
-  return ChainLookup(i, z_first, std::make_index_sequence<81>(), std::make_index_sequence<27>());
+  if (op1 < 0 || op1 > 2 || op2 < 0 || op2 > 3 || y_kind < 0 || y_kind > 2 || z_kind < 0 || z_kind > 2) return nullptr;
+  if (z_first && op2 != 1) z_first = false;         // add and mul commute
+  const int kind = op2 == 3 ? 2 : z_first ? 1 : 0;  // 2: exp of the first result
+  const size_t i = kind == 2   ? static_cast<size_t>(op1 * 3 + y_kind)
+                   : kind == 1 ? static_cast<size_t>((op1 * 3 + y_kind) * 3 + z_kind)
+                               : static_cast<size_t>(((op1 * 3 + op2) * 3 + y_kind) * 3 + z_kind);
+  return ChainLookup(i, kind, std::make_index_sequence<81>(), std::make_index_sequence<27>(),
+                     std::make_index_sequence<9>());
 }
 
 Handler RowBroadcastHandlerT(const bc::Inst& in) {
