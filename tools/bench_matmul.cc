@@ -23,7 +23,7 @@
 //
 // Timing follows bench vm: each implementation runs its timed blocks back to
 // back, in two interleaved rounds; short calls repeat inside a block for
-// ~1 ms; before each run of blocks a pause (2 ms, or 150 ms after the BLAS
+// ~1 ms; before each run of blocks a pause (2 ms, or kSlowIdleMs after the BLAS
 // blocks: OpenBLAS's idle workers spin for ~100 ms before they sleep and
 // would take the cores DVM's pool needs) and >= 3 untimed calls.
 #include <cblas.h>
@@ -183,7 +183,7 @@ int BenchMatmulMain(Args& args) {
         if (!(ef <= kMaxRelErr)) err = "fused bias+GELU differs: max rel err " + Fmt(ef, 8);
         else if (!(eu <= kMaxRelErr)) err = "unfused bias+GELU differs: max rel err " + Fmt(eu, 8);
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(150));  // OpenBLAS workers asleep
+      std::this_thread::sleep_for(std::chrono::milliseconds(kSlowIdleMs));  // OpenBLAS workers asleep
       // Per-call times (us) of each implementation; see the file comment
       // (impl[1], BLAS, is the one whose idle threads spin for ~100 ms).
       if (err.empty()) tm = MeasureBlocks(impl, int(opt.reps), 3, {}, /*slow_idle=*/1);

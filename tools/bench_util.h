@@ -154,8 +154,10 @@ inline double Geomean(const std::vector<double>& v) {
 // that a block of a short call lasts ~1 ms. `park`, when given, runs after
 // each calibration and each run of blocks (the baseline pool's Park()).
 // `slow_idle` names an implementation whose idle threads keep spinning for
-// ~100 ms (OpenBLAS): the pause after its blocks is 150 ms, and with it set
-// the last run of blocks is followed by a pause too.
+// a while (OpenBLAS: 2^28 TSC ticks; measured here, one core busy for 100 to
+// 150 ms after a 2-thread sgemm): the pause after its blocks is kSlowIdleMs,
+// and with it set the last run of blocks is followed by one too.
+constexpr int kSlowIdleMs = 250;
 inline std::vector<std::vector<double>> MeasureBlocks(const std::vector<std::function<void()>>& f, int reps,
                                                       int calib_calls = 3, const std::function<void()>& park = {},
                                                       int slow_idle = -1) {
@@ -173,10 +175,10 @@ inline std::vector<std::vector<double>> MeasureBlocks(const std::vector<std::fun
       if (park) park();
       // The slow-idle implementation's threads must fall asleep before the
       // next one is calibrated or the first round starts.
-      if (int(k) == slow_idle) std::this_thread::sleep_for(std::chrono::milliseconds(150));
+      if (int(k) == slow_idle) std::this_thread::sleep_for(std::chrono::milliseconds(kSlowIdleMs));
     }
   auto pause = [&](int prev) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(prev >= 0 && prev == slow_idle ? 150 : 2));
+    std::this_thread::sleep_for(std::chrono::milliseconds(prev >= 0 && prev == slow_idle ? kSlowIdleMs : 2));
   };
   std::vector<std::vector<double>> r(n);
   int prev = -1;
