@@ -25,7 +25,8 @@ struct AlignedFree {
 };
 
 // Where a program's workspace tensors lie in one block of scratch memory.
-// The block is the launching thread's (WorkspaceArena), bound at each launch:
+// The block is the launching thread's arena (or a caller's buffer), bound at
+// each launch:
 // programs own no memory, so generating one allocates nothing large and a
 // new shape touches no fresh pages (measured in the GPT-2 demo: 5.8 us of
 // each codegen went to aligned_alloc of workspaces, and freeing evicted
@@ -34,14 +35,13 @@ struct WorkspaceLayout {
   std::vector<std::pair<size_t, size_t>> slots;  // (tensor index, byte offset)
   size_t bytes = 0;
 
-  // Lays out tensors i of `prog` with kWorkspace kind for which take(i).
-  template <class Take>
-  void Plan(const bc::Program& prog, Take take) {
+  // Lays out the kWorkspace tensors of `prog`.
+  void Plan(const bc::Program& prog) {
     slots.clear();
     bytes = 0;
     for (size_t i = 0; i < prog.tensors.size(); ++i) {
       const bc::TensorDesc& t = prog.tensors[i];
-      if (t.kind != bc::TensorKind::kWorkspace || !take(i)) continue;
+      if (t.kind != bc::TensorKind::kWorkspace) continue;
       slots.emplace_back(i, bytes);
       bytes += (static_cast<size_t>(t.numel) * DTypeSize(t.dtype) + 63) / 64 * 64;
     }
@@ -142,6 +142,9 @@ struct Kernel::Impl {
     return nullptr;
   }
   Program& GetProgram(std::span<const Shape> in_shapes);
+  // The program for these input shapes (the built ones for static kernels
+  // or when none are given), generated if needed.
+  Program& ProgramFor(std::span<const Shape> input_shapes);
   // A launch with shaped arguments; the workspace is the caller's when given.
   void LaunchArgs(std::span<const TensorArg> inputs, std::span<const TensorArg> outputs, const TensorArg* workspace) {
     Program& p = Prepare(inputs, outputs.size());
@@ -500,7 +503,7 @@ Program& Kernel::Impl::GetProgram(std::span<const Shape> in_shapes) {
   p->exe = std::make_unique<vm::Executable>(p->res.bytecode);
   const bc::Program& prog = p->exe->program();
   p->ptrs.assign(prog.tensors.size(), nullptr);
-  p->ws.Plan(prog, [](size_t) { return true; });
+  p->ws.Plan(prog);
   stats.last_codegen_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   ++stats.codegens;
   cache.push_front(std::move(p));
@@ -580,22 +583,18 @@ void Kernel::Launch(std::span<const TensorArg> inputs, std::span<const TensorArg
   impl_->LaunchArgs(inputs, outputs, &workspace);
 }
 
-size_t Kernel::WorkspaceBytes(std::span<const Shape> input_shapes) {
-  Impl& k = *impl_;
-  if (k.g.outputs.empty()) Fail("codegen: kernel has no outputs");
-  k.codegen_called = true;
-  if (k.g.type == KernelType::kStatic || input_shapes.empty()) return k.GetProgram(BuiltInputShapes(k.g)).ws.bytes;
-  return k.GetProgram(input_shapes).ws.bytes;
+Program& Kernel::Impl::ProgramFor(std::span<const Shape> input_shapes) {
+  if (g.outputs.empty()) Fail("codegen: kernel has no outputs");
+  codegen_called = true;
+  if (g.type == KernelType::kStatic || input_shapes.empty()) return GetProgram(BuiltInputShapes(g));
+  return GetProgram(input_shapes);
 }
 
 std::vector<Shape> Kernel::OutputShapes(std::span<const Shape> input_shapes) {
-  Impl& k = *impl_;
-  if (k.g.outputs.empty()) Fail("codegen: kernel has no outputs");
-  k.codegen_called = true;
-  if (k.g.type == KernelType::kStatic || input_shapes.empty())
-    return k.GetProgram(BuiltInputShapes(k.g)).res.output_shapes;
-  return k.GetProgram(input_shapes).res.output_shapes;
+  return impl_->ProgramFor(input_shapes).res.output_shapes;
 }
+
+size_t Kernel::WorkspaceBytes(std::span<const Shape> input_shapes) { return impl_->ProgramFor(input_shapes).ws.bytes; }
 
 std::string Kernel::Dump() const { return ir::Dump(impl_->g); }
 
@@ -695,7 +694,7 @@ KernelStack::Impl::Stacked& KernelStack::Impl::Build() {
   // Workspaces of the stacked program are its own: a kernel added twice
   // runs twice at once.
   st.ptrs.assign(all.tensors.size(), nullptr);
-  st.ws.Plan(all, [&](size_t t) { return st.source[t].first < 0; });
+  st.ws.Plan(all);
   cache.push_front(std::move(st));
   while (cache.size() > 4) cache.pop_back();
   return cache.front();

@@ -91,14 +91,16 @@ int64_t Numel(const Dims8& s) {
   return n;
 }
 
-bool IsContiguousView(const LNode& n) {
+// Strides that walk dims [0, rank) as one dense row-major run.
+bool DenseStrides(const int64_t* dims, const int64_t* strides, size_t rank) {
   int64_t acc = 1;
-  for (size_t i = n.shape.size(); i-- > 0;) {
-    if (n.shape[i] != 1 && n.strides[i] != acc) return false;
-    acc *= n.shape[i];
+  for (size_t i = rank; i-- > 0;) {
+    if (dims[i] != 1 && strides[i] != acc) return false;
+    acc *= dims[i];
   }
   return true;
 }
+bool IsContiguousView(const LNode& n) { return DenseStrides(n.shape.begin(), n.strides.begin(), n.shape.size()); }
 
 uint32_t ConstBits(double v, DType t) {
   if (IsFloat(t)) return F32Bits(static_cast<float>(v));
@@ -1239,13 +1241,8 @@ class Gen {
         const bc::View& view = s.views[v.in.c];
         const DType dt = tensors_[view.tensor].dtype;
         // In place when the view walks the whole domain contiguously.
-        bool in_place = dt == DType::kFloat32 || dt == DType::kInt32;
-        int64_t span = 1;
-        for (int i = s.full_rank - 1; i >= 0 && in_place; --i) {
-          if (s.full_dims[i] != 1 && view.strides[i] != span) in_place = false;
-          span *= s.full_dims[i];
-        }
-        if (in_place) continue;
+        if ((dt == DType::kFloat32 || dt == DType::kInt32) && DenseStrides(s.full_dims, view.strides, s.full_rank))
+          continue;
       }
       if (++scratch > 1) return false;
     }
