@@ -650,6 +650,8 @@ void MergeProgram(const bc::Program& q, bc::Program& all, std::vector<std::vecto
   if (by_depth.size() < q.stages.size()) by_depth.resize(q.stages.size());
   for (size_t d = 0; d < q.stages.size(); ++d) {
     bc::Stage st = q.stages[d];
+    st.group_rows = 0;  // stage s of every program runs as one group: no row-by-row order
+    st.row_join = false;
     for (bc::View& v : st.views) v.tensor = static_cast<uint16_t>(v.tensor + toff);
     st.gemm.a = static_cast<uint16_t>(st.gemm.a + toff);
     st.gemm.b = static_cast<uint16_t>(st.gemm.b + toff);

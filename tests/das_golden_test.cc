@@ -110,7 +110,7 @@ std::string MixedDTypesDas() {
 // Elementwise add with a broadcast operand: one ELEM stage; the broadcast
 // input is read through a view with stride 0.
 TEST(DasGolden, AddBroadcast) {
-  const char* kWant = R"(; dvm bytecode v1: 2 registers x 32 lanes, 3 tensors, 0 constants, 1 stages
+  const char* kWant = R"(; dvm bytecode v2: 2 registers x 32 lanes, 3 tensors, 0 constants, 1 stages
 tensor t0 in0 f32 x 32
 tensor t1 in1 f32 x 8
 tensor t2 out0 f32 x 32
@@ -130,7 +130,7 @@ stage 0 elem full=[4,8] red=[] p=[32,0,0,0]
 // Softmax over the last axis: a single ROW stage, max and sum as row
 // reductions with BCAST back to full rows.
 TEST(DasGolden, Softmax) {
-  const char* kWant = R"(; dvm bytecode v1: 3 registers x 2048 lanes, 2 tensors, 0 constants, 1 stages
+  const char* kWant = R"(; dvm bytecode v2: 3 registers x 2048 lanes, 2 tensors, 0 constants, 1 stages
 tensor t0 in0 f32 x 64
 tensor t1 out0 f32 x 64
 stage 0 row full=[4,16] red=[4] p=[16,128,0,0]
@@ -153,7 +153,7 @@ stage 0 row full=[4,16] red=[4] p=[16,128,0,0]
 // LayerNorm with gamma and beta: one ROW stage; gamma/beta read with row
 // stride 0; the scalar math on means runs at the reduced level.
 TEST(DasGolden, LayerNorm) {
-  const char* kWant = R"(; dvm bytecode v1: 5 registers x 2048 lanes, 4 tensors, 2 constants, 1 stages
+  const char* kWant = R"(; dvm bytecode v2: 5 registers x 2048 lanes, 4 tensors, 2 constants, 1 stages
 tensor t0 in0 f32 x 64
 tensor t1 in1 f32 x 16
 tensor t2 in2 f32 x 16
@@ -190,7 +190,7 @@ stage 0 row full=[4,16] red=[4] p=[16,128,0,0]
 // Column sum: a COL stage with an f64 accumulator pair (WFILL / WACC /
 // WNARROW).
 TEST(DasGolden, ColumnSum) {
-  const char* kWant = R"(; dvm bytecode v1: 3 registers x 32 lanes, 2 tensors, 0 constants, 1 stages
+  const char* kWant = R"(; dvm bytecode v2: 3 registers x 32 lanes, 2 tensors, 0 constants, 1 stages
 tensor t0 in0 f32 x 2048
 tensor t1 out0 f32 x 32
 stage 0 col full=[64,32] red=[32] p=[64,32,32,64]
@@ -212,7 +212,7 @@ stage 0 col full=[64,32] red=[32] p=[64,32,32,64]
 // one 4096-element row per tile, short last row), then a sum of the
 // chunks (stage 1).
 TEST(DasGolden, FullSum) {
-  const char* kWant = R"(; dvm bytecode v1: 2 registers x 4096 lanes, 3 tensors, 0 constants, 2 stages
+  const char* kWant = R"(; dvm bytecode v2: 2 registers x 4096 lanes, 3 tensors, 0 constants, 2 stages
 tensor t0 in0 f32 x 100000
 tensor t1 out0 f32 x 1
 tensor t2 ws0 f32 x 25
@@ -238,7 +238,7 @@ stage 1 row full=[25] red=[] p=[25,81,0,0]
 // bf16, and an i8 column max (integer COL reductions accumulate in a plain
 // register filled with the identity).
 TEST(DasGolden, Mixed) {
-  const char* kWant = R"(; dvm bytecode v1: 5 registers x 48 lanes, 4 tensors, 3 constants, 1 stages
+  const char* kWant = R"(; dvm bytecode v2: 5 registers x 48 lanes, 4 tensors, 3 constants, 1 stages
 tensor t0 in0 f16 x 320
 tensor t1 in1 i8 x 320
 tensor t2 out0 bf16 x 320
@@ -272,7 +272,7 @@ stage 0 col full=[8,40] red=[40] p=[8,40,40,64]
 // A reduced value used at full level across the reduced axis: the column
 // sums go through workspace t2 and come back with row stride 0.
 TEST(DasGolden, ColumnCenterTwoStages) {
-  const char* kWant = R"(; dvm bytecode v1: 3 registers x 1024 lanes, 3 tensors, 0 constants, 2 stages
+  const char* kWant = R"(; dvm bytecode v2: 3 registers x 1024 lanes, 3 tensors, 0 constants, 2 stages
 tensor t0 in0 f32 x 2048
 tensor t1 out0 f32 x 2048
 tensor t2 ws0 f32 x 32

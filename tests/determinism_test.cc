@@ -31,8 +31,7 @@ std::vector<std::vector<uint8_t>> RunBytes(Kernel& k, const std::vector<ref::Ten
   for (size_t i = 0; i < a.size(); ++i) {
     if (a[i].size() != b[i].size()) return ::testing::AssertionFailure() << "output " << i << " size differs";
     for (size_t j = 0; j < a[i].size(); ++j)
-      if (a[i][j] != b[i][j])
-        return ::testing::AssertionFailure() << "output " << i << " differs at byte " << j;
+      if (a[i][j] != b[i][j]) return ::testing::AssertionFailure() << "output " << i << " differs at byte " << j;
   }
   return ::testing::AssertionSuccess();
 }
@@ -47,28 +46,40 @@ class DeterminismTest : public ::testing::TestWithParam<int> {
 std::vector<DetCase> Cases() {
   using V = std::vector<NDObject*>;
   return {
-      {"row_sum", {{DType::kFloat32, {256, 4096}}},
+      {"row_sum",
+       {{DType::kFloat32, {256, 4096}}},
        [](Kernel& k, const V& x) { k.Store(nullptr, k.Reduce(ReduceOp::kSum, x[0], {1}, false)); },
        Uniform(-1, 1)},
-      {"col_sum", {{DType::kFloat32, {4096, 256}}},
+      {"col_sum",
+       {{DType::kFloat32, {4096, 256}}},
        [](Kernel& k, const V& x) { k.Store(nullptr, k.Reduce(ReduceOp::kSum, x[0], {0}, false)); },
        Uniform(-1, 1)},
-      {"full_sum", {{DType::kFloat32, {1 << 20}}},
+      {"full_sum",
+       {{DType::kFloat32, {1 << 20}}},
        [](Kernel& k, const V& x) { k.Store(nullptr, k.Reduce(ReduceOp::kSum, x[0], {0}, false)); },
        Uniform(-1, 1)},
-      {"full_sum_2d", {{DType::kFloat32, {1000, 1000}}},
-       [](Kernel& k, const V& x) { k.Store(nullptr, k.Reduce(ReduceOp::kSum, x[0], {0, 1}, true)); },
+      {"full_sum_2d",
+       {{DType::kFloat32, {1000, 1000}}},
+       [](Kernel& k, const V& x) {
+         k.Store(nullptr, k.Reduce(ReduceOp::kSum, x[0], {0, 1}, true));
+       },
        Uniform(-1, 1)},
-      {"full_prod_f16", {{DType::kFloat16, {1 << 20}}},
+      {"full_prod_f16",
+       {{DType::kFloat16, {1 << 20}}},
        [](Kernel& k, const V& x) { k.Store(nullptr, k.Reduce(ReduceOp::kProd, x[0], {0}, false)); },
        Uniform(0.9999, 1.0001)},
-      {"middle_sum_bf16", {{DType::kBFloat16, {64, 1024, 16}}},
+      {"middle_sum_bf16",
+       {{DType::kBFloat16, {64, 1024, 16}}},
        [](Kernel& k, const V& x) { k.Store(nullptr, k.Reduce(ReduceOp::kSum, x[0], {1}, false)); },
        Uniform(-1, 1)},
-      {"noncontig_sum", {{DType::kFloat32, {32, 64, 16, 32}}},
-       [](Kernel& k, const V& x) { k.Store(nullptr, k.Reduce(ReduceOp::kSum, x[0], {0, 2}, false)); },
+      {"noncontig_sum",
+       {{DType::kFloat32, {32, 64, 16, 32}}},
+       [](Kernel& k, const V& x) {
+         k.Store(nullptr, k.Reduce(ReduceOp::kSum, x[0], {0, 2}, false));
+       },
        Uniform(-1, 1)},
-      {"softmax", {{DType::kFloat32, {512, 2048}}},
+      {"softmax",
+       {{DType::kFloat32, {512, 2048}}},
        [](Kernel& k, const V& x) {
          NDObject* m = k.Reduce(ReduceOp::kMax, x[0], {1}, true);
          NDObject* e = k.Unary(UnaryOp::kExp, k.Binary(BinaryOp::kSub, x[0], m));
@@ -76,23 +87,47 @@ std::vector<DetCase> Cases() {
          k.Store(nullptr, k.Binary(BinaryOp::kDiv, e, s));
        },
        Uniform(-5, 5)},
-      {"layernorm_stats", {{DType::kFloat32, {1024, 1024}}},
+      {"layernorm_stats",
+       {{DType::kFloat32, {1024, 1024}}},
        [](Kernel& k, const V& x) {
          NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, x[0], {1}, true), 1.0 / 1024);
          NDObject* d = k.Binary(BinaryOp::kSub, x[0], mean);
-         NDObject* var = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, true),
-                                  1.0 / 1024);
+         NDObject* var =
+             k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, true), 1.0 / 1024);
          k.Store(nullptr, k.Binary(BinaryOp::kMul, d, k.Unary(UnaryOp::kRsqrt, k.Binary(BinaryOp::kAdd, var, 1e-5))));
          k.Store(nullptr, k.Reduce(ReduceOp::kSum, x[0], {0, 1}, false));
        },
        Uniform(-2, 2)},
-      {"elementwise", {{DType::kFloat32, {1 << 20}}, {DType::kFloat32, {1 << 20}}},
+      // Row groups: 3 rows run row by row on 1 and 3 threads, stage by
+      // stage on 2; 8 rows row by row on 1 and 2, stage by stage on 3.
+      {"long_softmax",
+       {{DType::kFloat32, {3, 40000}}},
+       [](Kernel& k, const V& x) {
+         NDObject* m = k.Reduce(ReduceOp::kMax, x[0], {1}, true);
+         NDObject* e = k.Unary(UnaryOp::kExp, k.Binary(BinaryOp::kSub, x[0], m));
+         k.Store(nullptr, k.Binary(BinaryOp::kDiv, e, k.Reduce(ReduceOp::kSum, e, {1}, true)));
+       },
+       Uniform(-5, 5)},
+      {"long_layernorm",
+       {{DType::kFloat32, {8, 33001}}, {DType::kFloat32, {33001}}},
+       [](Kernel& k, const V& x) {
+         NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, x[0], {1}, true), 1.0 / 33001);
+         NDObject* d = k.Binary(BinaryOp::kSub, x[0], mean);
+         NDObject* var =
+             k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, true), 1.0 / 33001);
+         NDObject* y = k.Binary(BinaryOp::kMul, d, k.Unary(UnaryOp::kRsqrt, k.Binary(BinaryOp::kAdd, var, 1e-5)));
+         k.Store(nullptr, k.Binary(BinaryOp::kMul, y, x[1]));
+       },
+       Uniform(-2, 2)},
+      {"elementwise",
+       {{DType::kFloat32, {1 << 20}}, {DType::kFloat32, {1 << 20}}},
        [](Kernel& k, const V& x) {
          NDObject* t = k.Unary(UnaryOp::kTanh, k.Binary(BinaryOp::kMul, x[0], x[1]));
          k.Store(nullptr, k.Binary(BinaryOp::kAdd, k.Unary(UnaryOp::kSigmoid, t), k.Unary(UnaryOp::kExp, x[1])));
        },
        Uniform(-3, 3)},
-      {"int_sum", {{DType::kInt32, {4096, 257}}},
+      {"int_sum",
+       {{DType::kInt32, {4096, 257}}},
        [](Kernel& k, const V& x) {
          k.Store(nullptr, k.Reduce(ReduceOp::kSum, x[0], {0}, false));
          k.Store(nullptr, k.Reduce(ReduceOp::kSum, x[0], {0, 1}, false));

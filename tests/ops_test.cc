@@ -1082,6 +1082,68 @@ TEST(ReduceExtra, LongRowScalarsComputedOncePerRow) {
   EXPECT_NE(line.find("full=[3]"), std::string::npos) << line << "\n" << das;
 }
 
+// Long-row programs run as row groups (all stages for a row while it is in
+// cache): softmax and an affine layernorm over rows longer than a tile,
+// 2-D and 3-D, rows that are and are not a multiple of the tile, equal the
+// reference, and every stage of the program joins the group. (Same bits as
+// stage by stage: DeterminismTest's long_* cases, whose thread counts run
+// them in both orders.)
+TEST(RowGroups, LongRowSoftmaxAndLayerNorm) {
+  Rng rng(16);
+  for (const Shape& s : {Shape{3, 40000}, Shape{4, 33001}, Shape{2, 3, 65536}, Shape{64, 20000}}) {
+    SCOPED_TRACE(ShapeString(s));
+    const int64_t K = s.back(), R = ir::NumElements(s, "test") / K;
+    Kernel k(KernelType::kDynamic);
+    NDObject* x = k.Load(nullptr, D(Shape(s.size(), -1)), DType::kFloat32);
+    NDObject* g = k.Load(nullptr, {-1}, DType::kFloat32);
+    NDObject* b = k.Load(nullptr, {-1}, DType::kFloat32);
+    const int64_t ax = static_cast<int64_t>(s.size()) - 1;
+    NDObject* m = k.Reduce(ReduceOp::kMax, x, {ax}, true);
+    NDObject* e = k.Unary(UnaryOp::kExp, k.Binary(BinaryOp::kSub, x, m));
+    k.Store(nullptr, k.Binary(BinaryOp::kDiv, e, k.Reduce(ReduceOp::kSum, e, {ax}, true)));
+    NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, x, {ax}, true), 1.0 / double(K));
+    NDObject* d = k.Binary(BinaryOp::kSub, x, mean);
+    NDObject* var =
+        k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {ax}, true), 1.0 / double(K));
+    NDObject* y = k.Binary(BinaryOp::kMul, d, k.Unary(UnaryOp::kRsqrt, k.Binary(BinaryOp::kAdd, var, 1e-5)));
+    k.Store(nullptr, k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, y, g), b));
+    EXPECT_TRUE(CheckKernel(k, {MakeTensor(DType::kFloat32, s, Uniform(-3, 3), rng),
+                                MakeTensor(DType::kFloat32, {K}, Uniform(0.5, 1.5), rng),
+                                MakeTensor(DType::kFloat32, {K}, Uniform(-1, 1), rng)}));
+    const std::string das = k.Das();
+    const std::string first = "stage 0 row rows=" + std::to_string(R) + " ";
+    EXPECT_EQ(das.find(first), das.find("stage 0 ")) << das;
+    for (size_t at = das.find("\nstage ", 1); at != std::string::npos; at = das.find("\nstage ", at + 1)) {
+      const std::string line = das.substr(at + 1, das.find('\n', at + 1) - at - 1);
+      if (line.rfind("stage 0 ", 0) == 0) continue;
+      EXPECT_NE(line.find(" rows+" + std::to_string(R) + " "), std::string::npos) << line << "\n" << das;
+    }
+  }
+}
+
+// A later stage that reads another row's value (the row maxima of x
+// reshaped into one row and added to every row of z) is not row-local: it
+// is left out of the row group (which ends before it), and the results
+// equal the reference.
+TEST(RowGroups, CrossRowReadIsNotGrouped) {
+  Rng rng(17);
+  const int64_t R = 6, K = 40000;
+  Kernel k(KernelType::kDynamic);
+  NDObject* x = k.Load(nullptr, {-1, -1}, DType::kFloat32);
+  NDObject* z = k.Load(nullptr, {-1, -1}, DType::kFloat32);
+  NDObject* m = k.Reduce(ReduceOp::kMax, x, {1}, true);  // [R, 1]
+  k.Store(nullptr, k.Binary(BinaryOp::kSub, x, m));
+  k.Store(nullptr, k.Binary(BinaryOp::kAdd, z, k.Reshape(m, {1, -1})));  // [R, R] + [1, R]
+  EXPECT_TRUE(CheckKernel(k, {MakeTensor(DType::kFloat32, {R, K}, Uniform(-3, 3), rng),
+                              MakeTensor(DType::kFloat32, {R, R}, Uniform(-3, 3), rng)}));
+  const std::string das = k.Das();
+  EXPECT_NE(das.find("stage 0 row rows=6 "), std::string::npos) << das;
+  const size_t at = das.find("full=[6,6]");
+  ASSERT_NE(at, std::string::npos) << das;
+  const std::string line = das.substr(das.rfind("stage ", at), at - das.rfind("stage ", at));
+  EXPECT_EQ(line.find("rows"), std::string::npos) << line << "\n" << das;
+}
+
 // StageBoundary: the marked value is computed once, in a stage of its own,
 // and read from the workspace by every later use; results equal the
 // reference for f32 and f16 (f16 values pass through the workspace in f32).

@@ -228,7 +228,9 @@ TEST(VerifierHeader, BadMagic) {
 
 TEST(VerifierHeader, UnsupportedVersion) {
   Bytes b = ElemBytecode();
-  Put<uint16_t>(b, 4, 2);
+  Put<uint16_t>(b, 4, 1);  // version 1 had no row groups
+  EXPECT_TRUE(Rejects(b, 4, "unsupported version"));
+  Put<uint16_t>(b, 4, 3);
   EXPECT_TRUE(Rejects(b, 4, "unsupported version"));
   Put<uint16_t>(b, 4, 0);
   EXPECT_TRUE(Rejects(b, 4, "unsupported version"));
@@ -429,6 +431,59 @@ TEST(VerifierStage, BadColumnGeometry) {
   b = ColBytecode();
   Put<int64_t>(b, l.stages[0].param(1), 5);  // 32 reduced elements are not O * 5
   EXPECT_TRUE(Rejects(b, l.stages[0].param(0), "bad column geometry"));
+}
+
+// Softmax over rows of 40000 (> a tile): chunked stages, marked as one row
+// group of 4 rows.
+Bytes LongRowBytecode() {
+  Kernel k;
+  auto* x = k.Load(nullptr, {4, 40000}, DType::kFloat32);
+  auto* m = k.Reduce(ReduceOp::kMax, x, {1}, true);
+  auto* e = k.Unary(UnaryOp::kExp, k.Binary(BinaryOp::kSub, x, m));
+  k.Store(nullptr, k.Binary(BinaryOp::kDiv, e, k.Reduce(ReduceOp::kSum, e, {1}, true)));
+  k.CodeGen();
+  return k.Bytecode();
+}
+
+TEST(VerifierStage, BadStageFlags) {
+  Bytes b = LongRowBytecode();
+  Layout l = Parse(b);
+  ASSERT_GE(l.num_stages, 2);
+  b[l.stages[0].off + 3] = 1;  // the first stage cannot run with a previous one
+  EXPECT_TRUE(Rejects(b, l.stages[0].off + 3, "bad stage flags"));
+  b = LongRowBytecode();
+  b[l.stages[1].off + 3] = 3;  // concurrent and joining a row group
+  EXPECT_TRUE(Rejects(b, l.stages[1].off + 3, "bad stage flags"));
+  b[l.stages[1].off + 3] = 4;
+  EXPECT_TRUE(Rejects(b, l.stages[1].off + 3, "bad stage flags"));
+}
+
+TEST(VerifierStage, BadRowGroup) {
+  Bytes b = LongRowBytecode();
+  Layout l = Parse(b);
+  ASSERT_GE(l.num_stages, 3);
+  // Codegen grouped every stage by the 4 rows; the stages after the first join.
+  EXPECT_EQ(Get<uint16_t>(b, l.stages[0].off + 18), 4);
+  EXPECT_EQ(b[l.stages[0].off + 3], 0);
+  for (int si = 1; si < l.num_stages; ++si) {
+    EXPECT_EQ(Get<uint16_t>(b, l.stages[si].off + 18), 4) << "stage " << si;
+    EXPECT_EQ(b[l.stages[si].off + 3], 2) << "stage " << si;
+  }
+  // Stage 0 has 4 x 10 partials: 3 rows do not divide them.
+  for (int si = 0; si < l.num_stages; ++si) Put<uint16_t>(b, l.stages[si].off + 18, 3);
+  EXPECT_TRUE(Rejects(b, l.stages[0].off + 18, "bad row group"));
+  // A joining stage with other rows than the stage before.
+  b = LongRowBytecode();
+  Put<uint16_t>(b, l.stages[1].off + 18, 2);
+  EXPECT_TRUE(Rejects(b, l.stages[1].off + 18, "bad row group"));
+  // Joining without rows.
+  b = LongRowBytecode();
+  Put<uint16_t>(b, l.stages[1].off + 18, 0);
+  EXPECT_TRUE(Rejects(b, l.stages[1].off + 18, "bad row group"));
+  // Only ELEM and ROW stages split into rows.
+  b = ColBytecode();
+  Put<uint16_t>(b, Parse(b).stages[0].off + 18, 1);
+  EXPECT_TRUE(Rejects(b, Parse(b).stages[0].off + 18, "bad row group"));
 }
 
 // ---- views ---------------------------------------------------------------------
@@ -935,9 +990,12 @@ TEST(VerifierPositive, RandomByteMutationsVerifyOrThrow) {
     Bytes b = seeds[iter % seeds.size()];
     const size_t at = std::uniform_int_distribution<size_t>(0, b.size() - 1)(rng);
     const int how = iter % 3;
-    if (how == 0) b[at] = static_cast<uint8_t>(rng());
-    else if (how == 1) b[at] ^= static_cast<uint8_t>(1u << (rng() % 8));
-    else b[at] = static_cast<uint8_t>(b[at] + ((rng() & 1) ? 1 : -1));
+    if (how == 0)
+      b[at] = static_cast<uint8_t>(rng());
+    else if (how == 1)
+      b[at] ^= static_cast<uint8_t>(1u << (rng() % 8));
+    else
+      b[at] = static_cast<uint8_t>(b[at] + ((rng() & 1) ? 1 : -1));
     if (HitsColumnGeometryOverflow(b)) continue;
     bc::Program p;
     try {
@@ -975,8 +1033,7 @@ bc::Program ColProgram(int64_t R, int64_t full_dim, int64_t out_offset) {
   bc::Program p;
   p.num_regs = 2;
   p.tile_cap = 16;
-  p.tensors = {{DType::kFloat32, bc::TensorKind::kInput, 0, 16},
-               {DType::kFloat32, bc::TensorKind::kOutput, 0, 16}};
+  p.tensors = {{DType::kFloat32, bc::TensorKind::kInput, 0, 16}, {DType::kFloat32, bc::TensorKind::kOutput, 0, 16}};
   bc::Stage s;
   s.mode = bc::Mode::kCol;
   s.full_rank = 1;

@@ -1,4 +1,6 @@
 // The dvm command line: demo, bench, das, dump.
+#include "dvm/dvm.h"
+
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -6,7 +8,6 @@
 #include <vector>
 
 #include "bench_util.h"
-#include "dvm/dvm.h"
 #include "kernels.h"
 
 namespace dvmtool {
@@ -65,16 +66,19 @@ commands:
   dump [--kernel K]
       Print the IR of an example kernel.
 
-  K is one of: layernorm (bias + residual + layernorm, default), gelu,
-  softmax, chain10, chain50.
+  K is one of: layernorm (bias + residual + layernorm, default),
+  layernorm_plain (layernorm alone), gelu, softmax, chain10, chain50.
 )";
 
 // Builds example kernel `name`; returns its input shapes for [rows, cols].
-std::vector<dvm::Shape> BuildExample(dvm::Kernel& k, const std::string& name, int64_t rows,
-                                     int64_t cols) {
+std::vector<dvm::Shape> BuildExample(dvm::Kernel& k, const std::string& name, int64_t rows, int64_t cols) {
   if (name == "layernorm") {
     BuildLayerNorm(k, cols, true);
     return {{rows, cols}, {cols}, {rows, cols}, {cols}, {cols}};
+  }
+  if (name == "layernorm_plain") {
+    BuildLayerNorm(k, cols, false);
+    return {{rows, cols}, {cols}, {cols}};
   }
   if (name == "gelu") {
     BuildGelu(k, 2);

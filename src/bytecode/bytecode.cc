@@ -72,11 +72,11 @@ void Encode(const Program& p, std::vector<uint8_t>& out) {
     w.Put<uint8_t>(static_cast<uint8_t>(s.mode));
     w.Put<uint8_t>(s.full_rank);
     w.Put<uint8_t>(s.red_rank);
-    w.Put<uint8_t>(s.concurrent ? 1 : 0);
+    w.Put<uint8_t>(static_cast<uint8_t>((s.concurrent ? 1 : 0) | (s.row_join ? 2 : 0)));
     w.Put<uint16_t>(static_cast<uint16_t>(s.views.size()));
     w.Put<uint16_t>(static_cast<uint16_t>(s.insts.size()));
     for (uint16_t n : s.sections) w.Put<uint16_t>(n);
-    w.Put<uint16_t>(0);
+    w.Put<uint16_t>(s.group_rows);
     for (int64_t v : s.p) w.Put<int64_t>(v);
     for (int i = 0; i < s.full_rank; ++i) w.Put<int64_t>(s.full_dims[i]);
     for (int i = 0; i < s.red_rank; ++i) w.Put<int64_t>(s.red_dims[i]);

@@ -18,8 +18,10 @@ void Dims(std::ostream& os, const int64_t* d, int rank) {
 }
 
 void ConstValue(std::ostream& os, const Const& c) {
-  if (IsFloat(c.dtype)) os << BitsF32(c.bits);
-  else os << static_cast<int32_t>(c.bits);
+  if (IsFloat(c.dtype))
+    os << BitsF32(c.bits);
+  else
+    os << static_cast<int32_t>(c.bits);
 }
 
 struct RegName {
@@ -31,13 +33,12 @@ std::ostream& operator<<(std::ostream& os, RegName r) { return os << 'r' << r.x;
 
 std::string Disassemble(const Program& p) {
   std::ostringstream os;
-  os << "; dvm bytecode v" << kVersion << ": " << p.num_regs << " registers x " << p.tile_cap
-     << " lanes, " << p.tensors.size() << " tensors, " << p.consts.size() << " constants, "
-     << p.stages.size() << " stages\n";
+  os << "; dvm bytecode v" << kVersion << ": " << p.num_regs << " registers x " << p.tile_cap << " lanes, "
+     << p.tensors.size() << " tensors, " << p.consts.size() << " constants, " << p.stages.size() << " stages\n";
   for (size_t i = 0; i < p.tensors.size(); ++i) {
     const TensorDesc& t = p.tensors[i];
-    os << "tensor t" << i << " " << kKindNames[int(t.kind)] << t.slot << " " << DTypeName(t.dtype)
-       << " x " << t.numel << "\n";
+    os << "tensor t" << i << " " << kKindNames[int(t.kind)] << t.slot << " " << DTypeName(t.dtype) << " x " << t.numel
+       << "\n";
   }
   for (size_t i = 0; i < p.consts.size(); ++i) {
     os << "const K" << i << " " << DTypeName(p.consts[i].dtype) << " ";
@@ -46,7 +47,9 @@ std::string Disassemble(const Program& p) {
   }
   for (size_t si = 0; si < p.stages.size(); ++si) {
     const Stage& s = p.stages[si];
-    os << "stage " << si << " " << kModeNames[int(s.mode)] << (s.concurrent ? " concurrent" : "") << " full=";
+    os << "stage " << si << " " << kModeNames[int(s.mode)] << (s.concurrent ? " concurrent" : "");
+    if (s.group_rows) os << (s.row_join ? " rows+" : " rows=") << s.group_rows;
+    os << " full=";
     Dims(os, s.full_dims, s.full_rank);
     os << " red=";
     Dims(os, s.red_dims, s.red_rank);
@@ -61,8 +64,7 @@ std::string Disassemble(const Program& p) {
     for (size_t vi = 0; vi < s.views.size(); ++vi) {
       const View& v = s.views[vi];
       bool full = v.level == Level::kFull;
-      os << "  view v" << vi << " t" << v.tensor << (full ? " full" : " red") << " +" << v.offset
-         << " strides=";
+      os << "  view v" << vi << " t" << v.tensor << (full ? " full" : " red") << " +" << v.offset << " strides=";
       Dims(os, v.strides, full ? s.full_rank : s.red_rank);
       os << "\n";
     }
@@ -78,31 +80,47 @@ std::string Disassemble(const Program& p) {
         auto r = [](int x) { return RegName{x}; };
         uint8_t form = in.flags & kFormMask;
         switch (info.kind) {
-          case Kind::kLoad: os << r(in.dst) << ", v" << in.c; break;
-          case Kind::kStore: os << "v" << in.c << ", " << r(in.a); break;
-          case Kind::kFill: os << r(in.dst) << ", K" << in.c; break;
+          case Kind::kLoad:
+            os << r(in.dst) << ", v" << in.c;
+            break;
+          case Kind::kStore:
+            os << "v" << in.c << ", " << r(in.a);
+            break;
+          case Kind::kFill:
+            os << r(in.dst) << ", K" << in.c;
+            break;
           case Kind::kUn:
           case Kind::kRed:
-          case Kind::kBcast: os << r(in.dst) << ", " << r(in.a); break;
+          case Kind::kBcast:
+            os << r(in.dst) << ", " << r(in.a);
+            break;
           case Kind::kWide: {
             static const char* kRed[] = {"sum", "max", "min", "prod"};
             const char* op = in.b < 4 ? kRed[in.b] : "?";
-            if (Opcode(in.op) == Opcode::WNARROW) os << r(in.dst) << ", w" << int(in.a);
-            else if (Opcode(in.op) == Opcode::WFILL) os << "w" << int(in.dst) << ", " << op;
-            else os << "w" << int(in.dst) << ", " << r(in.a) << ", " << op;
+            if (Opcode(in.op) == Opcode::WNARROW)
+              os << r(in.dst) << ", w" << int(in.a);
+            else if (Opcode(in.op) == Opcode::WFILL)
+              os << "w" << int(in.dst) << ", " << op;
+            else
+              os << "w" << int(in.dst) << ", " << r(in.a) << ", " << op;
             break;
           }
           case Kind::kCast:
-            os << r(in.dst) << ", " << r(in.a) << " (from "
-               << DTypeName(DType((in.flags & kSrcMask) >> kSrcShift)) << ")";
+            os << r(in.dst) << ", " << r(in.a) << " (from " << DTypeName(DType((in.flags & kSrcMask) >> kSrcShift))
+               << ")";
             break;
           case Kind::kBin:
             os << r(in.dst) << ", ";
-            if (form == kFormRR) os << r(in.a) << ", " << r(in.b);
-            else if (form == kFormRK) os << r(in.a) << ", K" << in.c;
-            else os << "K" << in.c << ", " << r(in.a);
+            if (form == kFormRR)
+              os << r(in.a) << ", " << r(in.b);
+            else if (form == kFormRK)
+              os << r(in.a) << ", K" << in.c;
+            else
+              os << "K" << in.c << ", " << r(in.a);
             break;
-          case Kind::kSel: os << r(in.dst) << ", " << r(in.a) << ", " << r(in.b) << ", " << r(in.c); break;
+          case Kind::kSel:
+            os << r(in.dst) << ", " << r(in.a) << ", " << r(in.b) << ", " << r(in.c);
+            break;
         }
         os << "\n";
       }

@@ -34,7 +34,7 @@
 namespace dvm::bc {
 
 constexpr uint32_t kMagic = 0x424d5644;  // "DVMB"
-constexpr uint16_t kVersion = 1;
+constexpr uint16_t kVersion = 2;
 constexpr int kMaxRank = 8;
 constexpr int kNumSections = 5;
 enum Section { kTileInit, kBlockInit, kBody, kBlockMerge, kPost };
@@ -76,6 +76,14 @@ struct Gemm {
 struct Stage {
   Mode mode = Mode::kElem;
   bool concurrent = false;  // runs with the previous stage, no barrier between (stacking)
+  // Row groups: the full (ELEM) or reduced (ROW) domain of this stage splits
+  // into `group_rows` equal row slices, and slice r of each stage of the
+  // group reads only what slice r of the earlier stages of the group wrote.
+  // The VM may then run the group row by row (all its stages for row r,
+  // while row r is in cache) instead of stage by stage; tiles are the same
+  // computations either way, so the bits are the same. 0: no group.
+  uint16_t group_rows = 0;
+  bool row_join = false;  // continues the row group of the previous stage
   uint8_t full_rank = 0, red_rank = 0;
   int64_t full_dims[kMaxRank] = {};
   int64_t red_dims[kMaxRank] = {};

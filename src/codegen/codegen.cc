@@ -1202,6 +1202,111 @@ class Gen {
     if (p.mode == Mode::kCol && s.p[1] == 0) return;
     AllocRegs(e);
     stages_.push_back(std::move(e.st));
+    RowInfo ri;
+    ri.mode = p.mode;
+    ri.dom = e.dom;
+    ri.red = e.red;
+    ri.rmask = e.chunk ? ln_[p.chunk_node].rmask : e.rmask;
+    ri.chunk = e.chunk;
+    ri.views = std::move(e.views);
+    row_info_.push_back(std::move(ri));
+  }
+
+  // -- row groups --
+  // The domains and views of an emitted stage before coalescing.
+  struct RowInfo {
+    Mode mode = Mode::kElem;
+    Dims8 dom, red;
+    uint32_t rmask = 0;  // reduced dims of dom (a chunked stage: the chunked row)
+    bool chunk = false;
+    std::vector<bc::View> views;
+  };
+
+  // Whether the stage's domain starts with dims of product R, none of them
+  // reduced: row r of R is then a slice of its (full and reduced) domain.
+  static bool SplitsRows(const RowInfo& ri, int64_t R) {
+    if (ri.mode != Mode::kElem && ri.mode != Mode::kRow) return false;
+    int64_t P = 1;
+    for (size_t i = 0; i < ri.dom.size() && P < R; ++i) {
+      if (ri.dom[i] == 1) continue;
+      if (ri.rmask >> i & 1) return false;
+      P *= ri.dom[i];
+    }
+    return P == R;
+  }
+
+  // Whether a view (dims, strides over its level's domain) keeps slice r of
+  // R of the domain inside elements [r * slab, (r + 1) * slab) of its tensor.
+  // The domain's leading dims of product R (a dim may be split) must step by
+  // slab row-major, and the rest must stay within one slab.
+  static bool SlabLocal(const int64_t* dims, const int64_t* strides, size_t rank, int64_t offset, int64_t R,
+                        int64_t slab) {
+    int64_t od[bc::kMaxRank + 1], os[bc::kMaxRank + 1];
+    int no = 0;
+    int64_t P = 1, hi = offset;
+    for (size_t i = 0; i < rank; ++i) {
+      int64_t d = dims[i], st = strides[i];
+      if (d == 0) return true;  // empty: touches nothing
+      if (P < R && d > 1) {
+        const int64_t q = R / P;  // the part of d that is outer
+        if (R % P != 0 || (d < q ? q % d != 0 : d % q != 0)) return false;
+        const int64_t outer = std::min(d, q);
+        od[no] = outer, os[no] = st * (d / outer), ++no;
+        P *= outer;
+        d /= outer;
+      }
+      hi += (d - 1) * st;
+    }
+    if (P != R || offset < 0 || hi >= slab) return false;
+    int64_t expect = slab;
+    for (int k = no - 1; k >= 0; --k) {
+      if (os[k] != expect) return false;
+      expect *= od[k];
+    }
+    return true;
+  }
+
+  // Marks runs of stages around each chunked long-row reduction as row
+  // groups: their domains split into the same R rows and every tensor the
+  // run writes (workspaces, outputs) is only touched slab by slab, so row r
+  // of a stage needs nothing but row r of the stages before it.
+  void MarkRowGroups() {
+    const size_t n = stages_.size();
+    for (size_t c = 0; c < n; ++c) {
+      const RowInfo& ci = row_info_[c];
+      if (!ci.chunk || stages_[c].group_rows) continue;
+      int64_t R = 1;
+      for (size_t i = 0; i < ci.dom.size(); ++i)
+        if (!(ci.rmask >> i & 1)) R *= ci.dom[i];
+      if (R < 2 || R > 0xffff) continue;
+      size_t lo = c, hi = c + 1;
+      while (lo > 0 && !stages_[lo - 1].group_rows && SplitsRows(row_info_[lo - 1], R)) --lo;
+      while (hi < n && SplitsRows(row_info_[hi], R)) ++hi;
+      while (hi - lo >= 2 && !RunIsRowLocal(lo, hi, R)) --hi;  // a later stage may read across rows
+      if (hi - lo < 2) continue;
+      for (size_t k = lo; k < hi; ++k) {
+        stages_[k].group_rows = static_cast<uint16_t>(R);
+        stages_[k].row_join = k > lo;
+      }
+    }
+  }
+
+  bool RunIsRowLocal(size_t lo, size_t hi, int64_t R) const {
+    std::vector<uint8_t> written(tensors_.size(), 0);
+    for (size_t k = lo; k < hi; ++k)
+      for (const bc::Inst& in : stages_[k].insts)
+        if (bc::Opcode(in.op) == bc::Opcode::STORE) written[stages_[k].views[in.c].tensor] = 1;
+    for (size_t k = lo; k < hi; ++k) {
+      const RowInfo& ri = row_info_[k];
+      for (const bc::View& v : ri.views) {
+        if (!written[v.tensor]) continue;  // read-only here: any element is final
+        const int64_t numel = tensors_[v.tensor].numel;
+        if (numel % R != 0) return false;
+        const Dims8& d = v.level == Level::kFull ? ri.dom : ri.red;
+        if (!SlabLocal(d.begin(), v.strides, d.size(), v.offset, R, numel / R)) return false;
+      }
+    }
+    return true;
   }
 
   // Whether a full-level view of a ROW stage repeats one row: stride 0 on
@@ -1398,10 +1503,12 @@ class Gen {
   }
 
   void Emit() {
+    row_info_.clear();
     for (size_t k = 0; k < plans_.size(); ++k) {
       cur_plan_ = static_cast<int>(k);
       EmitStage(plans_[k]);
     }
+    MarkRowGroups();
     bc::Program prog;
     prog.num_regs = static_cast<uint16_t>(std::max(num_regs_, 1));
     prog.tile_cap = static_cast<uint32_t>(tile_cap_);
@@ -1424,6 +1531,7 @@ class Gen {
   std::vector<bc::Const> consts_;
   std::vector<StagePlan> plans_;
   std::vector<bc::Stage> stages_;
+  std::vector<RowInfo> row_info_;  // per stage of stages_
   std::vector<Lvl> lvl_;
   std::vector<uint8_t> seen_;
   std::vector<int> stack_;

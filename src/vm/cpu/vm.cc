@@ -257,14 +257,32 @@ void RunGemmTile(const StageRt& s, int64_t t, TileCtx& c) {
     for (int64_t r = 0; r < rows; ++r) body(base + r * N, cols);
 }
 
+// An ELEM tile: n elements of the domain from `start`.
+// Level 1 is unused by ELEM instructions; n[1] = 1 makes a row operand
+// (FuseUniformLoads) one value for the whole tile.
+inline void RunElem(const StageRt& s, int64_t start, int64_t n, TileCtx& c) {
+  c.start[0] = c.start[1] = start;
+  c.n[0] = n;
+  c.n[1] = 1;
+  RunCode(s.code.data() + s.sec[bc::kBody], s.code.data() + s.sec[bc::kBody + 1], c);
+}
+
+// A ROW tile (not chunked): r rows of K elements from row m0.
+inline void RunRows(const StageRt& s, int64_t m0, int64_t r, TileCtx& c) {
+  const int64_t K = s.p[0];
+  c.start[1] = m0;
+  c.n[1] = r;
+  c.start[0] = m0 * K;
+  c.n[0] = std::min(r * K, s.n_full - m0 * K);
+  RunCode(s.code.data() + s.sec[bc::kBody], s.code.data() + s.sec[bc::kBody + 1], c);
+}
+
 void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
   const VInst* code = s.code.data();
   switch (s.mode) {
     case bc::Mode::kElem: {
       const int64_t T = s.p[0];
-      c.start[0] = c.start[1] = t * T;
-      c.n[0] = c.n[1] = std::min(T, s.n_full - t * T);
-      RunCode(code + s.sec[bc::kBody], code + s.sec[bc::kBody + 1], c);
+      RunElem(s, t * T, std::min(T, s.n_full - t * T), c);
       break;
     }
     case bc::Mode::kRow: {
@@ -279,12 +297,7 @@ void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
         break;
       }
       const int64_t m0 = t * rows;
-      const int64_t r = std::min(rows, s.n_red - m0);
-      c.start[1] = m0;
-      c.n[1] = r;
-      c.start[0] = m0 * K;
-      c.n[0] = std::min(r * K, s.n_full - m0 * K);
-      RunCode(code + s.sec[bc::kBody], code + s.sec[bc::kBody + 1], c);
+      RunRows(s, m0, std::min(rows, s.n_red - m0), c);
       break;
     }
     case bc::Mode::kGemm:
@@ -333,28 +346,39 @@ void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
   }
 }
 
+// What every parallel launch shares: the tensors, the register file's
+// layout, and the work counter the threads take items from.
+struct JobBase {
+  void* const* ptrs = nullptr;
+  size_t scratch_bytes = 0, slot_bytes = 0;
+  int num_regs = 0;
+  int64_t grain = 1;
+  std::atomic<int64_t> next{0};
+
+  // A tile context on this thread's scratch; p holds the register pointers.
+  TileCtx Context(const void** p) const {
+    TileCtx c;
+    c.regs = tls_scratch.Get(scratch_bytes);
+    c.slot_bytes = slot_bytes;
+    for (int r = 0; r < num_regs; ++r) p[r] = c.regs + r * slot_bytes;
+    c.p = p;
+    c.ptrs = ptrs;
+    return c;
+  }
+};
+
 // One parallel launch: the tiles of a group of concurrent stages (one stage,
 // or the stages of stacked programs), numbered one after the other.
-struct StageJob {
+struct StageJob : JobBase {
   const StageRt* const* stages;
   const int64_t* first;  // first tile number of each stage; first[n] = total
   int nstages;
-  void* const* ptrs;
-  size_t scratch_bytes, slot_bytes;
-  int num_regs;
-  int64_t grain;
-  std::atomic<int64_t> next{0};
 };
 
 void RunStageJob(void* ctx, int) {
   auto* job = static_cast<StageJob*>(ctx);
-  TileCtx c;
-  c.regs = tls_scratch.Get(job->scratch_bytes);
-  c.slot_bytes = job->slot_bytes;
   const void* p[256];
-  for (int r = 0; r < job->num_regs; ++r) p[r] = c.regs + r * job->slot_bytes;
-  c.p = p;
-  c.ptrs = job->ptrs;
+  TileCtx c = job->Context(p);
   const int64_t nt = job->first[job->nstages];
   int si = 0;
   for (;;) {
@@ -370,6 +394,48 @@ void RunStageJob(void* ctx, int) {
   }
 }
 
+// Slice r of R of a row-grouped stage: the tiles of its share of the domain
+// (full for ELEM, reduced for ROW), cut as in the stage-by-stage order but
+// never across slice boundaries (the verifier checked that R divides it).
+void RunRowSlice(const StageRt& s, int64_t r, int64_t R, TileCtx& c) {
+  if (s.mode == bc::Mode::kElem) {
+    const int64_t F = s.n_full / R, T = s.p[0], end = (r + 1) * F;
+    for (int64_t o = r * F; o < end; o += T) RunElem(s, o, std::min(T, end - o), c);
+    return;
+  }
+  const int64_t F = s.n_red / R, end = (r + 1) * F;
+  if (s.p[2] > 0) {  // chunked: one tile per partial
+    for (int64_t t = r * F; t < end; ++t) RunTile(s, t, c);
+    return;
+  }
+  const int64_t rows = s.p[1];
+  for (int64_t m0 = r * F; m0 < end; m0 += rows) RunRows(s, m0, std::min(rows, end - m0), c);
+}
+
+// One parallel launch of a row group: each thread takes rows and runs every
+// stage of the group on them, in order.
+struct RowGroupJob : JobBase {
+  const StageRt* stages;
+  int nstages;
+  int64_t rows;
+};
+
+void RunRowGroupJob(void* ctx, int) {
+  auto* job = static_cast<RowGroupJob*>(ctx);
+  const void* p[256];
+  TileCtx c = job->Context(p);
+  for (;;) {
+    const int64_t r0 = job->next.fetch_add(job->grain, std::memory_order_relaxed);
+    if (r0 >= job->rows) break;
+    const int64_t r1 = std::min(job->rows, r0 + job->grain);
+    for (int64_t r = r0; r < r1; ++r)
+      for (int k = 0; k < job->nstages; ++k) {
+        c.stage = &job->stages[k];
+        RunRowSlice(*c.stage, r, job->rows, c);
+      }
+  }
+}
+
 }  // namespace
 
 Executable::Executable(std::span<const uint8_t> bytecode) {
@@ -380,6 +446,8 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     StageRt& rt = stages_[si];
     rt.mode = s.mode;
     rt.concurrent = s.concurrent;
+    rt.row_join = s.row_join;
+    rt.group_rows = s.group_rows;
     rt.n_full = bc::FullElems(s);
     rt.n_red = bc::RedElems(s);
     std::copy(std::begin(s.p), std::end(s.p), rt.p);
@@ -478,6 +546,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     ForwardStores(s, rt);
     ElideRoundingCasts(s, rt);
     FuseRowBroadcasts(s, rt);
+    FuseUniformLoads(s, rt);
     FuseSquareSums(s, rt);
     chains_ += FuseBinaryChains(s, rt);
     SetupColFast(s, rt);
@@ -520,6 +589,18 @@ bool LiveIn(const bc::Stage& s, int from, int to, int r) {
 }
 
 void NopHandler(const VInst&, TileCtx&) {}
+
+// A LOAD whose view holds one value over the whole tile (FuseUniformLoads):
+// lane 0 of its register gets that value, for a reader that takes it as a
+// row operand of one row.
+void UniformLoadHandler(const VInst& vi, TileCtx& c) {
+  if (c.n[vi.level] <= 0) return;
+  const ViewRt& v = c.stage->views[vi.view];
+  const uint8_t* base = static_cast<const uint8_t*>(c.ptrs[v.tensor]);
+  uint32_t* dst = c.W<uint32_t>(vi.dst);
+  ForEachRun(v, c.start[vi.level], 1,
+             [&](int64_t off, int64_t, int64_t, int64_t) { dst[0] = LoadOne(v.dtype, base + off * v.esize); });
+}
 
 // CAST r := R[a] to f16/bf16 that only a STORE into a tensor of that dtype
 // reads: the store rounds the same way (rounding is idempotent), so the cast
@@ -583,6 +664,57 @@ void Executable::FuseRowBroadcasts(const bc::Stage& s, StageRt& rt) {
     v.form = kFormRow;
     rt.code[j].fn = &NopHandler;
     rt.code[j].fused = true;
+  }
+}
+
+// ELEM and chunked ROW stages: "LOAD rb, v" where v has one value over every
+// tile (stride 0 over a run of D elements that each tile lies in: a row's
+// mean or max in a long-row stage, a per-row scale) and whose only reader is
+// the next float binary op "op d, a, rb" (ADD, SUB, MUL, DIV, MAX, MIN; for
+// ADD, MUL, MAX and MIN also "op d, rb, a") loads one lane, and the op reads
+// it as a row operand of a one-row tile (c.n[1] = 1 there): no fill pass.
+void Executable::FuseUniformLoads(const bc::Stage& s, StageRt& rt) {
+  const bool elem = s.mode == bc::Mode::kElem, chunk = s.mode == bc::Mode::kRow && s.p[2] > 0;
+  if (!elem && !chunk) return;
+  const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
+  for (int j = b; j < e; ++j) {
+    const bc::Inst& ld = s.insts[j];
+    if (bc::Opcode(ld.op) != bc::Opcode::LOAD || (ld.flags & bc::kLevelRed)) continue;
+    const ViewRt& v = rt.views[ld.c];
+    int64_t D = 1;  // trailing stride-0 extent
+    int i = v.rank - 1;
+    for (; i >= 0 && v.strides[i] == 0; --i) D *= v.dims[i];
+    if (D <= 1) continue;
+    bool uniform;
+    if (i < 0) {
+      uniform = true;  // one value for the whole domain
+    } else if (elem) {
+      const int64_t slice = rt.group_rows > 0 ? rt.n_full / rt.group_rows : D;
+      uniform = D % s.p[0] == 0 && slice % D == 0;  // tiles (and row-group slices) never cross a run
+    } else {
+      uniform = s.p[0] > 0 && D % s.p[0] == 0;  // each row (all its chunks) inside one run
+    }
+    if (!uniform) continue;
+    const int rb = ld.dst;
+    int k = j + 1;
+    while (k < e && !ReadsReg(s.insts[k], rb) && !WritesReg(s.insts[k], rb)) ++k;
+    if (k == e || !ReadsReg(s.insts[k], rb)) continue;
+    const bc::Inst& op = s.insts[k];
+    if (bc::kOpInfo[op.op].kind != bc::Kind::kBin || (op.flags & bc::kFormMask) != bc::kFormRR ||
+        (op.flags & bc::kLevelRed) || op.a == op.b || rt.code[k].form == kFormRow ||
+        (op.dst != rb && LiveIn(s, k + 1, e, rb)))
+      continue;
+    const bc::Opcode o = bc::Opcode(op.op);
+    const bool commutes = o == bc::Opcode::ADD || o == bc::Opcode::MUL || o == bc::Opcode::MAX || o == bc::Opcode::MIN;
+    if (op.b != rb && !commutes) continue;
+    const Handler h = RowBroadcastHandler(op);
+    if (!h) continue;
+    VInst& vk = rt.code[k];
+    (vk.fwd_view != kNoForward ? vk.fn2 : vk.fn) = h;
+    vk.a = op.b == rb ? op.a : op.b;
+    vk.b = static_cast<uint32_t>(rb);
+    vk.form = kFormRow;
+    rt.code[j].fn = &UniformLoadHandler;
   }
 }
 
@@ -698,8 +830,7 @@ void Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
   for (int j = b; j < e; ++j) {
     const bc::Inst& mul = s.insts[j];
     if (bc::Opcode(mul.op) != bc::Opcode::MUL || (mul.flags & bc::kFormMask) != bc::kFormRR || mul.a != mul.b ||
-        (mul.flags & bc::kLevelRed) || DType(mul.type) != DType::kFloat32 || rt.code[j].fwd_view != kNoForward ||
-        mul.dst == mul.a)
+        (mul.flags & bc::kLevelRed) || DType(mul.type) != DType::kFloat32 || rt.code[j].fwd_view != kNoForward)
       continue;
     const int rm = mul.dst, ra = mul.a;
     int k = j + 1;
@@ -835,7 +966,39 @@ void Executable::Run(void* const* ptrs) const {
   // Reused per thread: no allocation on the launch path.
   thread_local std::vector<const StageRt*> group;
   thread_local std::vector<int64_t> first;
+  const int nthreads = pool.num_threads();
+  auto bind = [&](JobBase& job) {
+    job.ptrs = ptrs;
+    job.scratch_bytes = scratch;
+    job.slot_bytes = size_t(prog_.tile_cap) * 4;
+    job.num_regs = prog_.num_regs;
+  };
   for (size_t i = 0; i < stages_.size();) {
+    // A row group runs row by row when the rows keep every thread busy
+    // (else stage by stage below: the same tiles, so the same bits).
+    if (stages_[i].group_rows > 0 && i + 1 < stages_.size() && stages_[i + 1].row_join) {
+      const int64_t R = stages_[i].group_rows;
+      size_t j = i + 1;
+      while (j < stages_.size() && stages_[j].row_join) ++j;
+      if (nthreads == 1 || R >= 4 * nthreads || R % nthreads == 0) {
+        int64_t work = 0;
+        for (size_t k = i; k < j; ++k)
+          work += (stages_[k].n_full + stages_[k].n_red) * static_cast<int64_t>(stages_[k].code.size());
+        RowGroupJob job;
+        job.stages = stages_.data() + i;
+        job.nstages = static_cast<int>(j - i);
+        job.rows = R;
+        bind(job);
+        const int threads = work < 64 * 1024 ? 1 : static_cast<int>(std::min<int64_t>(nthreads, R));
+        job.grain = std::max<int64_t>(1, R / (int64_t{threads} * 4));
+        if (threads <= 1)
+          RunRowGroupJob(&job, 0);
+        else
+          pool.Run(threads, &RunRowGroupJob, &job);
+        i = j;
+        continue;
+      }
+    }
     // A group: this stage and the concurrent ones after it.
     group.clear();
     first.assign(1, 0);
@@ -860,10 +1023,7 @@ void Executable::Run(void* const* ptrs) const {
     job.stages = group.data();
     job.first = first.data();
     job.nstages = static_cast<int>(group.size());
-    job.ptrs = ptrs;
-    job.scratch_bytes = scratch;
-    job.slot_bytes = size_t(prog_.tile_cap) * 4;
-    job.num_regs = prog_.num_regs;
+    bind(job);
     // Small groups run on the calling thread without waking the pool: below
     // ~64K lane-instructions (a few microseconds) a wake-up costs more.
     const bool small = work < 64 * 1024 || ntiles < 2;

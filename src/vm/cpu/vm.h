@@ -40,6 +40,8 @@ struct ColPair {
 struct StageRt {
   bc::Mode mode = bc::Mode::kElem;
   bool concurrent = false;
+  bool row_join = false;  // continues the row group of the stage before
+  int64_t group_rows = 0;
   int64_t n_full = 0, n_red = 0, ntiles = 0;
   int64_t p[4] = {};
   std::vector<VInst> code;
@@ -69,6 +71,7 @@ class Executable {
   static void SetupColFast(const bc::Stage& s, StageRt& rt);
   static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
   static void FuseRowBroadcasts(const bc::Stage& s, StageRt& rt);
+  static void FuseUniformLoads(const bc::Stage& s, StageRt& rt);
   static void FuseSquareSums(const bc::Stage& s, StageRt& rt);
   static int FuseBinaryChains(const bc::Stage& s, StageRt& rt);  // returns the pairs fused
 
