@@ -295,7 +295,7 @@ class Gen {
     std::vector<uint8_t> only_stores(n, 1), used(n, 0);
     for (const ir::Node& node : g_->nodes)
       for (int k = 0; k < node.num_inputs(); ++k) {
-        used[node.in[k]] = 1;
+        used[node.in[k]] = std::min(used[node.in[k]] + 1, 2);
         if (!(node.op == ir::Op::kStore && node.sub == 0)) only_stores[node.in[k]] = 0;
       }
     for (size_t i = 0; i < n; ++i) {
@@ -446,7 +446,7 @@ class Gen {
             axes.clear();
             for (size_t d = 0; d < ln_[x].shape.size(); ++d) axes.push_back(static_cast<int64_t>(d));
           }
-          map_[i] = LowerReduce(x, op, axes, node.dtype);
+          map_[i] = LowerReduce(x, op, axes, node.dtype, x == in(0) && used[node.in[0]] > 1);
           const Dims8& kept = ln_[map_[i]].shape;
           if (kept != shape && !(only_stores[i] && used[i])) map_[i] = Reshaped(map_[i], shape);
           continue;
@@ -471,8 +471,26 @@ class Gen {
     return ok ? x : Materialize(x);
   }
 
-  // Reduce x over `axes` keeping dims; returns the lowered node.
-  int LowerReduce(int x, ReduceOp op, const Dims8& axes, DType dt) {
+  // Whether computing v (its computed nodes up to loads) takes a
+  // transcendental function: worth storing rather than computing twice.
+  bool Expensive(int v) {
+    std::vector<int> slice;
+    Slice(v, slice);
+    for (int n : slice) {
+      const LNode& x = ln_[n];
+      if (x.op == L::kUn &&
+          (x.sub == uint8_t(Opcode::EXP) || x.sub == uint8_t(Opcode::LOG) || x.sub == uint8_t(Opcode::TANH) ||
+           x.sub == uint8_t(Opcode::SIGMOID) || x.sub == uint8_t(Opcode::ERF) || x.sub == uint8_t(Opcode::SIN) ||
+           x.sub == uint8_t(Opcode::COS)))
+        return true;
+      if (x.op == L::kBin && x.sub == uint8_t(Opcode::POW)) return true;
+    }
+    return false;
+  }
+
+  // Reduce x over `axes` keeping dims; returns the lowered node. `shared`:
+  // x has other users.
+  int LowerReduce(int x, ReduceOp op, const Dims8& axes, DType dt, bool shared = false) {
     Dims8 xs = ln_[x].shape;
     const int r = static_cast<int>(xs.size());
     std::vector<int> red;  // non-trivial reduced axes
@@ -518,6 +536,11 @@ class Gen {
         // like the result with nch in the last dim, then one short row over
         // the partials. Users of the result read it from a workspace: the
         // rows are not held in a tile.
+        // A long row's value that others use too (softmax's exp(x - max),
+        // summed and then divided) is stored by a stage of its own and read
+        // back (from cache, row by row in a row group) rather than computed
+        // again by every stage that needs it.
+        if (shared && cur == x && Expensive(cur)) cur = Materialize(cur);
         const int64_t nch = (K + t_->chunk - 1) / t_->chunk;
         Dims8 ps = out_shape;
         ps[r - 1] = nch;

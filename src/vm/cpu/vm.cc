@@ -746,6 +746,7 @@ int ChainOpOf(const bc::Inst& in) {
 // dead after op2, x and y not rewritten in between, d not a row register.
 int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
   if (s.mode == bc::Mode::kCol) return 0;  // COL runs its sections in its own loops; keep it as is
+  const bool one_row = s.mode == bc::Mode::kElem || (s.mode == bc::Mode::kRow && s.p[2] > 0);
   int fused = 0;
   const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
   for (int j = b; j < e; ++j) {
@@ -803,7 +804,9 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
           !WritesReg(s.insts[m], static_cast<int>(x)) && (y_kind == 1 || !WritesReg(s.insts[m], static_cast<int>(y)));
     if (!kept) continue;
     if (i2.dst != t && LiveIn(s, k + 1, rt.sec[bc::kNumSections], static_cast<int>(t))) continue;
-    if ((y_kind == 2 && i2.dst == y) || (z_kind == 2 && i2.dst == z)) continue;
+    // A row operand is read at the start of its row: the result may take its
+    // register only where a tile is one row (ELEM, chunked ROW).
+    if (!one_row && ((y_kind == 2 && i2.dst == y) || (z_kind == 2 && i2.dst == z))) continue;
     const Handler h = ChainHandler(op1, op2, y_kind, z_kind, z_first);
     if (!h) continue;
     const uint32_t k1 = v1.kbits;
