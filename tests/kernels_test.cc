@@ -1286,3 +1286,41 @@ TEST(KernelsConvert, F32ToF16RoundsTiesToEven) { CheckTies(DType::kFloat16); }
 
 }  // namespace
 }  // namespace dvm
+
+namespace dvm::test {
+namespace {
+
+int WorkspaceCount(const std::vector<uint8_t>& bytecode) {
+  int n = 0;
+  const vm::Executable exe(bytecode);
+  for (const bc::TensorDesc& t : exe.program().tensors) n += t.kind == bc::TensorKind::kWorkspace;
+  return n;
+}
+
+// A long-row softmax is one row group, and every workspace it has (partials,
+// row maxima and sums, the stored exp) is touched only by the group, slab by
+// slab: the VM keeps one slab of each per thread. A stage outside the group
+// that reads a workspace across rows keeps that one whole.
+TEST(RowGroups, WorkspacesKeptOneSlabPerThread) {
+  Kernel k;
+  NDObject* x = k.Load(nullptr, {6, 40000}, DType::kFloat32);
+  NDObject* m = k.Reduce(ReduceOp::kMax, x, {1}, true);
+  NDObject* e = k.Unary(UnaryOp::kExp, k.Binary(BinaryOp::kSub, x, m));
+  k.Store(nullptr, k.Binary(BinaryOp::kDiv, e, k.Reduce(ReduceOp::kSum, e, {1}, true)));
+  k.CodeGen();
+  const int ws = WorkspaceCount(k.Bytecode());
+  EXPECT_GE(ws, 5) << k.Das();
+  EXPECT_EQ(vm::Executable(k.Bytecode()).row_local_workspaces(), ws) << k.Das();
+
+  Kernel c;
+  NDObject* y = c.Load(nullptr, {6, 40000}, DType::kFloat32);
+  NDObject* z = c.Load(nullptr, {6, 6}, DType::kFloat32);
+  NDObject* mx = c.Reduce(ReduceOp::kMax, y, {1}, true);
+  c.Store(nullptr, c.Binary(BinaryOp::kSub, y, mx));
+  c.Store(nullptr, c.Binary(BinaryOp::kAdd, z, c.Reshape(mx, {1, 6})));  // reads every row's max
+  c.CodeGen();
+  EXPECT_EQ(vm::Executable(c.Bytecode()).row_local_workspaces(), WorkspaceCount(c.Bytecode()) - 1) << c.Das();
+}
+
+}  // namespace
+}  // namespace dvm::test

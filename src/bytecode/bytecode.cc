@@ -1,4 +1,5 @@
 // Bytecode encoder (the layout is documented in docs/bytecode.md).
+#include <algorithm>
 #include <cstring>
 
 #include "bytecode/format.h"
@@ -15,6 +16,32 @@ int64_t RedElems(const Stage& s) {
   int64_t n = 1;
   for (int i = 0; i < s.red_rank; ++i) n *= s.red_dims[i];
   return n;
+}
+
+bool SlabLocal(const int64_t* dims, const int64_t* strides, size_t rank, int64_t offset, int64_t R, int64_t slab) {
+  int64_t od[kMaxRank + 1], os[kMaxRank + 1];
+  int no = 0;
+  int64_t P = 1, hi = offset;
+  for (size_t i = 0; i < rank; ++i) {
+    int64_t d = dims[i], st = strides[i];
+    if (d == 0) return true;  // empty: touches nothing
+    if (P < R && d > 1) {
+      const int64_t q = R / P;  // the part of d that is outer
+      if (R % P != 0 || (d < q ? q % d != 0 : d % q != 0)) return false;
+      const int64_t outer = std::min(d, q);
+      od[no] = outer, os[no] = st * (d / outer), ++no;
+      P *= outer;
+      d /= outer;
+    }
+    hi += (d - 1) * st;
+  }
+  if (P != R || offset < 0 || hi >= slab) return false;
+  int64_t expect = slab;
+  for (int k = no - 1; k >= 0; --k) {
+    if (os[k] != expect) return false;
+    expect *= od[k];
+  }
+  return true;
 }
 
 namespace {

@@ -117,4 +117,12 @@ std::string Disassemble(const Program& p);
 int64_t FullElems(const Stage& s);
 int64_t RedElems(const Stage& s);
 
+// Whether a view (dims, strides over its level's domain, offset) keeps slice
+// r of R of that domain (its row-major blocks) inside elements
+// [r * slab, (r + 1) * slab) of its tensor: the domain's leading dims of
+// product R (a dim may be split) step by slab row-major, the rest stays
+// within one slab. Codegen marks row groups by it; the VM checks it before
+// it gives a workspace one slab per thread instead of one per row.
+bool SlabLocal(const int64_t* dims, const int64_t* strides, size_t rank, int64_t offset, int64_t R, int64_t slab);
+
 }  // namespace dvm::bc

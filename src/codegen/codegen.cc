@@ -1258,37 +1258,6 @@ class Gen {
     return P == R;
   }
 
-  // Whether a view (dims, strides over its level's domain) keeps slice r of
-  // R of the domain inside elements [r * slab, (r + 1) * slab) of its tensor.
-  // The domain's leading dims of product R (a dim may be split) must step by
-  // slab row-major, and the rest must stay within one slab.
-  static bool SlabLocal(const int64_t* dims, const int64_t* strides, size_t rank, int64_t offset, int64_t R,
-                        int64_t slab) {
-    int64_t od[bc::kMaxRank + 1], os[bc::kMaxRank + 1];
-    int no = 0;
-    int64_t P = 1, hi = offset;
-    for (size_t i = 0; i < rank; ++i) {
-      int64_t d = dims[i], st = strides[i];
-      if (d == 0) return true;  // empty: touches nothing
-      if (P < R && d > 1) {
-        const int64_t q = R / P;  // the part of d that is outer
-        if (R % P != 0 || (d < q ? q % d != 0 : d % q != 0)) return false;
-        const int64_t outer = std::min(d, q);
-        od[no] = outer, os[no] = st * (d / outer), ++no;
-        P *= outer;
-        d /= outer;
-      }
-      hi += (d - 1) * st;
-    }
-    if (P != R || offset < 0 || hi >= slab) return false;
-    int64_t expect = slab;
-    for (int k = no - 1; k >= 0; --k) {
-      if (os[k] != expect) return false;
-      expect *= od[k];
-    }
-    return true;
-  }
-
   // Marks runs of stages around each chunked long-row reduction as row
   // groups: their domains split into the same R rows and every tensor the
   // run writes (workspaces, outputs) is only touched slab by slab, so row r
@@ -1326,7 +1295,7 @@ class Gen {
         const int64_t numel = tensors_[v.tensor].numel;
         if (numel % R != 0) return false;
         const Dims8& d = v.level == Level::kFull ? ri.dom : ri.red;
-        if (!SlabLocal(d.begin(), v.strides, d.size(), v.offset, R, numel / R)) return false;
+        if (!bc::SlabLocal(d.begin(), v.strides, d.size(), v.offset, R, numel / R)) return false;
       }
     }
     return true;

@@ -33,7 +33,7 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   std::mutex run_mu_;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> active_{0};     // workers inside the current job
+  std::atomic<int> active_{0};      // workers inside the current job
   std::atomic<bool> closed_{true};  // no worker may join the current job
   std::atomic<bool> stop_{false};
   Job job_ = nullptr;

@@ -418,18 +418,33 @@ struct RowGroupJob : JobBase {
   const StageRt* stages;
   int nstages;
   int64_t rows;
+  size_t ntensors;
 };
+
+thread_local Scratch tls_row_ws;               // row-local workspace slabs
+thread_local std::vector<void*> tls_row_ptrs;  // tensor bases with those slabs bound
 
 void RunRowGroupJob(void* ctx, int) {
   auto* job = static_cast<RowGroupJob*>(ctx);
   const void* p[256];
   TileCtx c = job->Context(p);
+  const StageRt& head = job->stages[0];
+  uint8_t* slabs = nullptr;
+  if (!head.row_local.empty()) {
+    tls_row_ptrs.assign(job->ptrs, job->ptrs + job->ntensors);
+    c.ptrs = tls_row_ptrs.data();
+    slabs = tls_row_ws.Get(head.row_local_bytes);
+  }
   for (;;) {
     const int64_t r0 = job->next.fetch_add(job->grain, std::memory_order_relaxed);
     if (r0 >= job->rows) break;
     const int64_t r1 = std::min(job->rows, r0 + job->grain);
     for (int64_t r = r0; r < r1; ++r)
       for (int k = 0; k < job->nstages; ++k) {
+        if (k == 0)
+          for (const RowLocalWs& rl : head.row_local)  // row r's slab at this thread's buffer
+            tls_row_ptrs[rl.tensor] = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(slabs + rl.buf_off) -
+                                                              static_cast<uintptr_t>(r * rl.slab_bytes));
         c.stage = &job->stages[k];
         RunRowSlice(*c.stage, r, job->rows, c);
       }
@@ -550,6 +565,64 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     FuseSquareSums(s, rt);
     chains_ += FuseBinaryChains(s, rt);
     SetupColFast(s, rt);
+  }
+  SetupRowLocal();
+}
+
+// Row groups: a workspace that only the stages of one group address, each of
+// its views slab by slab (bc::SlabLocal over the slice the VM gives row r:
+// checked here, not taken from codegen), needs only the slab of the row a
+// thread is on. Row by row, each thread then binds the tensor to a buffer of
+// one slab of its own, shifted so that row r's addresses land in it: a long
+// row's intermediate (softmax's exp) stays in cache instead of streaming a
+// full-size workspace through memory.
+void Executable::SetupRowLocal() {
+  const size_t n = stages_.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (stages_[i].group_rows <= 0 || stages_[i].row_join || i + 1 >= n || !stages_[i + 1].row_join) continue;
+    size_t j = i + 1;
+    while (j < n && stages_[j].row_join) ++j;
+    const int64_t R = stages_[i].group_rows;
+    StageRt& head = stages_[i];
+    for (size_t t = 0; t < prog_.tensors.size(); ++t) {
+      const bc::TensorDesc& td = prog_.tensors[t];
+      if (td.kind != bc::TensorKind::kWorkspace || td.numel % R != 0) continue;
+      const int64_t slab = td.numel / R;
+      bool used = false, ok = true;
+      for (size_t k = 0; k < n && ok; ++k) {
+        const bc::Stage& s = prog_.stages[k];
+        const StageRt& rt = stages_[k];
+        if (s.mode == bc::Mode::kGemm && (s.gemm.a == t || s.gemm.b == t || s.gemm.c == t)) ok = false;
+        for (const ViewRt& v : rt.views) {
+          if (v.tensor != t || !ok) continue;
+          used = true;
+          if (k < i || k >= j) {
+            ok = false;
+            break;
+          }
+          // Slice r of the stage is block r of both its domains (row-major):
+          // ROW rows all full, a chunked stage's slices whole rows of chunks.
+          if (s.mode == bc::Mode::kRow) {
+            const int64_t K = s.p[0];
+            if (s.p[2] > 0) {
+              const int64_t nch = K > 0 ? (K + s.p[2] - 1) / s.p[2] : 1;
+              ok = (rt.n_red / R) % nch == 0;
+            } else {
+              ok = rt.n_full == rt.n_red * K;
+            }
+          }
+          ok = ok && bc::SlabLocal(v.dims, v.strides, v.rank, v.offset, R, slab);
+        }
+      }
+      if (!used || !ok) continue;
+      RowLocalWs rl;
+      rl.tensor = static_cast<uint16_t>(t);
+      rl.slab_bytes = slab * static_cast<int64_t>(DTypeSize(td.dtype));
+      rl.buf_off = head.row_local_bytes;
+      // Padded: in-place loads may read up to 16 lanes past a run.
+      head.row_local_bytes += (static_cast<size_t>(rl.slab_bytes) + 64 + 63) / 64 * 64;
+      head.row_local.push_back(rl);
+    }
   }
 }
 
@@ -979,7 +1052,7 @@ void Executable::Run(void* const* ptrs) const {
   for (size_t i = 0; i < stages_.size();) {
     // A row group runs row by row when the rows keep every thread busy
     // (else stage by stage below: the same tiles, so the same bits).
-    if (stages_[i].group_rows > 0 && i + 1 < stages_.size() && stages_[i + 1].row_join) {
+    if (stages_[i].group_rows > 0 && !stages_[i].row_join && i + 1 < stages_.size() && stages_[i + 1].row_join) {
       const int64_t R = stages_[i].group_rows;
       size_t j = i + 1;
       while (j < stages_.size() && stages_[j].row_join) ++j;
@@ -991,6 +1064,7 @@ void Executable::Run(void* const* ptrs) const {
         job.stages = stages_.data() + i;
         job.nstages = static_cast<int>(j - i);
         job.rows = R;
+        job.ntensors = prog_.tensors.size();
         bind(job);
         const int threads = work < 64 * 1024 ? 1 : static_cast<int>(std::min<int64_t>(nthreads, R));
         job.grain = std::max<int64_t>(1, R / (int64_t{threads} * 4));

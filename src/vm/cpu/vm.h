@@ -37,11 +37,22 @@ struct ColPair {
   ColAccFn fn = nullptr;
 };
 
+// A workspace that only one row group touches, slab by slab: each thread
+// keeps one slab of it (the row it is on) instead of the whole tensor
+// (Executable::SetupRowLocal).
+struct RowLocalWs {
+  uint16_t tensor = 0;
+  int64_t slab_bytes = 0;  // one row's share
+  size_t buf_off = 0;      // where this thread's slab starts in its buffer
+};
+
 struct StageRt {
   bc::Mode mode = bc::Mode::kElem;
   bool concurrent = false;
   bool row_join = false;  // continues the row group of the stage before
   int64_t group_rows = 0;
+  std::vector<RowLocalWs> row_local;  // the first stage of a row group: its row-local workspaces
+  size_t row_local_bytes = 0;         // per thread, padded
   int64_t n_full = 0, n_red = 0, ntiles = 0;
   int64_t p[4] = {};
   std::vector<VInst> code;
@@ -65,8 +76,15 @@ class Executable {
   int64_t work() const { return work_; }
   // Pairs of instructions FuseBinaryChains runs as one (tests).
   int fused_chains() const { return chains_; }
+  // Workspaces that row groups keep one slab per thread of (tests).
+  int row_local_workspaces() const {
+    int n = 0;
+    for (const StageRt& s : stages_) n += static_cast<int>(s.row_local.size());
+    return n;
+  }
 
  private:
+  void SetupRowLocal();
   static void ForwardStores(const bc::Stage& s, StageRt& rt);
   static void SetupColFast(const bc::Stage& s, StageRt& rt);
   static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
