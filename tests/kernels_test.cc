@@ -887,23 +887,31 @@ TEST(KernelsFused, BinaryChainsEqualSeparateOps) {
       NDObject* c = step(bin(BinaryOp::kSub, v[0], mx));
       outs.push_back(bin(BinaryOp::kMul, step(bin(BinaryOp::kMul, c, sm)), v[1]));
       outs.push_back(k.Unary(UnaryOp::kExp, step(bin(BinaryOp::kSub, v[1], mx))));  // exp(y - rowmax)
+      // GELU(x + y), tanh form (codegen's GELU instruction; a GEMM epilogue's bias + GELU).
+      NDObject* g = step(bin(BinaryOp::kAdd, v[0], v[1]));
+      NDObject* g3 = bin(BinaryOp::kMul, bin(BinaryOp::kMul, g, g), g);
+      NDObject* u = bin(BinaryOp::kAdd, g, k.Binary(BinaryOp::kMul, g3, 0.044715));
+      NDObject* th = k.Unary(UnaryOp::kTanh, k.Binary(BinaryOp::kMul, u, 0.7978845608028654));
+      outs.push_back(bin(BinaryOp::kMul, k.Binary(BinaryOp::kMul, g, 0.5), k.Binary(BinaryOp::kAdd, th, 1.0)));
       outs.insert(outs.end(), steps.begin(), steps.end());
       return outs;
     };
-    {  // the chains are fused: seven pairs in the kernel without stored steps
+    {  // the chains are fused: eight pairs in the kernel without stored steps
       Kernel k;
       std::vector<NDObject*> v;
       for (const Tensor& t : in) v.push_back(k.Load(nullptr, Dims(t.shape.data(), t.shape.size()), t.dt));
       for (NDObject* o : build(k, v, false)) k.Store(nullptr, o);
       k.CodeGen();
-      EXPECT_EQ(vm::Executable(k.Bytecode()).fused_chains(), 7) << k.Das();
+      const std::string das = k.Das();
+      EXPECT_NE(das.find("GELU"), std::string::npos) << das;
+      EXPECT_EQ(vm::Executable(k.Bytecode()).fused_chains(), 8) << das;
     }
     std::vector<Tensor> want;
     for (bool store_steps : {false, true}) {
       std::vector<Tensor> got =
           ::dvm::Run(in, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v, store_steps); });
       if (store_steps) {
-        ASSERT_EQ(got.size(), want.size() + 8);
+        ASSERT_EQ(got.size(), want.size() + 9);
         for (size_t o = 0; o < want.size(); ++o) EXPECT_EQ(got[o].bytes, want[o].bytes) << "output " << o;
       } else {
         want = got;

@@ -449,6 +449,8 @@ void ChainF(const VInst& vi, TileCtx& c) {
     const VF t = Opaque(d, ChainOp<kOp1>(x, y));  // rounded, never contracted into an FMA
     if constexpr (kOp2 == 3)
       return ExpV(d, t);  // a unary second op: z unused
+    else if constexpr (kOp2 == 4)
+      return GeluTanhV(d, t);  // GEMM epilogues: GELU(C + bias)
     else
       return kZFirst ? ChainOp<kOp2>(w, t) : ChainOp<kOp2>(t, w);
   };
@@ -498,13 +500,18 @@ template <size_t I>
 constexpr Handler ChainExpAt() {
   return &ChainF<I / 3, 3, I % 3, 1, false>;
 }
+template <size_t I>
+constexpr Handler ChainGeluAt() {
+  return &ChainF<I / 3, 4, I % 3, 1, false>;
+}
 template <size_t... I, size_t... J, size_t... E>
 Handler ChainLookup(size_t i, int kind, std::index_sequence<I...>, std::index_sequence<J...>,
                     std::index_sequence<E...>) {
   static const Handler kPlain[] = {ChainAt<I>()...};
   static const Handler kFirst[] = {ChainFirstAt<J>()...};
   static const Handler kExp[] = {ChainExpAt<E>()...};
-  return kind == 1 ? kFirst[i % 27] : kind == 2 ? kExp[i % 9] : kPlain[i % 81];
+  static const Handler kGelu[] = {ChainGeluAt<E>()...};
+  return kind == 1 ? kFirst[i % 27] : kind == 2 ? kExp[i % 9] : kind == 3 ? kGelu[i % 9] : kPlain[i % 81];
 }
 
 DVM_BINROW(AddRowF, hn::Add(x, y))
@@ -990,9 +997,10 @@ DVM_FORMS(MaxF)
 DVM_FORMS(MinF)
 DVM_FORMS(EqF)
 DVM_FORMS(NeF)
-DVM_FORMS(LtF) DVM_FORMS(LeF) DVM_FORMS(GtF) DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI)
-    DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI)
-        DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
+DVM_FORMS(LtF)
+DVM_FORMS(LeF) DVM_FORMS(GtF) DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI)
+    DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI) DVM_FORMS_I(SubI)
+        DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
 #undef DVM_FORMS
 #undef DVM_FORMS_I
 
@@ -1125,10 +1133,11 @@ DVM_FORMS(LtF) DVM_FORMS(LeF) DVM_FORMS(GtF) DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_
 Handler RowSumSquaresHandlerT() { return &RowSumSqF; }
 
 Handler ChainHandlerT(int op1, int op2, int y_kind, int z_kind, bool z_first) {
-  if (op1 < 0 || op1 > 2 || op2 < 0 || op2 > 3 || y_kind < 0 || y_kind > 2 || z_kind < 0 || z_kind > 2) return nullptr;
-  if (z_first && op2 != 1) z_first = false;         // add and mul commute
-  const int kind = op2 == 3 ? 2 : z_first ? 1 : 0;  // 2: exp of the first result
-  const size_t i = kind == 2   ? static_cast<size_t>(op1 * 3 + y_kind)
+  if (op1 < 0 || op1 > 2 || op2 < 0 || op2 > 4 || y_kind < 0 || y_kind > 2 || z_kind < 0 || z_kind > 2) return nullptr;
+  if (z_first && op2 != 1) z_first = false;  // add and mul commute
+  // 2: exp of the first result, 3: GELU of it
+  const int kind = op2 == 3 ? 2 : op2 == 4 ? 3 : z_first ? 1 : 0;
+  const size_t i = kind >= 2   ? static_cast<size_t>(op1 * 3 + y_kind)
                    : kind == 1 ? static_cast<size_t>((op1 * 3 + y_kind) * 3 + z_kind)
                                : static_cast<size_t>(((op1 * 3 + op2) * 3 + y_kind) * 3 + z_kind);
   return ChainLookup(i, kind, std::make_index_sequence<81>(), std::make_index_sequence<27>(),

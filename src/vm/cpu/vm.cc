@@ -822,7 +822,8 @@ int ChainOpOf(const bc::Inst& in) {
 
 // "op1 t, x, y" whose only reader is the next "op2 d, t, z" (or "op2 d, z,
 // t"), both f32 ADD/SUB/MUL at full level, y and z registers, constants or
-// row broadcasts, or the next "EXP d, t" (softmax's exp(x - max)): op2
+// row broadcasts, or the next "EXP d, t" (softmax's exp(x - max)) or "GELU d, t"
+// (a GEMM epilogue's GELU(C + bias)): op2
 // runs both in one pass (ChainHandler) and op1 is
 // dropped: a pass over the tile and a temporary less, with the bits of the
 // two instructions (t is rounded, never contracted into an FMA). Needed: t
@@ -853,15 +854,15 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     if (k == e || !ReadsReg(s.insts[k], static_cast<int>(t))) continue;
     const bc::Inst& i2 = s.insts[k];
     VInst& v2 = rt.code[k];
-    const bool exp2 = bc::Opcode(i2.op) == bc::Opcode::EXP && DType(i2.type) == DType::kFloat32 &&
-                      !(i2.flags & bc::kLevelRed) && i2.a == t;
-    const int op2 = exp2 ? 3 : ChainOpOf(i2);
+    const bool unary2 = (bc::Opcode(i2.op) == bc::Opcode::EXP || bc::Opcode(i2.op) == bc::Opcode::GELU) &&
+                        DType(i2.type) == DType::kFloat32 && !(i2.flags & bc::kLevelRed) && i2.a == t;
+    const int op2 = unary2 ? (bc::Opcode(i2.op) == bc::Opcode::EXP ? 3 : 4) : ChainOpOf(i2);
     if (op2 < 0 || v2.fused) continue;
     // op2's other operand z, and whether it comes first.
     int z_kind;
     bool z_first = false;
     uint32_t z = 0, k2 = 0;
-    if (exp2) {
+    if (unary2) {
       z_kind = 1;  // none
     } else if (v2.form == bc::kFormRR) {
       if (v2.a == t && v2.b == t) continue;
