@@ -887,6 +887,11 @@ TEST(KernelsFused, BinaryChainsEqualSeparateOps) {
       NDObject* c = step(bin(BinaryOp::kSub, v[0], mx));
       outs.push_back(bin(BinaryOp::kMul, step(bin(BinaryOp::kMul, c, sm)), v[1]));
       outs.push_back(k.Unary(UnaryOp::kExp, step(bin(BinaryOp::kSub, v[1], mx))));  // exp(y - rowmax)
+      // DIV on either side, SQRT as the second op (Adam's update).
+      outs.push_back(bin(BinaryOp::kDiv, step(bin(BinaryOp::kMul, v[0], v[1])), v[2]));      // (x * y) / z
+      outs.push_back(bin(BinaryOp::kDiv, v[2], step(bin(BinaryOp::kAdd, v[0], v[1]))));      // z / (x + y)
+      outs.push_back(k.Unary(UnaryOp::kSqrt, step(k.Binary(BinaryOp::kDiv, v[1], 2.5))));    // sqrt(y / 2.5)
+      outs.push_back(k.Binary(BinaryOp::kDiv, 3.0, step(bin(BinaryOp::kDiv, v[0], v[1]))));  // 3 / (x / y)
       // GELU(x + y), tanh form (codegen's GELU instruction; a GEMM epilogue's bias + GELU).
       NDObject* g = step(bin(BinaryOp::kAdd, v[0], v[1]));
       NDObject* g3 = bin(BinaryOp::kMul, bin(BinaryOp::kMul, g, g), g);
@@ -896,7 +901,7 @@ TEST(KernelsFused, BinaryChainsEqualSeparateOps) {
       outs.insert(outs.end(), steps.begin(), steps.end());
       return outs;
     };
-    {  // the chains are fused: eight pairs in the kernel without stored steps
+    {  // the chains are fused: twelve pairs in the kernel without stored steps
       Kernel k;
       std::vector<NDObject*> v;
       for (const Tensor& t : in) v.push_back(k.Load(nullptr, Dims(t.shape.data(), t.shape.size()), t.dt));
@@ -904,14 +909,14 @@ TEST(KernelsFused, BinaryChainsEqualSeparateOps) {
       k.CodeGen();
       const std::string das = k.Das();
       EXPECT_NE(das.find("GELU"), std::string::npos) << das;
-      EXPECT_EQ(vm::Executable(k.Bytecode()).fused_chains(), 8) << das;
+      EXPECT_EQ(vm::Executable(k.Bytecode()).fused_chains(), 12) << das;
     }
     std::vector<Tensor> want;
     for (bool store_steps : {false, true}) {
       std::vector<Tensor> got =
           ::dvm::Run(in, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v, store_steps); });
       if (store_steps) {
-        ASSERT_EQ(got.size(), want.size() + 9);
+        ASSERT_EQ(got.size(), want.size() + 13);
         for (size_t o = 0; o < want.size(); ++o) EXPECT_EQ(got[o].bytes, want[o].bytes) << "output " << o;
       } else {
         want = got;

@@ -429,8 +429,10 @@ HWY_INLINE VF ChainOp(VF x, VF y) {
     return hn::Add(x, y);
   else if constexpr (kOp == 1)
     return hn::Sub(x, y);
-  else
+  else if constexpr (kOp == 2)
     return hn::Mul(x, y);
+  else
+    return hn::Div(x, y);
 }
 
 // See ChainHandler (kernels.h). Rows (a row-broadcast operand) are walked
@@ -447,10 +449,12 @@ void ChainF(const VInst& vi, TileCtx& c) {
   const VF k1 = hn::Set(d, BitsF32(vi.kbits)), k2 = hn::Set(d, BitsF32(vi.kbits2));
   auto f = [&](VF x, VF y, VF w) HWY_ATTR {
     const VF t = Opaque(d, ChainOp<kOp1>(x, y));  // rounded, never contracted into an FMA
-    if constexpr (kOp2 == 3)
+    if constexpr (kOp2 == 4)
       return ExpV(d, t);  // a unary second op: z unused
-    else if constexpr (kOp2 == 4)
+    else if constexpr (kOp2 == 5)
       return GeluTanhV(d, t);  // GEMM epilogues: GELU(C + bias)
+    else if constexpr (kOp2 == 6)
+      return hn::Sqrt(t);
     else
       return kZFirst ? ChainOp<kOp2>(w, t) : ChainOp<kOp2>(t, w);
   };
@@ -485,33 +489,29 @@ void ChainF(const VInst& vi, TileCtx& c) {
   }
 }
 
-// The table: z_first only for op2 = sub (add and mul commute).
+// The tables: binary second ops (op1, op2 < 4: 144), z_first only for op2
+// = sub or div (add and mul commute: 72), unary second ops (op2 4..6: 36).
 template <size_t I>
 constexpr Handler ChainAt() {
-  constexpr int op1 = I / 27, op2 = I / 9 % 3, y = I / 3 % 3, z = I % 3;
+  constexpr int op1 = I / 36, op2 = I / 9 % 4, y = I / 3 % 3, z = I % 3;
   return &ChainF<op1, op2, y, z, false>;
 }
 template <size_t I>
 constexpr Handler ChainFirstAt() {
-  constexpr int op1 = I / 9, y = I / 3 % 3, z = I % 3;
-  return &ChainF<op1, 1, y, z, true>;
+  constexpr int op1 = I / 18, op2 = I / 9 % 2 ? 3 : 1, y = I / 3 % 3, z = I % 3;
+  return &ChainF<op1, op2, y, z, true>;
 }
 template <size_t I>
-constexpr Handler ChainExpAt() {
-  return &ChainF<I / 3, 3, I % 3, 1, false>;
-}
-template <size_t I>
-constexpr Handler ChainGeluAt() {
-  return &ChainF<I / 3, 4, I % 3, 1, false>;
+constexpr Handler ChainUnaryAt() {
+  return &ChainF<I / 3 % 4, 4 + I / 12, I % 3, 1, false>;
 }
 template <size_t... I, size_t... J, size_t... E>
 Handler ChainLookup(size_t i, int kind, std::index_sequence<I...>, std::index_sequence<J...>,
                     std::index_sequence<E...>) {
   static const Handler kPlain[] = {ChainAt<I>()...};
   static const Handler kFirst[] = {ChainFirstAt<J>()...};
-  static const Handler kExp[] = {ChainExpAt<E>()...};
-  static const Handler kGelu[] = {ChainGeluAt<E>()...};
-  return kind == 1 ? kFirst[i % 27] : kind == 2 ? kExp[i % 9] : kind == 3 ? kGelu[i % 9] : kPlain[i % 81];
+  static const Handler kUnary[] = {ChainUnaryAt<E>()...};
+  return kind == 1 ? kFirst[i % 72] : kind == 2 ? kUnary[i % 36] : kPlain[i % 144];
 }
 
 DVM_BINROW(AddRowF, hn::Add(x, y))
@@ -998,9 +998,10 @@ DVM_FORMS(MinF)
 DVM_FORMS(EqF)
 DVM_FORMS(NeF)
 DVM_FORMS(LtF)
-DVM_FORMS(LeF) DVM_FORMS(GtF) DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI)
-    DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI) DVM_FORMS_I(SubI)
-        DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
+DVM_FORMS(LeF)
+DVM_FORMS(GtF) DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI)
+    DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI)
+        DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
 #undef DVM_FORMS
 #undef DVM_FORMS_I
 
@@ -1133,15 +1134,14 @@ DVM_FORMS(LeF) DVM_FORMS(GtF) DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_
 Handler RowSumSquaresHandlerT() { return &RowSumSqF; }
 
 Handler ChainHandlerT(int op1, int op2, int y_kind, int z_kind, bool z_first) {
-  if (op1 < 0 || op1 > 2 || op2 < 0 || op2 > 4 || y_kind < 0 || y_kind > 2 || z_kind < 0 || z_kind > 2) return nullptr;
-  if (z_first && op2 != 1) z_first = false;  // add and mul commute
-  // 2: exp of the first result, 3: GELU of it
-  const int kind = op2 == 3 ? 2 : op2 == 4 ? 3 : z_first ? 1 : 0;
-  const size_t i = kind >= 2   ? static_cast<size_t>(op1 * 3 + y_kind)
-                   : kind == 1 ? static_cast<size_t>((op1 * 3 + y_kind) * 3 + z_kind)
-                               : static_cast<size_t>(((op1 * 3 + op2) * 3 + y_kind) * 3 + z_kind);
-  return ChainLookup(i, kind, std::make_index_sequence<81>(), std::make_index_sequence<27>(),
-                     std::make_index_sequence<9>());
+  if (op1 < 0 || op1 > 3 || op2 < 0 || op2 > 6 || y_kind < 0 || y_kind > 2 || z_kind < 0 || z_kind > 2) return nullptr;
+  if (z_first && op2 != 1 && op2 != 3) z_first = false;  // add and mul commute
+  const int kind = op2 >= 4 ? 2 : z_first ? 1 : 0;       // 2: a unary op of the first result
+  const size_t i = kind == 2   ? static_cast<size_t>(((op2 - 4) * 4 + op1) * 3 + y_kind)
+                   : kind == 1 ? static_cast<size_t>(((op1 * 2 + (op2 == 3)) * 3 + y_kind) * 3 + z_kind)
+                               : static_cast<size_t>(((op1 * 4 + op2) * 3 + y_kind) * 3 + z_kind);
+  return ChainLookup(i, kind, std::make_index_sequence<144>(), std::make_index_sequence<72>(),
+                     std::make_index_sequence<36>());
 }
 
 Handler RowBroadcastHandlerT(const bc::Inst& in) {

@@ -88,11 +88,12 @@ ColAccFn ColAccumulator(int op);
 Handler RowBroadcastHandler(const bc::Inst& in);
 // Two f32 binary ops run as one pass (vm.cc FuseBinaryChains):
 //   R[dst] = op2(op1(R[a], y), z), or op2(z, op1(R[a], y)) when z_first,
-// op 0 add, 1 sub, 2 mul (op2 may also be 3: exp of the first result, or 4:
-// GELU (tanh form) of it, no z); y / z kinds: 0 register (b / c), 1 constant
-// (kbits / kbits2), 2 reduced register broadcast per row (b / c; ROW
-// stages). The intermediate is rounded to f32 as the two instructions round
-// it. nullptr for a combination that is not provided.
+// op 0 add, 1 sub, 2 mul, 3 div (op2 may also be a unary op of the first
+// result, no z: 4 exp, 5 GELU (tanh form), 6 sqrt); y / z kinds: 0 register
+// (b / c), 1 constant (kbits / kbits2), 2 reduced register broadcast per
+// row (b / c; ROW stages, or one value per tile). The intermediate is
+// rounded to f32 as the two instructions round it. nullptr for a
+// combination that is not provided.
 Handler ChainHandler(int op1, int op2, int y_kind, int z_kind, bool z_first);
 
 // The handler of a float RSUM of x * x (a MUL of a register by itself fused

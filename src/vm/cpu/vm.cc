@@ -802,7 +802,7 @@ void Executable::FuseUniformLoads(const bc::Stage& s, StageRt& rt) {
 }
 
 namespace {
-// ADD/SUB/MUL on f32 at full level: its chain op number, else -1.
+// ADD/SUB/MUL/DIV on f32 at full level: its chain op number, else -1.
 int ChainOpOf(const bc::Inst& in) {
   if (bc::kOpInfo[in.op].kind != bc::Kind::kBin || (in.flags & bc::kLevelRed) || DType(in.type) != DType::kFloat32 ||
       DType((in.flags & bc::kSrcMask) >> bc::kSrcShift) != DType::kFloat32)
@@ -814,6 +814,23 @@ int ChainOpOf(const bc::Inst& in) {
       return 1;
     case bc::Opcode::MUL:
       return 2;
+    case bc::Opcode::DIV:
+      return 3;
+    default:
+      return -1;
+  }
+}
+// EXP, GELU or SQRT on f32 at full level: its chain op number (a unary
+// second op), else -1.
+int ChainUnaryOf(const bc::Inst& in) {
+  if (DType(in.type) != DType::kFloat32 || (in.flags & bc::kLevelRed)) return -1;
+  switch (bc::Opcode(in.op)) {
+    case bc::Opcode::EXP:
+      return 4;
+    case bc::Opcode::GELU:
+      return 5;
+    case bc::Opcode::SQRT:
+      return 6;
     default:
       return -1;
   }
@@ -821,9 +838,9 @@ int ChainOpOf(const bc::Inst& in) {
 }  // namespace
 
 // "op1 t, x, y" whose only reader is the next "op2 d, t, z" (or "op2 d, z,
-// t"), both f32 ADD/SUB/MUL at full level, y and z registers, constants or
-// row broadcasts, or the next "EXP d, t" (softmax's exp(x - max)) or "GELU d, t"
-// (a GEMM epilogue's GELU(C + bias)): op2
+// t"), both f32 ADD/SUB/MUL/DIV at full level, y and z registers, constants
+// or row broadcasts, or the next "EXP d, t" (softmax's exp(x - max)),
+// "GELU d, t" (a GEMM epilogue's GELU(C + bias)) or "SQRT d, t": op2
 // runs both in one pass (ChainHandler) and op1 is
 // dropped: a pass over the tile and a temporary less, with the bits of the
 // two instructions (t is rounded, never contracted into an FMA). Needed: t
@@ -842,7 +859,7 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     int y_kind;
     if (v1.form == bc::kFormRR)
       y_kind = 0;
-    else if (v1.form == bc::kFormRK || (v1.form == bc::kFormKR && op1 != 1))
+    else if (v1.form == bc::kFormRK || (v1.form == bc::kFormKR && op1 != 1 && op1 != 3))
       y_kind = 1;
     else if (v1.form == kFormRow)
       y_kind = 2;
@@ -854,9 +871,9 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     if (k == e || !ReadsReg(s.insts[k], static_cast<int>(t))) continue;
     const bc::Inst& i2 = s.insts[k];
     VInst& v2 = rt.code[k];
-    const bool unary2 = (bc::Opcode(i2.op) == bc::Opcode::EXP || bc::Opcode(i2.op) == bc::Opcode::GELU) &&
-                        DType(i2.type) == DType::kFloat32 && !(i2.flags & bc::kLevelRed) && i2.a == t;
-    const int op2 = unary2 ? (bc::Opcode(i2.op) == bc::Opcode::EXP ? 3 : 4) : ChainOpOf(i2);
+    const int un2 = ChainUnaryOf(i2);
+    const bool unary2 = un2 >= 0 && i2.a == t;
+    const int op2 = unary2 ? un2 : ChainOpOf(i2);
     if (op2 < 0 || v2.fused) continue;
     // op2's other operand z, and whether it comes first.
     int z_kind;
@@ -881,7 +898,7 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     } else {
       continue;
     }
-    if (z_first && op2 != 1) z_first = false;
+    if (z_first && op2 != 1 && op2 != 3) z_first = false;
     bool kept = true;  // x and y still hold op1's operands at op2
     for (int m = j + 1; m < k && kept; ++m)
       kept =
