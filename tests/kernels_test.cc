@@ -944,6 +944,77 @@ TEST(KernelsFused, SumOfSquaresEqualsMulThenSum) {
   }
 }
 
+// A layernorm: its tail ((x - mean) * rstd) * gamma + beta runs as one pass
+// (NormAffineHandler), with the bits of the ops run apart (the normalised
+// value stored). Rows in ROW tiles and rows longer than a tile.
+TEST(KernelsFused, LayerNormTailEqualsSeparateOps) {
+  for (int64_t K : {17, 768, 40000}) {
+    SCOPED_TRACE("K=" + std::to_string(K));
+    const int64_t R = 4;
+    const std::vector<Tensor> in = {
+        MakeTensor(DType::kFloat32, {R, K}, Values(DType::kFloat32, R * K, 1100 + K, -3, 3)),
+        MakeTensor(DType::kFloat32, {K}, Values(DType::kFloat32, K, 1200 + K, 0.5, 1.5)),
+        MakeTensor(DType::kFloat32, {K}, Values(DType::kFloat32, K, 1300 + K, -1, 1))};
+    auto build = [K](Kernel& k, const std::vector<NDObject*>& v, bool store_norm) {
+      NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, v[0], {1}, true), 1.0 / double(K));
+      NDObject* d = k.Binary(BinaryOp::kSub, v[0], mean);
+      NDObject* var = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, true),
+                               1.0 / double(K));
+      NDObject* y = k.Binary(BinaryOp::kMul, d, k.Unary(UnaryOp::kRsqrt, k.Binary(BinaryOp::kAdd, var, 1e-5)));
+      std::vector<NDObject*> outs = {k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, y, v[1]), v[2])};
+      if (store_norm) outs.push_back(y);
+      return outs;
+    };
+    std::vector<Tensor> fused =
+        dvm::Run(in, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v, false); });
+    std::vector<Tensor> plain =
+        dvm::Run(in, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v, true); });
+    EXPECT_EQ(fused[0].bytes, plain[0].bytes);
+    Kernel k;
+    std::vector<NDObject*> v;
+    for (const Tensor& t : in) v.push_back(k.Load(nullptr, Dims(t.shape.data(), t.shape.size()), t.dt));
+    for (NDObject* o : build(k, v, false)) k.Store(nullptr, o);
+    k.CodeGen();
+    // Long rows: (x - mean) * rstd and * gamma + beta are chains, then one
+    // pass (3); in ROW tiles x - mean also feeds the variance, so
+    // (d * rstd) * gamma is the chain and + beta joins it (2).
+    EXPECT_EQ(vm::Executable(k.Bytecode()).fused_chains(), K > 16384 ? 3 : 2) << k.Das();
+  }
+}
+
+// Squared deviations from each row's mean, summed (a layernorm's variance):
+// SUB of the row value, MUL and RSUM run as one handler, with the bits of
+// the three run apart (the difference stored). Short rows (ROW tiles of
+// several rows, the mean a BCAST register) and rows longer than a tile
+// (chunked, the mean a per-tile value loaded once).
+TEST(KernelsFused, SumOfSquaredDeviationsEqualsSeparateOps) {
+  for (int64_t K : {1, 17, 768, 5000, 40000}) {
+    SCOPED_TRACE("K=" + std::to_string(K));
+    const int64_t R = 5;  // 5 rows: also a row group (K = 40000)
+    std::vector<double> x = Values(DType::kFloat32, R * K, 900 + K, -3, 3);
+    const Tensor in = MakeTensor(DType::kFloat32, {R, K}, x);
+    auto build = [K](Kernel& k, NDObject* v, bool store_dev) {
+      NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, v, {1}, true), 1.0 / double(K));
+      NDObject* d = k.Binary(BinaryOp::kSub, v, mean);
+      std::vector<NDObject*> outs = {k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, false)};
+      if (store_dev) outs.push_back(d);
+      return outs;
+    };
+    std::vector<Tensor> fused =
+        dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v[0], false); });
+    std::vector<Tensor> plain =
+        dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v[0], true); });
+    ASSERT_EQ(fused[0].bytes.size(), plain[0].bytes.size());
+    EXPECT_EQ(fused[0].bytes, plain[0].bytes);
+    Kernel k;
+    NDObject* v = k.Load(nullptr, {R, K}, DType::kFloat32);
+    for (NDObject* o : build(k, v, false)) k.Store(nullptr, o);
+    k.CodeGen();
+    // (K = 1: a sum of one element is no reduction)
+    EXPECT_EQ(vm::Executable(k.Bytecode()).fused_deviations(), K > 1 ? 1 : 0) << k.Das();
+  }
+}
+
 // ---- data movement: loads and stores of every dtype, every path ------------------------
 
 // Contiguous runs (vector + scalar tail), strided runs (element at a time),

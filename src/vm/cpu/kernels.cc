@@ -489,6 +489,44 @@ void ChainF(const VInst& vi, TileCtx& c) {
   }
 }
 
+// A layernorm's tail in one pass (vm.cc FuseBinaryChains): ((x - m) * r) *
+// g + b (kSub) or (x * r) * g + b, with m, r row operands (R[b][row],
+// R[c][row]) and g, b registers (numbers in kbits, kbits2). Every step is
+// rounded to f32 as the separate instructions round it.
+template <bool kSub>
+void NormAffineF(const VInst& vi, TileCtx& c) {
+  const DF d;
+  const int64_t L = hn::Lanes(d);
+  const float* x = c.R<float>(vi.a);
+  const float* m = kSub ? c.R<float>(vi.b) : nullptr;
+  const float* r = c.R<float>(vi.c);
+  const float* g = c.R<float>(vi.kbits);
+  const float* b = c.R<float>(vi.kbits2);
+  float* o = c.W<float>(vi.dst);
+  const int64_t rows = c.n[1];
+  const int64_t K = rows ? c.n[0] / rows : 0;
+  auto f = [&](VF xv, VF mv, VF rv, VF gv, VF bv) HWY_ATTR {
+    const VF t = Opaque(d, hn::Mul(kSub ? Opaque(d, hn::Sub(xv, mv)) : xv, rv));
+    return hn::Add(Opaque(d, hn::Mul(t, gv)), bv);
+  };
+  for (int64_t row = 0; row < rows; ++row) {
+    const VF mv = hn::Set(d, kSub ? m[row] : 0.0f), rv = hn::Set(d, r[row]);
+    int64_t i = row * K;
+    const int64_t e = i + K;
+    for (; i + L <= e; i += L)
+      hn::StoreU(f(hn::LoadU(d, x + i), mv, rv, hn::LoadU(d, g + i), hn::LoadU(d, b + i)), d, o + i);
+    if (i < e) {
+      HWY_ALIGN float bx[hn::MaxLanes(d)] = {}, bg[hn::MaxLanes(d)] = {}, bb[hn::MaxLanes(d)] = {};
+      const size_t tail = sizeof(float) * static_cast<size_t>(e - i);
+      std::memcpy(bx, x + i, tail);
+      std::memcpy(bg, g + i, tail);
+      std::memcpy(bb, b + i, tail);
+      hn::Store(f(hn::Load(d, bx), mv, rv, hn::Load(d, bg), hn::Load(d, bb)), d, bx);
+      std::memcpy(o + i, bx, tail);
+    }
+  }
+}
+
 // The tables: binary second ops (op1, op2 < 4: 144), z_first only for op2
 // = sub or div (add and mul commute: 72), unary second ops (op2 4..6: 36).
 template <size_t I>
@@ -669,8 +707,9 @@ HWY_INLINE double AccSD(double a, double b) {
 }
 
 // kSq: reduce x * x (each square rounded to f32, as a MUL then the reduction).
-template <int kOp, bool kSq = false>
-float RowF(const float* x, int64_t K) {
+// kDev: of x - m (rounded to f32), before kSq squares it.
+template <int kOp, bool kSq = false, bool kDev = false>
+float RowF(const float* x, int64_t K, float m = 0.0f) {
   const DF d;
   const int64_t L = hn::Lanes(d);
   if (kOp == 1 || kOp == 2) {  // max/min are exact in f32
@@ -694,8 +733,10 @@ float RowF(const float* x, int64_t K) {
   const int64_t LD = hn::Lanes(dd);
   const double init = kOp == 0 ? 0.0 : 1.0;
   VD a0 = hn::Set(dd, init), a1 = a0, a2 = a0, a3 = a0;
+  const auto mv = hn::Set(dh, m);
   auto ld = [&](const float* p) HWY_ATTR {
     auto v = hn::LoadU(dh, p);
+    if (kDev) v = hn::Sub(v, mv);
     if (kSq) v = hn::Mul(v, v);
     return hn::PromoteTo(dd, v);
   };
@@ -711,7 +752,10 @@ float RowF(const float* x, int64_t K) {
   hn::StoreU(a0, dd, lanes);
   double r = lanes[0];
   for (size_t l = 1; l < hn::Lanes(dd); ++l) r = AccSD<kOp>(r, lanes[l]);
-  for (; i < K; ++i) r = AccSD<kOp>(r, kSq ? x[i] * x[i] : x[i]);
+  for (; i < K; ++i) {
+    const float v = kDev ? x[i] - m : x[i];
+    r = AccSD<kOp>(r, kSq ? v * v : v);
+  }
   return static_cast<float>(r);
 }
 
@@ -826,6 +870,17 @@ void RowSumSqF(const VInst& vi, TileCtx& c) {
   const float* x = c.R<float>(vi.a);
   float* o = c.W<float>(vi.dst);
   for (int64_t r = 0; r < rows; ++r) o[r] = RowF<0, true>(x + r * K, K);
+}
+
+// RSUM of MUL(d, d) with d = SUB(x, row value m), fused at decode (vm.cc
+// FuseSquareSums; layernorm's variance): the bits of the three.
+void RowSumSqDevF(const VInst& vi, TileCtx& c) {
+  const int64_t rows = c.n[1];
+  const int64_t K = rows ? c.n[0] / rows : 0;
+  const float* x = c.R<float>(vi.a);
+  const float* m = c.R<float>(vi.b);
+  float* o = c.W<float>(vi.dst);
+  for (int64_t r = 0; r < rows; ++r) o[r] = RowF<0, true, true>(x + r * K, K, m[r]);
 }
 
 template <int kOp, bool kWrap8>
@@ -999,8 +1054,9 @@ DVM_FORMS(EqF)
 DVM_FORMS(NeF)
 DVM_FORMS(LtF)
 DVM_FORMS(LeF)
-DVM_FORMS(GtF) DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI)
-    DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI)
+DVM_FORMS(GtF)
+DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI)
+    DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI)
         DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
 #undef DVM_FORMS
 #undef DVM_FORMS_I
@@ -1132,6 +1188,8 @@ DVM_FORMS(GtF) DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_
 }
 
 Handler RowSumSquaresHandlerT() { return &RowSumSqF; }
+Handler RowSumSqDevHandlerT() { return &RowSumSqDevF; }
+Handler NormAffineHandlerT(bool sub) { return sub ? &NormAffineF<true> : &NormAffineF<false>; }
 
 Handler ChainHandlerT(int op1, int op2, int y_kind, int z_kind, bool z_first) {
   if (op1 < 0 || op1 > 3 || op2 < 0 || op2 > 6 || y_kind < 0 || y_kind > 2 || z_kind < 0 || z_kind > 2) return nullptr;
@@ -1236,6 +1294,8 @@ HWY_EXPORT(LoadConverterT);
 HWY_EXPORT(ColAccumulatorT);
 HWY_EXPORT(RowBroadcastHandlerT);
 HWY_EXPORT(RowSumSquaresHandlerT);
+HWY_EXPORT(RowSumSqDevHandlerT);
+HWY_EXPORT(NormAffineHandlerT);
 HWY_EXPORT(ChainHandlerT);
 HWY_EXPORT(StoreConverterT);
 HWY_EXPORT(ErfScalarT);
@@ -1246,6 +1306,8 @@ ConvertFn LoadConverter(DType t) { return HWY_DYNAMIC_DISPATCH(LoadConverterT)(t
 ColAccFn ColAccumulator(int op) { return HWY_DYNAMIC_DISPATCH(ColAccumulatorT)(op); }
 Handler RowBroadcastHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(RowBroadcastHandlerT)(in); }
 Handler RowSumSquaresHandler() { return HWY_DYNAMIC_DISPATCH(RowSumSquaresHandlerT)(); }
+Handler RowSumSqDevHandler() { return HWY_DYNAMIC_DISPATCH(RowSumSqDevHandlerT)(); }
+Handler NormAffineHandler(bool sub) { return HWY_DYNAMIC_DISPATCH(NormAffineHandlerT)(sub); }
 Handler ChainHandler(int op1, int op2, int y_kind, int z_kind, bool z_first) {
   return HWY_DYNAMIC_DISPATCH(ChainHandlerT)(op1, op2, y_kind, z_kind, z_first);
 }

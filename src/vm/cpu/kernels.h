@@ -95,10 +95,15 @@ Handler RowBroadcastHandler(const bc::Inst& in);
 // rounded to f32 as the two instructions round it. nullptr for a
 // combination that is not provided.
 Handler ChainHandler(int op1, int op2, int y_kind, int z_kind, bool z_first);
+// ((R[a] - m) * r) * g + b (sub; else (R[a] * r) * g + b) in one pass: rows
+// m = R[b], r = R[c], registers g = R[kbits], b = R[kbits2].
+Handler NormAffineHandler(bool sub);
 
 // The handler of a float RSUM of x * x (a MUL of a register by itself fused
 // into the RSUM reading it): the bits of the MUL then the RSUM.
 Handler RowSumSquaresHandler();
+// The same of (R[a] - m)^2, m a row operand (R[b][row]): SUB, MUL, RSUM.
+Handler RowSumSqDevHandler();
 
 // erf approximation used by the ERF handler (scalar twin, for tests).
 float ErfApprox(float x);

@@ -572,7 +572,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     ElideRoundingCasts(s, rt);
     FuseRowBroadcasts(s, rt);
     FuseUniformLoads(s, rt);
-    FuseSquareSums(s, rt);
+    deviations_ += FuseSquareSums(s, rt);
     chains_ += FuseBinaryChains(s, rt);
     SetupColFast(s, rt);
   }
@@ -921,6 +921,71 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     v1.fused = v2.fused = true;
     ++fused;
   }
+  // A layernorm's tail: the chain (x - m) * r (m, r row operands) read only
+  // by the chain t * g + b (registers) runs as one pass (NormAffineHandler).
+  const Handler norm = ChainHandler(1, 2, 2, 2, false), affine = ChainHandler(2, 0, 0, 0, false);
+  for (int k1 = b; k1 < e; ++k1) {
+    VInst& c1 = rt.code[k1];
+    if (c1.fwd_view != kNoForward || c1.fn != norm || !norm) continue;
+    const int t = s.insts[k1].dst;
+    int k2 = k1 + 1;
+    while (k2 < e && !ReadsReg(s.insts[k2], t) && !WritesReg(s.insts[k2], t)) ++k2;
+    if (k2 == e || !ReadsReg(s.insts[k2], t)) continue;
+    VInst& c2 = rt.code[k2];
+    if ((c2.fwd_view != kNoForward ? c2.fn2 : c2.fn) != affine || c2.a != static_cast<uint32_t>(t) ||
+        c2.b == static_cast<uint32_t>(t) || c2.c == static_cast<uint32_t>(t))
+      continue;
+    const int d2 = s.insts[k2].dst;
+    if (d2 != t && LiveIn(s, k2 + 1, rt.sec[bc::kNumSections], t)) continue;
+    if (!one_row && (d2 == static_cast<int>(c1.b) || d2 == static_cast<int>(c1.c))) continue;
+    bool kept = true;  // the first chain's operands still hold at the second
+    for (int m = k1 + 1; m < k2 && kept; ++m)
+      for (uint32_t r : {c1.a, c1.b, c1.c}) kept = kept && !WritesReg(s.insts[m], static_cast<int>(r));
+    if (!kept) continue;
+    c2.kbits = c2.b;   // g
+    c2.kbits2 = c2.c;  // b
+    c2.a = c1.a;
+    c2.b = c1.b;
+    c2.c = c1.c;
+    (c2.fwd_view != kNoForward ? c2.fn2 : c2.fn) = NormAffineHandler(true);
+    c1.fn = &NopHandler;
+    ++fused;
+  }
+  // The same where the normalised value is a register (ROW tiles: x - mean
+  // also feeds the variance): the chain (d * r) * g (r a row operand, g a
+  // register) read only by "ADD o, t, b" (b a register).
+  const Handler scale = ChainHandler(2, 2, 2, 0, false);
+  for (int k1 = b; k1 < e; ++k1) {
+    VInst& c1 = rt.code[k1];
+    if (c1.fwd_view != kNoForward || c1.fn != scale || !scale) continue;
+    const int t = s.insts[k1].dst;
+    int k2 = k1 + 1;
+    while (k2 < e && !ReadsReg(s.insts[k2], t) && !WritesReg(s.insts[k2], t)) ++k2;
+    if (k2 == e) continue;
+    const bc::Inst& add = s.insts[k2];
+    VInst& c2 = rt.code[k2];
+    if (bc::Opcode(add.op) != bc::Opcode::ADD || DType(add.type) != DType::kFloat32 || (add.flags & bc::kLevelRed) ||
+        (add.flags & bc::kFormMask) != bc::kFormRR || c2.fused || c2.form != bc::kFormRR || add.a == add.b ||
+        (add.a != t && add.b != t))
+      continue;
+    const int d2 = add.dst;
+    if (d2 != t && LiveIn(s, k2 + 1, rt.sec[bc::kNumSections], t)) continue;
+    if (!one_row && d2 == static_cast<int>(c1.b)) continue;
+    const uint32_t other = add.a == t ? c2.b : c2.a;
+    bool kept = true;
+    for (int m = k1 + 1; m < k2 && kept; ++m)
+      for (uint32_t r : {c1.a, c1.b, c1.c}) kept = kept && !WritesReg(s.insts[m], static_cast<int>(r));
+    if (!kept) continue;
+    c2.kbits = c1.c;  // g
+    c2.kbits2 = other;
+    c2.a = c1.a;
+    c2.c = c1.b;  // r
+    c2.b = c1.b;  // (m: unused)
+    (c2.fwd_view != kNoForward ? c2.fn2 : c2.fn) = NormAffineHandler(false);
+    c1.fn = &NopHandler;
+    c2.fused = true;
+    ++fused;
+  }
   return fused;
 }
 
@@ -928,8 +993,9 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
 // next "RSUM rs, rm" runs as one RSUM of squares of ra (RowSumSquaresHandler):
 // a pass and a full-size temporary less (layernorm's variance). Needed: ra
 // not rewritten in between, rm dead after the RSUM.
-void Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
-  if (s.mode != bc::Mode::kRow) return;
+int Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
+  if (s.mode != bc::Mode::kRow) return 0;
+  int deviations = 0;
   const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
   for (int j = b; j < e; ++j) {
     const bc::Inst& mul = s.insts[j];
@@ -953,7 +1019,33 @@ void Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
     v.a = ra;
     rt.code[j].fn = &NopHandler;
     rt.code[j].fused = v.fused = true;
+    // ra = SUB x, m (m a row operand) read only by the MUL: all three in one
+    // pass (the sum of squared deviations of a layernorm).
+    int j0 = j - 1;
+    while (j0 >= b && !WritesReg(s.insts[j0], ra)) --j0;
+    if (j0 < b) continue;
+    const bc::Inst& sub = s.insts[j0];
+    VInst& vs = rt.code[j0];
+    if (bc::Opcode(sub.op) != bc::Opcode::SUB || DType(sub.type) != DType::kFloat32 || vs.form != kFormRow ||
+        vs.fused || vs.fwd_view != kNoForward || vs.fn == &NopHandler)
+      continue;
+    bool ok = true;  // ra read by the MUL only; x and m kept until the RSUM
+    for (int m = j0 + 1; m < e && ok; ++m) {
+      if (m == j) continue;
+      if (m < k && (WritesReg(s.insts[m], static_cast<int>(vs.a)) || WritesReg(s.insts[m], static_cast<int>(vs.b))))
+        ok = false;
+      if (ReadsReg(s.insts[m], ra) && m != k) ok = false;
+      if (m > j && WritesReg(s.insts[m], ra)) break;
+    }
+    if (!ok || red.dst == static_cast<int>(vs.b)) continue;
+    (v.fwd_view != kNoForward ? v.fn2 : v.fn) = RowSumSqDevHandler();
+    v.a = vs.a;
+    v.b = vs.b;
+    vs.fn = &NopHandler;
+    vs.fused = true;
+    ++deviations;
   }
+  return deviations;
 }
 
 // COL stages whose body is only "LOAD r, v; WACC w, r" pairs (a column sum,

@@ -76,6 +76,8 @@ class Executable {
   int64_t work() const { return work_; }
   // Pairs of instructions FuseBinaryChains runs as one (tests).
   int fused_chains() const { return chains_; }
+  // SUB-of-a-row-value, MUL, RSUM triples FuseSquareSums runs as one (tests).
+  int fused_deviations() const { return deviations_; }
   // Workspaces that row groups keep one slab per thread of (tests).
   int row_local_workspaces() const {
     int n = 0;
@@ -90,7 +92,7 @@ class Executable {
   static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
   static void FuseRowBroadcasts(const bc::Stage& s, StageRt& rt);
   static void FuseUniformLoads(const bc::Stage& s, StageRt& rt);
-  static void FuseSquareSums(const bc::Stage& s, StageRt& rt);
+  static int FuseSquareSums(const bc::Stage& s, StageRt& rt);    // returns the deviation sums fused
   static int FuseBinaryChains(const bc::Stage& s, StageRt& rt);  // returns the pairs fused
 
   bc::Program prog_;
@@ -98,6 +100,7 @@ class Executable {
   int64_t work_ = 0;
   bool gemm_ = false;
   int chains_ = 0;
+  int deviations_ = 0;
 };
 
 }  // namespace dvm::vm
