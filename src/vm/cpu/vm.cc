@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 
 #include "ir/dtype.h"
@@ -673,6 +674,21 @@ bool LiveIn(const bc::Stage& s, int from, int to, int r) {
 
 void NopHandler(const VInst&, TileCtx&) {}
 
+// The next instruction in [from, e) that reads r before anything rewrites
+// it, else e.
+int NextReader(const bc::Stage& s, int from, int e, int r) {
+  int k = from;
+  while (k < e && !ReadsReg(s.insts[k], r) && !WritesReg(s.insts[k], r)) ++k;
+  return k < e && ReadsReg(s.insts[k], r) ? k : e;
+}
+// Whether no instruction in [from, to) writes any of regs.
+bool Kept(const bc::Stage& s, int from, int to, std::initializer_list<uint32_t> regs) {
+  for (int m = from; m < to; ++m)
+    for (uint32_t r : regs)
+      if (WritesReg(s.insts[m], static_cast<int>(r))) return false;
+  return true;
+}
+
 // A LOAD whose view holds one value over the whole tile (FuseUniformLoads):
 // lane 0 of its register gets that value, for a reader that takes it as a
 // row operand of one row.
@@ -928,9 +944,8 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     VInst& c1 = rt.code[k1];
     if (c1.fwd_view != kNoForward || c1.fn != norm || !norm) continue;
     const int t = s.insts[k1].dst;
-    int k2 = k1 + 1;
-    while (k2 < e && !ReadsReg(s.insts[k2], t) && !WritesReg(s.insts[k2], t)) ++k2;
-    if (k2 == e || !ReadsReg(s.insts[k2], t)) continue;
+    const int k2 = NextReader(s, k1 + 1, e, t);
+    if (k2 == e) continue;
     VInst& c2 = rt.code[k2];
     if ((c2.fwd_view != kNoForward ? c2.fn2 : c2.fn) != affine || c2.a != static_cast<uint32_t>(t) ||
         c2.b == static_cast<uint32_t>(t) || c2.c == static_cast<uint32_t>(t))
@@ -938,12 +953,9 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     const int d2 = s.insts[k2].dst;
     if (d2 != t && LiveIn(s, k2 + 1, rt.sec[bc::kNumSections], t)) continue;
     if (!one_row && (d2 == static_cast<int>(c1.b) || d2 == static_cast<int>(c1.c))) continue;
-    bool kept = true;  // the first chain's operands still hold at the second
-    for (int m = k1 + 1; m < k2 && kept; ++m)
-      for (uint32_t r : {c1.a, c1.b, c1.c}) kept = kept && !WritesReg(s.insts[m], static_cast<int>(r));
-    if (!kept) continue;
-    c2.kbits = c2.b;   // g
-    c2.kbits2 = c2.c;  // b
+    if (!Kept(s, k1 + 1, k2, {c1.a, c1.b, c1.c})) continue;  // the first chain's operands hold at the second
+    c2.kbits = c2.b;                                         // g
+    c2.kbits2 = c2.c;                                        // b
     c2.a = c1.a;
     c2.b = c1.b;
     c2.c = c1.c;
@@ -959,8 +971,7 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     VInst& c1 = rt.code[k1];
     if (c1.fwd_view != kNoForward || c1.fn != scale || !scale) continue;
     const int t = s.insts[k1].dst;
-    int k2 = k1 + 1;
-    while (k2 < e && !ReadsReg(s.insts[k2], t) && !WritesReg(s.insts[k2], t)) ++k2;
+    const int k2 = NextReader(s, k1 + 1, e, t);
     if (k2 == e) continue;
     const bc::Inst& add = s.insts[k2];
     VInst& c2 = rt.code[k2];
@@ -972,10 +983,7 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     if (d2 != t && LiveIn(s, k2 + 1, rt.sec[bc::kNumSections], t)) continue;
     if (!one_row && d2 == static_cast<int>(c1.b)) continue;
     const uint32_t other = add.a == t ? c2.b : c2.a;
-    bool kept = true;
-    for (int m = k1 + 1; m < k2 && kept; ++m)
-      for (uint32_t r : {c1.a, c1.b, c1.c}) kept = kept && !WritesReg(s.insts[m], static_cast<int>(r));
-    if (!kept) continue;
+    if (!Kept(s, k1 + 1, k2, {c1.a, c1.b, c1.c})) continue;
     c2.kbits = c1.c;  // g
     c2.kbits2 = other;
     c2.a = c1.a;
