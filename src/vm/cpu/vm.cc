@@ -944,8 +944,15 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     VInst& c1 = rt.code[k1];
     if (c1.fwd_view != kNoForward || c1.fn != norm || !norm) continue;
     const int t = s.insts[k1].dst;
-    const int k2 = NextReader(s, k1 + 1, e, t);
+    int k2 = NextReader(s, k1 + 1, e, t);
     if (k2 == e) continue;
+    if (rt.code[k2].fn == &NopHandler && rt.code[k2].fused) {
+      // t * g, the first op of the chain t * g + b: that chain runs at the
+      // reader of its result (and reads t there).
+      const int k0 = k2;
+      k2 = NextReader(s, k0 + 1, e, s.insts[k0].dst);
+      if (k2 == e || LiveIn(s, k0 + 1, k2, t)) continue;
+    }
     VInst& c2 = rt.code[k2];
     if ((c2.fwd_view != kNoForward ? c2.fn2 : c2.fn) != affine || c2.a != static_cast<uint32_t>(t) ||
         c2.b == static_cast<uint32_t>(t) || c2.c == static_cast<uint32_t>(t))
