@@ -272,7 +272,7 @@ stage 0 col full=[8,40] red=[40] p=[8,40,40,64]
 // A reduced value used at full level across the reduced axis: the column
 // sums go through workspace t2 and come back with row stride 0.
 TEST(DasGolden, ColumnCenterTwoStages) {
-  const char* kWant = R"(; dvm bytecode v2: 3 registers x 1024 lanes, 3 tensors, 0 constants, 2 stages
+  const char* kWant = R"(; dvm bytecode v2: 3 registers x 2048 lanes, 3 tensors, 0 constants, 2 stages
 tensor t0 in0 f32 x 2048
 tensor t1 out0 f32 x 2048
 tensor t2 ws0 f32 x 32
@@ -287,7 +287,7 @@ stage 0 col full=[64,32] red=[32] p=[64,32,32,64]
   post:
     3: WNARROW.f32.red r2, w0
     4: STORE.f32.red v1, r2
-stage 1 elem full=[64,32] red=[] p=[1024,0,0,0]
+stage 1 elem full=[64,32] red=[] p=[2048,0,0,0]
   view v0 t0 full +0 strides=[32,1]
   view v1 t2 full +0 strides=[0,1]
   view v2 t1 full +0 strides=[32,1]
