@@ -628,7 +628,11 @@ struct KernelStack::Impl {
     std::vector<std::pair<int, int>> source;  // per tensor: (entry, its tensor), entry -1 = workspace
     std::vector<void*> ptrs;
   };
+  // entries[0, count) are this step's; Clear keeps the rest, so that Add
+  // reuses their storage (no allocation per Add once warm).
   std::vector<Entry> entries;
+  size_t count = 0;
+  std::vector<uint64_t> key;  // Build's lookup key, reused
   std::list<Stacked> cache;
   Stacked* last = nullptr;
 
@@ -667,19 +671,18 @@ void MergeProgram(const bc::Program& q, bc::Program& all, std::vector<std::vecto
 }  // namespace
 
 KernelStack::Impl::Stacked& KernelStack::Impl::Build() {
-  std::vector<uint64_t> key;
-  key.reserve(entries.size());
-  for (const Entry& e : entries) key.push_back(e.program->serial);
+  key.clear();
+  for (size_t ei = 0; ei < count; ++ei) key.push_back(entries[ei].program->serial);
   for (auto it = cache.begin(); it != cache.end(); ++it)
     if (it->key == key) {
       cache.splice(cache.begin(), cache, it);
       return cache.front();
     }
   Stacked st;
-  st.key = std::move(key);
+  st.key = key;
   bc::Program all;
   std::vector<std::vector<bc::Stage>> by_depth;
-  for (size_t ei = 0; ei < entries.size(); ++ei) {
+  for (size_t ei = 0; ei < count; ++ei) {
     const bc::Program& q = entries[ei].program->exe->program();
     for (size_t t = 0; t < q.tensors.size(); ++t)
       st.source.emplace_back(q.tensors[t].kind == bc::TensorKind::kWorkspace ? -1 : static_cast<int>(ei),
@@ -711,12 +714,17 @@ void KernelStack::Add(Kernel& k, std::span<const TensorArg> inputs, std::span<co
   ki.Bind(
       p, [&](size_t i) { return std::pair(inputs[i].data, inputs[i].bytes); },
       [&](size_t i) { return std::pair(outputs[i].data, outputs[i].bytes); });
-  impl_->entries.push_back({&ki, ki.Front(), p.ptrs});
+  Impl& s = *impl_;
+  if (s.count == s.entries.size()) s.entries.emplace_back();
+  Impl::Entry& e = s.entries[s.count++];
+  e.kernel = &ki;
+  e.program = ki.Front();
+  e.ptrs.assign(p.ptrs.begin(), p.ptrs.end());
 }
 
 void KernelStack::Launch() {
   Impl& s = *impl_;
-  if (s.entries.empty()) return;
+  if (s.count == 0) return;
   Impl::Stacked& st = s.Build();
   s.last = &st;
   for (size_t t = 0; t < st.source.size(); ++t) {
@@ -725,11 +733,11 @@ void KernelStack::Launch() {
   }
   st.ws.Bind(st.ptrs);
   st.exe->Run(st.ptrs.data());
-  for (const Impl::Entry& e : s.entries) ++e.kernel->stats.launches;
+  for (size_t i = 0; i < s.count; ++i) ++s.entries[i].kernel->stats.launches;
 }
 
-void KernelStack::Clear() { impl_->entries.clear(); }
-size_t KernelStack::size() const { return impl_->entries.size(); }
+void KernelStack::Clear() { impl_->count = 0; }
+size_t KernelStack::size() const { return impl_->count; }
 std::string KernelStack::Das() const {
   if (!impl_->last) return "; no stacked program yet\n";
   return bc::Disassemble(impl_->last->exe->program());

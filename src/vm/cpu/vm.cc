@@ -576,6 +576,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     deviations_ += FuseSquareSums(s, rt);
     chains_ += FuseBinaryChains(s, rt);
     SetupColFast(s, rt);
+    DropNops(rt);
   }
   SetupRowLocal();
 }
@@ -706,6 +707,23 @@ void UniformLoadHandler(const VInst& vi, TileCtx& c) {
 // just lets r name a's lanes.
 void AliasHandler(const VInst& vi, TileCtx& c) { c.p[vi.dst] = c.p[vi.a]; }
 }  // namespace
+
+// Instructions that fusion made no-ops leave the code (run once per tile):
+// the decode passes above index code by bytecode instruction, so this runs
+// last; sections keep their order.
+void Executable::DropNops(StageRt& rt) {
+  std::vector<VInst> kept;
+  kept.reserve(rt.code.size());
+  int sec[bc::kNumSections + 1];
+  for (int k = 0; k < bc::kNumSections; ++k) {
+    sec[k] = static_cast<int>(kept.size());
+    for (int i = rt.sec[k]; i < rt.sec[k + 1]; ++i)
+      if (rt.code[i].fn != &NopHandler) kept.push_back(rt.code[i]);
+  }
+  sec[bc::kNumSections] = static_cast<int>(kept.size());
+  rt.code = std::move(kept);
+  std::copy(std::begin(sec), std::end(sec), rt.sec);
+}
 
 void Executable::ElideRoundingCasts(const bc::Stage& s, StageRt& rt) {
   if (s.mode == bc::Mode::kCol) return;  // only `body` runs there; keep COL as is

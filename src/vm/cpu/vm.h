@@ -87,6 +87,7 @@ class Executable {
 
  private:
   void SetupRowLocal();
+  static void DropNops(StageRt& rt);
   static void ForwardStores(const bc::Stage& s, StageRt& rt);
   static void SetupColFast(const bc::Stage& s, StageRt& rt);
   static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
