@@ -863,24 +863,17 @@ void RowReduceF(const VInst& vi, TileCtx& c) {
   for (int64_t r = 0; r < rows; ++r) o[r] = RowF<kOp>(x + r * K, K);
 }
 
-// RSUM of MUL(x, x) fused at decode (vm.cc FuseSquareSums): the same bits.
+// RSUM of MUL(d, d) fused at decode (vm.cc FuseSquareSums), with d = R[a],
+// or (kDev) d = SUB(R[a], row value R[b][row]) (a layernorm's variance):
+// the bits of the separate instructions.
+template <bool kDev>
 void RowSumSqF(const VInst& vi, TileCtx& c) {
   const int64_t rows = c.n[1];
   const int64_t K = rows ? c.n[0] / rows : 0;
   const float* x = c.R<float>(vi.a);
+  const float* m = kDev ? c.R<float>(vi.b) : nullptr;
   float* o = c.W<float>(vi.dst);
-  for (int64_t r = 0; r < rows; ++r) o[r] = RowF<0, true>(x + r * K, K);
-}
-
-// RSUM of MUL(d, d) with d = SUB(x, row value m), fused at decode (vm.cc
-// FuseSquareSums; layernorm's variance): the bits of the three.
-void RowSumSqDevF(const VInst& vi, TileCtx& c) {
-  const int64_t rows = c.n[1];
-  const int64_t K = rows ? c.n[0] / rows : 0;
-  const float* x = c.R<float>(vi.a);
-  const float* m = c.R<float>(vi.b);
-  float* o = c.W<float>(vi.dst);
-  for (int64_t r = 0; r < rows; ++r) o[r] = RowF<0, true, true>(x + r * K, K, m[r]);
+  for (int64_t r = 0; r < rows; ++r) o[r] = RowF<0, true, kDev>(x + r * K, K, kDev ? m[r] : 0.0f);
 }
 
 template <int kOp, bool kWrap8>
@@ -1055,9 +1048,10 @@ DVM_FORMS(NeF)
 DVM_FORMS(LtF)
 DVM_FORMS(LeF)
 DVM_FORMS(GtF)
-DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI)
-    DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI)
-        DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
+DVM_FORMS(GeF)
+DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI)
+    DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI)
+        DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
 #undef DVM_FORMS
 #undef DVM_FORMS_I
 
@@ -1187,8 +1181,8 @@ DVM_FORMS(GeF) DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_
   return nullptr;
 }
 
-Handler RowSumSquaresHandlerT() { return &RowSumSqF; }
-Handler RowSumSqDevHandlerT() { return &RowSumSqDevF; }
+Handler RowSumSquaresHandlerT() { return &RowSumSqF<false>; }
+Handler RowSumSqDevHandlerT() { return &RowSumSqF<true>; }
 Handler NormAffineHandlerT(bool sub) { return sub ? &NormAffineF<true> : &NormAffineF<false>; }
 
 Handler ChainHandlerT(int op1, int op2, int y_kind, int z_kind, bool z_first) {

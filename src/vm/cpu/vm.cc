@@ -450,15 +450,15 @@ void RunRowGroupJob(void* ctx, int) {
     const int64_t r0 = job->next.fetch_add(job->grain, std::memory_order_relaxed);
     if (r0 >= job->rows) break;
     const int64_t r1 = std::min(job->rows, r0 + job->grain);
-    for (int64_t r = r0; r < r1; ++r)
+    for (int64_t r = r0; r < r1; ++r) {
+      for (const RowLocalWs& rl : head.row_local)  // row r's slab at this thread's buffer
+        tls_row_ptrs[rl.tensor] = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(slabs + rl.buf_off) -
+                                                          static_cast<uintptr_t>(r * rl.slab_bytes));
       for (int k = 0; k < job->nstages; ++k) {
-        if (k == 0)
-          for (const RowLocalWs& rl : head.row_local)  // row r's slab at this thread's buffer
-            tls_row_ptrs[rl.tensor] = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(slabs + rl.buf_off) -
-                                                              static_cast<uintptr_t>(r * rl.slab_bytes));
         c.stage = &job->stages[k];
         RunRowSlice(*c.stage, r, job->rows, c);
       }
+    }
   }
 }
 
@@ -675,6 +675,10 @@ bool LiveIn(const bc::Stage& s, int from, int to, int r) {
 
 void NopHandler(const VInst&, TileCtx&) {}
 
+// The handler that computes an instruction's result: fn, or fn2 behind a
+// store-forwarding wrapper (ForwardStores).
+Handler& Body(VInst& v) { return v.fwd_view != kNoForward ? v.fn2 : v.fn; }
+
 // The next instruction in [from, e) that reads r before anything rewrites
 // it, else e.
 int NextReader(const bc::Stage& s, int from, int e, int r) {
@@ -776,7 +780,7 @@ void Executable::FuseRowBroadcasts(const bc::Stage& s, StageRt& rt) {
     const Handler h = RowBroadcastHandler(op);
     if (!h) continue;
     VInst& v = rt.code[k];
-    (v.fwd_view != kNoForward ? v.fn2 : v.fn) = h;
+    Body(v) = h;
     v.b = rr;
     v.form = kFormRow;
     rt.code[j].fn = &NopHandler;
@@ -827,7 +831,7 @@ void Executable::FuseUniformLoads(const bc::Stage& s, StageRt& rt) {
     const Handler h = RowBroadcastHandler(op);
     if (!h) continue;
     VInst& vk = rt.code[k];
-    (vk.fwd_view != kNoForward ? vk.fn2 : vk.fn) = h;
+    Body(vk) = h;
     vk.a = op.b == rb ? op.a : op.b;
     vk.b = static_cast<uint32_t>(rb);
     vk.form = kFormRow;
@@ -950,7 +954,7 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     v2.c = z;
     v2.kbits = k1;
     v2.kbits2 = k2;
-    (v2.fwd_view != kNoForward ? v2.fn2 : v2.fn) = h;
+    Body(v2) = h;
     v1.fn = &NopHandler;
     v1.fused = v2.fused = true;
     ++fused;
@@ -972,8 +976,8 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
       if (k2 == e || LiveIn(s, k0 + 1, k2, t)) continue;
     }
     VInst& c2 = rt.code[k2];
-    if ((c2.fwd_view != kNoForward ? c2.fn2 : c2.fn) != affine || c2.a != static_cast<uint32_t>(t) ||
-        c2.b == static_cast<uint32_t>(t) || c2.c == static_cast<uint32_t>(t))
+    if (Body(c2) != affine || c2.a != static_cast<uint32_t>(t) || c2.b == static_cast<uint32_t>(t) ||
+        c2.c == static_cast<uint32_t>(t))
       continue;
     const int d2 = s.insts[k2].dst;
     if (d2 != t && LiveIn(s, k2 + 1, rt.sec[bc::kNumSections], t)) continue;
@@ -984,7 +988,7 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     c2.a = c1.a;
     c2.b = c1.b;
     c2.c = c1.c;
-    (c2.fwd_view != kNoForward ? c2.fn2 : c2.fn) = NormAffineHandler(true);
+    Body(c2) = NormAffineHandler(true);
     c1.fn = &NopHandler;
     ++fused;
   }
@@ -1014,7 +1018,7 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
     c2.a = c1.a;
     c2.c = c1.b;  // r
     c2.b = c1.b;  // (m: unused)
-    (c2.fwd_view != kNoForward ? c2.fn2 : c2.fn) = NormAffineHandler(false);
+    Body(c2) = NormAffineHandler(false);
     c1.fn = &NopHandler;
     c2.fused = true;
     ++fused;
@@ -1048,7 +1052,7 @@ int Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
         (red.dst != rm && LiveIn(s, k + 1, e, rm)))
       continue;
     VInst& v = rt.code[k];
-    (v.fwd_view != kNoForward ? v.fn2 : v.fn) = RowSumSquaresHandler();
+    Body(v) = RowSumSquaresHandler();
     v.a = ra;
     rt.code[j].fn = &NopHandler;
     rt.code[j].fused = v.fused = true;
@@ -1062,16 +1066,12 @@ int Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
     if (bc::Opcode(sub.op) != bc::Opcode::SUB || DType(sub.type) != DType::kFloat32 || vs.form != kFormRow ||
         vs.fused || vs.fwd_view != kNoForward || vs.fn == &NopHandler)
       continue;
-    bool ok = true;  // ra read by the MUL only; x and m kept until the RSUM
-    for (int m = j0 + 1; m < e && ok; ++m) {
-      if (m == j) continue;
-      if (m < k && (WritesReg(s.insts[m], static_cast<int>(vs.a)) || WritesReg(s.insts[m], static_cast<int>(vs.b))))
-        ok = false;
-      if (ReadsReg(s.insts[m], ra) && m != k) ok = false;
-      if (m > j && WritesReg(s.insts[m], ra)) break;
-    }
-    if (!ok || red.dst == static_cast<int>(vs.b)) continue;
-    (v.fwd_view != kNoForward ? v.fn2 : v.fn) = RowSumSqDevHandler();
+    // x and m hold until the RSUM (the MUL is gone); nothing but the MUL
+    // reads ra (and the RSUM, when the MUL squared in place).
+    if (!Kept(s, j0 + 1, j, {vs.a, vs.b}) || !Kept(s, j + 1, k, {vs.a, vs.b}) || LiveIn(s, j0 + 1, j, ra) ||
+        LiveIn(s, j + 1, k, ra) || LiveIn(s, k + 1, e, ra) || red.dst == static_cast<int>(vs.b))
+      continue;
+    Body(v) = RowSumSqDevHandler();
     v.a = vs.a;
     v.b = vs.b;
     vs.fn = &NopHandler;
