@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench_util.h"
@@ -102,7 +104,8 @@ int RunStream(const StreamOptions& o, const std::string& json, int threads, bool
     std::printf("%5s %5s %8s %9s %11s %10s %12s %10s %9s\n", "req", "seq", "launches", "codegens", "codegen_us",
                 "fused_ms", "unfused_ms", "speedup", "max_err");
   Totals t;
-  std::vector<double> prof_f, prof_u;  // summed time per launch
+  std::vector<std::pair<double, long>> req_codegen_max;  // per request: largest compile (us), seq
+  std::vector<double> prof_f, prof_u;                    // summed time per launch
   std::set<long> lengths;
   dvm::RunOptions ro;
   ro.collect_stats = true;
@@ -135,6 +138,7 @@ int RunStream(const StreamOptions& o, const std::string& json, int threads, bool
     t.codegen_us += sf.codegen_us;
     t.codegen_unfused_us += su.codegen_us;
     if (sf.codegen_max_us > t.codegen_max_us) t.codegen_max_us = sf.codegen_max_us, t.max_codegen_seq = S;
+    req_codegen_max.push_back({sf.codegen_max_us, S});
     t.codegens += sf.codegens;
     t.nonmm_fused_us += sf.nonmatmul_us;
     t.nonmm_unfused_us += su.nonmatmul_us;
@@ -148,6 +152,32 @@ int RunStream(const StreamOptions& o, const std::string& json, int threads, bool
       std::printf("%5ld %5ld %8d %9d %11.1f %10.2f %12.2f %9.2fx %9.2e%s\n", r, S, sf.launches, sf.codegens,
                   sf.codegen_us, sf.run_us / 1e3, su.run_us / 1e3, su.run_us / std::max(sf.run_us, 1e-9), err,
                   ok ? "" : "  MISMATCH");
+  }
+
+  // The largest compile, re-timed: this machine stalls now and then for
+  // 100-500 us (a vCPU the host takes away counts as wall and as thread CPU
+  // time alike), and a stall inside one codegen is not compile time. The
+  // kRetimed requests with the largest compiles run again, each on two fresh
+  // compiled graphs (every kernel generated anew: the same codegens and
+  // more), and a request's largest compile is the least of its three
+  // figures. Requests not re-timed keep their single figure, so the result
+  // never undercounts a compile that was slow every time.
+  constexpr size_t kRetimed = 5;
+  const double codegen_max_raw_us = t.codegen_max_us;
+  std::sort(req_codegen_max.begin(), req_codegen_max.end(), std::greater<>());
+  t.codegen_max_us = req_codegen_max.size() > kRetimed ? req_codegen_max[kRetimed].first : 0;
+  for (size_t i = 0; i < std::min(kRetimed, req_codegen_max.size()); ++i) {
+    auto [cg_us, S] = req_codegen_max[i];
+    for (int rep = 0; rep < 2; ++rep) {
+      dvm::CompiledGraph fresh(model.graph());
+      for (long j = 0; j < S; ++j) ids[size_t(j)] = int32_t(rng.Int(0, o.vocab - 1));
+      const std::vector<dvm::TensorArg> in = {{ids.data(), {S}, size_t(S) * 4}};
+      const std::vector<dvm::TensorArg> out = {{out_f.data(), {}, size_t(S) * H * 4}};
+      dvm::RunStats st;
+      fresh.Run(in, out, ro, &st);
+      cg_us = std::min(cg_us, st.codegen_max_us);
+    }
+    if (cg_us > t.codegen_max_us) t.codegen_max_us = cg_us, t.max_codegen_seq = S;
   }
 
   const double ms = 1e-3;
@@ -186,8 +216,9 @@ int RunStream(const StreamOptions& o, const std::string& json, int threads, bool
               t.nonmm_unfused_us / std::max(t.nonmm_fused_us, 1e-9));
   std::printf(
       "  codegen         %10.2f ms total (%.2f%% of fused time), "
-      "largest compile %.1f us (seq %ld)\n",
-      t.codegen_us * ms, 100 * t.codegen_us / std::max(t.fused_us, 1e-9), t.codegen_max_us, t.max_codegen_seq);
+      "largest compile %.1f us (seq %ld; re-timed, single sample %.1f us)\n",
+      t.codegen_us * ms, 100 * t.codegen_us / std::max(t.fused_us, 1e-9), t.codegen_max_us, t.max_codegen_seq,
+      codegen_max_raw_us);
   std::printf(
       "  peak memory     %10.2f MB fused, %.2f MB unfused "
       "(intermediates, planned by liveness)\n",
@@ -225,6 +256,7 @@ int RunStream(const StreamOptions& o, const std::string& json, int threads, bool
     m.Num("requests", double(o.requests)).Num("layers", double(o.layers)).Num("hidden", double(o.hidden));
     m.Num("fused_total_ms", t.fused_us * ms).Num("unfused_total_ms", t.unfused_us * ms);
     m.Num("codegen_total_ms", t.codegen_us * ms).Num("codegen_max_us", t.codegen_max_us);
+    m.Num("codegen_max_raw_us", codegen_max_raw_us);
     m.Num("nonmatmul_fused_ms", t.nonmm_fused_us * ms).Num("nonmatmul_unfused_ms", t.nonmm_unfused_us * ms);
     m.Num("matmul_fused_ms", t.mm_fused_us * ms).Num("matmul_unfused_ms", t.mm_unfused_us * ms);
     m.Num("peak_bytes_fused", double(t.peak_fused)).Num("peak_bytes_unfused", double(t.peak_unfused));

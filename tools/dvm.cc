@@ -67,7 +67,8 @@ commands:
       Print the IR of an example kernel.
 
   K is one of: layernorm (bias + residual + layernorm, default),
-  layernorm_plain (layernorm alone), gelu, softmax, chain10, chain50.
+  layernorm_plain (layernorm alone), bias_residual (x + bias + residual), gelu,
+  softmax, chain10, chain50.
 )";
 
 // Builds example kernel `name`; returns its input shapes for [rows, cols].
@@ -79,6 +80,13 @@ std::vector<dvm::Shape> BuildExample(dvm::Kernel& k, const std::string& name, in
   if (name == "layernorm_plain") {
     BuildLayerNorm(k, cols, false);
     return {{rows, cols}, {cols}, {cols}};
+  }
+  if (name == "bias_residual") {
+    NDObject* x = k.Load(nullptr, {-1, cols}, DType::kFloat32);
+    NDObject* bias = k.Load(nullptr, {cols}, DType::kFloat32);
+    NDObject* res = k.Load(nullptr, {-1, cols}, DType::kFloat32);
+    k.Store(nullptr, k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kAdd, x, bias), res));
+    return {{rows, cols}, {cols}, {rows, cols}};
   }
   if (name == "gelu") {
     BuildGelu(k, 2);
