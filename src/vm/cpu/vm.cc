@@ -357,14 +357,65 @@ void RunTile(const StageRt& s, int64_t t, TileCtx& c) {
   }
 }
 
+// The work items [0, n) of one parallel launch, cut into one contiguous
+// range per participant. Participant p takes `grain` items at a time from
+// range p first, then from the others' leftovers. Launch after launch the
+// same items go to the same thread when nothing is stolen, so an L2-sized
+// tensor stays in the cache of the core that touched it last (one shared
+// counter handed tiles out in arrival order, so the data moved between the
+// cores' L2 caches. Measured in one process, alternating 2 ms blocks, 2
+// threads: [65536] f32->bf16 cast 8.1-8.4 -> 6.4 us; other L2-sized
+// kernels 1.0-1.35x, never slower). Stealing keeps the old
+// guarantee: a worker that joins late (its core was busy) never holds a
+// launch up, the caller takes its range. Which thread runs an item never
+// changes a result (reductions combine partials in item order).
+class WorkQueue {
+ public:
+  void Init(int64_t n, int participants, int64_t grain) {
+    parts_ = std::clamp(participants, 1, kMaxParts);
+    grain_ = std::max<int64_t>(1, grain);
+    for (int p = 0; p < parts_; ++p) {
+      range_[p].next = n * p / parts_;  // before the pool publishes the job
+      range_[p].end = n * (p + 1) / parts_;
+    }
+  }
+  // Claims up to `grain` items [b, e) for participant `self`; false when
+  // every range is exhausted.
+  bool Claim(int self, int64_t& b, int64_t& e) {
+    for (int k = 0; k < parts_; ++k) {
+      Range& r = range_[(self + k) % parts_];
+      std::atomic_ref<int64_t> next(r.next);
+      if (next.load(std::memory_order_relaxed) >= r.end) continue;
+      const int64_t t = next.fetch_add(grain_, std::memory_order_relaxed);
+      if (t < r.end) {
+        b = t;
+        e = std::min(r.end, t + grain_);
+        return true;
+      }
+    }
+    return false;
+  }
+
+ private:
+  static constexpr int kMaxParts = 64;  // more participants share ranges
+  // Left uninitialised (Init sets the ranges in use): a launch does not
+  // clear 4 KiB. `next` is shared through std::atomic_ref.
+  struct alignas(64) Range {
+    int64_t next;
+    int64_t end;
+  };
+  Range range_[kMaxParts];
+  int parts_ = 1;
+  int64_t grain_ = 1;
+};
+
 // What every parallel launch shares: the tensors, the register file's
-// layout, and the work counter the threads take items from.
+// layout, and the queue the threads take items from.
 struct JobBase {
   void* const* ptrs = nullptr;
   size_t scratch_bytes = 0, slot_bytes = 0;
   int num_regs = 0;
-  int64_t grain = 1;
-  std::atomic<int64_t> next{0};
+  WorkQueue work;
 
   // A tile context on this thread's scratch; p holds the register pointers.
   TileCtx Context(const void** p) const {
@@ -386,16 +437,13 @@ struct StageJob : JobBase {
   int nstages;
 };
 
-void RunStageJob(void* ctx, int) {
+void RunStageJob(void* ctx, int self) {
   auto* job = static_cast<StageJob*>(ctx);
   const void* p[256];
   TileCtx c = job->Context(p);
-  const int64_t nt = job->first[job->nstages];
   int si = 0;
-  for (;;) {
-    int64_t t0 = job->next.fetch_add(job->grain, std::memory_order_relaxed);
-    if (t0 >= nt) break;
-    int64_t t1 = std::min(nt, t0 + job->grain);
+  int64_t t0, t1;
+  while (job->work.Claim(self, t0, t1)) {
     for (int64_t t = t0; t < t1; ++t) {
       while (t >= job->first[si + 1]) ++si;
       while (t < job->first[si]) --si;
@@ -435,7 +483,7 @@ struct RowGroupJob : JobBase {
 thread_local Scratch tls_row_ws;               // row-local workspace slabs
 thread_local std::vector<void*> tls_row_ptrs;  // tensor bases with those slabs bound
 
-void RunRowGroupJob(void* ctx, int) {
+void RunRowGroupJob(void* ctx, int self) {
   auto* job = static_cast<RowGroupJob*>(ctx);
   const void* p[256];
   TileCtx c = job->Context(p);
@@ -446,10 +494,8 @@ void RunRowGroupJob(void* ctx, int) {
     c.ptrs = tls_row_ptrs.data();
     slabs = tls_row_ws.Get(head.row_local_bytes);
   }
-  for (;;) {
-    const int64_t r0 = job->next.fetch_add(job->grain, std::memory_order_relaxed);
-    if (r0 >= job->rows) break;
-    const int64_t r1 = std::min(job->rows, r0 + job->grain);
+  int64_t r0, r1;
+  while (job->work.Claim(self, r0, r1)) {
     for (int64_t r = r0; r < r1; ++r) {
       for (const RowLocalWs& rl : head.row_local)  // row r's slab at this thread's buffer
         tls_row_ptrs[rl.tensor] = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(slabs + rl.buf_off) -
@@ -1220,7 +1266,7 @@ void Executable::Run(void* const* ptrs) const {
         job.ntensors = prog_.tensors.size();
         bind(job);
         const int threads = work < 64 * 1024 ? 1 : static_cast<int>(std::min<int64_t>(nthreads, R));
-        job.grain = std::max<int64_t>(1, R / (int64_t{threads} * 4));
+        job.work.Init(R, threads, R / (int64_t{threads} * 4));
         if (threads <= 1)
           RunRowGroupJob(&job, 0);
         else
@@ -1259,7 +1305,7 @@ void Executable::Run(void* const* ptrs) const {
     const bool small = work < 64 * 1024 || ntiles < 2;
     const int threads = small ? 1 : static_cast<int>(std::min<int64_t>(pool.num_threads(), ntiles));
     const int64_t per_tile = std::max<int64_t>(1, elems / ntiles);
-    job.grain = std::max<int64_t>(1, std::min<int64_t>(ntiles / (threads * 8), 16384 / per_tile + 1));
+    job.work.Init(ntiles, threads, std::min<int64_t>(ntiles / (threads * 8), 16384 / per_tile + 1));
     if (threads <= 1)
       RunStageJob(&job, 0);
     else
