@@ -41,8 +41,7 @@ std::string LayerNormDas() {
   auto* beta = k.Load(nullptr, {16}, DType::kFloat32);
   auto* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, x, {1}, true), 1.0 / 16);
   auto* d = k.Binary(BinaryOp::kSub, x, mean);
-  auto* var = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, true),
-                       1.0 / 16);
+  auto* var = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, true), 1.0 / 16);
   auto* rstd = k.Unary(UnaryOp::kRsqrt, k.Binary(BinaryOp::kAdd, var, 1e-5));
   auto* y = k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, d, rstd), gamma);
   k.Store(nullptr, k.Binary(BinaryOp::kAdd, y, beta));
@@ -99,9 +98,10 @@ std::string MixedDTypesDas() {
     bool ea = !std::getline(a, la), eb = !std::getline(b, lb);
     if (ea && eb) break;
     if (ea || eb || la != lb)
-      return ::testing::AssertionFailure() << "first difference at line " << line << ":\n  want: "
-                                           << (ea ? "<end>" : la) << "\n  got:  " << (eb ? "<end>" : lb)
-                                           << "\nfull disassembly:\n" << got;
+      return ::testing::AssertionFailure()
+             << "first difference at line " << line << ":\n  want: " << (ea ? "<end>" : la)
+             << "\n  got:  " << (eb ? "<end>" : lb) << "\nfull disassembly:\n"
+             << got;
     ++line;
   }
   return ::testing::AssertionFailure() << "texts differ in line endings\n" << got;
@@ -308,6 +308,46 @@ TEST(DasGolden, SoftmaxIsOneRowStage) {
   EXPECT_EQ(das.find("stage 1"), std::string::npos);
   for (const char* op : {"RMAX.f32.red", "BCAST.f32", "SUB.f32", "EXP.f32", "RSUM.f32.red", "DIV.f32"})
     EXPECT_NE(das.find(op), std::string::npos) << op;
+}
+
+// The ELEM tile of each stage of `das`, in order ("p=[T," of "stage N elem").
+std::vector<int64_t> ElemTiles(const std::string& das) {
+  std::vector<int64_t> t;
+  std::istringstream in(das);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("stage ", 0) == 0 && line.find(" elem ") != std::string::npos)
+      t.push_back(std::stoll(line.substr(line.find("p=[") + 3)));
+  return t;
+}
+
+// Long rows: an elementwise tail of cheap f32 arithmetic that reads row
+// vectors (layernorm's ((x - mean) * rstd) * gamma + beta) runs 4x tiles
+// (4096 lanes, inside one row); a tail with transcendental ops keeps 1x.
+TEST(DasGolden, LongRowCheapTailUsesLongTiles) {
+  const int64_t C = 32768;
+  Kernel ln;
+  auto* x = ln.Load(nullptr, {2, C}, DType::kFloat32);
+  auto* g = ln.Load(nullptr, {C}, DType::kFloat32);
+  auto* b = ln.Load(nullptr, {C}, DType::kFloat32);
+  auto* d = ln.Binary(BinaryOp::kSub, x, ln.Binary(BinaryOp::kMul, ln.Reduce(ReduceOp::kSum, x, {1}, true), 1.0 / C));
+  auto* var = ln.Binary(BinaryOp::kMul, ln.Reduce(ReduceOp::kSum, ln.Binary(BinaryOp::kMul, d, d), {1}, true), 1.0 / C);
+  auto* r = ln.Unary(UnaryOp::kRsqrt, ln.Binary(BinaryOp::kAdd, var, 1e-5));
+  ln.Store(nullptr, ln.Binary(BinaryOp::kAdd, ln.Binary(BinaryOp::kMul, ln.Binary(BinaryOp::kMul, d, r), g), b));
+  ln.CodeGen();
+  const std::vector<int64_t> t = ElemTiles(ln.Das());
+  ASSERT_FALSE(t.empty());
+  EXPECT_EQ(t.back(), 4096) << ln.Das();
+
+  Kernel tr;
+  auto* y = tr.Load(nullptr, {2, C}, DType::kFloat32);
+  auto* gy = tr.Load(nullptr, {C}, DType::kFloat32);
+  auto* e = tr.Unary(UnaryOp::kExp, tr.Binary(BinaryOp::kMul, y, gy));
+  tr.Store(nullptr, tr.Binary(BinaryOp::kAdd, tr.Binary(BinaryOp::kMul, e, tr.Unary(UnaryOp::kTanh, y)), y));
+  tr.CodeGen();
+  const std::vector<int64_t> u = ElemTiles(tr.Das());
+  ASSERT_EQ(u.size(), 1u) << tr.Das();
+  EXPECT_EQ(u[0], 1024) << tr.Das();
 }
 
 // dvm::Disassemble of the bytecode gives the same text as Kernel::Das().
