@@ -991,23 +991,33 @@ void StoreF16(void* dst, const void* src, int64_t n) {
     std::memcpy(o + i, &h, 2);
   }
 }
+// RoundBF16 of two vectors at a time; the high halves of the rounded words
+// are the bf16 bits, gathered in order by one two-table permute (ConcatOdd).
+// The loaded vector is pinned in a register (Opaque): GCC otherwise folds
+// the load into each of its four uses, and four 64-byte loads per vector
+// bounded the loop (Zen 4: [65536] 6.7 -> 4.7 us, one thread).
 void StoreBF16(void* dst, const void* src, int64_t n) {
   const DF d;
-  const DI di;
   const hn::RebindToUnsigned<DF> du;
-  const hn::Rebind<uint16_t, DI> du16;
+  const hn::Repartition<uint16_t, DF> dh;  // twice the lanes of d
   auto* o = static_cast<uint16_t*>(dst);
   auto* s = static_cast<const float*>(src);
-  int64_t i = 0;
-  // RoundBF16, with the high half taken by a logical shift (NaN: quieted).
+  const int64_t L = static_cast<int64_t>(hn::Lanes(d));
   const auto bias = hn::Set(du, 0x7fffu), one = hn::Set(du, 1u), quiet = hn::Set(du, 0x400000u);
-  for (; i + static_cast<int64_t>(hn::Lanes(d)) <= n; i += hn::Lanes(d)) {
-    const VF v = hn::LoadU(d, s + i);
+  auto round = [&](VF v) HWY_ATTR {
     const auto u = hn::BitCast(du, v);
-    auto r = hn::Add(u, hn::Add(bias, hn::And(hn::ShiftRight<16>(u), one)));
-    r = hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), hn::Or(u, quiet), r);
-    hn::StoreU(hn::DemoteTo(du16, hn::BitCast(di, hn::ShiftRight<16>(r))), du16, o + i);
+    const auto r = hn::Add(u, hn::Add(bias, hn::And(hn::ShiftRight<16>(u), one)));
+    return hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), hn::Or(u, quiet), r);
+  };
+  int64_t i = 0;
+#if HWY_TARGET != HWY_SCALAR
+  for (; i + 2 * L <= n; i += 2 * L) {
+    const auto lo = round(Opaque(d, hn::LoadU(d, s + i))), hi = round(Opaque(d, hn::LoadU(d, s + i + L)));
+    hn::StoreU(hn::ConcatOdd(dh, hn::BitCast(dh, hi), hn::BitCast(dh, lo)), dh, o + i);
   }
+#else
+  (void)L, (void)dh, (void)round;
+#endif
   for (; i < n; ++i) o[i] = F32ToBF16(s[i]);
 }
 void StoreI8(void* dst, const void* src, int64_t n) {
@@ -1056,9 +1066,10 @@ DVM_FORMS(LeF)
 DVM_FORMS(GtF)
 DVM_FORMS(GeF)
 DVM_FORMS(AndF)
-DVM_FORMS(OrF) DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI)
-    DVM_FORMS(OrI) DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI)
-        DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
+DVM_FORMS(OrF)
+DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI)
+    DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI)
+        DVM_FORMS_I(MinI)
 #undef DVM_FORMS
 #undef DVM_FORMS_I
 
