@@ -33,6 +33,20 @@ using VI = hn::Vec<DI>;
 
 // ---- element functions -----------------------------------------------------
 
+// Makes a product opaque to the compiler, so that it cannot contract it with
+// a following addition into an FMA (GCC does under -ffp-contract=fast).
+HWY_INLINE VF Opaque(DF d, VF v) {
+#if HWY_ARCH_X86 && HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
+  asm("" : "+v"(v.raw));
+  return v;
+#else
+  HWY_ALIGN float buf[hn::MaxLanes(d)];
+  hn::Store(v, d, buf);
+  asm volatile("" : : "r"(buf) : "memory");
+  return hn::Load(d, buf);
+#endif
+}
+
 // Highway's vector math is specified on finite inputs in its documented
 // ranges; these wrappers give IEEE results outside them (inf, NaN, 0).
 // exp. Highway's Exp (range reduction in two multiplies by 2^(q/2), which
@@ -54,7 +68,12 @@ HWY_NOINLINE VF ExpWide(DF d, VF x) {
 // on this path.
 inline VF ExpV(DF d, VF x) {
   const auto ok = hn::And(hn::Ge(x, hn::Set(d, -87.0f)), hn::Le(x, hn::Set(d, 88.0f)));
-  const VF k = hn::Round(hn::Mul(x, hn::Set(d, 1.44269504088896341f)));
+  // k = x / ln 2 rounded to nearest even by adding 1.5 * 2^23 (exact for
+  // |x / ln 2| < 2^22, the same k as Round): its low bits are then k as an
+  // integer, without a conversion and its out-of-range fix-ups.
+  const VF magic = hn::Set(d, 12582912.0f);
+  const VF kb = hn::Add(Opaque(d, hn::Mul(x, hn::Set(d, 1.44269504088896341f))), magic);
+  const VF k = hn::Sub(kb, magic);
   VF r = hn::NegMulAdd(k, hn::Set(d, 0.693359375f), x);
   r = hn::NegMulAdd(k, hn::Set(d, -2.12194440e-4f), r);
   VF p = hn::Set(d, 1.9875691500e-4f);
@@ -65,7 +84,8 @@ inline VF ExpV(DF d, VF x) {
   p = hn::MulAdd(p, r, hn::Set(d, 5.0000001201e-1f));
   p = hn::MulAdd(hn::Mul(p, r), r, hn::Add(r, hn::Set(d, 1.0f)));
   const DI di;
-  const VF y = hn::BitCast(d, hn::Add(hn::BitCast(di, p), hn::ShiftLeft<23>(hn::ConvertTo(di, k))));
+  const VI ki = hn::Sub(hn::BitCast(di, kb), hn::BitCast(di, magic));
+  const VF y = hn::BitCast(d, hn::Add(hn::BitCast(di, p), hn::ShiftLeft<23>(ki)));
   if (HWY_LIKELY(hn::AllTrue(d, ok))) return y;
   // Lanes below -103.97208 are 0 in ExpWide too: a masked softmax (causal
   // attention adds -1e9 or -inf) stays off the slow path.
@@ -81,7 +101,27 @@ inline VF LogV(DF d, VF x) {
   r = hn::IfThenElse(hn::Lt(x, hn::Zero(d)), nan, r);
   return hn::IfThenElse(hn::IsNaN(x), x, r);
 }
-inline VF TanhV(DF d, VF x) { return hn::IfThenElse(hn::IsNaN(x), x, hn::Tanh(d, x)); }
+// tanh as Cephes' tanhf computes it, on ExpV: 1 - 2 / (exp(2|x|) + 1) for
+// |x| >= 0.625 (|x| clamped to 10: 1 in f32 from 9.02 on), an odd
+// polynomial below. Highway's Tanh goes through Expm1 and was the bound
+// of GELU: [65536] tanh-form GELU 28 -> N us at 2 threads (bench vm).
+// KernelsAccuracy pins <= 4 ulp on [-10, 10].
+inline VF TanhV(DF d, VF x) {
+  const VF one = hn::Set(d, 1.0f);
+  const VF ax = hn::Abs(x);
+  const VF xc = hn::Min(ax, hn::Set(d, 10.0f));
+  const VF e = ExpV(d, hn::Add(xc, xc));
+  const VF big = hn::Sub(one, hn::Div(hn::Set(d, 2.0f), hn::Add(e, one)));
+  const VF z = hn::Mul(x, x);
+  VF p = hn::Set(d, -5.70498872745e-3f);
+  p = hn::MulAdd(p, z, hn::Set(d, 2.06390887954e-2f));
+  p = hn::MulAdd(p, z, hn::Set(d, -5.37397155531e-2f));
+  p = hn::MulAdd(p, z, hn::Set(d, 1.33314422036e-1f));
+  p = hn::MulAdd(p, z, hn::Set(d, -3.33332819422e-1f));
+  const VF small = hn::MulAdd(hn::Mul(p, z), x, x);
+  const VF r = hn::IfThenElse(hn::Lt(ax, hn::Set(d, 0.625f)), small, hn::CopySign(big, x));
+  return hn::IfThenElse(hn::IsNaN(x), x, r);
+}
 // sin/cos: Highway's range reduction holds for |x| <= 39000; other lanes
 // (rare) take the scalar library path.
 template <bool kSin>
@@ -126,19 +166,6 @@ inline VF ErfV(DF d, VF x) {
 // GELU, tanh form: the MUL/ADD/TANH sequence codegen fuses into one GELU,
 // with the same roundings in the same order (no contraction into FMA: each
 // step is rounded, as the separate instructions round it).
-// Makes a product opaque to the compiler, so that it cannot contract it with
-// a following addition into an FMA (GCC does under -ffp-contract=fast).
-HWY_INLINE VF Opaque(DF d, VF v) {
-#if HWY_ARCH_X86 && HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
-  asm("" : "+v"(v.raw));
-  return v;
-#else
-  HWY_ALIGN float buf[hn::MaxLanes(d)];
-  hn::Store(v, d, buf);
-  asm volatile("" : : "r"(buf) : "memory");
-  return hn::Load(d, buf);
-#endif
-}
 inline VF GeluTanhV(DF d, VF x) {
   const VF x3 = hn::Mul(hn::Mul(x, x), x);
   const VF u = hn::Add(x, Opaque(d, hn::Mul(x3, hn::Set(d, bc::kGeluA))));
@@ -747,6 +774,41 @@ float RowF(const float* x, int64_t K, float m = 0.0f) {
     return hn::PromoteTo(dd, v);
   };
   int64_t i = 0;
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (kOp == 0) {
+    // Sums: four full f32 vectors added pairwise in f32 (two roundings per
+    // element, each <= half an ulp of a partial of four inputs), then both
+    // halves widened into f64 accumulators: 0.44 conversions and f64 adds
+    // per element instead of 2 (row sums of 768-4096 elements 1.6-2x
+    // faster). Far inside f32 tolerances even with cancellation, and still a
+    // fixed order, so the same bits on any thread count.
+    const hn::Half<DF> dhf;
+    const int64_t LF = hn::Lanes(d);
+    const auto mf = hn::Set(d, m);
+    auto ldf = [&](const float* p) HWY_ATTR {
+      auto v = hn::LoadU(d, p);
+      if (kDev) v = hn::Sub(v, mf);
+      if (kSq) v = hn::Mul(v, v);
+      return v;
+    };
+    auto quad = [&](const float* p) HWY_ATTR {
+      return hn::Add(hn::Add(ldf(p), ldf(p + LF)), hn::Add(ldf(p + 2 * LF), ldf(p + 3 * LF)));
+    };
+    for (; i + 8 * LF <= K; i += 8 * LF) {
+      const VF s0 = quad(x + i), s1 = quad(x + i + 4 * LF);
+      a0 = hn::Add(a0, hn::PromoteTo(dd, hn::LowerHalf(dhf, s0)));
+      a1 = hn::Add(a1, hn::PromoteTo(dd, hn::UpperHalf(dhf, s0)));
+      a2 = hn::Add(a2, hn::PromoteTo(dd, hn::LowerHalf(dhf, s1)));
+      a3 = hn::Add(a3, hn::PromoteTo(dd, hn::UpperHalf(dhf, s1)));
+    }
+    if (i + 4 * LF <= K) {
+      const VF s0 = quad(x + i);
+      a0 = hn::Add(a0, hn::PromoteTo(dd, hn::LowerHalf(dhf, s0)));
+      a1 = hn::Add(a1, hn::PromoteTo(dd, hn::UpperHalf(dhf, s0)));
+      i += 4 * LF;
+    }
+  }
+#endif
   for (; i + 4 * LD <= K; i += 4 * LD) {
     a0 = AccD<kOp>(dd, a0, ld(x + i));
     a1 = AccD<kOp>(dd, a1, ld(x + i + LD));
@@ -1067,7 +1129,8 @@ DVM_FORMS(GtF)
 DVM_FORMS(GeF)
 DVM_FORMS(AndF)
 DVM_FORMS(OrF)
-DVM_FORMS(EqI) DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI)
+DVM_FORMS(EqI)
+DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI)
     DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI)
         DVM_FORMS_I(MinI)
 #undef DVM_FORMS
