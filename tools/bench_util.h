@@ -81,6 +81,11 @@ class Args {
 // The options every `dvm bench` suite (but codegen) reads: --json, --threads,
 // --reps and, where the suite has named cases, --filter. Read() leaves
 // Finish() to the caller, which may read options of its own first.
+// How long OpenBLAS's idle workers keep spinning before they sleep (2^28
+// TSC ticks; measured here: one core busy for 100 to 150 ms after a
+// 2-thread sgemm, and after the library loads), with a margin.
+constexpr int kSlowIdleMs = 250;
+
 struct BenchOptions {
   std::string json, filter;
   long threads = 0, reps = 20;
@@ -93,9 +98,15 @@ struct BenchOptions {
     if (with_filter) o.filter = args.Str("--filter", "");
     return o;
   }
-  // Applies --threads to DVM's pool; returns the thread count in use.
+  // Applies --threads to DVM's pool; returns the thread count in use. Then
+  // waits kSlowIdleMs: OpenBLAS starts its worker threads when the library
+  // loads and they spin (sched_yield) for ~0.1 s before they sleep, taking a
+  // core from whatever runs first (measured: the first case of bench stages,
+  // softmax [64, 32768], 740-1430 us with them spinning, 750-775 us with
+  // OPENBLAS_NUM_THREADS=1).
   int StartThreads() const {
     if (threads > 0) dvm::SetNumThreads(int(threads));
+    std::this_thread::sleep_for(std::chrono::milliseconds(kSlowIdleMs));
     return dvm::GetNumThreads();
   }
   // Whether --filter rules out the case `name`.
@@ -157,7 +168,6 @@ inline double Geomean(const std::vector<double>& v) {
 // a while (OpenBLAS: 2^28 TSC ticks; measured here, one core busy for 100 to
 // 150 ms after a 2-thread sgemm): the pause after its blocks is kSlowIdleMs,
 // and with it set the last run of blocks is followed by one too.
-constexpr int kSlowIdleMs = 250;
 inline std::vector<std::vector<double>> MeasureBlocks(const std::vector<std::function<void()>>& f, int reps,
                                                       int calib_calls = 3, const std::function<void()>& park = {},
                                                       int slow_idle = -1) {
