@@ -1020,6 +1020,18 @@ TEST(KernelsFused, SumOfSquaredDeviationsEqualsSeparateOps) {
         dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v[0], true); });
     ASSERT_EQ(fused[0].bytes.size(), plain[0].bytes.size());
     EXPECT_EQ(fused[0].bytes, plain[0].bytes);
+    // As two kernels (the squares stored, then summed), as an unfused graph
+    // runs them: the same bits, so no handler may contract a square into
+    // its sum (FMA).
+    std::vector<Tensor> squares = dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) {
+      NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, v[0], {1}, true), 1.0 / double(K));
+      NDObject* d = k.Binary(BinaryOp::kSub, v[0], mean);
+      return std::vector<NDObject*>{k.Binary(BinaryOp::kMul, d, d)};
+    });
+    std::vector<Tensor> apart = dvm::Run({squares[0]}, [&](Kernel& k, const std::vector<NDObject*>& v) {
+      return std::vector<NDObject*>{k.Reduce(ReduceOp::kSum, v[0], {1}, false)};
+    });
+    EXPECT_EQ(fused[0].bytes, apart[0].bytes);
     Kernel k;
     NDObject* v = k.Load(nullptr, {R, K}, DType::kFloat32);
     for (NDObject* o : build(k, v, false)) k.Store(nullptr, o);

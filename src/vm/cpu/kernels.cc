@@ -788,7 +788,9 @@ float RowF(const float* x, int64_t K, float m = 0.0f) {
     auto ldf = [&](const float* p) HWY_ATTR {
       auto v = hn::LoadU(d, p);
       if (kDev) v = hn::Sub(v, mf);
-      if (kSq) v = hn::Mul(v, v);
+      // Opaque: the square is rounded before the pairwise adds, as a
+      // separate MUL rounds it (no FMA contraction into the sum).
+      if (kSq) v = Opaque(d, hn::Mul(v, v));
       return v;
     };
     auto quad = [&](const float* p) HWY_ATTR {
@@ -1130,13 +1132,13 @@ DVM_FORMS(GeF)
 DVM_FORMS(AndF)
 DVM_FORMS(OrF)
 DVM_FORMS(EqI)
-DVM_FORMS(NeI) DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI)
-    DVM_FORMS_I(AddI) DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI)
-        DVM_FORMS_I(MinI)
+DVM_FORMS(NeI)
+DVM_FORMS(LtI) DVM_FORMS(LeI) DVM_FORMS(GtI) DVM_FORMS(GeI) DVM_FORMS(AndI) DVM_FORMS(OrI) DVM_FORMS_I(AddI)
+    DVM_FORMS_I(SubI) DVM_FORMS_I(MulI) DVM_FORMS_I(DivI) DVM_FORMS_I(PowI) DVM_FORMS_I(MaxI) DVM_FORMS_I(MinI)
 #undef DVM_FORMS
 #undef DVM_FORMS_I
 
-            Handler SelectHandlerT(const bc::Inst& in) {
+        Handler SelectHandlerT(const bc::Inst& in) {
   using bc::Opcode;
   const DType type = DType(in.type);
   const DType src = DType((in.flags & bc::kSrcMask) >> bc::kSrcShift);
