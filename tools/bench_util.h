@@ -78,14 +78,14 @@ class Args {
   std::vector<bool> used_;
 };
 
-// The options every `dvm bench` suite (but codegen) reads: --json, --threads,
-// --reps and, where the suite has named cases, --filter. Read() leaves
-// Finish() to the caller, which may read options of its own first.
 // How long OpenBLAS's idle workers keep spinning before they sleep (2^28
 // TSC ticks; measured here: one core busy for 100 to 150 ms after a
 // 2-thread sgemm, and after the library loads), with a margin.
 constexpr int kSlowIdleMs = 250;
 
+// The options every `dvm bench` suite (but codegen) reads: --json, --threads,
+// --reps and, where the suite has named cases, --filter. Read() leaves
+// Finish() to the caller, which may read options of its own first.
 struct BenchOptions {
   std::string json, filter;
   long threads = 0, reps = 20;
