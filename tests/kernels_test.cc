@@ -1041,6 +1041,92 @@ TEST(KernelsFused, SumOfSquaredDeviationsEqualsSeparateOps) {
   }
 }
 
+// Softmax: exp(x - max) and its row sum run as one pass (FuseChainSums),
+// with the bits of the two instructions run apart (kernels of their own);
+// long rows also keep exp(x - max) in the output until the division
+// overwrites it in place (SetupOutputAliases). Short rows (ROW tiles),
+// tails, long rows (chunked, a row group), masked lanes (exp -> 0).
+TEST(KernelsFused, ExpSumEqualsSeparateOps) {
+  for (int64_t K : {1, 17, 768, 5000, 40000}) {
+    SCOPED_TRACE("K=" + std::to_string(K));
+    const int64_t R = 5;
+    std::vector<double> x = Values(DType::kFloat32, R * K, 700 + K, -8, 8);
+    for (int64_t i = 3; i < R * K; i += 7) x[i] = -1e9;  // masked: a lane far below -104
+    const Tensor in = MakeTensor(DType::kFloat32, {R, K}, x);
+    auto exp_dev = [](Kernel& k, NDObject* v) {
+      return k.Unary(UnaryOp::kExp, k.Binary(BinaryOp::kSub, v, k.Reduce(ReduceOp::kMax, v, {1}, true)));
+    };
+    std::vector<Tensor> fused = dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) {
+      NDObject* e = exp_dev(k, v[0]);
+      NDObject* s = k.Reduce(ReduceOp::kSum, e, {1}, true);
+      return std::vector<NDObject*>{k.Binary(BinaryOp::kDiv, e, s), s};
+    });
+    const Tensor e = RunOne({in}, [&](Kernel& k, const std::vector<NDObject*>& v) { return exp_dev(k, v[0]); });
+    const Tensor s = RunOne(
+        {e}, [&](Kernel& k, const std::vector<NDObject*>& v) { return k.Reduce(ReduceOp::kSum, v[0], {1}, true); });
+    const Tensor y = RunOne(
+        {e, s}, [&](Kernel& k, const std::vector<NDObject*>& v) { return k.Binary(BinaryOp::kDiv, v[0], v[1]); });
+    EXPECT_EQ(fused[1].bytes, s.bytes);
+    EXPECT_EQ(fused[0].bytes, y.bytes);
+    Kernel k;
+    NDObject* v = k.Load(nullptr, {R, K}, DType::kFloat32);
+    NDObject* ex = exp_dev(k, v);
+    k.Store(nullptr, k.Binary(BinaryOp::kDiv, ex, k.Reduce(ReduceOp::kSum, ex, {1}, true)));
+    k.CodeGen();
+    const vm::Executable ee(k.Bytecode());
+    EXPECT_EQ(ee.fused_chain_sums(), K > 1 ? 1 : 0) << k.Das();
+    EXPECT_EQ(ee.output_aliases(), K > 16384 ? 1 : 0) << k.Das();
+  }
+}
+
+// A long-row softmax whose output is stored transposed: the division reads
+// exp(x - max) where it does not write, so that value keeps a workspace of
+// its own (no output alias), and the result is still the softmax.
+TEST(KernelsFused, TransposedSoftmaxKeepsItsWorkspace) {
+  const int64_t R = 3, K = 20000;
+  const Tensor in = MakeTensor(DType::kFloat32, {R, K}, Values(DType::kFloat32, R * K, 77, -4, 4));
+  auto softmax = [](Kernel& k, NDObject* v) {
+    NDObject* e = k.Unary(UnaryOp::kExp, k.Binary(BinaryOp::kSub, v, k.Reduce(ReduceOp::kMax, v, {1}, true)));
+    return k.Binary(BinaryOp::kDiv, e, k.Reduce(ReduceOp::kSum, e, {1}, true));
+  };
+  const Tensor y = RunOne({in}, [&](Kernel& k, const std::vector<NDObject*>& v) { return softmax(k, v[0]); });
+  const Tensor yt = RunOne({in}, [&](Kernel& k, const std::vector<NDObject*>& v) {
+    const int64_t perm[] = {1, 0};
+    return k.Transpose(softmax(k, v[0]), Dims(perm, 2));
+  });
+  ASSERT_EQ(yt.shape, (Shape{K, R}));
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < K; c += 97) ASSERT_EQ(yt.at(c * R + r), y.at(r * K + c)) << r << "," << c;
+  Kernel k;
+  const int64_t perm[] = {1, 0};
+  k.Store(nullptr, k.Transpose(softmax(k, k.Load(nullptr, {R, K}, DType::kFloat32)), Dims(perm, 2)));
+  k.CodeGen();
+  EXPECT_EQ(vm::Executable(k.Bytecode()).output_aliases(), 0) << k.Das();
+}
+
+// Two workspaces read where the output is written (both reduced values of
+// the final MAX): at most one may live in the output, or the stage that
+// writes both would overwrite one with the other (found by the random test).
+TEST(KernelsFused, OneWorkspacePerOutputAlias) {
+  const int64_t R = 5, K = 7;
+  const Tensor x = MakeTensor(DType::kFloat32, {R, K}, Values(DType::kFloat32, R * K, 91, -2, 2));
+  const Tensor y = MakeTensor(DType::kFloat32, {R, K}, Values(DType::kFloat32, R * K, 92, -2, 2));
+  auto build = [](Kernel& k, NDObject* a, NDObject* b) {
+    NDObject* m6 = k.Reduce(ReduceOp::kMin, k.Reduce(ReduceOp::kMax, b, {1}, true), {1}, false);
+    return k.Binary(BinaryOp::kMaximum, k.Reduce(ReduceOp::kMin, a, {1}, false), m6);
+  };
+  const Tensor out = RunOne({x, y}, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v[0], v[1]); });
+  for (int64_t r = 0; r < R; ++r) {
+    double lo = INFINITY, hi = -INFINITY;
+    for (int64_t c = 0; c < K; ++c) lo = std::min(lo, x.at(r * K + c)), hi = std::max(hi, y.at(r * K + c));
+    EXPECT_EQ(out.at(r), std::max(lo, hi)) << r;
+  }
+  Kernel k;
+  k.Store(nullptr, build(k, k.Load(nullptr, {R, K}, DType::kFloat32), k.Load(nullptr, {R, K}, DType::kFloat32)));
+  k.CodeGen();
+  EXPECT_LE(vm::Executable(k.Bytecode()).output_aliases(), 1) << k.Das();
+}
+
 // ---- data movement: loads and stores of every dtype, every path ------------------------
 
 // Contiguous runs (vector + scalar tail), strided runs (element at a time),
@@ -1440,8 +1526,8 @@ int WorkspaceCount(const std::vector<uint8_t>& bytecode) {
 }
 
 // A long-row softmax is one row group, and every workspace it has (partials,
-// row maxima and sums, the stored exp) is touched only by the group, slab by
-// slab: the VM keeps one slab of each per thread. A stage outside the group
+// row maxima and sums) is touched only by the group, slab by slab: the VM
+// keeps one slab of each per thread (the stored exp lives in the output). A stage outside the group
 // that reads a workspace across rows keeps that one whole.
 TEST(RowGroups, WorkspacesKeptOneSlabPerThread) {
   Kernel k;
@@ -1452,7 +1538,11 @@ TEST(RowGroups, WorkspacesKeptOneSlabPerThread) {
   k.CodeGen();
   const int ws = WorkspaceCount(k.Bytecode());
   EXPECT_GE(ws, 5) << k.Das();
-  EXPECT_EQ(vm::Executable(k.Bytecode()).row_local_workspaces(), ws) << k.Das();
+  // exp(x - max) lives in the output (divided there in place), the others
+  // one slab per thread
+  const vm::Executable ex(k.Bytecode());
+  EXPECT_EQ(ex.output_aliases(), 1) << k.Das();
+  EXPECT_EQ(ex.row_local_workspaces(), ws - 1) << k.Das();
 
   Kernel c;
   NDObject* y = c.Load(nullptr, {6, 40000}, DType::kFloat32);

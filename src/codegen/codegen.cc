@@ -266,6 +266,22 @@ class Gen {
     mat_plan_[v] = root_plan_[ri] + (ln_[v].op == L::kMatMul ? 0 : 1);
     return load;
   }
+  // Stores `v` to a new workspace from plan k, which computes v at full
+  // level over its own domain (a chunked reduction of v); stages after k
+  // read it back.
+  void MaterializeInto(int v, int k) {
+    const LNode& n = ln_[v];
+    const int ws = AddWorkspace(IsFloat(n.dtype) ? DType::kFloat32 : n.dtype, Numel(n.shape));
+    const Dims8 shape = n.shape;
+    const DType dt = n.dtype;
+    AddRoot({v, ws, 0, Contiguous(shape)});
+    const int ri = static_cast<int>(roots_.size()) - 1;
+    root_plan_[ri] = k;
+    plans_[k].roots.push_back(ri);
+    plans_[k].writes.push_back(ws);
+    mat_[v] = MakeLoad(ws, dt, shape, 0, Contiguous(shape));
+    mat_plan_[v] = k + 1;
+  }
   void AddRoot(Root r) {
     roots_.push_back(std::move(r));
     root_plan_.push_back(-1);
@@ -537,10 +553,10 @@ class Gen {
         // the partials. Users of the result read it from a workspace: the
         // rows are not held in a tile.
         // A long row's value that others use too (softmax's exp(x - max),
-        // summed and then divided) is stored by a stage of its own and read
-        // back (from cache, row by row in a row group) rather than computed
-        // again by every stage that needs it.
-        if (shared && cur == x && Expensive(cur)) cur = Materialize(cur);
+        // summed and then divided) is stored by the stage that sums it and
+        // read back (from cache, row by row in a row group) rather than
+        // computed again by every stage that needs it.
+        const bool store_too = shared && cur == x && Expensive(cur);
         const int64_t nch = (K + t_->chunk - 1) / t_->chunk;
         Dims8 ps = out_shape;
         ps[r - 1] = nch;
@@ -553,6 +569,9 @@ class Gen {
         c.shape = ps;
         int chunk = Add(std::move(c));
         int ws = Materialize(chunk);
+        // (One pass that computes, stores and sums; not a stage that
+        // stores and another that reads it back to sum it.)
+        if (store_too) MaterializeInto(cur, mat_plan_[chunk] - 1);
         int load = MakeLoad(ln_[ws].tensor, dt, ps, 0, Contiguous(ps));
         LNode fin;
         fin.op = L::kReduce;
@@ -1082,12 +1101,12 @@ class Gen {
       }
       const int v = Resolve(r.value);
       bool red = !e.chunk && p.mode != Mode::kElem && (ln_[v].op == L::kReduce || e.lvl[v] == kRed);
-      if (e.chunk) red = true;
+      if (e.chunk) red = ln_[v].op == L::kChunk;  // else the chunked value itself (MaterializeInto)
       int reg = EmitNode(e, v, red);
       const LNode& x = ln_[v];
       const int sec = (e.col && red) ? bc::kPost : bc::kBody;
       uint16_t view;
-      if (e.chunk) {
+      if (e.chunk && red) {
         view = ViewFor(e, r.tensor, 0, e.red, {1}, true);
       } else {
         view = ViewFor(e, r.tensor, r.offset, x.shape, r.strides, red);

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <utility>
 
 #include "ir/dtype.h"
@@ -742,8 +743,15 @@ HWY_INLINE double AccSD(double a, double b) {
 
 // kSq: reduce x * x (each square rounded to f32, as a MUL then the reduction).
 // kDev: of x - m (rounded to f32), before kSq squares it.
-template <int kOp, bool kSq = false, bool kDev = false>
-float RowF(const float* x, int64_t K, float m = 0.0f) {
+// gen (sums only): the row is computed into x while it is summed, in the
+// order the sum reads it: gen.Vec(i) computes, stores and returns the full
+// vector at x + i; gen.Rest(i) computes [i, K) before the sum reads it from
+// x. The bits equal computing the row first and summing it after.
+struct NoGen {};
+template <int kOp, bool kSq = false, bool kDev = false, class Gen = NoGen>
+float RowF(const float* x, int64_t K, float m = 0.0f, Gen gen = {}) {
+  constexpr bool kGen = !std::is_same_v<Gen, NoGen>;
+  static_assert(!kGen || (kOp == 0 && !kSq && !kDev), "a generated row is only summed");
   const DF d;
   const int64_t L = hn::Lanes(d);
   if (kOp == 1 || kOp == 2) {  // max/min are exact in f32
@@ -787,6 +795,7 @@ float RowF(const float* x, int64_t K, float m = 0.0f) {
     const int64_t LF = hn::Lanes(d);
     const auto mf = hn::Set(d, m);
     auto ldf = [&](const float* p) HWY_ATTR {
+      if constexpr (kGen) return gen.Vec(p - x);
       auto v = hn::LoadU(d, p);
       if (kDev) v = hn::Sub(v, mf);
       // Opaque: the square is rounded before the pairwise adds, as a
@@ -812,6 +821,7 @@ float RowF(const float* x, int64_t K, float m = 0.0f) {
     }
   }
 #endif
+  if constexpr (kGen) gen.Rest(i);
   for (; i + 4 * LD <= K; i += 4 * LD) {
     a0 = AccD<kOp>(dd, a0, ld(x + i));
     a1 = AccD<kOp>(dd, a1, ld(x + i + LD));
@@ -945,6 +955,56 @@ void RowSumSqF(const VInst& vi, TileCtx& c) {
   const float* m = kDev ? c.R<float>(vi.b) : nullptr;
   float* o = c.W<float>(vi.dst);
   for (int64_t r = 0; r < rows; ++r) o[r] = RowF<0, true, kDev>(x + r * K, K, kDev ? m[r] : 0.0f);
+}
+
+// ChainF<kOp1, exp, kY, none> and the RSUM of its result (vm.cc
+// FuseChainSums; softmax's exp(x - max) and its row sum) in one pass: each
+// row is computed into the destination while RowF sums it, in RowF's order
+// (the bits of the two instructions). The sum goes to R[c][row].
+template <int kOp1, int kY>
+void ChainExpSumF(const VInst& vi, TileCtx& c) {
+  const DF d;
+  const int64_t L = hn::Lanes(d);
+  const float* a = c.R<float>(vi.a);
+  const float* b = kY != 1 ? c.R<float>(vi.b) : nullptr;
+  const VF k1 = hn::Set(d, BitsF32(vi.kbits));
+  const int64_t rows = c.n[1];
+  const int64_t K = rows ? c.n[0] / rows : 0;
+  float* o = c.W<float>(vi.dst);
+  float* sum = c.W<float>(vi.c);
+  for (int64_t r = 0; r < rows; ++r) {
+    const VF yr = kY == 2 ? hn::Set(d, b[r]) : k1;
+    const float* ar = a + r * K;
+    const float* br = kY == 0 ? b + r * K : nullptr;
+    float* orow = o + r * K;
+    auto f = [&](VF x, VF y) HWY_ATTR { return ExpV(d, Opaque(d, ChainOp<kOp1>(x, y))); };
+    struct Gen {
+      decltype(f)& fn;
+      const float *ar, *br;
+      float* orow;
+      VF yr;
+      int64_t K, L;
+      HWY_INLINE VF Vec(int64_t i) const {
+        const DF d;
+        const VF v = fn(hn::LoadU(d, ar + i), kY == 0 ? hn::LoadU(d, br + i) : yr);
+        hn::StoreU(v, d, orow + i);
+        return v;
+      }
+      HWY_INLINE void Rest(int64_t i) const {
+        const DF d;
+        for (; i + L <= K; i += L) Vec(i);
+        if (i < K) {
+          HWY_ALIGN float bx[hn::MaxLanes(d)] = {}, by[hn::MaxLanes(d)] = {};
+          const size_t tail = sizeof(float) * static_cast<size_t>(K - i);
+          std::memcpy(bx, ar + i, tail);
+          if (kY == 0) std::memcpy(by, br + i, tail);
+          hn::Store(fn(hn::Load(d, bx), kY == 0 ? hn::Load(d, by) : yr), d, bx);
+          std::memcpy(orow + i, bx, tail);
+        }
+      }
+    };
+    sum[r] = RowF<0>(orow, K, 0.0f, Gen{f, ar, br, orow, yr, K, L});
+  }
 }
 
 template <int kOp, bool kWrap8>
@@ -1282,6 +1342,15 @@ Handler SelectHandlerT(const bc::Inst& in) {
 Handler RowSumSquaresHandlerT() { return &RowSumSqF<false>; }
 Handler RowSumSqDevHandlerT() { return &RowSumSqF<true>; }
 Handler NormAffineHandlerT(bool sub) { return sub ? &NormAffineF<true> : &NormAffineF<false>; }
+template <size_t... I>
+Handler ChainExpSumLookup(size_t i, std::index_sequence<I...>) {
+  static const Handler kTable[] = {&ChainExpSumF<I / 3, I % 3>...};
+  return kTable[i];
+}
+Handler ChainExpSumHandlerT(int op1, int y_kind) {
+  if (op1 < 0 || op1 > 3 || y_kind < 0 || y_kind > 2) return nullptr;
+  return ChainExpSumLookup(static_cast<size_t>(op1 * 3 + y_kind), std::make_index_sequence<12>());
+}
 
 Handler ChainHandlerT(int op1, int op2, int y_kind, int z_kind, bool z_first) {
   if (op1 < 0 || op1 > 3 || op2 < 0 || op2 > 6 || y_kind < 0 || y_kind > 2 || z_kind < 0 || z_kind > 2) return nullptr;
@@ -1389,6 +1458,7 @@ HWY_EXPORT(RowSumSquaresHandlerT);
 HWY_EXPORT(RowSumSqDevHandlerT);
 HWY_EXPORT(NormAffineHandlerT);
 HWY_EXPORT(ChainHandlerT);
+HWY_EXPORT(ChainExpSumHandlerT);
 HWY_EXPORT(StoreConverterT);
 HWY_EXPORT(ErfScalarT);
 HWY_EXPORT(TargetNameT);
@@ -1403,6 +1473,7 @@ Handler NormAffineHandler(bool sub) { return HWY_DYNAMIC_DISPATCH(NormAffineHand
 Handler ChainHandler(int op1, int op2, int y_kind, int z_kind, bool z_first) {
   return HWY_DYNAMIC_DISPATCH(ChainHandlerT)(op1, op2, y_kind, z_kind, z_first);
 }
+Handler ChainExpSumHandler(int op1, int y_kind) { return HWY_DYNAMIC_DISPATCH(ChainExpSumHandlerT)(op1, y_kind); }
 ConvertFn StoreConverter(DType t) { return HWY_DYNAMIC_DISPATCH(StoreConverterT)(t); }
 float ErfApprox(float x) { return HWY_DYNAMIC_DISPATCH(ErfScalarT)(x); }
 const char* TargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameT)(); }

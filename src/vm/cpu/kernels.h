@@ -95,6 +95,10 @@ Handler RowBroadcastHandler(const bc::Inst& in);
 // rounded to f32 as the two instructions round it. nullptr for a
 // combination that is not provided.
 Handler ChainHandler(int op1, int op2, int y_kind, int z_kind, bool z_first);
+// The chain exp(op1(R[a], y)) (ChainHandler(op1, 4, y_kind, 1)) and the
+// RSUM of its result in one pass: R[dst] as the chain writes it, and R[c]
+// per row as RSUM writes it, bit for bit.
+Handler ChainExpSumHandler(int op1, int y_kind);
 // ((R[a] - m) * r) * g + b (sub; else (R[a] * r) * g + b) in one pass: rows
 // m = R[b], r = R[c], registers g = R[kbits], b = R[kbits2].
 Handler NormAffineHandler(bool sub);

@@ -631,15 +631,51 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
              ") has no handler");
     }
     ForwardStores(s, rt);
+    FindInPlaceStores(s, rt);
     ElideRoundingCasts(s, rt);
     FuseRowBroadcasts(s, rt);
     FuseUniformLoads(s, rt);
     deviations_ += FuseSquareSums(s, rt);
     chains_ += FuseBinaryChains(s, rt);
+    chain_sums_ += FuseChainSums(s, rt);
     SetupColFast(s, rt);
     DropNops(rt);
   }
+  SetupOutputAliases();
   SetupRowLocal();
+}
+
+// A workspace written by earlier stages and read last by an ELEM stage that
+// stores an output element for element from it (softmax's exp(x - max),
+// divided into the output) can live in that output: the final stage then
+// runs in place, and the output's lines are fetched (write-allocate) by the
+// stage that computes the workspace, overlapped with its arithmetic, rather
+// than stalling a final pass that does nothing else (long-row softmax
+// [64, 32768]: the division pass was store-bound). Needs: same element
+// size and count, the output touched by no other view, the workspace by no
+// later stage. FindInPlaceStores checked the stage itself.
+void Executable::SetupOutputAliases() {
+  for (size_t j = 0; j < stages_.size(); ++j) {
+    for (const auto& [w, o] : stages_[j].in_place) {
+      const bc::TensorDesc &tw = prog_.tensors[w], &to = prog_.tensors[o];
+      if (tw.kind != bc::TensorKind::kWorkspace || to.kind != bc::TensorKind::kOutput || tw.numel != to.numel ||
+          DTypeSize(tw.dtype) != DTypeSize(to.dtype))
+        continue;
+      bool ok = true;
+      int out_views = 0;
+      for (size_t k = 0; k < stages_.size() && ok; ++k) {
+        const bc::Stage& s = prog_.stages[k];
+        if (s.mode == bc::Mode::kGemm)
+          for (uint16_t t : {s.gemm.a, s.gemm.b, s.gemm.c}) ok = ok && t != w && t != o;
+        for (const ViewRt& v : stages_[k].views) {
+          if (v.tensor == o) ++out_views;
+          if (v.tensor == w && k > j) ok = false;
+        }
+      }
+      for (const auto& a : aliases_) ok = ok && a.second != o;  // one workspace per output
+      if (ok && out_views == 1) aliases_.push_back({w, o});
+    }
+  }
 }
 
 // Row groups: a workspace that only the stages of one group address, each of
@@ -660,6 +696,7 @@ void Executable::SetupRowLocal() {
     for (size_t t = 0; t < prog_.tensors.size(); ++t) {
       const bc::TensorDesc& td = prog_.tensors[t];
       if (td.kind != bc::TensorKind::kWorkspace || td.numel % R != 0) continue;
+      if (std::any_of(aliases_.begin(), aliases_.end(), [&](const auto& a) { return a.first == t; })) continue;
       const int64_t slab = td.numel / R;
       bool used = false, ok = true;
       for (size_t k = 0; k < n && ok; ++k) {
@@ -1087,6 +1124,94 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt) {
   return fused;
 }
 
+// ELEM stages: a STORE to a view of tensor O whose value is computed from
+// exactly one LOAD of a workspace W through a view of the same geometry
+// (offset, dims, strides), W having no other view here. Tile by tile the
+// stage then reads W where it writes O. When W also lives in O (see
+// SetupOutputAliases), a LOAD that reads W in place must not be read after
+// O is written: its register's only reader is the instruction that writes
+// O (the STORE, or the instruction forwarded into it), which reads each
+// element before it writes it (handlers run in place).
+void Executable::FindInPlaceStores(const bc::Stage& s, StageRt& rt) {
+  if (s.mode != bc::Mode::kElem) return;
+  const int n = rt.sec[bc::kNumSections];
+  auto same = [](const ViewRt& a, const ViewRt& b) {
+    return a.offset == b.offset && a.rank == b.rank && std::equal(a.dims, a.dims + a.rank, b.dims) &&
+           std::equal(a.strides, a.strides + a.rank, b.strides);
+  };
+  for (int i = 0; i < n; ++i) {
+    const bc::Inst& st = s.insts[i];
+    if (bc::Opcode(st.op) != bc::Opcode::STORE) continue;
+    const ViewRt& ov = rt.views[st.c];
+    int writer = i;  // the instruction that writes O: one forwarded into it
+    for (int k = 0; k < i; ++k)
+      if (rt.code[k].fwd_view == st.c && bc::Opcode(s.insts[k].op) != bc::Opcode::STORE) writer = k;
+    if (writer == i) continue;
+    for (size_t wv = 0; wv < rt.views.size(); ++wv) {
+      const ViewRt& v = rt.views[wv];
+      if (v.tensor == ov.tensor || !same(v, ov)) continue;
+      bool ok = true;
+      int loads = 0;
+      for (size_t u = 0; u < rt.views.size(); ++u)
+        if (u != wv && rt.views[u].tensor == v.tensor) ok = false;
+      for (int k = 0; k < n && ok; ++k) {
+        const bc::Inst& in = s.insts[k];
+        const bc::Kind kind = bc::kOpInfo[in.op].kind;
+        if ((kind != bc::Kind::kLoad && kind != bc::Kind::kStore) || in.c != wv) continue;
+        if (kind == bc::Kind::kStore || ++loads > 1) {
+          ok = false;
+          break;
+        }
+        for (int m = k + 1; m < n; ++m) {  // readers of the loaded register
+          if (ReadsReg(s.insts[m], in.dst) && m != writer) ok = false;
+          if (WritesReg(s.insts[m], in.dst)) break;
+        }
+      }
+      if (ok && loads == 1) rt.in_place.push_back({v.tensor, ov.tensor});
+    }
+  }
+}
+
+// ROW stages: a fused chain exp(op1(x, y)) into t immediately followed by
+// "RSUM.f32.red s, t" (softmax's exp(x - max) and its row sum) runs as one
+// pass that writes t and s (ChainExpSumHandler): t stays written (later
+// instructions or its store read it), the RSUM becomes a no-op. The RSUM's
+// store forwarding, if any, is dropped (its STORE then copies s).
+int Executable::FuseChainSums(const bc::Stage& s, StageRt& rt) {
+  if (s.mode != bc::Mode::kRow) return 0;
+  Handler chains[12];
+  for (int i = 0; i < 12; ++i) chains[i] = ChainHandler(i / 3, 4, i % 3, 1, false);
+  int fused = 0;
+  const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
+  for (int j = b; j + 1 < e; ++j) {
+    VInst& ch = rt.code[j];
+    const Handler h = Body(ch);
+    const int which = static_cast<int>(std::find(chains, chains + 12, h) - chains);
+    if (!h || which == 12 || ch.level != 0) continue;
+    const bc::Inst& sum = s.insts[j + 1];
+    VInst& vs = rt.code[j + 1];
+    const int t = s.insts[j].dst;
+    if (bc::Opcode(sum.op) != bc::Opcode::RSUM || DType(sum.type) != DType::kFloat32 || vs.fused ||
+        vs.fn == &NopHandler || sum.a != t || sum.dst == t || Body(vs) != SelectHandler(sum))
+      continue;
+    const Handler fh = ChainExpSumHandler(which / 3, which % 3);
+    if (!fh) continue;
+    ch.c = sum.dst;
+    Body(ch) = fh;
+    if (vs.fwd_view != kNoForward) {  // the STORE of s copies it instead
+      for (int k = j + 2; k < rt.sec[bc::kNumSections]; ++k)
+        if (rt.code[k].fwd_view == vs.fwd_view && bc::Opcode(s.insts[k].op) == bc::Opcode::STORE &&
+            s.insts[k].a == sum.dst)
+          rt.code[k].fwd_view = kNoForward;
+    }
+    vs = VInst{};
+    vs.fn = &NopHandler;
+    vs.fused = true;
+    ++fused;
+  }
+  return fused;
+}
+
 // ROW stages: "MUL rm, ra, ra" (f32, full level) whose only reader is the
 // next "RSUM rs, rm" runs as one RSUM of squares of ra (RowSumSquaresHandler):
 // a pass and a full-size temporary less (layernorm's variance). Needed: ra
@@ -1254,6 +1379,12 @@ void Executable::Run(void* const* ptrs) const {
     }
   } blas_threads(gemm_);
   // Reused per thread: no allocation on the launch path.
+  thread_local std::vector<void*> aliased;
+  if (!aliases_.empty()) {  // workspaces that live in an output (SetupOutputAliases)
+    aliased.assign(ptrs, ptrs + prog_.tensors.size());
+    for (const auto& [w, o] : aliases_) aliased[w] = aliased[o];
+    ptrs = aliased.data();
+  }
   thread_local std::vector<const StageRt*> group;
   thread_local std::vector<int64_t> first;
   const int nthreads = pool.num_threads();

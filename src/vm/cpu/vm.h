@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "bytecode/format.h"
@@ -60,6 +61,9 @@ struct StageRt {
   std::vector<ViewRt> views;
   const bc::Gemm* gemm = nullptr;  // kGemm: the product (in the Program)
   std::vector<ColPair> col_fast;   // kCol: the body as strip-mined pairs (empty: generic)
+  // ELEM: (workspace, output) pairs this stage reads and stores element for
+  // element (Executable::FindInPlaceStores; candidates for an alias).
+  std::vector<std::pair<uint16_t, uint16_t>> in_place;
 };
 
 class Executable {
@@ -78,6 +82,10 @@ class Executable {
   int fused_chains() const { return chains_; }
   // SUB-of-a-row-value, MUL, RSUM triples FuseSquareSums runs as one (tests).
   int fused_deviations() const { return deviations_; }
+  // Chain-then-RSUM pairs FuseChainSums runs as one (tests).
+  int fused_chain_sums() const { return chain_sums_; }
+  // Workspaces that live in an output instead (SetupOutputAliases; tests).
+  int output_aliases() const { return static_cast<int>(aliases_.size()); }
   // Workspaces that row groups keep one slab per thread of (tests).
   int row_local_workspaces() const {
     int n = 0;
@@ -87,6 +95,8 @@ class Executable {
 
  private:
   void SetupRowLocal();
+  void SetupOutputAliases();
+  static void FindInPlaceStores(const bc::Stage& s, StageRt& rt);
   static void DropNops(StageRt& rt);
   static void ForwardStores(const bc::Stage& s, StageRt& rt);
   static void SetupColFast(const bc::Stage& s, StageRt& rt);
@@ -95,6 +105,7 @@ class Executable {
   static void FuseUniformLoads(const bc::Stage& s, StageRt& rt);
   static int FuseSquareSums(const bc::Stage& s, StageRt& rt);    // returns the deviation sums fused
   static int FuseBinaryChains(const bc::Stage& s, StageRt& rt);  // returns the pairs fused
+  static int FuseChainSums(const bc::Stage& s, StageRt& rt);     // returns the chain + RSUM pairs fused
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
@@ -102,6 +113,8 @@ class Executable {
   bool gemm_ = false;
   int chains_ = 0;
   int deviations_ = 0;
+  int chain_sums_ = 0;
+  std::vector<std::pair<uint16_t, uint16_t>> aliases_;  // (workspace, output): the workspace's base is the output's
 };
 
 }  // namespace dvm::vm
