@@ -991,8 +991,55 @@ TEST(KernelsFused, LayerNormTailEqualsSeparateOps) {
     // Long rows: (x - mean) * rstd and * gamma + beta are chains, then one
     // pass (3), and the row scalars' own stage has var * (1 / K) + eps (1);
     // in ROW tiles x - mean also feeds the variance, so (d * rstd) * gamma
-    // is the chain and + beta joins it (2).
-    EXPECT_EQ(vm::Executable(k.Bytecode()).fused_chains(), K > 16384 ? 4 : 2) << k.Das();
+    // is the chain and + beta joins it (2). Rows a multiple of the chunk
+    // combine their chunks' moments over the partials: S_c / n - m and
+    // (..)^2 * n + M2_c are two more (6).
+    EXPECT_EQ(vm::Executable(k.Bytecode()).fused_chains(), K > 16384 ? (K % 4096 == 0 ? 6 : 4) : 2) << k.Das();
+  }
+}
+
+// The sum of (x - m)^2 over long rows (a multiple of the chunk), m the
+// row's mean or any other row value: the chunk stage that sums x also sums
+// each chunk's squared deviations from its own mean, and the rows combine
+// them (codegen ChunkMoments), so x is read by one stage, not two. Checked
+// against float64 with the f32 m, also far from zero (1000 + noise, where
+// E[x^2] - m^2 would cancel).
+TEST(KernelsFused, LongRowVarianceFromChunkMoments) {
+  const int64_t R = 3;
+  for (int64_t K : {int64_t{20480}, int64_t{65536}}) {
+    for (double center : {0.0, 1000.0}) {
+      for (bool given_m : {false, true}) {
+        SCOPED_TRACE("K=" + std::to_string(K) + " center=" + std::to_string(center) + (given_m ? " m given" : ""));
+        const Tensor x =
+            MakeTensor(DType::kFloat32, {R, K}, Values(DType::kFloat32, R * K, 31 + K, center - 2, center + 2));
+        const Tensor mg = MakeTensor(DType::kFloat32, {R, 1}, {center + 0.5, center - 0.25, center});
+        auto build = [&](Kernel& k, const std::vector<NDObject*>& v) {
+          NDObject* m =
+              given_m ? v[1] : k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, v[0], {1}, true), 1.0 / double(K));
+          NDObject* d = k.Binary(BinaryOp::kSub, v[0], m);
+          return std::vector<NDObject*>{k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, true), m};
+        };
+        std::vector<Tensor> ins = {x};
+        if (given_m) ins.push_back(mg);
+        const std::vector<Tensor> out = dvm::Run(ins, build);
+        for (int64_t r = 0; r < R; ++r) {
+          const double m = out[1].at(r);
+          double want = 0;
+          for (int64_t c = 0; c < K; ++c) want += (x.at(r * K + c) - m) * (x.at(r * K + c) - m);
+          EXPECT_NEAR(out[0].at(r), want, 4e-6 * want) << "row " << r;
+        }
+        Kernel k;
+        std::vector<NDObject*> v = {k.Load(nullptr, {R, K}, DType::kFloat32)};
+        if (given_m) v.push_back(k.Load(nullptr, {R, 1}, DType::kFloat32));
+        for (NDObject* o : build(k, v)) k.Store(nullptr, o);
+        k.CodeGen();
+        const vm::Executable ex(k.Bytecode());
+        int reads_x = 0;
+        for (const bc::Stage& st : ex.program().stages)
+          reads_x += std::any_of(st.views.begin(), st.views.end(), [](const bc::View& w) { return w.tensor == 0; });
+        EXPECT_EQ(reads_x, 1) << k.Das();
+      }
+    }
   }
 }
 

@@ -47,7 +47,10 @@ struct Dims8 {
 
 // ---- lowered IR ---------------------------------------------------------------
 
-enum class L : uint8_t { kLoad, kConst, kUn, kBin, kSel, kCast, kCopy, kReduce, kChunk, kMatMul };
+// kChunkB: a value per chunk (in[0], a kChunk or computed from one at the
+// partials' level) over every element of its chunk; only inside that
+// chunk's own stage (ChunkMoments).
+enum class L : uint8_t { kLoad, kConst, kUn, kBin, kSel, kCast, kCopy, kReduce, kChunk, kChunkB, kMatMul };
 
 struct LNode {
   L op = L::kCopy;
@@ -560,6 +563,12 @@ class Gen {
         const int64_t nch = (K + t_->chunk - 1) / t_->chunk;
         Dims8 ps = out_shape;
         ps[r - 1] = nch;
+        if (op == ReduceOp::kSum && cur == x) {
+          if (const int v = ChunkMoments(cur, mask, K, ps, out_shape); v >= 0) {
+            cur = v;
+            continue;
+          }
+        }
         LNode c;
         c.op = L::kChunk;
         c.sub = static_cast<uint8_t>(op);
@@ -593,6 +602,94 @@ class Gen {
       cur = Add(std::move(red_node));
     }
     return cur;
+  }
+
+  int Bin(Opcode op, int a, int b, const Dims8& shape, double k = 0) {
+    LNode n;
+    n.op = L::kBin;
+    n.sub = static_cast<uint8_t>(op);
+    n.dtype = DType::kFloat32;
+    n.in[0] = a;
+    n.in[1] = b;
+    n.form = b < 0 ? bc::kFormRK : bc::kFormRR;
+    n.scalar = k;
+    n.shape = shape;
+    return Add(std::move(n));
+  }
+
+  // The sum over long rows of (x - m)^2, m constant along them (a
+  // layernorm's variance), in chunks: the stage that sums each chunk of x
+  // (the mean's partials) also sums the squared deviations from the chunk's
+  // own mean, M2_c = sum (x - S_c / n)^2, in the same pass; then per row
+  //   sum (x - m)^2 = sum_c M2_c + n (S_c / n - m)^2
+  // (Chan et al.'s pairwise update; exact for any m when every chunk has n
+  // elements) over the partials. Without it a third pass over each row
+  // sums (x - m)^2 once m is known (hand-fused code uses E[x^2] - m^2
+  // instead, which cancels). Needs f32 and rows a multiple of the chunk;
+  // returns the sum's node (shape out_shape), or -1 (not this pattern).
+  int ChunkMoments(int sq, uint32_t mask, int64_t K, const Dims8& ps, const Dims8& out_shape) {
+    const int64_t n = t_->chunk;
+    const DType f = DType::kFloat32;
+    auto bin = [&](int v, Opcode op) {
+      const LNode& b = ln_[v];
+      return b.op == L::kBin && Opcode(b.sub) == op && b.form == bc::kFormRR && b.dtype == f;
+    };
+    if (K % n != 0 || !bin(sq, Opcode::MUL) || ln_[sq].in[0] != ln_[sq].in[1] || !bin(ln_[sq].in[0], Opcode::SUB))
+      return -1;
+    const Dims8 dom = ln_[sq].shape;
+    const int xv = ln_[ln_[sq].in[0]].in[0], m = ln_[ln_[sq].in[0]].in[1];
+    const int rk = static_cast<int>(dom.size());
+    if (ln_[xv].shape != dom || ln_[xv].dtype != f || ln_[m].dtype != f || static_cast<int>(ln_[m].shape.size()) > rk)
+      return -1;
+    for (int a = 0; a < rk; ++a)
+      if ((mask >> a & 1) && DimAt(ln_[m].shape, rk, a) != 1) return -1;
+    // The chunk sums of x: the mean's, or new ones.
+    int c1 = -1;
+    for (int i = 0; i < static_cast<int>(ln_.size()); ++i) {
+      const LNode& c = ln_[i];
+      if (c.op == L::kChunk && ReduceOp(c.sub) == ReduceOp::kSum && c.in[0] == xv && c.rmask == mask && c.dtype == f &&
+          mat_[i] >= 0)
+        c1 = i;
+    }
+    if (c1 < 0) {
+      LNode c;
+      c.op = L::kChunk;
+      c.sub = static_cast<uint8_t>(ReduceOp::kSum);
+      c.dtype = f;
+      c.in[0] = xv;
+      c.rmask = mask;
+      c.shape = ps;
+      c1 = Add(std::move(c));
+      Materialize(c1);
+    }
+    const int k = mat_plan_[c1] - 1;
+    if (plans_[k].chunk_node != c1) return -1;
+    LNode b;  // the chunk's mean (one value per tile) over the chunk
+    b.op = L::kChunkB;
+    b.dtype = f;
+    b.in[0] = Bin(Opcode::MUL, c1, -1, ps, 1.0 / double(n));
+    b.shape = dom;
+    const int dev = Bin(Opcode::SUB, xv, Add(std::move(b)), dom);
+    LNode c;
+    c.op = L::kChunk;
+    c.sub = static_cast<uint8_t>(ReduceOp::kSum);
+    c.dtype = f;
+    c.in[0] = Bin(Opcode::MUL, dev, dev, dom);
+    c.rmask = mask;
+    c.shape = ps;
+    const int c2 = Add(std::move(c));
+    MaterializeInto(c2, k);
+    const int p1 = MakeLoad(ln_[mat_[c1]].tensor, f, ps, 0, Contiguous(ps));
+    const int dm = Bin(Opcode::SUB, Bin(Opcode::MUL, p1, -1, ps, 1.0 / double(n)), m, ps);
+    const int t = Bin(Opcode::MUL, Bin(Opcode::MUL, dm, dm, ps), -1, ps, double(n));
+    LNode v;
+    v.op = L::kReduce;
+    v.sub = static_cast<uint8_t>(ReduceOp::kSum);
+    v.dtype = f;
+    v.in[0] = Bin(Opcode::ADD, mat_[c2], t, ps);
+    v.rmask = 1u << (rk - 1);
+    v.shape = out_shape;
+    return Add(std::move(v));
   }
 
   // -- staging --
@@ -996,6 +1093,10 @@ class Gen {
     } else if (x.op == L::kConst) {
       result = NewV(e);
       Push(e, sec, Opcode::FILL, x.dtype, x.dtype, red, result, -1, -1, -1, Const(x.scalar, x.dtype));
+    } else if (x.op == L::kChunkB) {  // the chunk's value over its tile
+      const int p = EmitNode(e, x.in[0], true);
+      result = NewV(e);
+      Push(e, bc::kBody, Opcode::BCAST, x.dtype, x.dtype, false, result, p, -1, -1, 0, 0, true);
     } else if (x.op == L::kChunk || x.op == L::kReduce) {
       const ReduceOp op = ReduceOp(x.sub);
       const int in = EmitNode(e, x.in[0], false);
