@@ -22,7 +22,7 @@
 // (lower is better; bar <= 1.15 at M >= 128).
 //
 // Timing follows bench vm: each implementation runs its timed blocks back to
-// back, in two interleaved rounds; short calls repeat inside a block for
+// back, in interleaved rounds; short calls repeat inside a block for
 // ~1 ms; before each run of blocks a pause (2 ms, or kSlowIdleMs after the BLAS
 // blocks: OpenBLAS's idle workers spin for ~100 ms before they sleep and
 // would take the cores DVM's pool needs) and >= 3 untimed calls.

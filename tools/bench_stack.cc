@@ -22,7 +22,7 @@
 // outputs p', m', v' (to separate buffers, so every step computes the same).
 // Checked before times count: separate and stacked bit-equal, aot close
 // (|x - aot| <= 1e-9 + 1e-5 |aot|; GCC contracts the baseline's a * b + c
-// into FMAs). Timing as bench vm (two interleaved rounds of back-to-back
+// into FMAs). Timing as bench vm (interleaved rounds of back-to-back
 // blocks, a 2 ms pause and >= 3 untimed calls before each run of blocks).
 // Bars: separate_us / stacked_us >= 2; aot_us / stacked_us >= 0.8.
 // The baseline thread pool is aot_util.h's (as bench vm's).

@@ -13,7 +13,7 @@
 // A row this long does not fit a tile; DVM is expected to split such rows
 // into stages itself. Results are checked before times count (close: |dvm -
 // aot| <= atol + 1e-4 |aot|; atol 1e-9 for softmax, 1e-5 for layernorm).
-// Timing as bench vm: two interleaved rounds of back-to-back blocks, a 2 ms
+// Timing as bench vm: interleaved rounds of back-to-back blocks, a 2 ms
 // pause and >= 3 untimed calls before each run of blocks, calls shorter than
 // 1 ms repeated inside a block. Bar: aot_us / dvm_us >= 0.8 in every case.
 // The baseline thread pool, exp and row max are aot_util.h's (as bench vm's).

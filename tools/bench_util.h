@@ -157,8 +157,11 @@ inline double Geomean(const std::vector<double>& v) {
 
 // Per-call times (us) of `reps` timed blocks of each implementation f[k].
 // Each implementation runs its blocks back to back (steady state, as a
-// serving loop launches), in two rounds (f[0], f[1], ..., f[0], f[1], ...)
-// so that drift on a shared machine hits all alike. Before each run of
+// serving loop launches), in rounds (f[0], f[1], ..., f[0], f[1], ...; up
+// to 10, two blocks a round) so that drift on a shared machine hits all
+// alike: this VM's hypervisor takes the cores away in bursts (steal time up
+// to half of the CPU time during a suite, measured in /proc/stat), and with
+// two long rounds a burst could land on one implementation's. Before each run of
 // blocks: a pause of 2 ms, so the other implementations' worker threads stop
 // spinning and go to sleep, then >= 3 untimed calls (>= 300 us) to wake its
 // own threads. `calib_calls` untimed calls (0: none) size a repeat count so
@@ -192,13 +195,14 @@ inline std::vector<std::vector<double>> MeasureBlocks(const std::vector<std::fun
   };
   std::vector<std::vector<double>> r(n);
   int prev = -1;
-  for (int round = 0; round < 2; ++round)
+  const int rounds = std::clamp(reps / 2, 2, 10);
+  for (int round = 0; round < rounds; ++round)
     for (size_t k = 0; k < n; ++k) {
       pause(prev);
       prev = int(k);
       const double warm_start = NowUs();
       for (int i = 0; i < 3 || NowUs() - warm_start < 300; ++i) f[k]();
-      for (int rep = round; rep < reps; rep += 2) {
+      for (int rep = round; rep < reps; rep += rounds) {
         double t0 = NowUs();
         for (int i = 0; i < inner[k]; ++i) f[k]();
         r[k].push_back((NowUs() - t0) / inner[k]);
