@@ -1099,7 +1099,8 @@ class Gen {
       Push(e, bc::kBody, Opcode::BCAST, x.dtype, x.dtype, false, result, p, -1, -1, 0, 0, true);
     } else if (x.op == L::kChunk || x.op == L::kReduce) {
       const ReduceOp op = ReduceOp(x.sub);
-      const int in = EmitNode(e, x.in[0], false);
+      int in = x.op == L::kReduce && op == ReduceOp::kSum ? SquaredDeviations(e, Resolve(x.in[0])) : -1;
+      if (in < 0) in = EmitNode(e, x.in[0], false);
       if (e.col && IsFloat(x.dtype)) {
         // f64 accumulator pair; rounded to f32 once, after the loop.
         const int acc = NewV(e);
@@ -1144,7 +1145,15 @@ class Gen {
         return result;
       }
       int ops[3] = {-1, -1, -1};
-      for (int k = 0; k < x.num_in(); ++k) ops[k] = EmitNode(e, x.in[k], red);
+      // Row values first (a reduction and what follows it), then the full
+      // operands: a full value computed before a reduction it does not feed
+      // would hold a tile across it (and a layernorm's x - mean would be
+      // computed before its variance, see SquaredDeviations).
+      for (int pass = 0; pass < 2; ++pass)
+        for (int k = 0; k < x.num_in(); ++k) {
+          const int in = Resolve(x.in[k]);
+          if ((!red && !ln_[in].leaf() && e.lvl[in] == kRed) == (pass == 0)) ops[k] = EmitNode(e, x.in[k], red);
+        }
       result = NewV(e);
       const DType src = ln_[Resolve(x.in[0])].dtype;
       switch (x.op) {
@@ -1171,6 +1180,37 @@ class Gen {
     }
     e.memo[red][n] = result;
     return result;
+  }
+
+  // In a ROW nest, the squares summed of d = x - m, m a computed row value
+  // (a layernorm's variance), get a SUB (and BCAST) of their own: the VM
+  // then runs SUB, MUL and RSUM as one pass (RowSumSqDevHandler), and d's
+  // other users (the normalisation) compute x - m again inside their own
+  // fused pass (NormAffineHandler) instead of reading a tile of d that a
+  // pass of its own wrote: layernorm [128, 768] 4 passes per row -> 3. The
+  // same instructions, rounded the same: the same bits. -1: not this case.
+  int SquaredDeviations(StageEmit& e, int v) {
+    if (!e.row || e.chunk) return -1;
+    auto bin = [&](int n, Opcode op) {
+      const LNode& b = ln_[n];
+      return b.op == L::kBin && Opcode(b.sub) == op && b.form == bc::kFormRR && b.dtype == DType::kFloat32;
+    };
+    if (!bin(v, Opcode::MUL) || Resolve(ln_[v].in[0]) != Resolve(ln_[v].in[1])) return -1;
+    const int d = Resolve(ln_[v].in[0]);
+    if (!bin(d, Opcode::SUB)) return -1;
+    const int xv = Resolve(ln_[d].in[0]), m = Resolve(ln_[d].in[1]);
+    if (ln_[m].leaf() || e.lvl[m] != kRed || ln_[m].dtype != DType::kFloat32 || ln_[xv].dtype != DType::kFloat32 ||
+        (!ln_[xv].leaf() && e.lvl[xv] == kRed))
+      return -1;
+    const int xr = EmitNode(e, xv, false);
+    const int mr = EmitNode(e, m, true);
+    const int b = NewV(e);
+    Push(e, bc::kBody, Opcode::BCAST, DType::kFloat32, DType::kFloat32, false, b, mr, -1, -1, 0, 0, true);
+    const int dr = NewV(e);
+    Push(e, bc::kBody, Opcode::SUB, DType::kFloat32, DType::kFloat32, false, dr, xr, b, -1, 0, bc::kFormRR);
+    const int sq = NewV(e);
+    Push(e, bc::kBody, Opcode::MUL, DType::kFloat32, DType::kFloat32, false, sq, dr, dr, -1, 0, bc::kFormRR);
+    return sq;
   }
 
   void EmitStage(const StagePlan& p) {
@@ -1578,6 +1618,19 @@ class Gen {
       const VInstr& v = e.code[i];
       for (int r : {v.a_v, v.b_v, v.c_v, v.dst_v})
         if (r >= 0) last[r] = static_cast<int>(i);
+    }
+    // A BCAST's row value stays live until the BCAST's first reader: the VM
+    // fuses the BCAST into that reader, which then reads the row value.
+    for (size_t i = 0; i < e.code.size(); ++i) {
+      const VInstr& v = e.code[i];
+      if (bc::Opcode(v.in.op) != bc::Opcode::BCAST || v.a_v < 0) continue;
+      for (size_t k = i + 1; k < e.code.size(); ++k) {
+        const VInstr& u = e.code[k];
+        if (u.a_v == v.dst_v || u.b_v == v.dst_v || u.c_v == v.dst_v) {
+          last[v.a_v] = std::max(last[v.a_v], static_cast<int>(k));
+          break;
+        }
+      }
     }
     // Accumulators live across the whole tile loop.
     for (const VInstr& v : e.code)
