@@ -252,7 +252,10 @@ class Gen {
   }
 
   // Stores `v` to a new workspace and returns a load of it (shape of v).
-  int Materialize(int v) {
+  // The stage that stores it is planned here, or (into >= 0) is plan
+  // `into`, which computes v at full level over its own domain already (a
+  // chunked reduction of v); stages after it read the workspace.
+  int Materialize(int v, int into = -1) {
     if (mat_[v] >= 0) return mat_[v];
     const LNode& n = ln_[v];
     // f16/bf16 values live in f32 between stages: rounding happens only at
@@ -262,28 +265,18 @@ class Gen {
     DType dt = n.dtype;
     AddRoot({v, ws, 0, Contiguous(shape)});
     const int ri = static_cast<int>(roots_.size()) - 1;
-    Process(ri);
+    if (into < 0) {
+      Process(ri);
+    } else {
+      root_plan_[ri] = into;
+      plans_[into].roots.push_back(ri);
+      plans_[into].writes.push_back(ws);
+    }
     int load = MakeLoad(ws, dt, shape, 0, Contiguous(shape));
     mat_[v] = load;
     // Stages after the writer read it; a GEMM stage's own epilogue too.
     mat_plan_[v] = root_plan_[ri] + (ln_[v].op == L::kMatMul ? 0 : 1);
     return load;
-  }
-  // Stores `v` to a new workspace from plan k, which computes v at full
-  // level over its own domain (a chunked reduction of v); stages after k
-  // read it back.
-  void MaterializeInto(int v, int k) {
-    const LNode& n = ln_[v];
-    const int ws = AddWorkspace(IsFloat(n.dtype) ? DType::kFloat32 : n.dtype, Numel(n.shape));
-    const Dims8 shape = n.shape;
-    const DType dt = n.dtype;
-    AddRoot({v, ws, 0, Contiguous(shape)});
-    const int ri = static_cast<int>(roots_.size()) - 1;
-    root_plan_[ri] = k;
-    plans_[k].roots.push_back(ri);
-    plans_[k].writes.push_back(ws);
-    mat_[v] = MakeLoad(ws, dt, shape, 0, Contiguous(shape));
-    mat_plan_[v] = k + 1;
   }
   void AddRoot(Root r) {
     roots_.push_back(std::move(r));
@@ -580,7 +573,7 @@ class Gen {
         int ws = Materialize(chunk);
         // (One pass that computes, stores and sums; not a stage that
         // stores and another that reads it back to sum it.)
-        if (store_too) MaterializeInto(cur, mat_plan_[chunk] - 1);
+        if (store_too) Materialize(cur, mat_plan_[chunk] - 1);
         int load = MakeLoad(ln_[ws].tensor, dt, ps, 0, Contiguous(ps));
         LNode fin;
         fin.op = L::kReduce;
@@ -678,7 +671,7 @@ class Gen {
     c.rmask = mask;
     c.shape = ps;
     const int c2 = Add(std::move(c));
-    MaterializeInto(c2, k);
+    Materialize(c2, k);
     const int p1 = MakeLoad(ln_[mat_[c1]].tensor, f, ps, 0, Contiguous(ps));
     const int dm = Bin(Opcode::SUB, Bin(Opcode::MUL, p1, -1, ps, 1.0 / double(n)), m, ps);
     const int t = Bin(Opcode::MUL, Bin(Opcode::MUL, dm, dm, ps), -1, ps, double(n));
@@ -1242,7 +1235,7 @@ class Gen {
       }
       const int v = Resolve(r.value);
       bool red = !e.chunk && p.mode != Mode::kElem && (ln_[v].op == L::kReduce || e.lvl[v] == kRed);
-      if (e.chunk) red = ln_[v].op == L::kChunk;  // else the chunked value itself (MaterializeInto)
+      if (e.chunk) red = ln_[v].op == L::kChunk;  // else the chunked value itself (Materialize into it)
       int reg = EmitNode(e, v, red);
       const LNode& x = ln_[v];
       const int sec = (e.col && red) ? bc::kPost : bc::kBody;
@@ -1621,17 +1614,13 @@ class Gen {
     }
     // A BCAST's row value stays live until the BCAST's first reader: the VM
     // fuses the BCAST into that reader, which then reads the row value.
-    for (size_t i = 0; i < e.code.size(); ++i) {
-      const VInstr& v = e.code[i];
-      if (bc::Opcode(v.in.op) != bc::Opcode::BCAST || v.a_v < 0) continue;
-      for (size_t k = i + 1; k < e.code.size(); ++k) {
-        const VInstr& u = e.code[k];
-        if (u.a_v == v.dst_v || u.b_v == v.dst_v || u.c_v == v.dst_v) {
-          last[v.a_v] = std::max(last[v.a_v], static_cast<int>(k));
-          break;
-        }
-      }
-    }
+    std::vector<int> first_read(e.nvregs, -1);
+    for (size_t i = 0; i < e.code.size(); ++i)
+      for (int r : {e.code[i].a_v, e.code[i].b_v, e.code[i].c_v})
+        if (r >= 0 && first_read[r] < 0) first_read[r] = static_cast<int>(i);
+    for (const VInstr& v : e.code)
+      if (bc::Opcode(v.in.op) == bc::Opcode::BCAST && v.a_v >= 0)
+        last[v.a_v] = std::max(last[v.a_v], first_read[v.dst_v]);
     // Accumulators live across the whole tile loop.
     for (const VInstr& v : e.code)
       if (v.sec == bc::kTileInit || v.sec == bc::kBlockInit)

@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -1179,14 +1180,18 @@ void Executable::FindInPlaceStores(const bc::Stage& s, StageRt& rt) {
 // store forwarding, if any, is dropped (its STORE then copies s).
 int Executable::FuseChainSums(const bc::Stage& s, StageRt& rt) {
   if (s.mode != bc::Mode::kRow) return 0;
-  Handler chains[12];
-  for (int i = 0; i < 12; ++i) chains[i] = ChainHandler(i / 3, 4, i % 3, 1, false);
+  // The 12 chains exp(op1(x, y)) (op1 0..3, y kind 0..2), looked up once.
+  static const std::array<Handler, 12> chains = [] {
+    std::array<Handler, 12> h;
+    for (int i = 0; i < 12; ++i) h[i] = ChainHandler(i / 3, 4, i % 3, 1, false);
+    return h;
+  }();
   int fused = 0;
   const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
   for (int j = b; j + 1 < e; ++j) {
     VInst& ch = rt.code[j];
     const Handler h = Body(ch);
-    const int which = static_cast<int>(std::find(chains, chains + 12, h) - chains);
+    const int which = static_cast<int>(std::find(chains.begin(), chains.end(), h) - chains.begin());
     if (!h || which == 12 || ch.level != 0) continue;
     const bc::Inst& sum = s.insts[j + 1];
     VInst& vs = rt.code[j + 1];
