@@ -430,8 +430,11 @@ DVM_BIN(OrI, BinIB, hn::Or(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
 // BCAST then the op compute, in one pass (vm.cc FuseRowBroadcasts). A row's
 // tail goes through a buffer so that the next row's lanes are not touched
 // (dst may be a).
-template <class F>
-HWY_INLINE void BinRowFF(const VInst& vi, TileCtx& c, F f) {
+// `head(y, a, o, i, e)`, if given, may compute a row's first elements its
+// own way and returns where f takes over.
+struct NoHead {};
+template <class F, class Head = NoHead>
+HWY_INLINE void BinRowFF(const VInst& vi, TileCtx& c, F f, Head head = {}) {
   const DF d;
   const int64_t L = hn::Lanes(d);
   const float* a = c.R<float>(vi.a);
@@ -443,6 +446,7 @@ HWY_INLINE void BinRowFF(const VInst& vi, TileCtx& c, F f) {
     const VF y = hn::Set(d, b[r]);
     int64_t i = r * K;
     const int64_t e = i + K;
+    if constexpr (!std::is_same_v<Head, NoHead>) i = head(b[r], a, o, i, e);
     for (; i + L <= e; i += L) hn::StoreU(f(d, hn::LoadU(d, a + i), y), d, o + i);
     if (i < e) {
       HWY_ALIGN float buf[hn::MaxLanes(d)] = {};
@@ -590,7 +594,51 @@ Handler ChainLookup(size_t i, int kind, std::index_sequence<I...>, std::index_se
 DVM_BINROW(AddRowF, hn::Add(x, y))
 DVM_BINROW(SubRowF, hn::Sub(x, y))
 DVM_BINROW(MulRowF, hn::Mul(x, y))
-DVM_BINROW(DivRowF, hn::Div(x, y))
+
+// x / y with y a row value (softmax's normalisation). A divide is one
+// instruction, but on Zen 4 it holds the divider for ~6 cycles per vector
+// (a [64, 32768] softmax's last pass: 220 of ~1000 us at one thread, where
+// hand-fused code multiplies by the reciprocal). Where the operands are in
+// range, the quotient comes from the reciprocal r = RN(1 / y) and one
+// correction (Markstein): q0 = RN(x r), e = x - q0 y (exact, by FMA),
+// q = RN(q0 + e r) is the correctly rounded x / y, the bits of the divide
+// (KernelsFused.RowDivisionEqualsDivide checks every f32 significand of x
+// against a set of divisors). It holds when nothing underflows or overflows:
+// |y| in [2^-20, 2^20] (checked per row) and |x| in [2^-100, 2^100)
+// (checked per four vectors: one unsigned compare of the largest biased
+// magnitude); zeros, NaN, infinities and other magnitudes take the divide.
+// On a 4096-element row in L1: 416 -> 237 ns.
+void DivRowF(const VInst& vi, TileCtx& c) {
+  auto markstein = [](float yr, const float* a, float* o, int64_t i, int64_t e) HWY_ATTR {
+    const float ay = std::fabs(yr);
+    if (!(ay >= 0x1p-20f && ay <= 0x1p20f)) return i;
+    const DF d;
+    const hn::RebindToUnsigned<DF> du;
+    const int64_t L = hn::Lanes(d);
+    const auto abs_mask = hn::Set(du, 0x7fffffffu), lo = hn::Set(du, 0x0d800000u), span = hn::Set(du, 0x64000000u);
+    auto biased = [&](VF x) HWY_ATTR { return hn::Sub(hn::And(hn::BitCast(du, x), abs_mask), lo); };
+    const VF y = hn::Set(d, yr), rv = hn::Set(d, 1.0f / yr), ny = hn::Set(d, -yr);
+    auto q = [&](VF x) HWY_ATTR {
+      const VF q0 = hn::Mul(x, rv);
+      return hn::MulAdd(hn::MulAdd(ny, q0, x), rv, q0);
+    };
+    for (; i + 4 * L <= e; i += 4 * L) {
+      const VF x0 = hn::LoadU(d, a + i), x1 = hn::LoadU(d, a + i + L);
+      const VF x2 = hn::LoadU(d, a + i + 2 * L), x3 = hn::LoadU(d, a + i + 3 * L);
+      const auto t = hn::Max(hn::Max(biased(x0), biased(x1)), hn::Max(biased(x2), biased(x3)));
+      if (HWY_LIKELY(hn::AllTrue(du, hn::Lt(t, span)))) {
+        hn::StoreU(q(x0), d, o + i), hn::StoreU(q(x1), d, o + i + L);
+        hn::StoreU(q(x2), d, o + i + 2 * L), hn::StoreU(q(x3), d, o + i + 3 * L);
+      } else {
+        hn::StoreU(hn::Div(x0, y), d, o + i), hn::StoreU(hn::Div(x1, y), d, o + i + L);
+        hn::StoreU(hn::Div(x2, y), d, o + i + 2 * L), hn::StoreU(hn::Div(x3, y), d, o + i + 3 * L);
+      }
+    }
+    return i;
+  };
+  BinRowFF(
+      vi, c, [](DF, VF x, VF y) HWY_ATTR { return hn::Div(x, y); }, markstein);
+}
 DVM_BINROW(MaxRowF, MaxP(d, x, y))
 DVM_BINROW(MinRowF, MinP(d, x, y))
 #undef DVM_BINROW
@@ -755,14 +803,27 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen gen = {}) {
   const DF d;
   const int64_t L = hn::Lanes(d);
   if (kOp == 1 || kOp == 2) {  // max/min are exact in f32
+    // The vector loop takes the plain max/min (one instruction; x86 drops a
+    // NaN operand) and notes NaN lanes in a mask on the side: a row with a
+    // NaN is NaN, as MaxP would give, at 2-3 instructions per vector
+    // instead of MaxP's 5 (a long-row softmax's max pass is bound by them).
     VF a0 = hn::Set(d, AccInit<kOp>()), a1 = a0;
+    auto nan = hn::FirstN(d, 0);
+    auto acc = [&](VF a, VF v) HWY_ATTR { return kOp == 1 ? hn::Max(a, v) : hn::Min(a, v); };
     int64_t i = 0;
     for (; i + 2 * L <= K; i += 2 * L) {
-      a0 = AccV<kOp>(d, a0, hn::LoadU(d, x + i));
-      a1 = AccV<kOp>(d, a1, hn::LoadU(d, x + i + L));
+      const VF v0 = hn::LoadU(d, x + i), v1 = hn::LoadU(d, x + i + L);
+      a0 = acc(a0, v0);
+      a1 = acc(a1, v1);
+      nan = hn::Or(nan, hn::Or(hn::IsNaN(v0), hn::IsNaN(v1)));
     }
-    for (; i + L <= K; i += L) a0 = AccV<kOp>(d, a0, hn::LoadU(d, x + i));
-    a0 = AccV<kOp>(d, a0, a1);
+    for (; i + L <= K; i += L) {
+      const VF v0 = hn::LoadU(d, x + i);
+      a0 = acc(a0, v0);
+      nan = hn::Or(nan, hn::IsNaN(v0));
+    }
+    if (!hn::AllFalse(d, nan)) return std::numeric_limits<float>::quiet_NaN();
+    a0 = acc(a0, a1);
     HWY_ALIGN float lanes[hn::MaxLanes(d)];
     hn::StoreU(a0, d, lanes);
     float r = lanes[0];
@@ -785,15 +846,19 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen gen = {}) {
   int64_t i = 0;
 #if HWY_TARGET != HWY_SCALAR
   if constexpr (kOp == 0) {
-    // Sums: four full f32 vectors added pairwise in f32 (two roundings per
-    // element, each <= half an ulp of a partial of four inputs), then both
-    // halves widened into f64 accumulators: 0.44 conversions and f64 adds
-    // per element instead of 2 (row sums of 768-4096 elements 1.6-2x
-    // faster). Far inside f32 tolerances even with cancellation, and still a
-    // fixed order, so the same bits on any thread count.
+    // Sums: eight full f32 vectors added pairwise in f32 (three roundings
+    // per element, each <= half an ulp of a partial of at most eight
+    // inputs), then both halves widened into f64 accumulators: 0.25
+    // conversions and f64 adds per element instead of 2 (row sums of
+    // 768-4096 elements ~2x faster; eight vectors rather than four: a 4096
+    // sum 155 -> 120 ns). Far inside f32 tolerances even with cancellation,
+    // and still a fixed order, so the same bits on any thread count. Half of
+    // the f32 adds run as a * 1 + b on the FMA units (the same rounding:
+    // a * 1 is exact), which the adders alone would bound.
     const hn::Half<DF> dhf;
     const int64_t LF = hn::Lanes(d);
     const auto mf = hn::Set(d, m);
+    const VF one = hn::Set(d, 1.0f);
     auto ldf = [&](const float* p) HWY_ATTR {
       if constexpr (kGen) return gen.Vec(p - x);
       auto v = hn::LoadU(d, p);
@@ -804,14 +869,17 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen gen = {}) {
       return v;
     };
     auto quad = [&](const float* p) HWY_ATTR {
-      return hn::Add(hn::Add(ldf(p), ldf(p + LF)), hn::Add(ldf(p + 2 * LF), ldf(p + 3 * LF)));
+      return hn::Add(hn::MulAdd(ldf(p), one, ldf(p + LF)), hn::MulAdd(ldf(p + 2 * LF), one, ldf(p + 3 * LF)));
     };
-    for (; i + 8 * LF <= K; i += 8 * LF) {
-      const VF s0 = quad(x + i), s1 = quad(x + i + 4 * LF);
-      a0 = hn::Add(a0, hn::PromoteTo(dd, hn::LowerHalf(dhf, s0)));
-      a1 = hn::Add(a1, hn::PromoteTo(dd, hn::UpperHalf(dhf, s0)));
-      a2 = hn::Add(a2, hn::PromoteTo(dd, hn::LowerHalf(dhf, s1)));
-      a3 = hn::Add(a3, hn::PromoteTo(dd, hn::UpperHalf(dhf, s1)));
+    for (bool odd = false; i + 8 * LF <= K; i += 8 * LF, odd = !odd) {
+      const VF s = hn::Add(quad(x + i), quad(x + i + 4 * LF));
+      if (odd) {
+        a2 = hn::Add(a2, hn::PromoteTo(dd, hn::LowerHalf(dhf, s)));
+        a3 = hn::Add(a3, hn::PromoteTo(dd, hn::UpperHalf(dhf, s)));
+      } else {
+        a0 = hn::Add(a0, hn::PromoteTo(dd, hn::LowerHalf(dhf, s)));
+        a1 = hn::Add(a1, hn::PromoteTo(dd, hn::UpperHalf(dhf, s)));
+      }
     }
     if (i + 4 * LF <= K) {
       const VF s0 = quad(x + i);
