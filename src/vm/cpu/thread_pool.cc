@@ -1,12 +1,65 @@
 #include "vm/cpu/thread_pool.h"
 
 #include <cblas.h>
+#include <sched.h>
 
+#include <chrono>
 #include <cstdlib>
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <climits>
+#else
+#include <thread>
+#endif
 
 #include "dvm/dvm.h"
 
 namespace dvm::vm {
+namespace {
+constexpr int kSpinUs = 200;
+int CurrentCpu() {
+#if defined(__linux__)
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+inline void Pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+}  // namespace
+
+uint32_t WaitWord::Add(int32_t delta) {
+  const uint32_t old = word_.fetch_add(static_cast<uint32_t>(delta));
+  // seq_cst on both sides (Add's fetch_add then this load; Wait's increment
+  // then its load): a sleeper either sees the new word or is counted here.
+  if (sleepers_.load() > 0) {
+#if defined(__linux__)
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word_), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+#endif
+  }
+  return old;
+}
+
+void WaitWord::Wait(uint32_t old) {
+  sleepers_.fetch_add(1);
+  if (word_.load() == old) {
+#if defined(__linux__)
+    // Returns at once if the word has changed since the load (the kernel
+    // compares it under its lock), else sleeps until a wake.
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word_), FUTEX_WAIT_PRIVATE, old, nullptr, nullptr, 0);
+#else
+    std::this_thread::yield();
+#endif
+  }
+  sleepers_.fetch_sub(1);
+}
 
 ThreadPool& ThreadPool::Get() {
   static ThreadPool pool;
@@ -32,17 +85,20 @@ ThreadPool::~ThreadPool() { Stop(); }
 
 void ThreadPool::Start(int n) {
   num_threads_ = n;
+#if defined(__linux__)
+  CPU_ZERO(&allowed_);
+  if (sched_getaffinity(0, sizeof allowed_, &allowed_) != 0) CPU_ZERO(&allowed_);
+#endif
   stop_.store(false);
   // Workers start from the current generation: a job posted before a new
   // thread first runs is still seen by it.
-  const uint64_t gen = generation_.load();
+  const uint32_t gen = generation_.Load();
   for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, gen] { WorkerLoop(i, gen); });
 }
 
 void ThreadPool::Stop() {
   stop_.store(true);
-  generation_.fetch_add(1);
-  generation_.notify_all();
+  generation_.Add(1);
   for (auto& t : workers_) t.join();
   workers_.clear();
 }
@@ -55,22 +111,52 @@ void ThreadPool::SetNumThreads(int n) {
   Start(n);
 }
 
-void ThreadPool::WorkerLoop(int index, uint64_t seen) {
+// A worker that finds itself on the CPU the caller last ran a job from moves
+// to the caller's other allowed CPUs. Measured on this 2-vCPU VM: after a
+// pause, the kernel often woke the worker on the caller's vCPU and left it
+// there (the other one idle); the caller, which waits only for workers that
+// joined, then ran every launch alone and the worker, time-sliced with it,
+// never joined: blocks of GELU [65536] launches at their one-thread time (46
+// instead of 24 us) for as long as the run lasted. The move costs one
+// sched_setaffinity call when it happens; the mask only ever leaves out the
+// caller's CPU of the moment.
+void ThreadPool::AvoidCallerCpu() {
+#if defined(__linux__)
+  const int caller = caller_cpu_.load(std::memory_order_relaxed);
+  if (caller < 0 || caller >= CPU_SETSIZE || caller != CurrentCpu()) return;
+  cpu_set_t set = allowed_;
+  CPU_CLR(caller, &set);
+  if (CPU_COUNT(&set) > 0) sched_setaffinity(0, sizeof set, &set);
+#endif
+}
+
+void ThreadPool::WorkerLoop(int index, uint32_t seen) {
   for (;;) {
-    // Spin briefly (back-to-back launches), then sleep.
-    uint64_t g = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; g == seen && spin < 20000; ++spin) g = generation_.load(std::memory_order_acquire);
+    // Spin (back-to-back launches), then sleep. The spin lasts kSpinUs,
+    // longer than a launch the caller may have run alone: a worker that woke
+    // after the caller had finished must still be spinning when the next
+    // launch starts.
+    uint32_t g = generation_.Load();
+    if (g == seen) {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinUs);
+      for (int spin = 1; g == seen; ++spin) {
+        Pause();
+        g = generation_.Load();
+        if (spin % 64 == 0 && std::chrono::steady_clock::now() > until) break;
+      }
+    }
     while (g == seen) {
-      generation_.wait(seen);
-      g = generation_.load(std::memory_order_acquire);
+      generation_.Wait(seen);
+      g = generation_.Load();
     }
     seen = g;
     if (stop_.load()) return;
     // Join the job unless the caller has closed it: a worker that wakes up
     // late (its core was busy) never holds the caller up.
-    active_.fetch_add(1);
+    active_.Add(1);
+    AvoidCallerCpu();
     if (!closed_.load() && index < participants_) job_(ctx_, index);
-    if (active_.fetch_sub(1) == 1) active_.notify_all();
+    active_.Add(-1);
   }
 }
 
@@ -88,16 +174,16 @@ void ThreadPool::Run(int participants, Job job, void* ctx) {
   ctx_ = ctx;
   participants_ = participants;
   closed_.store(false);
-  generation_.fetch_add(1, std::memory_order_acq_rel);
-  generation_.notify_all();
+  generation_.Add(1);
+  caller_cpu_.store(CurrentCpu(), std::memory_order_relaxed);
   job(ctx, 0);  // returns when every tile has been claimed
   closed_.store(true);
   // Wait only for workers that joined (they are finishing claimed tiles).
-  int a = active_.load();
-  for (int spin = 0; a != 0 && spin < 100000; ++spin) a = active_.load();
+  uint32_t a = active_.Load();
+  for (int spin = 0; a != 0 && spin < 100000; ++spin) a = active_.Load();
   while (a != 0) {
-    active_.wait(a);
-    a = active_.load();
+    active_.Wait(a);
+    a = active_.Load();
   }
 }
 
