@@ -67,8 +67,9 @@ HWY_NOINLINE VF ExpWide(DF d, VF x) {
 // (KernelsAccuracy pins <= 2). A causal-masked softmax [12, 128, 128]:
 // 1.52 -> 0.93 ns per element (one thread) with lanes below -103.97 kept
 // on this path.
-inline VF ExpV(DF d, VF x) {
-  const auto ok = hn::And(hn::Ge(x, hn::Set(d, -87.0f)), hn::Le(x, hn::Set(d, 88.0f)));
+// ExpInRange is the kernel, for x known to lie in [-87, 88] (TanhV's
+// argument); ExpV checks the range and handles the rest.
+inline VF ExpInRange(DF d, VF x) {
   // k = x / ln 2 rounded to nearest even by adding 1.5 * 2^23 (exact for
   // |x / ln 2| < 2^22, the same k as Round): its low bits are then k as an
   // integer, without a conversion and its out-of-range fix-ups.
@@ -86,7 +87,11 @@ inline VF ExpV(DF d, VF x) {
   p = hn::MulAdd(hn::Mul(p, r), r, hn::Add(r, hn::Set(d, 1.0f)));
   const DI di;
   const VI ki = hn::Sub(hn::BitCast(di, kb), hn::BitCast(di, magic));
-  const VF y = hn::BitCast(d, hn::Add(hn::BitCast(di, p), hn::ShiftLeft<23>(ki)));
+  return hn::BitCast(d, hn::Add(hn::BitCast(di, p), hn::ShiftLeft<23>(ki)));
+}
+inline VF ExpV(DF d, VF x) {
+  const auto ok = hn::And(hn::Ge(x, hn::Set(d, -87.0f)), hn::Le(x, hn::Set(d, 88.0f)));
+  const VF y = ExpInRange(d, x);
   if (HWY_LIKELY(hn::AllTrue(d, ok))) return y;
   // Lanes below -103.97208 are 0 in ExpWide too: a masked softmax (causal
   // attention adds -1e9 or -inf) stays off the slow path.
@@ -111,8 +116,10 @@ inline VF LogV(DF d, VF x) {
 inline VF TanhV(DF d, VF x) {
   const VF one = hn::Set(d, 1.0f);
   const VF ax = hn::Abs(x);
+  // 2 min(|x|, 10) is in [0, 20] (NaN lanes become 10 on x86 and are
+  // replaced below), inside ExpInRange's domain: no range check.
   const VF xc = hn::Min(ax, hn::Set(d, 10.0f));
-  const VF e = ExpV(d, hn::Add(xc, xc));
+  const VF e = ExpInRange(d, hn::Add(xc, xc));
   const VF big = hn::Sub(one, hn::Div(hn::Set(d, 2.0f), hn::Add(e, one)));
   const VF z = hn::Mul(x, x);
   VF p = hn::Set(d, -5.70498872745e-3f);
