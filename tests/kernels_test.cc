@@ -1255,6 +1255,59 @@ TEST(KernelsFused, OneWorkspacePerOutputAlias) {
   EXPECT_LE(vm::Executable(k.Bytecode()).output_aliases(), 1) << k.Das();
 }
 
+// A softmax over short rows: the exp(x - max) chain (with its sum) writes
+// straight into the output and the division runs there in place
+// (Executable::ForwardProducers). Same bits as the ops run as separate
+// kernels, for rows shorter than, equal to and longer than a vector, rows
+// whose length is not a multiple of 16 (no forwarding at run time for
+// those tiles), and several rows per tile. When exp(x - max) is also an
+// output of its own, it keeps its register and nothing is forwarded.
+TEST(KernelsFused, ProducerForwardedIntoOutput) {
+  auto exp_dev = [](Kernel& k, NDObject* v) {
+    return k.Unary(UnaryOp::kExp, k.Binary(BinaryOp::kSub, v, k.Reduce(ReduceOp::kMax, v, {1}, true)));
+  };
+  for (int64_t K : {1, 7, 16, 33, 256, 1000, 4096}) {
+    SCOPED_TRACE("K=" + std::to_string(K));
+    const int64_t R = 9;
+    std::vector<double> x = Values(DType::kFloat32, R * K, 1700 + K, -6, 6);
+    for (int64_t i = 5; i < R * K; i += 11) x[i] = -1e9;
+    const Tensor in = MakeTensor(DType::kFloat32, {R, K}, x);
+    const Tensor e = RunOne({in}, [&](Kernel& k, const std::vector<NDObject*>& v) { return exp_dev(k, v[0]); });
+    const Tensor s = RunOne(
+        {e}, [&](Kernel& k, const std::vector<NDObject*>& v) { return k.Reduce(ReduceOp::kSum, v[0], {1}, true); });
+    const Tensor want = RunOne(
+        {e, s}, [&](Kernel& k, const std::vector<NDObject*>& v) { return k.Binary(BinaryOp::kDiv, v[0], v[1]); });
+    const Tensor got = RunOne({in}, [&](Kernel& k, const std::vector<NDObject*>& v) {
+      NDObject* ex = exp_dev(k, v[0]);
+      return k.Binary(BinaryOp::kDiv, ex, k.Reduce(ReduceOp::kSum, ex, {1}, true));
+    });
+    EXPECT_EQ(got.bytes, want.bytes);
+    std::vector<Tensor> both = dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) {
+      NDObject* ex = exp_dev(k, v[0]);
+      return std::vector<NDObject*>{k.Binary(BinaryOp::kDiv, ex, k.Reduce(ReduceOp::kSum, ex, {1}, true)), ex};
+    });
+    EXPECT_EQ(both[0].bytes, want.bytes);
+    EXPECT_EQ(both[1].bytes, e.bytes);
+    // exp(x - max) read again after the division: it must survive it.
+    std::vector<Tensor> later = dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) {
+      NDObject* ex = exp_dev(k, v[0]);
+      NDObject* y = k.Binary(BinaryOp::kDiv, ex, k.Reduce(ReduceOp::kSum, ex, {1}, true));
+      return std::vector<NDObject*>{y, k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, y, 0.0), ex)};
+    });
+    EXPECT_EQ(later[0].bytes, want.bytes);
+    for (int64_t i = 0; i < R * K; ++i) ASSERT_EQ(later[1].at(i), e.at(i) + 0.0 * want.at(i)) << i;
+    for (bool also_exp : {false, true}) {
+      Kernel k;
+      NDObject* ex = exp_dev(k, k.Load(nullptr, {R, K}, DType::kFloat32));
+      k.Store(nullptr, k.Binary(BinaryOp::kDiv, ex, k.Reduce(ReduceOp::kSum, ex, {1}, true)));
+      if (also_exp) k.Store(nullptr, ex);
+      k.CodeGen();
+      const vm::Executable ee(k.Bytecode());
+      EXPECT_EQ(ee.forwarded_producers(), also_exp || K == 1 ? 0 : 1) << k.Das();
+    }
+  }
+}
+
 // ---- data movement: loads and stores of every dtype, every path ------------------------
 
 // Contiguous runs (vector + scalar tail), strided runs (element at a time),

@@ -640,9 +640,12 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     chains_ += FuseBinaryChains(s, rt);
     chain_sums_ += FuseChainSums(s, rt);
     SetupColFast(s, rt);
-    DropNops(rt);
   }
   SetupOutputAliases();
+  for (size_t si = 0; si < stages_.size(); ++si) {
+    producers_forwarded_ += ForwardProducers(prog_.stages[si], stages_[si]);
+    DropNops(stages_[si]);
+  }
   SetupRowLocal();
 }
 
@@ -1367,6 +1370,63 @@ void Executable::ForwardStores(const bc::Stage& s, StageRt& rt) {
       }
     }
   }
+}
+
+// An instruction W forwarded into an output's STORE (ForwardStores) that
+// reads register A element for element, where A's writer P comes earlier in
+// the section and A is read by nothing after W: P is forwarded into the
+// same destination too, so A lives in the output's tile and W then runs in
+// place there. The output's lines are then fetched (write-allocate) by P,
+// overlapped with its arithmetic, instead of by W, which has little to hide
+// a store stall behind: a softmax [2048, 4096] (rows of one tile) computes
+// exp(x - max) and its sum, then divides; the division pass was bound by
+// its stores to memory. Both instructions bind the same target for a tile
+// (or neither: ForwardTarget depends only on the view and the tile). Needs:
+// W elementwise with 32-bit operands at the full level; P an ordinary
+// instruction at the same level, not forwarded itself; no instruction
+// between them storing into the output's tensor; the output addressed by
+// no other view of the program and no workspace living in it.
+int Executable::ForwardProducers(const bc::Stage& s, StageRt& rt) {
+  if (s.mode != bc::Mode::kRow && s.mode != bc::Mode::kElem) return 0;
+  int n = 0;
+  for (int sec = 0; sec < bc::kNumSections; ++sec) {
+    const int b = rt.sec[sec], e = rt.sec[sec + 1];
+    for (int w = b; w < e; ++w) {
+      VInst& vw = rt.code[w];
+      const bc::Inst& iw = s.insts[w];
+      const bc::Kind kw = bc::kOpInfo[iw.op].kind;
+      if (vw.fn != &ForwardedHandler || vw.level != 0 || DTypeSize(DType(iw.type)) != 4) continue;
+      if (kw != bc::Kind::kUn && kw != bc::Kind::kBin && kw != bc::Kind::kSel) continue;
+      const int a = iw.a;
+      if (a == static_cast<int>(iw.dst) || LiveIn(s, w + 1, e, a)) continue;
+      int p = w - 1;
+      while (p >= b && !WritesReg(s.insts[p], a)) --p;
+      if (p < b) continue;
+      VInst& vp = rt.code[p];
+      const bc::Kind kp = bc::kOpInfo[s.insts[p].op].kind;
+      if (vp.fn == &NopHandler || vp.fwd_view != kNoForward || vp.level != 0 || kp == bc::Kind::kLoad ||
+          kp == bc::Kind::kStore || kp == bc::Kind::kWide || kp == bc::Kind::kRed || kp == bc::Kind::kBcast ||
+          DTypeSize(DType(s.insts[p].type)) != 4)
+        continue;
+      const uint16_t tensor = rt.views[vw.fwd_view].tensor;
+      if (prog_.tensors[tensor].kind != bc::TensorKind::kOutput) continue;
+      bool ok = std::none_of(aliases_.begin(), aliases_.end(), [&](const auto& al) { return al.second == tensor; });
+      int views = 0;
+      for (const StageRt& st : stages_)
+        for (const ViewRt& v : st.views) views += v.tensor == tensor;
+      for (const bc::Stage& st : prog_.stages)
+        if (st.mode == bc::Mode::kGemm && (st.gemm.a == tensor || st.gemm.b == tensor || st.gemm.c == tensor))
+          ok = false;
+      for (int k = p + 1; k < w && ok; ++k)
+        if (bc::kOpInfo[s.insts[k].op].kind == bc::Kind::kStore || rt.code[k].fwd_view != kNoForward) ok = false;
+      if (!ok || views != 1) continue;
+      vp.fn2 = vp.fn;
+      vp.fn = &ForwardedHandler;
+      vp.fwd_view = vw.fwd_view;
+      ++n;
+    }
+  }
+  return n;
 }
 
 void Executable::Run(void* const* ptrs) const {

@@ -86,6 +86,9 @@ class Executable {
   int fused_chain_sums() const { return chain_sums_; }
   // Workspaces that live in an output instead (SetupOutputAliases; tests).
   int output_aliases() const { return static_cast<int>(aliases_.size()); }
+  // Producers forwarded into an output with the instruction that reads them
+  // (ForwardProducers; tests).
+  int forwarded_producers() const { return producers_forwarded_; }
   // Workspaces that row groups keep one slab per thread of (tests).
   int row_local_workspaces() const {
     int n = 0;
@@ -99,6 +102,7 @@ class Executable {
   static void FindInPlaceStores(const bc::Stage& s, StageRt& rt);
   static void DropNops(StageRt& rt);
   static void ForwardStores(const bc::Stage& s, StageRt& rt);
+  int ForwardProducers(const bc::Stage& s, StageRt& rt);
   static void SetupColFast(const bc::Stage& s, StageRt& rt);
   static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
   static void FuseRowBroadcasts(const bc::Stage& s, StageRt& rt);
@@ -114,6 +118,7 @@ class Executable {
   int chains_ = 0;
   int deviations_ = 0;
   int chain_sums_ = 0;
+  int producers_forwarded_ = 0;
   std::vector<std::pair<uint16_t, uint16_t>> aliases_;  // (workspace, output): the workspace's base is the output's
 };
 
