@@ -1308,6 +1308,65 @@ TEST(KernelsFused, ProducerForwardedIntoOutput) {
   }
 }
 
+// A row repeated over the rows of a tile (a bias, gamma, beta) is expanded
+// once per thread and launch (Executable::FindInvariantLoads), including
+// for a tensor's last tile split into whole vectors and a tail (windows not
+// starting on a row). Bits as on the host; a second launch with another
+// row must see that row, not the first launch's expansion.
+TEST(KernelsFused, RowInvariantLoadsExpandedPerLaunch) {
+  for (int64_t K : {7, 16, 33, 768, 1000}) {
+    for (int64_t R : {2, 3, 64, 1023}) {
+      SCOPED_TRACE("R=" + std::to_string(R) + " K=" + std::to_string(K));
+      Kernel k(KernelType::kDynamic);
+      NDObject* x = k.Load(nullptr, {-1, -1}, DType::kFloat32);
+      NDObject* b = k.Load(nullptr, {-1}, DType::kFloat32);
+      NDObject* res = k.Load(nullptr, {-1, -1}, DType::kFloat32);
+      k.Store(nullptr, k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, x, b), res));
+      std::vector<double> xv = Values(DType::kFloat32, R * K, 31 + K, -3, 3);
+      std::vector<double> rv = Values(DType::kFloat32, R * K, 32 + K, -3, 3);
+      std::vector<float> xs(xv.begin(), xv.end()), rs(rv.begin(), rv.end()), out(R * K);
+      for (int launch = 0; launch < 2; ++launch) {
+        std::vector<double> bv = Values(DType::kFloat32, K, 33 + K + launch, -2, 2);
+        std::vector<float> bs(bv.begin(), bv.end());
+        std::vector<TensorArg> in = {{xs.data(), {R, K}, 0}, {bs.data(), {K}, 0}, {rs.data(), {R, K}, 0}};
+        std::vector<TensorArg> o = {{out.data(), {}, out.size() * 4}};
+        k.Launch(in, o);
+        for (int64_t i = 0; i < R * K; ++i) {
+          const float want = xs[i] * bs[i % K] + rs[i];
+          ASSERT_EQ(std::memcmp(&want, &out[i], 4), 0) << "launch " << launch << " i " << i;
+        }
+      }
+    }
+  }
+  // The layernorm over [128, 768] runs several rows per tile, gamma and
+  // beta expanded once, with the bits of gamma and beta given as full
+  // [128, 768] tensors (read in place).
+  const int64_t R = 128, H = 768;
+  std::vector<double> x = Values(DType::kFloat32, R * H, 41, -2, 3), g = Values(DType::kFloat32, H, 42, 0.5, 1.5),
+                      bt = Values(DType::kFloat32, H, 43, -0.5, 0.5);
+  std::vector<double> gf(R * H), bf(R * H);
+  for (int64_t i = 0; i < R * H; ++i) gf[i] = g[i % H], bf[i] = bt[i % H];
+  auto ln = [&](Kernel& k, NDObject* v, NDObject* gm, NDObject* bb) {
+    NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, v, {1}, true), 1.0 / H);
+    NDObject* d = k.Binary(BinaryOp::kSub, v, mean);
+    NDObject* var =
+        k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, true), 1.0 / H);
+    NDObject* y = k.Binary(BinaryOp::kMul, d, k.Unary(UnaryOp::kRsqrt, k.Binary(BinaryOp::kAdd, var, 1e-5)));
+    return k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, y, gm), bb);
+  };
+  const Tensor xt = MakeTensor(DType::kFloat32, {R, H}, x);
+  const Tensor got = RunOne({xt, MakeTensor(DType::kFloat32, {H}, g), MakeTensor(DType::kFloat32, {H}, bt)},
+                            [&](Kernel& k, auto& v) { return ln(k, v[0], v[1], v[2]); });
+  const Tensor want = RunOne({xt, MakeTensor(DType::kFloat32, {R, H}, gf), MakeTensor(DType::kFloat32, {R, H}, bf)},
+                             [&](Kernel& k, auto& v) { return ln(k, v[0], v[1], v[2]); });
+  EXPECT_EQ(got.bytes, want.bytes);
+  Kernel k;
+  k.Store(nullptr, ln(k, k.Load(nullptr, {R, H}, DType::kFloat32), k.Load(nullptr, {H}, DType::kFloat32),
+                      k.Load(nullptr, {H}, DType::kFloat32)));
+  k.CodeGen();
+  EXPECT_EQ(vm::Executable(k.Bytecode()).invariant_loads(), 2) << k.Das();
+}
+
 // ---- data movement: loads and stores of every dtype, every path ------------------------
 
 // Contiguous runs (vector + scalar tail), strided runs (element at a time),

@@ -1342,11 +1342,10 @@ class Gen {
           cap = t_->chunk;
           break;
         }
-        int64_t rows = K == 0 ? t_->row_tile : std::max<int64_t>(1, t_->row_tile / K);
-        // A full-level view that is the same row for every row (gamma, beta,
-        // a bias) is read in place only by one-row tiles; rows that long
-        // amortise the per-tile cost.
-        if (rows > 1 && K >= 256 && HasRowInvariantView(e)) rows = 1;
+        // Views that repeat one row (gamma, beta, a bias) do not force one
+        // row per tile: the VM expands them once per thread and launch
+        // (vm.cc FindInvariantLoads).
+        const int64_t rows = K == 0 ? t_->row_tile : std::max<int64_t>(1, t_->row_tile / K);
         s.p[0] = K;
         s.p[1] = rows;
         cap = std::max<int64_t>(rows * std::max<int64_t>(K, 1), rows);
@@ -1454,22 +1453,13 @@ class Gen {
     return true;
   }
 
-  // Whether a full-level view of a ROW stage repeats one row: stride 0 on
-  // every kept dim, nonzero on some reduced one.
-  static bool HasRowInvariantView(const StageEmit& e) {
-    for (const bc::View& v : e.views) {
-      if (v.level != Level::kFull) continue;
-      bool outer_zero = true, inner_moves = false;
-      for (size_t i = 0; i < e.dom.size(); ++i) {
-        if (e.dom[i] == 1) continue;
-        if (e.rmask >> i & 1)
-          inner_moves = inner_moves || v.strides[i] != 0;
-        else
-          outer_zero = outer_zero && v.strides[i] == 0;
-      }
-      if (outer_zero && inner_moves) return true;
-    }
-    return false;
+  // Whether a view of an ELEM domain repeats one row: stride 0 on every dim
+  // but the last, which it walks.
+  static bool RowInvariant(const int64_t* dims, const int64_t* strides, int rank) {
+    if (rank < 2 || strides[rank - 1] == 0) return false;
+    for (int i = 0; i < rank - 1; ++i)
+      if (dims[i] != 1 && strides[i] != 0) return false;
+    return true;
   }
 
   // A streaming ELEM body, whose tiles can be 4x longer: the per-tile cost
@@ -1503,6 +1493,9 @@ class Gen {
         const bool word = dt == DType::kFloat32 || dt == DType::kInt32;
         if (word && (DenseStrides(s.full_dims, view.strides, rank) || (rank >= 1 && view.strides[rank - 1] == 0)))
           continue;
+        // A row repeated for every row (a bias) is expanded once per thread
+        // and launch (vm.cc FindInvariantLoads), outside tile scratch.
+        if (RowInvariant(s.full_dims, view.strides, rank)) continue;
         cheap = cheap && word && view.strides[rank - 1] == 1;
       } else {
         const bool arith = op == bc::Opcode::ADD || op == bc::Opcode::SUB || op == bc::Opcode::MUL ||

@@ -32,6 +32,8 @@ struct TileCtx {
   void* const* ptrs = nullptr;  // tensor base pointers by tensor index
   uint32_t bind_reg = kNoBind;  // a register whose write goes to bind_ptr
   void* bind_ptr = nullptr;
+  uint8_t* inv = nullptr;   // this thread's expanded row-invariant loads
+  uint32_t inv_filled = 0;  // which of them this job has expanded
 
   template <typename T>
   const T* R(uint32_t r) const {
@@ -62,6 +64,7 @@ struct VInst {
   uint32_t kbits2 = 0;                    // second constant (fused chains)
   uint8_t form = 0;                       // binary ops: bc form, or kFormRow
   bool fused = false;                     // part of a decode-time fusion
+  uint8_t inv = 0;                        // row-invariant LOAD: its slot + 1 (vm.cc FindInvariantLoads)
 };
 // VInst::form of a binary op whose b operand is a reduced register broadcast
 // over each row (vm.cc FuseRowBroadcasts).

@@ -136,6 +136,20 @@ inline int64_t ContiguousRun(const ViewRt& v, int64_t f, int64_t n) {
   return addr + rem * v.strides[0];
 }
 
+// Lanes [f, f + n) of a view, converted to 32-bit lanes at dst.
+void Gather(const ViewRt& v, const uint8_t* base, int64_t f, int64_t n, uint32_t* dst) {
+  ForEachRun(v, f, n, [&](int64_t off, int64_t s, int64_t cnt, int64_t lane) {
+    if (s == 1) {
+      v.load(dst + lane, base + off * v.esize, cnt);
+    } else if (s == 0) {
+      uint32_t x = LoadOne(v.dtype, base + off * v.esize);
+      std::fill(dst + lane, dst + lane + cnt, x);
+    } else {
+      for (int64_t j = 0; j < cnt; ++j) dst[lane + j] = LoadOne(v.dtype, base + (off + j * s) * v.esize);
+    }
+  });
+}
+
 void LoadHandler(const VInst& vi, TileCtx& c) {
   const ViewRt& v = c.stage->views[vi.view];
   const uint8_t* base = static_cast<const uint8_t*>(c.ptrs[v.tensor]);
@@ -150,17 +164,24 @@ void LoadHandler(const VInst& vi, TileCtx& c) {
       return;
     }
   }
-  uint32_t* dst = c.W<uint32_t>(vi.dst);
-  ForEachRun(v, f, n, [&](int64_t off, int64_t s, int64_t cnt, int64_t lane) {
-    if (s == 1) {
-      v.load(dst + lane, base + off * v.esize, cnt);
-    } else if (s == 0) {
-      uint32_t x = LoadOne(v.dtype, base + off * v.esize);
-      std::fill(dst + lane, dst + lane + cnt, x);
-    } else {
-      for (int64_t j = 0; j < cnt; ++j) dst[lane + j] = LoadOne(v.dtype, base + (off + j * s) * v.esize);
-    }
-  });
+  Gather(v, base, f, n, c.W<uint32_t>(vi.dst));
+}
+
+// A LOAD of a row-invariant view (FindInvariantLoads): lanes [f, f + n) of
+// the view are lanes [f % K, f % K + n) of its first kbits lanes (the view's
+// row of K, repeated), expanded by the first tile a thread runs in a launch
+// into the thread's buffer; every tile then points the register into it.
+void InvariantLoadHandler(const VInst& vi, TileCtx& c) {
+  // Slots of 2 tile_caps + 16 lanes: kbits <= tile_cap + K, and kernels read
+  // whole vectors past the lanes.
+  uint32_t* buf = reinterpret_cast<uint32_t*>(c.inv + size_t(vi.inv - 1) * (2 * c.slot_bytes + 64));
+  const uint32_t bit = 1u << (vi.inv - 1);
+  if (!(c.inv_filled & bit)) {
+    const ViewRt& v = c.stage->views[vi.view];
+    Gather(v, static_cast<const uint8_t*>(c.ptrs[v.tensor]), 0, vi.kbits, buf);
+    c.inv_filled |= bit;
+  }
+  c.p[vi.dst] = buf + c.start[vi.level] % vi.kbits2;
 }
 
 // Where a store's tile lands when it can be written in place by the
@@ -427,9 +448,11 @@ class WorkQueue {
 
 // What every parallel launch shares: the tensors, the register file's
 // layout, and the queue the threads take items from.
+thread_local Scratch tls_inv;  // expanded row-invariant loads (InvariantLoadHandler)
+
 struct JobBase {
   void* const* ptrs = nullptr;
-  size_t scratch_bytes = 0, slot_bytes = 0;
+  size_t scratch_bytes = 0, slot_bytes = 0, inv_bytes = 0;
   int num_regs = 0;
   WorkQueue work;
 
@@ -437,6 +460,7 @@ struct JobBase {
   TileCtx Context(const void** p) const {
     TileCtx c;
     c.regs = tls_scratch.Get(scratch_bytes);
+    if (inv_bytes) c.inv = tls_inv.Get(inv_bytes);
     c.slot_bytes = slot_bytes;
     for (int r = 0; r < num_regs; ++r) p[r] = c.regs + r * slot_bytes;
     c.p = p;
@@ -640,6 +664,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     chains_ += FuseBinaryChains(s, rt);
     chain_sums_ += FuseChainSums(s, rt);
     SetupColFast(s, rt);
+    FindInvariantLoads(s, rt);
   }
   SetupOutputAliases();
   for (size_t si = 0; si < stages_.size(); ++si) {
@@ -1343,6 +1368,39 @@ void Executable::SetupColFast(const bc::Stage& s, StageRt& rt) {
   rt.col_fast = std::move(pairs);
 }
 
+// A LOAD of a view that repeats one row (stride 0 on every dim but the
+// last: gamma, beta, a bias) in an ELEM or ROW stage whose tiles hold more
+// than a row: every tile's lanes are then a window of the same expansion
+// (the view's row, repeated). InvariantLoadHandler expands it once per
+// thread and launch instead of gathering it every tile, so codegen can give
+// such stages multi-row tiles (before, they ran one row per tile to read
+// the row in place, paying the per-tile cost for every row: layernorm
+// [128, 768] 28.7 -> 21.7 us at one thread with two-row tiles).
+void Executable::FindInvariantLoads(const bc::Stage& s, StageRt& rt) {
+  int64_t T = 0;
+  if (s.mode == bc::Mode::kElem)
+    T = s.p[0];
+  else if (s.mode == bc::Mode::kRow && s.p[2] == 0)
+    T = s.p[0] * s.p[1];
+  if (T <= 0 || T > prog_.tile_cap) return;
+  for (size_t i = 0; i < rt.code.size(); ++i) {
+    VInst& v = rt.code[i];
+    if (v.fn != &LoadHandler || v.level != 0 || bc::kOpInfo[s.insts[i].op].kind != bc::Kind::kLoad) continue;
+    const ViewRt& view = rt.views[v.view];
+    const int r = view.rank;
+    if (r < 2 || view.strides[r - 1] == 0) continue;
+    bool invariant = true;
+    for (int d = 0; d < r - 1; ++d) invariant = invariant && (view.dims[d] == 1 || view.strides[d] == 0);
+    const int64_t K = view.dims[r - 1];
+    const int64_t E = std::min(T, rt.n_full);
+    if (!invariant || K <= 0 || K > T || E <= K || inv_loads_ >= 32) continue;
+    v.fn = &InvariantLoadHandler;
+    v.kbits = static_cast<uint32_t>(E + K);
+    v.kbits2 = static_cast<uint32_t>(K);
+    v.inv = static_cast<uint8_t>(++inv_loads_);
+  }
+}
+
 // Store forwarding: a STORE of a register whose value was computed by an
 // earlier instruction of the same section lets that instruction write into
 // the destination (see ForwardedHandler), when the tile allows it at run
@@ -1457,6 +1515,7 @@ void Executable::Run(void* const* ptrs) const {
     job.ptrs = ptrs;
     job.scratch_bytes = scratch;
     job.slot_bytes = size_t(prog_.tile_cap) * 4;
+    job.inv_bytes = size_t(inv_loads_) * (2 * size_t(prog_.tile_cap) * 4 + 64);
     job.num_regs = prog_.num_regs;
   };
   for (size_t i = 0; i < stages_.size();) {

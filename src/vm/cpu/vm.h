@@ -89,6 +89,8 @@ class Executable {
   // Producers forwarded into an output with the instruction that reads them
   // (ForwardProducers; tests).
   int forwarded_producers() const { return producers_forwarded_; }
+  // Row-invariant LOADs expanded once per thread and launch (tests).
+  int invariant_loads() const { return inv_loads_; }
   // Workspaces that row groups keep one slab per thread of (tests).
   int row_local_workspaces() const {
     int n = 0;
@@ -104,6 +106,7 @@ class Executable {
   static void ForwardStores(const bc::Stage& s, StageRt& rt);
   int ForwardProducers(const bc::Stage& s, StageRt& rt);
   static void SetupColFast(const bc::Stage& s, StageRt& rt);
+  void FindInvariantLoads(const bc::Stage& s, StageRt& rt);
   static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
   static void FuseRowBroadcasts(const bc::Stage& s, StageRt& rt);
   static void FuseUniformLoads(const bc::Stage& s, StageRt& rt);
@@ -119,6 +122,7 @@ class Executable {
   int deviations_ = 0;
   int chain_sums_ = 0;
   int producers_forwarded_ = 0;
+  int inv_loads_ = 0;  // row-invariant LOADs expanded once per job (FindInvariantLoads)
   std::vector<std::pair<uint16_t, uint16_t>> aliases_;  // (workspace, output): the workspace's base is the output's
 };
 
