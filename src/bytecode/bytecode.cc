@@ -18,6 +18,13 @@ int64_t RedElems(const Stage& s) {
   return n;
 }
 
+bool RowInvariant(const int64_t* dims, const int64_t* strides, int rank) {
+  if (rank < 2 || strides[rank - 1] == 0) return false;
+  for (int i = 0; i < rank - 1; ++i)
+    if (dims[i] != 1 && strides[i] != 0) return false;
+  return true;
+}
+
 bool SlabLocal(const int64_t* dims, const int64_t* strides, size_t rank, int64_t offset, int64_t R, int64_t slab) {
   int64_t od[kMaxRank + 1], os[kMaxRank + 1];
   int no = 0;

@@ -125,4 +125,9 @@ int64_t RedElems(const Stage& s);
 // it gives a workspace one slab per thread instead of one per row.
 bool SlabLocal(const int64_t* dims, const int64_t* strides, size_t rank, int64_t offset, int64_t R, int64_t slab);
 
+// Whether a view repeats one row over its domain (gamma, beta, a bias):
+// stride 0 on every dim but the last, which it walks. Codegen sizes tiles by
+// it; the VM expands such a load once per thread and launch.
+bool RowInvariant(const int64_t* dims, const int64_t* strides, int rank);
+
 }  // namespace dvm::bc

@@ -1453,24 +1453,16 @@ class Gen {
     return true;
   }
 
-  // Whether a view of an ELEM domain repeats one row: stride 0 on every dim
-  // but the last, which it walks.
-  static bool RowInvariant(const int64_t* dims, const int64_t* strides, int rank) {
-    if (rank < 2 || strides[rank - 1] == 0) return false;
-    for (int i = 0; i < rank - 1; ++i)
-      if (dims[i] != 1 && strides[i] != 0) return false;
-    return true;
-  }
-
   // A streaming ELEM body's tile: 4x the tile, or 2x with a row-invariant
   // view (a bias) of rows shorter than that: the VM reads its rows from an
-  // expansion as long as the tile, which shares L1 with the streams (bias + residual [64, 768] at 2
-  // threads: 4.8 us with five-row tiles, 4.35 with two).
+  // expansion as long as the tile, which shares L1 with the streams (bias +
+  // residual [64, 768] at 2 threads: 4.8 us with five-row tiles, 4.35 with
+  // two).
   int64_t StreamingTile(const bc::Stage& s) const {
     const int64_t T = 4 * t_->elem_tile;
     if (s.full_rank < 2 || s.full_dims[s.full_rank - 1] >= T) return T;  // a long row's view is read in place
     for (const bc::View& v : s.views)
-      if (v.level == Level::kFull && RowInvariant(s.full_dims, v.strides, s.full_rank)) return T / 2;
+      if (v.level == Level::kFull && bc::RowInvariant(s.full_dims, v.strides, s.full_rank)) return T / 2;
     return T;
   }
 
@@ -1507,7 +1499,7 @@ class Gen {
           continue;
         // A row repeated for every row (a bias) is expanded once per thread
         // and launch (vm.cc FindInvariantLoads), outside tile scratch.
-        if (RowInvariant(s.full_dims, view.strides, rank)) continue;
+        if (bc::RowInvariant(s.full_dims, view.strides, rank)) continue;
         cheap = cheap && word && view.strides[rank - 1] == 1;
       } else {
         const bool arith = op == bc::Opcode::ADD || op == bc::Opcode::SUB || op == bc::Opcode::MUL ||

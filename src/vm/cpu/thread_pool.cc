@@ -1,7 +1,6 @@
 #include "vm/cpu/thread_pool.h"
 
 #include <cblas.h>
-#include <sched.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -35,8 +34,8 @@ inline void Pause() {
 }
 }  // namespace
 
-uint32_t WaitWord::Add(int32_t delta) {
-  const uint32_t old = word_.fetch_add(static_cast<uint32_t>(delta));
+void WaitWord::Add(int32_t delta) {
+  word_.fetch_add(static_cast<uint32_t>(delta));
   // seq_cst on both sides (Add's fetch_add then this load; Wait's increment
   // then its load): a sleeper either sees the new word or is counted here.
   if (sleepers_.load() > 0) {
@@ -44,7 +43,6 @@ uint32_t WaitWord::Add(int32_t delta) {
     syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word_), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
 #endif
   }
-  return old;
 }
 
 void WaitWord::Wait(uint32_t old) {

@@ -25,8 +25,8 @@ namespace dvm::vm {
 class WaitWord {
  public:
   uint32_t Load(std::memory_order o = std::memory_order_acquire) const { return word_.load(o); }
-  // Changes the word (seq_cst) and wakes its sleepers; returns the old value.
-  uint32_t Add(int32_t delta);
+  // Changes the word (seq_cst) and wakes its sleepers.
+  void Add(int32_t delta);
   // Returns once the word is not `old` (possibly spuriously early).
   void Wait(uint32_t old);
 

@@ -171,10 +171,12 @@ void LoadHandler(const VInst& vi, TileCtx& c) {
 // the view are lanes [f % K, f % K + n) of its first kbits lanes (the view's
 // row of K, repeated), expanded by the first tile a thread runs in a launch
 // into the thread's buffer; every tile then points the register into it.
+// Bytes per expansion: 2 register slots + 16 lanes (kbits <= tile_cap + K,
+// and kernels read whole vectors past the lanes).
+constexpr size_t InvSlotBytes(size_t slot_bytes) { return 2 * slot_bytes + 64; }
+
 void InvariantLoadHandler(const VInst& vi, TileCtx& c) {
-  // Slots of 2 tile_caps + 16 lanes: kbits <= tile_cap + K, and kernels read
-  // whole vectors past the lanes.
-  uint32_t* buf = reinterpret_cast<uint32_t*>(c.inv + size_t(vi.inv - 1) * (2 * c.slot_bytes + 64));
+  uint32_t* buf = reinterpret_cast<uint32_t*>(c.inv + size_t(vi.inv - 1) * InvSlotBytes(c.slot_bytes));
   const uint32_t bit = 1u << (vi.inv - 1);
   if (!(c.inv_filled & bit)) {
     const ViewRt& v = c.stage->views[vi.view];
@@ -1385,15 +1387,12 @@ void Executable::FindInvariantLoads(const bc::Stage& s, StageRt& rt) {
   if (T <= 0 || T > prog_.tile_cap) return;
   for (size_t i = 0; i < rt.code.size(); ++i) {
     VInst& v = rt.code[i];
-    if (v.fn != &LoadHandler || v.level != 0 || bc::kOpInfo[s.insts[i].op].kind != bc::Kind::kLoad) continue;
+    if (v.fn != &LoadHandler || v.level != 0) continue;
     const ViewRt& view = rt.views[v.view];
-    const int r = view.rank;
-    if (r < 2 || view.strides[r - 1] == 0) continue;
-    bool invariant = true;
-    for (int d = 0; d < r - 1; ++d) invariant = invariant && (view.dims[d] == 1 || view.strides[d] == 0);
-    const int64_t K = view.dims[r - 1];
+    if (!bc::RowInvariant(view.dims, view.strides, view.rank)) continue;
+    const int64_t K = view.dims[view.rank - 1];
     const int64_t E = std::min(T, rt.n_full);
-    if (!invariant || K <= 0 || K > T || E <= K || inv_loads_ >= 32) continue;
+    if (K <= 0 || K > T || E <= K || inv_loads_ >= 32) continue;
     v.fn = &InvariantLoadHandler;
     v.kbits = static_cast<uint32_t>(E + K);
     v.kbits2 = static_cast<uint32_t>(K);
@@ -1515,7 +1514,7 @@ void Executable::Run(void* const* ptrs) const {
     job.ptrs = ptrs;
     job.scratch_bytes = scratch;
     job.slot_bytes = size_t(prog_.tile_cap) * 4;
-    job.inv_bytes = size_t(inv_loads_) * (2 * size_t(prog_.tile_cap) * 4 + 64);
+    job.inv_bytes = size_t(inv_loads_) * InvSlotBytes(job.slot_bytes);
     job.num_regs = prog_.num_regs;
   };
   for (size_t i = 0; i < stages_.size();) {
