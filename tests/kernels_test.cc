@@ -1119,9 +1119,39 @@ TEST(KernelsFused, LongRowVarianceFromChunkMoments) {
         for (const bc::Stage& st : ex.program().stages)
           reads_x += std::any_of(st.views.begin(), st.views.end(), [](const bc::View& w) { return w.tensor == 0; });
         EXPECT_EQ(reads_x, 1) << k.Das();
+        // The deviations pass reads x in place and prefetches the next chunk.
+        EXPECT_EQ(ex.prefetching_passes(), 1) << k.Das();
       }
     }
   }
+  // x gathered from every other element (no contiguous next chunk): no
+  // prefetch, same result as the contiguous copy of those elements.
+  const int64_t K = 20480;
+  const Tensor x2 = MakeTensor(DType::kFloat32, {R, 2 * K}, Values(DType::kFloat32, R * 2 * K, 7, -2, 2));
+  std::vector<double> every_other;
+  for (int64_t i = 0; i < R * K; ++i) every_other.push_back(x2.at(2 * i));
+  const Tensor x1 = MakeTensor(DType::kFloat32, {R, K}, every_other);
+  auto variance = [](Kernel& k, NDObject* x) {
+    NDObject* d =
+        k.Binary(BinaryOp::kSub, x, k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, x, {1}, true), 1.0 / K));
+    k.Store(nullptr, k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, true));
+  };
+  Kernel strided, plain;
+  const int64_t shape[] = {R, 2 * K}, start[] = {0, 0}, step[] = {1, 2};
+  variance(strided, strided.StridedSliceLoad(nullptr, shape, DType::kFloat32, start, shape, step));
+  variance(plain, plain.Load(nullptr, {R, K}, DType::kFloat32));
+  strided.CodeGen();
+  plain.CodeGen();
+  EXPECT_EQ(vm::Executable(strided.Bytecode()).prefetching_passes(), 0) << strided.Das();
+  EXPECT_EQ(vm::Executable(plain.Bytecode()).prefetching_passes(), 1) << plain.Das();
+  std::vector<float> a(R), b(R);
+  void* in_a[] = {const_cast<uint8_t*>(x2.bytes.data())};
+  void* in_b[] = {const_cast<uint8_t*>(x1.bytes.data())};
+  void* out_a[] = {a.data()};
+  void* out_b[] = {b.data()};
+  strided.Launch(std::span<void* const>(in_a), std::span<void* const>(out_a));
+  plain.Launch(std::span<void* const>(in_b), std::span<void* const>(out_b));
+  EXPECT_EQ(a, b);
 }
 
 // Squared deviations from each row's mean, summed (a layernorm's variance):

@@ -19,6 +19,7 @@
 // foreach_target must come first: it re-includes this file per target.
 // clang-format off
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
+#include <hwy/cache_control.h>
 #include <hwy/highway.h>
 #include <hwy/contrib/math/math-inl.h>
 // clang-format on
@@ -803,7 +804,8 @@ HWY_INLINE double AccSD(double a, double b) {
 // vector at x + i; gen.Rest(i) computes [i, K) before the sum reads it from
 // x. The bits equal computing the row first and summing it after.
 struct NoGen {};
-template <int kOp, bool kSq = false, bool kDev = false, class Gen = NoGen>
+// kPrefetch (sums): prefetches the K lanes after the row as it reads it.
+template <int kOp, bool kSq = false, bool kDev = false, class Gen = NoGen, bool kPrefetch = false>
 float RowF(const float* x, int64_t K, float m = 0.0f, Gen gen = {}) {
   constexpr bool kGen = !std::is_same_v<Gen, NoGen>;
   static_assert(!kGen || (kOp == 0 && !kSq && !kDev), "a generated row is only summed");
@@ -879,6 +881,10 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen gen = {}) {
       return hn::Add(hn::MulAdd(ldf(p), one, ldf(p + LF)), hn::MulAdd(ldf(p + 2 * LF), one, ldf(p + 3 * LF)));
     };
     for (bool odd = false; i + 8 * LF <= K; i += 8 * LF, odd = !odd) {
+      if constexpr (kPrefetch) {
+        // One prefetch per cache line (never faults, even past the tensor).
+        for (int64_t q = 0; q < 8 * LF; q += 64 / int64_t{sizeof(float)}) hwy::Prefetch(x + K + i + q);
+      }
       const VF s = hn::Add(quad(x + i), quad(x + i + 4 * LF));
       if (odd) {
         a2 = hn::Add(a2, hn::PromoteTo(dd, hn::LowerHalf(dhf, s)));
@@ -1022,14 +1028,14 @@ void RowReduceF(const VInst& vi, TileCtx& c) {
 // RSUM of MUL(d, d) fused at decode (vm.cc FuseSquareSums), with d = R[a],
 // or (kDev) d = SUB(R[a], row value R[b][row]) (a layernorm's variance):
 // the bits of the separate instructions.
-template <bool kDev>
+template <bool kDev, bool kPrefetch = false>
 void RowSumSqF(const VInst& vi, TileCtx& c) {
   const int64_t rows = c.n[1];
   const int64_t K = rows ? c.n[0] / rows : 0;
   const float* x = c.R<float>(vi.a);
   const float* m = kDev ? c.R<float>(vi.b) : nullptr;
   float* o = c.W<float>(vi.dst);
-  for (int64_t r = 0; r < rows; ++r) o[r] = RowF<0, true, kDev>(x + r * K, K, kDev ? m[r] : 0.0f);
+  for (int64_t r = 0; r < rows; ++r) o[r] = RowF<0, true, kDev, NoGen, kPrefetch>(x + r * K, K, kDev ? m[r] : 0.0f);
 }
 
 // ChainF<kOp1, exp, kY, none> and the RSUM of its result (vm.cc
@@ -1415,7 +1421,7 @@ Handler SelectHandlerT(const bc::Inst& in) {
 }
 
 Handler RowSumSquaresHandlerT() { return &RowSumSqF<false>; }
-Handler RowSumSqDevHandlerT() { return &RowSumSqF<true>; }
+Handler RowSumSqDevHandlerT(bool prefetch) { return prefetch ? &RowSumSqF<true, true> : &RowSumSqF<true>; }
 Handler NormAffineHandlerT(bool sub) { return sub ? &NormAffineF<true> : &NormAffineF<false>; }
 template <size_t... I>
 Handler ChainExpSumLookup(size_t i, std::index_sequence<I...>) {
@@ -1543,7 +1549,7 @@ ConvertFn LoadConverter(DType t) { return HWY_DYNAMIC_DISPATCH(LoadConverterT)(t
 ColAccFn ColAccumulator(int op) { return HWY_DYNAMIC_DISPATCH(ColAccumulatorT)(op); }
 Handler RowBroadcastHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(RowBroadcastHandlerT)(in); }
 Handler RowSumSquaresHandler() { return HWY_DYNAMIC_DISPATCH(RowSumSquaresHandlerT)(); }
-Handler RowSumSqDevHandler() { return HWY_DYNAMIC_DISPATCH(RowSumSqDevHandlerT)(); }
+Handler RowSumSqDevHandler(bool prefetch) { return HWY_DYNAMIC_DISPATCH(RowSumSqDevHandlerT)(prefetch); }
 Handler NormAffineHandler(bool sub) { return HWY_DYNAMIC_DISPATCH(NormAffineHandlerT)(sub); }
 Handler ChainHandler(int op1, int op2, int y_kind, int z_kind, bool z_first) {
   return HWY_DYNAMIC_DISPATCH(ChainHandlerT)(op1, op2, y_kind, z_kind, z_first);

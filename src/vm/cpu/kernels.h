@@ -110,7 +110,10 @@ Handler NormAffineHandler(bool sub);
 // into the RSUM reading it): the bits of the MUL then the RSUM.
 Handler RowSumSquaresHandler();
 // The same of (R[a] - m)^2, m a row operand (R[b][row]): SUB, MUL, RSUM.
-Handler RowSumSqDevHandler();
+// With `prefetch`, the lanes that follow the tile's rows in memory (the next
+// chunk of a long row, which the stage's next tile reads) are prefetched
+// while the pass runs: same bits.
+Handler RowSumSqDevHandler(bool prefetch = false);
 
 // erf approximation used by the ERF handler (scalar twin, for tests).
 float ErfApprox(float x);

@@ -91,6 +91,8 @@ class Executable {
   int forwarded_producers() const { return producers_forwarded_; }
   // Row-invariant LOADs expanded once per thread and launch (tests).
   int invariant_loads() const { return inv_loads_; }
+  // Fused deviation passes that prefetch their stage's next chunk (FuseSquareSums).
+  int prefetching_passes() const { return prefetching_passes_; }
   // Workspaces that row groups keep one slab per thread of (tests).
   int row_local_workspaces() const {
     int n = 0;
@@ -110,7 +112,7 @@ class Executable {
   static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
   static void FuseRowBroadcasts(const bc::Stage& s, StageRt& rt);
   static void FuseUniformLoads(const bc::Stage& s, StageRt& rt);
-  static int FuseSquareSums(const bc::Stage& s, StageRt& rt);    // returns the deviation sums fused
+  int FuseSquareSums(const bc::Stage& s, StageRt& rt);           // returns the deviation sums fused
   static int FuseBinaryChains(const bc::Stage& s, StageRt& rt);  // returns the pairs fused
   static int FuseChainSums(const bc::Stage& s, StageRt& rt);     // returns the chain + RSUM pairs fused
 
@@ -122,6 +124,7 @@ class Executable {
   int deviations_ = 0;
   int chain_sums_ = 0;
   int producers_forwarded_ = 0;
+  int prefetching_passes_ = 0;
   int inv_loads_ = 0;  // row-invariant LOADs expanded once per job (FindInvariantLoads)
   std::vector<std::pair<uint16_t, uint16_t>> aliases_;  // (workspace, output): the workspace's base is the output's
 };
