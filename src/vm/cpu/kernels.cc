@@ -882,8 +882,12 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen gen = {}) {
     };
     for (bool odd = false; i + 8 * LF <= K; i += 8 * LF, odd = !odd) {
       if constexpr (kPrefetch) {
-        // One prefetch per cache line (never faults, even past the tensor).
-        for (int64_t q = 0; q < 8 * LF; q += 64 / int64_t{sizeof(float)}) hwy::Prefetch(x + K + i + q);
+        // One prefetch per cache line. A prefetch never faults, even past
+        // the tensor; the address is formed as an integer, not a pointer
+        // past the array.
+        const uintptr_t next = reinterpret_cast<uintptr_t>(x + i) + uintptr_t(K) * sizeof(float);
+        for (int64_t q = 0; q < 8 * LF; q += 64 / int64_t{sizeof(float)})
+          hwy::Prefetch(reinterpret_cast<const float*>(next + uintptr_t(q) * sizeof(float)));
       }
       const VF s = hn::Add(quad(x + i), quad(x + i + 4 * LF));
       if (odd) {
