@@ -793,6 +793,12 @@ bool WritesReg(const bc::Inst& in, int r) {
   if (kind == bc::Kind::kWide && bc::Opcode(in.op) != bc::Opcode::WNARROW) return in.dst == r || in.dst + 1 == r;
   return in.dst == r;
 }
+// The last instruction in [b, before) that overwrites register r, or b - 1.
+int LastWriter(const bc::Stage& s, int b, int before, int r) {
+  int j = before - 1;
+  while (j >= b && !WritesReg(s.insts[j], r)) --j;
+  return j;
+}
 // Whether register r is read in [from, to) before being overwritten.
 bool LiveIn(const bc::Stage& s, int from, int to, int r) {
   for (int k = from; k < to; ++k) {
@@ -866,8 +872,7 @@ void Executable::ElideRoundingCasts(const bc::Stage& s, StageRt& rt) {
     if (bc::Opcode(st.op) != bc::Opcode::STORE) continue;
     const DType dt = rt.views[st.c].dtype;
     if (dt != DType::kFloat16 && dt != DType::kBFloat16) continue;
-    int j = i - 1;
-    while (j >= b && !WritesReg(s.insts[j], st.a)) --j;
+    const int j = LastWriter(s, b, i, st.a);
     if (j < b) continue;
     const bc::Inst& cast = s.insts[j];
     const DType src = DType((cast.flags & bc::kSrcMask) >> bc::kSrcShift);
@@ -1279,8 +1284,7 @@ int Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
     rt.code[j].fused = v.fused = true;
     // ra = SUB x, m (m a row operand) read only by the MUL: all three in one
     // pass (the sum of squared deviations of a layernorm).
-    int j0 = j - 1;
-    while (j0 >= b && !WritesReg(s.insts[j0], ra)) --j0;
+    const int j0 = LastWriter(s, b, j, ra);
     if (j0 < b) continue;
     const bc::Inst& sub = s.insts[j0];
     VInst& vs = rt.code[j0];
@@ -1298,8 +1302,7 @@ int Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
     // stalling the next tile's first pass (layernorm [64, 32768], moments
     // stage at one thread: 210 -> 165 us). Only for x read in place from a
     // contiguous tensor, where the next chunk follows in memory.
-    int jx = j0 - 1;
-    while (jx >= b && !WritesReg(s.insts[jx], vs.a)) --jx;
+    const int jx = LastWriter(s, b, j0, vs.a);
     const bool next_chunk = s.p[2] > 0 && jx >= b && rt.code[jx].fn == &LoadHandler &&
                             rt.views[rt.code[jx].view].zero_copy && rt.views[rt.code[jx].view].cont_dim == 0;
     Body(v) = RowSumSqDevHandler(next_chunk);
@@ -1467,8 +1470,7 @@ int Executable::ForwardProducers(const bc::Stage& s, StageRt& rt) {
       if (kw != bc::Kind::kUn && kw != bc::Kind::kBin && kw != bc::Kind::kSel) continue;
       const int a = iw.a;
       if (a == static_cast<int>(iw.dst) || LiveIn(s, w + 1, e, a)) continue;
-      int p = w - 1;
-      while (p >= b && !WritesReg(s.insts[p], a)) --p;
+      const int p = LastWriter(s, b, w, a);
       if (p < b) continue;
       VInst& vp = rt.code[p];
       const bc::Kind kp = bc::kOpInfo[s.insts[p].op].kind;
