@@ -617,6 +617,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
       r.store = StoreConverter(r.dtype);
     }
     rt.code.resize(s.insts.size());
+    rt.insts = static_cast<int64_t>(s.insts.size());
     int at = 0;
     for (int k = 0; k < bc::kNumSections; ++k) {
       rt.sec[k] = at;
@@ -1499,6 +1500,48 @@ int Executable::ForwardProducers(const bc::Stage& s, StageRt& rt) {
   return n;
 }
 
+// The launch plan: row groups (run row by row when the rows keep every
+// thread busy, else stage by stage: the same tiles, so the same bits) and
+// groups of concurrent stages, each with the threads it wakes. Work counts
+// lane-instructions of the bytecode (StageRt::insts), a GEMM by its
+// multiply-adds; below ~64K of them (a few microseconds) a wake-up of the
+// pool costs more than it saves, so a small group runs on the caller.
+void Executable::Plan(int nthreads, std::vector<LaunchGroup>& plan) const {
+  plan.clear();
+  auto work_of = [](const StageRt& s) {
+    return s.mode == bc::Mode::kGemm ? s.n_full * std::max<int64_t>(s.p[2], 1) : (s.n_full + s.n_red) * s.insts;
+  };
+  for (size_t i = 0; i < stages_.size();) {
+    if (stages_[i].group_rows > 0 && !stages_[i].row_join && i + 1 < stages_.size() && stages_[i + 1].row_join) {
+      const int64_t R = stages_[i].group_rows;
+      size_t j = i + 1;
+      while (j < stages_.size() && stages_[j].row_join) ++j;
+      if (nthreads == 1 || R >= 4 * nthreads || R % nthreads == 0) {
+        int64_t work = 0;
+        for (size_t k = i; k < j; ++k) work += work_of(stages_[k]);
+        const int threads = work < 64 * 1024 ? 1 : static_cast<int>(std::min<int64_t>(nthreads, R));
+        plan.push_back({i, j, threads, true});
+        i = j;
+        continue;
+      }
+    }
+    int64_t work = 0, ntiles = 0;
+    size_t j = i;
+    do {
+      if (stages_[j].ntiles > 0) {
+        work += work_of(stages_[j]);
+        ntiles += stages_[j].ntiles;
+      }
+      ++j;
+    } while (j < stages_.size() && stages_[j].concurrent);
+    if (ntiles > 0) {
+      const bool small = work < 64 * 1024 || ntiles < 2;
+      plan.push_back({i, j, small ? 1 : static_cast<int>(std::min<int64_t>(nthreads, ntiles)), false});
+    }
+    i = j;
+  }
+}
+
 void Executable::Run(void* const* ptrs) const {
   const size_t scratch = size_t(prog_.num_regs) * prog_.tile_cap * 4;
   ThreadPool& pool = ThreadPool::Get();
@@ -1530,68 +1573,46 @@ void Executable::Run(void* const* ptrs) const {
     job.inv_bytes = size_t(inv_loads_) * InvSlotBytes(job.slot_bytes);
     job.num_regs = prog_.num_regs;
   };
-  for (size_t i = 0; i < stages_.size();) {
-    // A row group runs row by row when the rows keep every thread busy
-    // (else stage by stage below: the same tiles, so the same bits).
-    if (stages_[i].group_rows > 0 && !stages_[i].row_join && i + 1 < stages_.size() && stages_[i + 1].row_join) {
-      const int64_t R = stages_[i].group_rows;
-      size_t j = i + 1;
-      while (j < stages_.size() && stages_[j].row_join) ++j;
-      if (nthreads == 1 || R >= 4 * nthreads || R % nthreads == 0) {
-        int64_t work = 0;
-        for (size_t k = i; k < j; ++k)
-          work += (stages_[k].n_full + stages_[k].n_red) * static_cast<int64_t>(stages_[k].code.size());
-        RowGroupJob job;
-        job.stages = stages_.data() + i;
-        job.nstages = static_cast<int>(j - i);
-        job.rows = R;
-        job.ntensors = prog_.tensors.size();
-        bind(job);
-        const int threads = work < 64 * 1024 ? 1 : static_cast<int>(std::min<int64_t>(nthreads, R));
-        job.work.Init(R, threads, R / (int64_t{threads} * 4));
-        if (threads <= 1)
-          RunRowGroupJob(&job, 0);
-        else
-          pool.Run(threads, &RunRowGroupJob, &job);
-        i = j;
-        continue;
-      }
+  thread_local std::vector<LaunchGroup> plan;  // reused: no allocation on the launch path
+  Plan(nthreads, plan);
+  for (const LaunchGroup& g : plan) {
+    if (g.row_group) {
+      RowGroupJob job;
+      job.stages = stages_.data() + g.begin;
+      job.nstages = static_cast<int>(g.end - g.begin);
+      job.rows = stages_[g.begin].group_rows;
+      job.ntensors = prog_.tensors.size();
+      bind(job);
+      job.work.Init(job.rows, g.threads, job.rows / (int64_t{g.threads} * 4));
+      if (g.threads <= 1)
+        RunRowGroupJob(&job, 0);
+      else
+        pool.Run(g.threads, &RunRowGroupJob, &job);
+      continue;
     }
     // A group: this stage and the concurrent ones after it.
     group.clear();
     first.assign(1, 0);
-    int64_t work = 0, elems = 0;
-    size_t j = i;
-    do {
-      const StageRt& s = stages_[j];
-      if (s.ntiles > 0) {
-        group.push_back(&s);
-        first.push_back(first.back() + s.ntiles);
-        // Work in lane-instructions; a GEMM by its multiply-adds.
-        work += s.mode == bc::Mode::kGemm ? s.n_full * std::max<int64_t>(s.p[2], 1)
-                                          : (s.n_full + s.n_red) * static_cast<int64_t>(s.code.size());
-        elems += s.n_full + s.n_red;
-      }
-      ++j;
-    } while (j < stages_.size() && stages_[j].concurrent);
-    i = j;
-    if (group.empty()) continue;
+    int64_t elems = 0;
+    for (size_t k = g.begin; k < g.end; ++k) {
+      const StageRt& s = stages_[k];
+      if (s.ntiles <= 0) continue;
+      group.push_back(&s);
+      first.push_back(first.back() + s.ntiles);
+      elems += s.n_full + s.n_red;
+    }
     const int64_t ntiles = first.back();
     StageJob job;
     job.stages = group.data();
     job.first = first.data();
     job.nstages = static_cast<int>(group.size());
     bind(job);
-    // Small groups run on the calling thread without waking the pool: below
-    // ~64K lane-instructions (a few microseconds) a wake-up costs more.
-    const bool small = work < 64 * 1024 || ntiles < 2;
-    const int threads = small ? 1 : static_cast<int>(std::min<int64_t>(pool.num_threads(), ntiles));
     const int64_t per_tile = std::max<int64_t>(1, elems / ntiles);
-    job.work.Init(ntiles, threads, std::min<int64_t>(ntiles / (threads * 8), 16384 / per_tile + 1));
-    if (threads <= 1)
+    job.work.Init(ntiles, g.threads, std::min<int64_t>(ntiles / (g.threads * 8), 16384 / per_tile + 1));
+    if (g.threads <= 1)
       RunStageJob(&job, 0);
     else
-      pool.Run(threads, &RunStageJob, &job);
+      pool.Run(g.threads, &RunStageJob, &job);
   }
 }
 

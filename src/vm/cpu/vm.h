@@ -57,6 +57,10 @@ struct StageRt {
   int64_t n_full = 0, n_red = 0, ntiles = 0;
   int64_t p[4] = {};
   std::vector<VInst> code;
+  // The stage's bytecode instruction count: the parallelism decision weighs
+  // lanes by it, not by code.size(), which fusion shrinks (a bias + residual
+  // add fused to one handler still loads, adds and stores per lane).
+  int64_t insts = 0;
   int sec[bc::kNumSections + 1] = {};  // section begin offsets into code
   std::vector<ViewRt> views;
   const bc::Gemm* gemm = nullptr;  // kGemm: the product (in the Program)
@@ -74,6 +78,21 @@ class Executable {
   // ptrs[i] is the base of tensor i of the program (inputs, outputs and
   // workspaces, as the tensor table orders them).
   void Run(void* const* ptrs) const;
+
+  // One parallel launch of Run: stages [begin, end), a row group or a group
+  // of concurrent stages, on `threads` threads.
+  struct LaunchGroup {
+    size_t begin, end;
+    int threads;
+    bool row_group;
+  };
+  // Run's launches with `nthreads` threads in the pool, into `plan`.
+  void Plan(int nthreads, std::vector<LaunchGroup>& plan) const;
+  std::vector<LaunchGroup> Plan(int nthreads) const {
+    std::vector<LaunchGroup> plan;
+    Plan(nthreads, plan);
+    return plan;
+  }
 
   const bc::Program& program() const { return prog_; }
   // Work estimate (elements touched) used to decide on parallelism.
