@@ -587,7 +587,6 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
         break;
       }
     }
-    work_ += rt.n_full + rt.n_red;
     rt.views.resize(s.views.size());
     for (size_t vi = 0; vi < s.views.size(); ++vi) {
       const bc::View& v = s.views[vi];

@@ -95,8 +95,6 @@ class Executable {
   }
 
   const bc::Program& program() const { return prog_; }
-  // Work estimate (elements touched) used to decide on parallelism.
-  int64_t work() const { return work_; }
   // Pairs of instructions FuseBinaryChains runs as one (tests).
   int fused_chains() const { return chains_; }
   // SUB-of-a-row-value, MUL, RSUM triples FuseSquareSums runs as one (tests).
@@ -137,7 +135,6 @@ class Executable {
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
-  int64_t work_ = 0;
   bool gemm_ = false;
   int chains_ = 0;
   int deviations_ = 0;
