@@ -1506,6 +1506,7 @@ int Executable::ForwardProducers(const bc::Stage& s, StageRt& rt) {
 // multiply-adds; below ~64K of them (a few microseconds) a wake-up of the
 // pool costs more than it saves, so a small group runs on the caller.
 void Executable::Plan(int nthreads, std::vector<LaunchGroup>& plan) const {
+  constexpr int64_t kMinParallelWork = 64 * 1024;  // lane-instructions
   plan.clear();
   auto work_of = [](const StageRt& s) {
     return s.mode == bc::Mode::kGemm ? s.n_full * std::max<int64_t>(s.p[2], 1) : (s.n_full + s.n_red) * s.insts;
@@ -1518,7 +1519,7 @@ void Executable::Plan(int nthreads, std::vector<LaunchGroup>& plan) const {
       if (nthreads == 1 || R >= 4 * nthreads || R % nthreads == 0) {
         int64_t work = 0;
         for (size_t k = i; k < j; ++k) work += work_of(stages_[k]);
-        const int threads = work < 64 * 1024 ? 1 : static_cast<int>(std::min<int64_t>(nthreads, R));
+        const int threads = work < kMinParallelWork ? 1 : static_cast<int>(std::min<int64_t>(nthreads, R));
         plan.push_back({i, j, threads, true});
         i = j;
         continue;
@@ -1534,7 +1535,7 @@ void Executable::Plan(int nthreads, std::vector<LaunchGroup>& plan) const {
       ++j;
     } while (j < stages_.size() && stages_[j].concurrent);
     if (ntiles > 0) {
-      const bool small = work < 64 * 1024 || ntiles < 2;
+      const bool small = work < kMinParallelWork || ntiles < 2;
       plan.push_back({i, j, small ? 1 : static_cast<int>(std::min<int64_t>(nthreads, ntiles)), false});
     }
     i = j;
