@@ -916,6 +916,53 @@ TEST(KernelsFused, RowDivisionEqualsDivide) {
   EXPECT_GT(checked, 2 * R * 2000);
 }
 
+// x / k for a constant k, alone (DivF) and inside fused chains, the
+// division first ((x / k) * 3, sqrt(x / k)) or second ((x * 1) / k): by
+// reciprocal where in range (UniformDivisor), the divide elsewhere; the
+// bits must be the divide's. Numerators as in RowDivisionEqualsDivide.
+TEST(KernelsFused, ConstantDivisionEqualsDivide) {
+  const float divisors[] = {1.0f,       0x1.000002p0f, 0x1.fffffep0f,  3.0f,  -7.0f, 1234.567f,      0.6513216f,
+                            0x1.8p-20f, 0x1p20f,       0x1.000002p20f, 1e-7f, 3e7f,  -0x1.fffffep-3f};
+  std::vector<double> x;
+  const int exps[] = {0, 1, -3, 99, -100, -101, 100, 126, -127, -135};
+  for (int e : exps)
+    for (uint32_t m = 0; m < (1u << 23); m += 64 * 1021) {
+      const float v = std::ldexp(1.0f + std::ldexp(float(m), -23), e);
+      x.push_back(v), x.push_back(-v);
+    }
+  for (double v : {0.0, -0.0, kInf, -kInf, kNaN, 1e-45, 0x1p-100, 0x1.fffffep99, 0x1p100})
+    for (int rep = 0; rep < 16; ++rep) x.push_back(rep % 2 ? -v : v);
+  const int64_t n = static_cast<int64_t>(x.size());
+  const Tensor xt = MakeTensor(DType::kFloat32, {n}, x);
+  int64_t checked = 0;
+  for (float k : divisors) {
+    SCOPED_TRACE("k = " + std::to_string(k));
+    const double kd = k;
+    const Tensor plain = RunOne({xt}, [&](Kernel& b, auto& v) { return b.Binary(BinaryOp::kDiv, v[0], kd); });
+    const Tensor times3 = RunOne(
+        {xt}, [&](Kernel& b, auto& v) { return b.Binary(BinaryOp::kMul, b.Binary(BinaryOp::kDiv, v[0], kd), 3.0); });
+    const Tensor root =
+        RunOne({xt}, [&](Kernel& b, auto& v) { return b.Unary(UnaryOp::kSqrt, b.Binary(BinaryOp::kDiv, v[0], kd)); });
+    const Tensor after = RunOne(
+        {xt}, [&](Kernel& b, auto& v) { return b.Binary(BinaryOp::kDiv, b.Binary(BinaryOp::kMul, v[0], 1.0), kd); });
+    for (int64_t j = 0; j < n; ++j) {
+      const float q = static_cast<float>(x[j]) / k;
+      const float want[] = {q, q * 3.0f, std::sqrt(q), q};
+      const Tensor* got[] = {&plain, &times3, &root, &after};
+      for (int w = 0; w < 4; ++w) {
+        const float g = static_cast<float>(got[w]->at(j));
+        if (std::isnan(want[w]))
+          ASSERT_TRUE(std::isnan(g)) << w << ": x = " << x[j];
+        else
+          ASSERT_EQ(std::memcmp(&want[w], &g, 4), 0)
+              << w << ": x = " << x[j] << " / " << k << ": " << g << " vs " << want[w];
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GT(checked, 4 * 13 * 2000);
+}
+
 // Row max and min with NaN and infinities anywhere in the row (the vector
 // loop, its tail, the first and last element): a NaN anywhere makes the
 // result NaN; infinities are ordinary values.

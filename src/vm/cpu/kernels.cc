@@ -408,7 +408,7 @@ HWY_INLINE void BinIB(const VInst& vi, TileCtx& c, F f) {
 DVM_BIN(AddF, BinFF, hn::Add(x, y))
 DVM_BIN(SubF, BinFF, hn::Sub(x, y))
 DVM_BIN(MulF, BinFF, hn::Mul(x, y))
-DVM_BIN(DivF, BinFF, hn::Div(x, y))
+DVM_BIN(DivPlainF, BinFF, hn::Div(x, y))
 DVM_BIN(MaxF, BinFF, MaxP(d, x, y))
 DVM_BIN(MinF, BinFF, MinP(d, x, y))
 DVM_BIN(EqF, BinFB, hn::Eq(x, y))
@@ -435,6 +435,81 @@ DVM_BIN(AndI, BinIB, hn::And(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
 DVM_BIN(OrI, BinIB, hn::Or(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
 #undef DVM_BIN
 #undef DVM_BINI
+
+// Division by one value y for many x (a row value, a constant). A divide is
+// one instruction, but on Zen 4 it holds the divider for ~6 cycles per
+// vector (a [64, 32768] softmax's last pass: 220 of ~1000 us at one thread,
+// where hand-fused code multiplies by the reciprocal). Where the operands
+// are in range, the quotient comes from the reciprocal r = RN(1 / y) and one
+// correction (Markstein): q0 = RN(x r), e = x - q0 y (exact, by FMA),
+// q = RN(q0 + e r) is the correctly rounded x / y, the bits of the divide
+// (KernelsFused.RowDivisionEqualsDivide and ConstantDivisionEqualsDivide
+// check every f32 significand of x against a set of divisors). It holds
+// when nothing underflows or overflows: |y| in [2^-20, 2^20] (`ok`, checked
+// once per divisor) and |x| in [2^-100, 2^100) (InRange: checked per four
+// vectors, one unsigned compare of the largest biased magnitude); zeros,
+// NaN, infinities and other magnitudes take the divide.
+struct UniformDivisor {
+  VF y, rv, ny;
+  bool ok;
+  HWY_INLINE explicit UniformDivisor(float yr) {
+    const DF d;
+    const float ay = std::fabs(yr);
+    ok = ay >= 0x1p-20f && ay <= 0x1p20f;
+    y = hn::Set(d, yr), rv = hn::Set(d, 1.0f / yr), ny = hn::Set(d, -yr);
+  }
+  HWY_INLINE VF Quotient(VF x) const {
+    const VF q0 = hn::Mul(x, rv);
+    return hn::MulAdd(hn::MulAdd(ny, q0, x), rv, q0);
+  }
+  // Whether Quotient is exact for every lane of x0..x3.
+  static HWY_INLINE bool InRange(VF x0, VF x1, VF x2, VF x3) {
+    const hn::RebindToUnsigned<DF> du;
+    const auto abs_mask = hn::Set(du, 0x7fffffffu), lo = hn::Set(du, 0x0d800000u), span = hn::Set(du, 0x64000000u);
+    auto biased = [&](VF x) HWY_ATTR { return hn::Sub(hn::And(hn::BitCast(du, x), abs_mask), lo); };
+    const auto t = hn::Max(hn::Max(biased(x0), biased(x1)), hn::Max(biased(x2), biased(x3)));
+    return hn::AllTrue(du, hn::Lt(t, span));
+  }
+  // The quotients of x0..x3 into xj: by reciprocal where in range.
+  HWY_INLINE void Divide4(VF& x0, VF& x1, VF& x2, VF& x3) const {
+    if (HWY_LIKELY(ok && InRange(x0, x1, x2, x3))) {
+      x0 = Quotient(x0), x1 = Quotient(x1), x2 = Quotient(x2), x3 = Quotient(x3);
+    } else {
+      x0 = hn::Div(x0, y), x1 = hn::Div(x1, y), x2 = hn::Div(x2, y), x3 = hn::Div(x3, y);
+    }
+  }
+  // o[j] = a[j] / y for j in [i, e), four vectors at a time; returns where
+  // it stopped (fewer than four vectors left).
+  HWY_INLINE int64_t DivideRun(const float* a, float* o, int64_t i, int64_t e) const {
+    const DF d;
+    const int64_t L = hn::Lanes(d);
+    for (; i + 4 * L <= e; i += 4 * L) {
+      VF x0 = hn::LoadU(d, a + i), x1 = hn::LoadU(d, a + i + L);
+      VF x2 = hn::LoadU(d, a + i + 2 * L), x3 = hn::LoadU(d, a + i + 3 * L);
+      Divide4(x0, x1, x2, x3);
+      hn::StoreU(x0, d, o + i), hn::StoreU(x1, d, o + i + L);
+      hn::StoreU(x2, d, o + i + 2 * L), hn::StoreU(x3, d, o + i + 3 * L);
+    }
+    return i;
+  }
+};
+
+// x / k for a constant k: by reciprocal (UniformDivisor), the bits of the
+// divide. x / y and k / y take the divide.
+template <int kForm>
+void DivF(const VInst& vi, TileCtx& c) {
+  if constexpr (kForm == 1) {
+    const DF d;
+    const float* a = c.R<float>(vi.a);
+    float* o = c.W<float>(vi.dst);
+    const UniformDivisor u(BitsF32(vi.kbits));
+    const int64_t nl = c.n[vi.level];
+    for (int64_t i = u.DivideRun(a, o, 0, nl); i < nl; i += hn::Lanes(d))
+      hn::StoreU(hn::Div(hn::LoadU(d, a + i), u.y), d, o + i);
+  } else {
+    DivPlainF<kForm>(vi, c);
+  }
+}
 
 // A float binary op whose second operand is a reduced register broadcast
 // over each row (R[b][r] for lanes [r K, (r + 1) K), K = n[0] / n[1]): what
@@ -497,8 +572,7 @@ void ChainF(const VInst& vi, TileCtx& c) {
   const float* z = kZ != 1 ? c.R<float>(vi.c) : nullptr;
   float* o = c.W<float>(vi.dst);
   const VF k1 = hn::Set(d, BitsF32(vi.kbits)), k2 = hn::Set(d, BitsF32(vi.kbits2));
-  auto f = [&](VF x, VF y, VF w) HWY_ATTR {
-    const VF t = Opaque(d, ChainOp<kOp1>(x, y));  // rounded, never contracted into an FMA
+  auto second = [&](VF t, VF w) HWY_ATTR {
     if constexpr (kOp2 == 4)
       return ExpV(d, t);  // a unary second op: z unused
     else if constexpr (kOp2 == 5)
@@ -507,6 +581,9 @@ void ChainF(const VInst& vi, TileCtx& c) {
       return hn::Sqrt(t);
     else
       return kZFirst ? ChainOp<kOp2>(w, t) : ChainOp<kOp2>(t, w);
+  };
+  auto f = [&](VF x, VF y, VF w) HWY_ATTR {
+    return second(Opaque(d, ChainOp<kOp1>(x, y)), w);  // t rounded, never contracted into an FMA
   };
   if constexpr (kY == 2 || kZ == 2) {
     const int64_t rows = c.n[1];
@@ -532,7 +609,35 @@ void ChainF(const VInst& vi, TileCtx& c) {
     }
   } else {
     const int64_t n = c.n[vi.level];
-    for (int64_t i = 0; i < n; i += L) {
+    int64_t i = 0;
+    // A division by a constant (x / k1 first, or t / k2 second) goes by
+    // reciprocal, four vectors at a time (UniformDivisor): the same bits.
+    constexpr bool kDiv1 = kOp1 == 3 && kY == 1, kDiv2 = kOp2 == 3 && kZ == 1 && !kZFirst;
+    if constexpr (kDiv1 || kDiv2) {
+      const UniformDivisor u1(BitsF32(vi.kbits)), u2(BitsF32(vi.kbits2));
+      for (; i + 4 * L <= n; i += 4 * L) {
+        VF t0 = hn::LoadU(d, a + i), t1 = hn::LoadU(d, a + i + L);
+        VF t2 = hn::LoadU(d, a + i + 2 * L), t3 = hn::LoadU(d, a + i + 3 * L);
+        auto y = [&](int64_t j) HWY_ATTR { return kY == 0 ? hn::LoadU(d, b + j) : k1; };
+        auto w = [&](int64_t j) HWY_ATTR { return kZ == 0 ? hn::LoadU(d, z + j) : k2; };
+        if constexpr (kDiv1) {
+          u1.Divide4(t0, t1, t2, t3);
+        } else {
+          t0 = ChainOp<kOp1>(t0, y(i)), t1 = ChainOp<kOp1>(t1, y(i + L));
+          t2 = ChainOp<kOp1>(t2, y(i + 2 * L)), t3 = ChainOp<kOp1>(t3, y(i + 3 * L));
+        }
+        t0 = Opaque(d, t0), t1 = Opaque(d, t1), t2 = Opaque(d, t2), t3 = Opaque(d, t3);
+        if constexpr (kDiv2) {
+          u2.Divide4(t0, t1, t2, t3);
+        } else {
+          t0 = second(t0, w(i)), t1 = second(t1, w(i + L));
+          t2 = second(t2, w(i + 2 * L)), t3 = second(t3, w(i + 3 * L));
+        }
+        hn::StoreU(t0, d, o + i), hn::StoreU(t1, d, o + i + L);
+        hn::StoreU(t2, d, o + i + 2 * L), hn::StoreU(t3, d, o + i + 3 * L);
+      }
+    }
+    for (; i < n; i += L) {
       const VF y = kY == 0 ? hn::LoadU(d, b + i) : k1, w = kZ == 0 ? hn::LoadU(d, z + i) : k2;
       hn::StoreU(f(hn::LoadU(d, a + i), y, w), d, o + i);
     }
@@ -606,46 +711,12 @@ DVM_BINROW(AddRowF, hn::Add(x, y))
 DVM_BINROW(SubRowF, hn::Sub(x, y))
 DVM_BINROW(MulRowF, hn::Mul(x, y))
 
-// x / y with y a row value (softmax's normalisation). A divide is one
-// instruction, but on Zen 4 it holds the divider for ~6 cycles per vector
-// (a [64, 32768] softmax's last pass: 220 of ~1000 us at one thread, where
-// hand-fused code multiplies by the reciprocal). Where the operands are in
-// range, the quotient comes from the reciprocal r = RN(1 / y) and one
-// correction (Markstein): q0 = RN(x r), e = x - q0 y (exact, by FMA),
-// q = RN(q0 + e r) is the correctly rounded x / y, the bits of the divide
-// (KernelsFused.RowDivisionEqualsDivide checks every f32 significand of x
-// against a set of divisors). It holds when nothing underflows or overflows:
-// |y| in [2^-20, 2^20] (checked per row) and |x| in [2^-100, 2^100)
-// (checked per four vectors: one unsigned compare of the largest biased
-// magnitude); zeros, NaN, infinities and other magnitudes take the divide.
-// On a 4096-element row in L1: 416 -> 237 ns.
+// x / y with y a row value (softmax's normalisation): by reciprocal where
+// in range (UniformDivisor). On a 4096-element row in L1: 416 -> 237 ns.
 void DivRowF(const VInst& vi, TileCtx& c) {
   auto markstein = [](float yr, const float* a, float* o, int64_t i, int64_t e) HWY_ATTR {
-    const float ay = std::fabs(yr);
-    if (!(ay >= 0x1p-20f && ay <= 0x1p20f)) return i;
-    const DF d;
-    const hn::RebindToUnsigned<DF> du;
-    const int64_t L = hn::Lanes(d);
-    const auto abs_mask = hn::Set(du, 0x7fffffffu), lo = hn::Set(du, 0x0d800000u), span = hn::Set(du, 0x64000000u);
-    auto biased = [&](VF x) HWY_ATTR { return hn::Sub(hn::And(hn::BitCast(du, x), abs_mask), lo); };
-    const VF y = hn::Set(d, yr), rv = hn::Set(d, 1.0f / yr), ny = hn::Set(d, -yr);
-    auto q = [&](VF x) HWY_ATTR {
-      const VF q0 = hn::Mul(x, rv);
-      return hn::MulAdd(hn::MulAdd(ny, q0, x), rv, q0);
-    };
-    for (; i + 4 * L <= e; i += 4 * L) {
-      const VF x0 = hn::LoadU(d, a + i), x1 = hn::LoadU(d, a + i + L);
-      const VF x2 = hn::LoadU(d, a + i + 2 * L), x3 = hn::LoadU(d, a + i + 3 * L);
-      const auto t = hn::Max(hn::Max(biased(x0), biased(x1)), hn::Max(biased(x2), biased(x3)));
-      if (HWY_LIKELY(hn::AllTrue(du, hn::Lt(t, span)))) {
-        hn::StoreU(q(x0), d, o + i), hn::StoreU(q(x1), d, o + i + L);
-        hn::StoreU(q(x2), d, o + i + 2 * L), hn::StoreU(q(x3), d, o + i + 3 * L);
-      } else {
-        hn::StoreU(hn::Div(x0, y), d, o + i), hn::StoreU(hn::Div(x1, y), d, o + i + L);
-        hn::StoreU(hn::Div(x2, y), d, o + i + 2 * L), hn::StoreU(hn::Div(x3, y), d, o + i + 3 * L);
-      }
-    }
-    return i;
+    const UniformDivisor u(yr);
+    return u.ok ? u.DivideRun(a, o, i, e) : i;
   };
   BinRowFF(
       vi, c, [](DF, VF x, VF y) HWY_ATTR { return hn::Div(x, y); }, markstein);
