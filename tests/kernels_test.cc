@@ -963,6 +963,115 @@ TEST(KernelsFused, ConstantDivisionEqualsDivide) {
   EXPECT_GT(checked, 4 * 13 * 2000);
 }
 
+// Fused ELEM programs (vm.cc FuseChainPrograms, threaded strips of eight
+// vectors and their one-vector tails) against the same ops run one kernel
+// each: random chains of 3..16 ops over two inputs (unary ops, constants on
+// either side, the other input, the value with itself, an earlier value),
+// with a middle value stored too, on lengths below, at and past the strip
+// and tile sizes. Bit for bit (NaN payloads aside); seeds printed.
+TEST(KernelsFused, ProgramsEqualOpByOp) {
+  const BinaryOp bins[] = {BinaryOp::kAdd, BinaryOp::kSub,     BinaryOp::kMul,
+                           BinaryOp::kDiv, BinaryOp::kMaximum, BinaryOp::kMinimum};
+  const UnaryOp uns[] = {UnaryOp::kSqrt, UnaryOp::kRsqrt, UnaryOp::kAbs,  UnaryOp::kNeg,  UnaryOp::kReciprocal,
+                         UnaryOp::kRelu, UnaryOp::kFloor, UnaryOp::kCeil, UnaryOp::kRound};
+  const int64_t lengths[] = {1, 7, 16, 127, 128, 129, 1000, 4099, 65543};
+  struct Step {
+    int kind;  // 0 unary, 1 x op k, 2 k op x, 3 x op b, 4 b op x, 5 x op x, 6 x op earlier
+    int op;
+    double k;
+    int earlier;
+  };
+  int programs = 0;
+  for (uint32_t seed = 1; seed <= 45; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    std::mt19937 rng(seed);
+    const int64_t n = lengths[seed % std::size(lengths)];
+    std::vector<Step> plan(3 + rng() % 14);
+    for (Step& st : plan) {
+      st.kind = static_cast<int>(rng() % 7);
+      st.op = static_cast<int>(rng() % (st.kind == 0 ? std::size(uns) : std::size(bins)));
+      st.k = std::ldexp(static_cast<double>(rng() % 2001) - 1000.0, -7);
+      st.earlier = static_cast<int>(rng() % 1000);
+    }
+    std::vector<double> va = Values(DType::kFloat32, n, seed, -3, 3), vb = Values(DType::kFloat32, n, seed + 99, -3, 3);
+    const double specials[] = {0.0, -0.0, kInf, -kInf, kNaN, 1e-40, 0.5, 2.5, -1.5};
+    for (size_t i = 0; i < std::size(specials) && static_cast<int64_t>(i * 5) < n; ++i) va[i * 5] = specials[i];
+    const Tensor a = MakeTensor(DType::kFloat32, {n}, va), b = MakeTensor(DType::kFloat32, {n}, vb);
+    const size_t mid = plan.size() / 2;
+    // Fused: the whole plan in one kernel, the middle and the last value stored.
+    auto build = [&](Kernel& k, const std::vector<NDObject*>& in) {
+      std::vector<NDObject*> vals = {in[0]};
+      for (const Step& st : plan) {
+        NDObject* x = vals.back();
+        const BinaryOp op = bins[st.op % std::size(bins)];
+        switch (st.kind) {
+          case 0:
+            vals.push_back(k.Unary(uns[st.op], x));
+            break;
+          case 1:
+            vals.push_back(k.Binary(op, x, st.k));
+            break;
+          case 2:
+            vals.push_back(k.Binary(op, st.k, x));
+            break;
+          case 3:
+            vals.push_back(k.Binary(op, x, in[1]));
+            break;
+          case 4:
+            vals.push_back(k.Binary(op, in[1], x));
+            break;
+          case 5:
+            vals.push_back(k.Binary(op, x, x));
+            break;
+          default:
+            vals.push_back(k.Binary(op, x, vals[st.earlier % vals.size()]));
+            break;
+        }
+      }
+      return std::vector<NDObject*>{vals[mid + 1], vals.back()};
+    };
+    const std::vector<Tensor> fused = dvm::Run({a, b}, build);
+    // Op by op: one kernel per step.
+    std::vector<Tensor> vals = {a};
+    for (const Step& st : plan) {
+      const Tensor x = vals.back();
+      const BinaryOp op = bins[st.op % std::size(bins)];
+      const Tensor e = vals[st.earlier % vals.size()];
+      switch (st.kind) {
+        case 0:
+          vals.push_back(RunOne({x}, [&](Kernel& k, auto& v) { return k.Unary(uns[st.op], v[0]); }));
+          break;
+        case 1:
+          vals.push_back(RunOne({x}, [&](Kernel& k, auto& v) { return k.Binary(op, v[0], st.k); }));
+          break;
+        case 2:
+          vals.push_back(RunOne({x}, [&](Kernel& k, auto& v) { return k.Binary(op, st.k, v[0]); }));
+          break;
+        case 3:
+          vals.push_back(RunOne({x, b}, [&](Kernel& k, auto& v) { return k.Binary(op, v[0], v[1]); }));
+          break;
+        case 4:
+          vals.push_back(RunOne({b, x}, [&](Kernel& k, auto& v) { return k.Binary(op, v[0], v[1]); }));
+          break;
+        case 5:
+          vals.push_back(RunOne({x}, [&](Kernel& k, auto& v) { return k.Binary(op, v[0], v[0]); }));
+          break;
+        default:
+          vals.push_back(RunOne({x, e}, [&](Kernel& k, auto& v) { return k.Binary(op, v[0], v[1]); }));
+          break;
+      }
+    }
+    EXPECT_TRUE(Matches(fused[0], vals[mid + 1].values(), 0));
+    EXPECT_TRUE(Matches(fused[1], vals.back().values(), 0));
+    Kernel k;
+    std::vector<NDObject*> in = {k.Load(nullptr, {n}, DType::kFloat32), k.Load(nullptr, {n}, DType::kFloat32)};
+    for (NDObject* o : build(k, in)) k.Store(nullptr, o);
+    k.CodeGen();
+    programs += vm::Executable(k.Bytecode()).fused_programs();
+  }
+  EXPECT_GT(programs, 30);  // the plans do fuse
+}
+
 // Row max and min with NaN and infinities anywhere in the row (the vector
 // loop, its tail, the first and last element): a NaN anywhere makes the
 // result NaN; infinities are ordinary values.
@@ -1121,8 +1230,12 @@ TEST(KernelsFused, LayerNormTailEqualsSeparateOps) {
     // in ROW tiles the variance has an x - mean of its own (fused into its
     // sum), so the normalisation is the same three (3). Rows a multiple of
     // the chunk combine their chunks' moments over the partials: S_c / n -
-    // m and (..)^2 * n + M2_c are two more (6).
-    EXPECT_EQ(vm::Executable(k.Bytecode()).fused_chains(), K > 16384 ? (K % 4096 == 0 ? 6 : 4) : 3) << k.Das();
+    // m and (..)^2 * n + M2_c are two more (6). The row scalars' stage of
+    // long rows (three ops and the rsqrt in an ELEM stage) runs as one
+    // fused program instead of a pair (FuseChainPrograms).
+    const vm::Executable ex(k.Bytecode());
+    EXPECT_EQ(ex.fused_chains() + ex.fused_programs(), K > 16384 ? (K % 4096 == 0 ? 6 : 4) : 3) << k.Das();
+    EXPECT_EQ(ex.fused_programs(), K > 16384 ? 1 : 0) << k.Das();
   }
 }
 

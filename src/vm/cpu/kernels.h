@@ -65,6 +65,7 @@ struct VInst {
   uint8_t form = 0;                       // binary ops: bc form, or kFormRow
   bool fused = false;                     // part of a decode-time fusion
   uint8_t inv = 0;                        // row-invariant LOAD: its slot + 1 (vm.cc FindInvariantLoads)
+  const void* aux = nullptr;              // a fused program's steps (vm.cc FuseChainPrograms)
 };
 // VInst::form of a binary op whose b operand is a reduced register broadcast
 // over each row (vm.cc FuseRowBroadcasts).
@@ -114,6 +115,35 @@ Handler RowSumSquaresHandler();
 // chunk of a long row, which the stage's next tile reads) are prefetched
 // while the pass runs: same bits.
 Handler RowSumSqDevHandler(bool prefetch = false);
+
+// One instruction of a fused elementwise program (vm.cc FuseChainPrograms):
+// a run of f32 ELEM instructions executed strip by strip, a few vectors at
+// a time, with the value flowing from one instruction into the next held
+// in vector registers (the accumulator) instead of a tile in memory. Step
+// k: if `load`, acc = src[k]; then acc = op(acc, y) (op(y, acc) when `rev`;
+// op(acc) for a unary op), y per `operand`; if `store`, out[k] = acc. Every
+// step rounds to f32 as its instruction's handler does: the same bits.
+enum class ChainOperand : uint8_t { kNone, kConst, kReg, kAcc };
+struct ChainStep {
+  uint8_t op = 0;  // bc::Opcode
+  ChainOperand operand = ChainOperand::kNone;
+  bool rev = false, load = false, store = false;
+  float k = 0;               // kConst
+  float rk = 0;              // 1 / k in f32 (a division by k goes by reciprocal)
+  bool k_ok = false;         // k in the range where that gives the divide's bits
+  const void* fn = nullptr;  // ChainStepFn(*this)
+};
+// The threaded-code function of a step (op, operand kind and flags set).
+const void* ChainStepFn(const ChainStep& st);
+constexpr int kMaxChainSteps = 32;
+// Runs `nsteps` (<= kMaxChainSteps) steps over n lanes (n a multiple of the vector length):
+// src / opnd / out hold step k's pointers.
+using ChainRunFn = void (*)(const ChainStep* steps, int nsteps, const float* const* src, const float* const* opnd,
+                            float* const* out, int64_t n);
+ChainRunFn ChainRunner();
+// Whether ChainRunner runs op (an f32 ELEM op: arithmetic, min/max, the
+// float unary ops).
+bool ChainOpSupported(bc::Opcode op);
 
 // erf approximation used by the ERF handler (scalar twin, for tests).
 float ErfApprox(float x);

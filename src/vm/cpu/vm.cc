@@ -221,6 +221,34 @@ void StoreHandler(const VInst& vi, TileCtx& c) {
   });
 }
 
+// A fused ELEM program (FuseChainPrograms): step pointers resolved in
+// program order (a step reads what earlier steps wrote), results forwarded
+// into their outputs where the tile allows (as ForwardedHandler does; the
+// STOREs then find them there), then the strips run.
+void ChainProgramHandler(const VInst& vi, TileCtx& c) {
+  static const ChainRunFn run = ChainRunner();
+  const auto& pg = *static_cast<const ChainProgram*>(vi.aux);
+  const int ns = static_cast<int>(pg.steps.size());
+  const float* src[kMaxChainSteps];
+  const float* opnd[kMaxChainSteps];
+  float* out[kMaxChainSteps];
+  for (int k = 0; k < ns; ++k) {
+    const ChainStep& st = pg.steps[k];
+    src[k] = st.load ? c.R<float>(pg.src[k]) : nullptr;
+    opnd[k] = st.operand == ChainOperand::kReg ? c.R<float>(pg.opnd[k]) : nullptr;
+    out[k] = nullptr;
+    if (!st.store) continue;
+    void* t = pg.fwd[k] != kNoForward ? ForwardTarget(c.stage->views[pg.fwd[k]], c, 0) : nullptr;
+    if (t) {
+      c.p[pg.out[k]] = t;
+      out[k] = static_cast<float*>(t);
+    } else {
+      out[k] = c.W<float>(pg.out[k]);
+    }
+  }
+  run(pg.steps.data(), ns, src, opnd, out, c.n[0]);
+}
+
 void FillHandler(const VInst& vi, TileCtx& c) {
   uint32_t* dst = c.W<uint32_t>(vi.dst);
   std::fill(dst, dst + c.n[vi.level], vi.kbits);
@@ -663,6 +691,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     FuseRowBroadcasts(s, rt);
     FuseUniformLoads(s, rt);
     deviations_ += FuseSquareSums(s, rt);
+    programs_ += FuseChainPrograms(s, rt);
     chains_ += FuseBinaryChains(s, rt);
     chain_sums_ += FuseChainSums(s, rt);
     SetupColFast(s, rt);
@@ -1222,6 +1251,125 @@ void Executable::FindInPlaceStores(const bc::Stage& s, StageRt& rt) {
   }
 }
 
+// ELEM stages: a run of three or more f32 elementwise instructions
+// (arithmetic, min/max, the short float unary ops; register or constant
+// operands), LOADs in between allowed, runs as one program
+// (ChainProgramHandler), strip by strip: a
+// value that only the next instruction reads flows into it in vector
+// registers, every other result is written to its register (or forwarded
+// into its output) as before. A chain of k two-operand ops was ceil(k / 2)
+// passes over the tile (FuseBinaryChains), each loading and storing every
+// lane. Same bits: each step rounds as its handler does. Not with in-place
+// stores of a workspace (FindInPlaceStores assumes one instruction writes
+// the output that the workspace may then live in).
+int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
+  if (s.mode != bc::Mode::kElem) return 0;
+  for (const auto& [w, o] : rt.in_place)
+    if (prog_.tensors[w].kind == bc::TensorKind::kWorkspace) return 0;
+  const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
+  auto eligible = [&](int i) {
+    const bc::Inst& in = s.insts[i];
+    const bc::Kind kind = bc::kOpInfo[in.op].kind;
+    VInst& v = rt.code[i];
+    if ((kind != bc::Kind::kUn && kind != bc::Kind::kBin) || v.fused || v.level != 0 || v.fn == &NopHandler)
+      return false;
+    const DType src = DType((in.flags & bc::kSrcMask) >> bc::kSrcShift);
+    if (DType(in.type) != DType::kFloat32 || src != DType::kFloat32 || !ChainOpSupported(bc::Opcode(in.op)))
+      return false;
+    if (kind == bc::Kind::kBin && v.form > bc::kFormKR) return false;  // a row operand
+    return Body(v) == SelectHandler(in);                               // not specialised already
+  };
+  int made = 0;
+  for (int j = b; j < e;) {
+    if (!eligible(j)) {
+      ++j;
+      continue;
+    }
+    // The run: eligible instructions, and LOADs whose register no earlier
+    // instruction of the run touches (the program runs in place of the
+    // run's last instruction, after them).
+    std::vector<int> idx;
+    int k = j;
+    for (; k < e && static_cast<int>(idx.size()) < kMaxChainSteps; ++k) {
+      if (eligible(k)) {
+        idx.push_back(k);
+        continue;
+      }
+      const bc::Inst& ld = s.insts[k];
+      if (bc::kOpInfo[ld.op].kind != bc::Kind::kLoad || rt.code[k].level != 0) break;
+      bool touched = false;
+      for (int i : idx) touched = touched || ReadsReg(s.insts[i], ld.dst) || WritesReg(s.insts[i], ld.dst);
+      if (touched) break;
+    }
+    while (!idx.empty() && idx.back() != k - 1 && bc::kOpInfo[s.insts[k - 1].op].kind == bc::Kind::kLoad) --k;
+    if (idx.size() < 3) {
+      j = k;
+      continue;
+    }
+    auto pg = std::make_unique<ChainProgram>();
+    int acc = -1;  // the register whose value the accumulator holds
+    for (size_t t = 0; t < idx.size(); ++t) {
+      const int i = idx[t];
+      const bc::Inst& in = s.insts[i];
+      const uint8_t form = bc::kOpInfo[in.op].kind == bc::Kind::kBin ? (in.flags & bc::kFormMask) : 0xff;
+      ChainStep st;
+      st.op = in.op;
+      uint32_t src = in.a, opnd = 0;
+      st.load = static_cast<int>(in.a) != acc;
+      if (form == bc::kFormRR) {
+        if (in.a == in.b) {
+          st.operand = ChainOperand::kAcc;
+        } else if (static_cast<int>(in.b) == acc) {  // a op acc
+          st.load = false;
+          st.rev = true;
+          st.operand = ChainOperand::kReg;
+          opnd = in.a;
+        } else {
+          st.operand = ChainOperand::kReg;
+          opnd = in.b;
+        }
+      } else if (form == bc::kFormRK || form == bc::kFormKR) {
+        st.operand = ChainOperand::kConst;
+        st.rev = form == bc::kFormKR;
+        st.k = BitsF32(rt.code[i].kbits);
+        st.rk = 1.0f / st.k;
+        st.k_ok = std::fabs(st.k) >= 0x1p-20f && std::fabs(st.k) <= 0x1p20f;
+      }
+      // The result flows into the next step alone when that step takes it
+      // as its accumulator and nothing after reads it.
+      bool flows = false;
+      if (t + 1 < idx.size() && rt.code[i].fwd_view == kNoForward) {
+        const int next = idx[t + 1];
+        const bc::Inst& nx = s.insts[next];
+        const bool rr = bc::kOpInfo[nx.op].kind == bc::Kind::kBin && (nx.flags & bc::kFormMask) == bc::kFormRR;
+        const bool takes = nx.a == in.dst || (rr && nx.b == in.dst);
+        flows = takes && (nx.dst == in.dst || !LiveIn(s, next + 1, rt.sec[bc::kNumSections], in.dst));
+      }
+      st.store = !flows;
+      st.fn = ChainStepFn(st);
+      pg->steps.push_back(st);
+      pg->src.push_back(src);
+      pg->opnd.push_back(opnd);
+      pg->out.push_back(in.dst);
+      pg->fwd.push_back(rt.code[i].fwd_view);
+      acc = in.dst;
+    }
+    for (int i : idx) {
+      VInst& v = rt.code[i];
+      const bool head = i == idx.back();
+      v.fn = head ? &ChainProgramHandler : &NopHandler;
+      v.fn2 = nullptr;
+      v.fwd_view = kNoForward;
+      v.fused = true;
+      v.aux = head ? pg.get() : nullptr;
+    }
+    rt.chains.push_back(std::move(pg));
+    ++made;
+    j = k;
+  }
+  return made;
+}
+
 // ROW stages: a fused chain exp(op1(x, y)) into t immediately followed by
 // "RSUM.f32.red s, t" (softmax's exp(x - max) and its row sum) runs as one
 // pass that writes t and s (ChainExpSumHandler): t stays written (later
@@ -1488,9 +1636,9 @@ int Executable::ForwardProducers(const bc::Stage& s, StageRt& rt) {
       if (p < b) continue;
       VInst& vp = rt.code[p];
       const bc::Kind kp = bc::kOpInfo[s.insts[p].op].kind;
-      if (vp.fn == &NopHandler || vp.fwd_view != kNoForward || vp.level != 0 || kp == bc::Kind::kLoad ||
-          kp == bc::Kind::kStore || kp == bc::Kind::kWide || kp == bc::Kind::kRed || kp == bc::Kind::kBcast ||
-          DTypeSize(DType(s.insts[p].type)) != 4)
+      if (vp.fn == &NopHandler || vp.fn == &ChainProgramHandler || vp.fwd_view != kNoForward || vp.level != 0 ||
+          kp == bc::Kind::kLoad || kp == bc::Kind::kStore || kp == bc::Kind::kWide || kp == bc::Kind::kRed ||
+          kp == bc::Kind::kBcast || DTypeSize(DType(s.insts[p].type)) != 4)
         continue;
       const uint16_t tensor = rt.views[vw.fwd_view].tensor;
       if (prog_.tensors[tensor].kind != bc::TensorKind::kOutput) continue;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <utility>
 #include <vector>
@@ -47,6 +48,16 @@ struct RowLocalWs {
   size_t buf_off = 0;      // where this thread's slab starts in its buffer
 };
 
+// A run of ELEM instructions fused into one program (Executable::
+// FuseChainPrograms): the steps, and per step the registers its source,
+// operand and result live in, and the view its result is forwarded into
+// (kNoForward: none).
+struct ChainProgram {
+  std::vector<ChainStep> steps;
+  std::vector<uint32_t> src, opnd, out;
+  std::vector<uint16_t> fwd;
+};
+
 struct StageRt {
   bc::Mode mode = bc::Mode::kElem;
   bool concurrent = false;
@@ -68,6 +79,7 @@ struct StageRt {
   // ELEM: (workspace, output) pairs this stage reads and stores element for
   // element (Executable::FindInPlaceStores; candidates for an alias).
   std::vector<std::pair<uint16_t, uint16_t>> in_place;
+  std::vector<std::unique_ptr<ChainProgram>> chains;  // VInst::aux of ChainProgramHandler points here
 };
 
 class Executable {
@@ -101,6 +113,8 @@ class Executable {
   int fused_deviations() const { return deviations_; }
   // Chain-then-RSUM pairs FuseChainSums runs as one (tests).
   int fused_chain_sums() const { return chain_sums_; }
+  // Runs of ELEM instructions FuseChainPrograms runs as one program (tests).
+  int fused_programs() const { return programs_; }
   // Workspaces that live in an output instead (SetupOutputAliases; tests).
   int output_aliases() const { return static_cast<int>(aliases_.size()); }
   // Producers forwarded into an output with the instruction that reads them
@@ -132,6 +146,7 @@ class Executable {
   int FuseSquareSums(const bc::Stage& s, StageRt& rt);           // returns the deviation sums fused
   static int FuseBinaryChains(const bc::Stage& s, StageRt& rt);  // returns the pairs fused
   static int FuseChainSums(const bc::Stage& s, StageRt& rt);     // returns the chain + RSUM pairs fused
+  int FuseChainPrograms(const bc::Stage& s, StageRt& rt) const;  // returns the programs made
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
@@ -139,6 +154,7 @@ class Executable {
   int chains_ = 0;
   int deviations_ = 0;
   int chain_sums_ = 0;
+  int programs_ = 0;
   int producers_forwarded_ = 0;
   int prefetching_passes_ = 0;
   int inv_loads_ = 0;  // row-invariant LOADs expanded once per job (FindInvariantLoads)
