@@ -656,89 +656,19 @@ void ChainF(const VInst& vi, TileCtx& c) {
 
 // ---- fused elementwise programs (vm.cc FuseChainPrograms) ---------------------
 
-// One strip of S vectors from lane i through every step. The accumulator
-// and operands are arrays indexed only by unrolled constants: they live in
-// vector registers, and a step costs one dispatch per strip.
-template <int S>
-HWY_INLINE void ChainStrip(const ChainStep* st, int ns, const float* const* src, const float* const* opnd,
-                           float* const* out, int64_t i) {
-  const DF d;
-  const int64_t L = hn::Lanes(d);
-  VF acc[S], y[S];
-  for (int j = 0; j < S; ++j) acc[j] = y[j] = hn::Zero(d);
-  for (int k = 0; k < ns; ++k) {
-    const ChainStep& s = st[k];
-    if (s.load)
-      for (int j = 0; j < S; ++j) acc[j] = hn::LoadU(d, src[k] + i + j * L);
-    switch (s.operand) {
-      case ChainOperand::kReg:
-        for (int j = 0; j < S; ++j) y[j] = hn::LoadU(d, opnd[k] + i + j * L);
-        break;
-      case ChainOperand::kConst:
-        for (int j = 0; j < S; ++j) y[j] = hn::Set(d, s.k);
-        break;
-      case ChainOperand::kAcc:
-        for (int j = 0; j < S; ++j) y[j] = acc[j];
-        break;
-      case ChainOperand::kNone:
-        break;
-    }
-    using bc::Opcode;
-    switch (Opcode(s.op)) {
-#define DVM_CHAIN_BIN(OP, EXPR)                                                                     \
-  case Opcode::OP:                                                                                  \
-    if (s.rev) {                                                                                    \
-      for (int j = 0; j < S; ++j) acc[j] = [&](VF a, VF b) HWY_ATTR { return EXPR; }(y[j], acc[j]); \
-    } else {                                                                                        \
-      for (int j = 0; j < S; ++j) acc[j] = [&](VF a, VF b) HWY_ATTR { return EXPR; }(acc[j], y[j]); \
-    }                                                                                               \
-    break;
-      DVM_CHAIN_BIN(ADD, hn::Add(a, b))
-      DVM_CHAIN_BIN(SUB, hn::Sub(a, b))
-      DVM_CHAIN_BIN(MUL, Opaque(d, hn::Mul(a, b)))  // rounded: never contracted into the next step
-      DVM_CHAIN_BIN(MAX, MaxP(d, a, b))
-      DVM_CHAIN_BIN(MIN, MinP(d, a, b))
-      case Opcode::DIV:
-        if constexpr (S % 4 == 0) {
-          if (s.operand == ChainOperand::kConst && !s.rev) {  // by reciprocal: the same bits
-            const UniformDivisor u(s.k, s.rk, s.k_ok);
-            for (int j = 0; j < S; j += 4) u.Divide4(acc[j], acc[j + 1], acc[j + 2], acc[j + 3]);
-            break;
-          }
-        }
-        if (s.rev)
-          for (int j = 0; j < S; ++j) acc[j] = hn::Div(y[j], acc[j]);
-        else
-          for (int j = 0; j < S; ++j) acc[j] = hn::Div(acc[j], y[j]);
-        break;
-#undef DVM_CHAIN_BIN
-#define DVM_CHAIN_UN(OP, NAME, EXPR)                                                  \
-  case Opcode::OP:                                                                    \
-    for (int j = 0; j < S; ++j) acc[j] = [&](VF x) HWY_ATTR { return EXPR; }(acc[j]); \
-    break;
-        DVM_LIGHT_UNARY(DVM_CHAIN_UN)
-#undef DVM_CHAIN_UN
-      default:
-        break;
-    }
-    if (s.store)
-      for (int j = 0; j < S; ++j) hn::StoreU(acc[j], d, out[k] + i + j * L);
-  }
-}
-
-// Full strips of eight vectors run as threaded code: each step is a
-// function specialised for its op, operand kind and flags (StepT) that
-// takes the accumulator in eight vector registers (arguments) and ends in
-// a tail call of the next step, so every step has an indirect jump of its
-// own that the predictor learns. One loop dispatching steps through a
-// switch (ChainStrip) mispredicted about once per step and strip: a chain
-// of six multiply/adds over [65536] took 34 us against 11 for the three
-// fused pairs it replaced. The strip's last vectors (fewer than eight) go
-// through ChainStrip<1>.
+// A fused program runs over the tile in strips of eight vectors, then one
+// vector at a time for the rest, as threaded code: each step is a function
+// specialised for its op, operand kind and flags (StepT) that takes the
+// value in eight vector registers (arguments) and ends in a tail call of
+// the next step, so every step has an indirect jump of its own that the
+// predictor learns. One loop dispatching steps through a switch
+// mispredicted about once per step and strip: a chain of six
+// multiply/adds over [65536] took 34 us against 11 for the three fused
+// pairs it replaced (9 us threaded).
 struct ThreadedStep;
 using StepFn = void (*)(const ThreadedStep* s, int64_t i, VF a0, VF a1, VF a2, VF a3, VF a4, VF a5, VF a6, VF a7);
 struct ThreadedStep {
-  StepFn fn;
+  StepFn fn, fn1;  // for strips of eight vectors, of one
   const float* src;
   const float* opnd;
   float* out;
@@ -768,7 +698,8 @@ HWY_INLINE VF ChainBinary(DF d, VF a, VF b) {
 
 void EndStep(const ThreadedStep*, int64_t, VF, VF, VF, VF, VF, VF, VF, VF) {}
 
-template <int kOpc, int kOperand, bool kRev, bool kLoad, bool kStore>
+// S = 8 (full strips) or 1 (the strip's last vectors: a1..a7 unused).
+template <int S, int kOpc, int kOperand, bool kRev, bool kLoad, bool kStore>
 void StepT(const ThreadedStep* s, int64_t i, VF a0, VF a1, VF a2, VF a3, VF a4, VF a5, VF a6, VF a7) {
   const DF d;
   const int64_t L = hn::Lanes(d);
@@ -778,14 +709,18 @@ void StepT(const ThreadedStep* s, int64_t i, VF a0, VF a1, VF a2, VF a3, VF a4, 
   // a_j = f(a_j, j) for the eight vectors (named, not an array: an array of
   // vectors went through the stack).
   auto each = [&](auto f) HWY_ATTR {
-    a0 = f(a0, 0), a1 = f(a1, 1), a2 = f(a2, 2), a3 = f(a3, 3);
-    a4 = f(a4, 4), a5 = f(a5, 5), a6 = f(a6, 6), a7 = f(a7, 7);
+    a0 = f(a0, 0);
+    if constexpr (S == 8) {
+      a1 = f(a1, 1), a2 = f(a2, 2), a3 = f(a3, 3);
+      a4 = f(a4, 4), a5 = f(a5, 5), a6 = f(a6, 6), a7 = f(a7, 7);
+    }
   };
   if constexpr (kLoad) each([&](VF, int j) HWY_ATTR { return hn::LoadU(d, src + j * L); });
   constexpr auto operand = static_cast<ChainOperand>(kOperand);
   if constexpr (operand == ChainOperand::kNone) {
     each([&](VF x, int) HWY_ATTR { return LightUnary<kOpc>(d, x); });
-  } else if constexpr (kOpc == static_cast<int>(bc::Opcode::DIV) && operand == ChainOperand::kConst && !kRev) {
+  } else if constexpr (S == 8 && kOpc == static_cast<int>(bc::Opcode::DIV) && operand == ChainOperand::kConst &&
+                       !kRev) {
     const UniformDivisor u(s->k, s->rk, s->k_ok);  // by reciprocal: the same bits
     u.Divide4(a0, a1, a2, a3);
     u.Divide4(a4, a5, a6, a7);
@@ -802,7 +737,7 @@ void StepT(const ThreadedStep* s, int64_t i, VF a0, VF a1, VF a2, VF a3, VF a4, 
       return x;
     });
   }
-  return s[1].fn(s + 1, i, a0, a1, a2, a3, a4, a5, a6, a7);
+  return (S == 8 ? s[1].fn : s[1].fn1)(s + 1, i, a0, a1, a2, a3, a4, a5, a6, a7);
 }
 
 // The ops of fused programs, in the index order of the step table.
@@ -817,48 +752,48 @@ constexpr int kNumBinaryChainOps = 6;
 
 template <size_t I>
 constexpr StepFn StepAt() {
-  constexpr int opi = static_cast<int>(I / 32), operand = static_cast<int>(I / 8 % 4);
+  constexpr int S = I / (kNumChainOps * 32) ? 1 : 8;
+  constexpr int opi = static_cast<int>(I / 32 % kNumChainOps), operand = static_cast<int>(I / 8 % 4);
   constexpr bool rev = I / 4 % 2, load = I / 2 % 2, store = I % 2;
   constexpr bool binary = opi < kNumBinaryChainOps;
   if constexpr (binary == (operand == static_cast<int>(ChainOperand::kNone)) || (!binary && rev))
     return nullptr;
   else
-    return &StepT<static_cast<int>(kChainOps[opi]), operand, rev, load, store>;
+    return &StepT<S, static_cast<int>(kChainOps[opi]), operand, rev, load, store>;
 }
 template <size_t... I>
 StepFn StepLookup(size_t i, std::index_sequence<I...>) {
   static constexpr StepFn kTable[] = {StepAt<I>()...};
   return kTable[i];
 }
-const void* ChainStepFnT(const ChainStep& st);
-StepFn StepFor(const ChainStep& st) {
+// The step function of st for strips of eight vectors (one: `one`).
+StepFn StepFor(const ChainStep& st, bool one) {
   int opi = 0;
   while (opi < kNumChainOps && kChainOps[opi] != bc::Opcode(st.op)) ++opi;
-  const size_t i =
-      static_cast<size_t>((((opi * 4 + static_cast<int>(st.operand)) * 2 + st.rev) * 2 + st.load) * 2 + st.store);
-  return opi < kNumChainOps ? StepLookup(i, std::make_index_sequence<kNumChainOps * 32>()) : nullptr;
+  const size_t i = static_cast<size_t>(
+      ((((one * kNumChainOps + opi) * 4 + static_cast<int>(st.operand)) * 2 + st.rev) * 2 + st.load) * 2 + st.store);
+  return opi < kNumChainOps ? StepLookup(i, std::make_index_sequence<2 * kNumChainOps * 32>()) : nullptr;
 }
 
 void RunChainF(const ChainStep* steps, int nsteps, const float* const* src, const float* const* opnd, float* const* out,
                int64_t n) {
   const DF d;
   const int64_t L = hn::Lanes(d);
+  ThreadedStep ts[kMaxChainSteps + 1];
+  for (int k = 0; k < nsteps; ++k)
+    ts[k] = {reinterpret_cast<StepFn>(const_cast<void*>(steps[k].fn)),
+             reinterpret_cast<StepFn>(const_cast<void*>(steps[k].fn1)),
+             src[k],
+             opnd[k],
+             out[k],
+             steps[k].k,
+             steps[k].rk,
+             steps[k].k_ok};
+  ts[nsteps].fn = ts[nsteps].fn1 = &EndStep;
+  const VF z = hn::Zero(d);
   int64_t i = 0;
-  if (n >= 8 * L) {
-    ThreadedStep ts[kMaxChainSteps + 1];
-    for (int k = 0; k < nsteps; ++k)
-      ts[k] = {reinterpret_cast<StepFn>(const_cast<void*>(steps[k].fn)),
-               src[k],
-               opnd[k],
-               out[k],
-               steps[k].k,
-               steps[k].rk,
-               steps[k].k_ok};
-    ts[nsteps].fn = &EndStep;
-    const VF z = hn::Zero(d);
-    for (; i + 8 * L <= n; i += 8 * L) ts[0].fn(ts, i, z, z, z, z, z, z, z, z);
-  }
-  for (; i < n; i += L) ChainStrip<1>(steps, nsteps, src, opnd, out, i);
+  for (; i + 8 * L <= n; i += 8 * L) ts[0].fn(ts, i, z, z, z, z, z, z, z, z);
+  for (; i < n; i += L) ts[0].fn1(ts, i, z, z, z, z, z, z, z, z);
 }
 
 // A layernorm's tail in one pass (vm.cc FuseBinaryChains): ((x - m) * r) *
@@ -1820,7 +1755,7 @@ float ErfScalarT(float x) {
 
 const char* TargetNameT() { return hwy::TargetName(HWY_TARGET); }
 ChainRunFn ChainRunnerT() { return &RunChainF; }
-const void* ChainStepFnT(const ChainStep& st) { return reinterpret_cast<const void*>(StepFor(st)); }
+const void* ChainStepFnT(const ChainStep& st, bool one) { return reinterpret_cast<const void*>(StepFor(st, one)); }
 
 }  // namespace dvm::vm::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
@@ -1858,7 +1793,7 @@ ConvertFn StoreConverter(DType t) { return HWY_DYNAMIC_DISPATCH(StoreConverterT)
 float ErfApprox(float x) { return HWY_DYNAMIC_DISPATCH(ErfScalarT)(x); }
 const char* TargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameT)(); }
 ChainRunFn ChainRunner() { return HWY_DYNAMIC_DISPATCH(ChainRunnerT)(); }
-const void* ChainStepFn(const ChainStep& st) { return HWY_DYNAMIC_DISPATCH(ChainStepFnT)(st); }
+const void* ChainStepFn(const ChainStep& st, bool one) { return HWY_DYNAMIC_DISPATCH(ChainStepFnT)(st, one); }
 bool ChainOpSupported(bc::Opcode op) {
   switch (op) {
     case bc::Opcode::ADD:

@@ -128,13 +128,15 @@ struct ChainStep {
   uint8_t op = 0;  // bc::Opcode
   ChainOperand operand = ChainOperand::kNone;
   bool rev = false, load = false, store = false;
-  float k = 0;               // kConst
-  float rk = 0;              // 1 / k in f32 (a division by k goes by reciprocal)
-  bool k_ok = false;         // k in the range where that gives the divide's bits
-  const void* fn = nullptr;  // ChainStepFn(*this)
+  float k = 0;                // kConst
+  float rk = 0;               // 1 / k in f32 (a division by k goes by reciprocal)
+  bool k_ok = false;          // k in the range where that gives the divide's bits
+  const void* fn = nullptr;   // ChainStepFn(*this, false)
+  const void* fn1 = nullptr;  // ChainStepFn(*this, true)
 };
-// The threaded-code function of a step (op, operand kind and flags set).
-const void* ChainStepFn(const ChainStep& st);
+// The threaded-code function of a step (op, operand kind and flags set),
+// for strips of eight vectors or (`one`) of one.
+const void* ChainStepFn(const ChainStep& st, bool one);
 constexpr int kMaxChainSteps = 32;
 // Runs `nsteps` (<= kMaxChainSteps) steps over n lanes (n a multiple of the vector length):
 // src / opnd / out hold step k's pointers.

@@ -1346,7 +1346,8 @@ int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
         flows = takes && (nx.dst == in.dst || !LiveIn(s, next + 1, rt.sec[bc::kNumSections], in.dst));
       }
       st.store = !flows;
-      st.fn = ChainStepFn(st);
+      st.fn = ChainStepFn(st, false);
+      st.fn1 = ChainStepFn(st, true);
       pg->steps.push_back(st);
       pg->src.push_back(src);
       pg->opnd.push_back(opnd);
