@@ -1072,6 +1072,21 @@ TEST(KernelsFused, ProgramsEqualOpByOp) {
   EXPECT_GT(programs, 30);  // the plans do fuse
 }
 
+// Every op codegen sizes tiles for as a fused-program op (bc::ProgramOp)
+// has step functions for both strip widths, and no other op has.
+TEST(KernelsFused, ProgramOpsHaveSteps) {
+  for (int o = 0; o < bc::kNumOpcodes; ++o) {
+    const auto op = static_cast<bc::Opcode>(o);
+    const bool binary = bc::kOpInfo[o].kind == bc::Kind::kBin;
+    vm::ChainStep st;
+    st.op = static_cast<uint8_t>(o);
+    st.operand = binary ? vm::ChainOperand::kReg : vm::ChainOperand::kNone;
+    st.load = st.store = true;
+    for (bool one : {false, true})
+      EXPECT_EQ(vm::ChainStepFn(st, one) != nullptr, bc::ProgramOp(op)) << bc::kOpInfo[o].name << " one=" << one;
+  }
+}
+
 // Row max and min with NaN and infinities anywhere in the row (the vector
 // loop, its tail, the first and last element): a NaN anywhere makes the
 // result NaN; infinities are ordinary values.

@@ -138,4 +138,31 @@ struct Inst {
 };
 static_assert(sizeof(Inst) == 8);
 
+// The f32 elementwise ops a CPU VM fused program runs (vm.cc
+// FuseChainPrograms; kernels.cc has a step function for each: the short
+// ones; EXP, TANH and the like stay single passes). Codegen sizes tiles by
+// it (a body of only these keeps just its stored values in tile scratch).
+constexpr bool ProgramOp(Opcode op) {
+  switch (op) {
+    case Opcode::ADD:
+    case Opcode::SUB:
+    case Opcode::MUL:
+    case Opcode::DIV:
+    case Opcode::MAX:
+    case Opcode::MIN:
+    case Opcode::SQRT:
+    case Opcode::RSQRT:
+    case Opcode::ABS:
+    case Opcode::NEG:
+    case Opcode::RECIP:
+    case Opcode::RELU:
+    case Opcode::FLOOR:
+    case Opcode::CEIL:
+    case Opcode::ROUND:
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace dvm::bc

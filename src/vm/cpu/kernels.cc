@@ -1794,22 +1794,6 @@ float ErfApprox(float x) { return HWY_DYNAMIC_DISPATCH(ErfScalarT)(x); }
 const char* TargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameT)(); }
 ChainRunFn ChainRunner() { return HWY_DYNAMIC_DISPATCH(ChainRunnerT)(); }
 const void* ChainStepFn(const ChainStep& st, bool one) { return HWY_DYNAMIC_DISPATCH(ChainStepFnT)(st, one); }
-bool ChainOpSupported(bc::Opcode op) {
-  switch (op) {
-    case bc::Opcode::ADD:
-    case bc::Opcode::SUB:
-    case bc::Opcode::MUL:
-    case bc::Opcode::DIV:
-    case bc::Opcode::MAX:
-    case bc::Opcode::MIN:
-#define DVM_CHAIN_OP(OP, NAME, EXPR) case bc::Opcode::OP:
-      DVM_LIGHT_UNARY(DVM_CHAIN_OP)
-#undef DVM_CHAIN_OP
-      return true;
-    default:
-      return false;
-  }
-}
 
 }  // namespace dvm::vm
 #endif

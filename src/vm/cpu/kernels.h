@@ -143,9 +143,6 @@ constexpr int kMaxChainSteps = 32;
 using ChainRunFn = void (*)(const ChainStep* steps, int nsteps, const float* const* src, const float* const* opnd,
                             float* const* out, int64_t n);
 ChainRunFn ChainRunner();
-// Whether ChainRunner runs op (an f32 ELEM op: arithmetic, min/max, the
-// float unary ops).
-bool ChainOpSupported(bc::Opcode op);
 
 // erf approximation used by the ERF handler (scalar twin, for tests).
 float ErfApprox(float x);

@@ -1274,8 +1274,7 @@ int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
     if ((kind != bc::Kind::kUn && kind != bc::Kind::kBin) || v.fused || v.level != 0 || v.fn == &NopHandler)
       return false;
     const DType src = DType((in.flags & bc::kSrcMask) >> bc::kSrcShift);
-    if (DType(in.type) != DType::kFloat32 || src != DType::kFloat32 || !ChainOpSupported(bc::Opcode(in.op)))
-      return false;
+    if (DType(in.type) != DType::kFloat32 || src != DType::kFloat32 || !bc::ProgramOp(bc::Opcode(in.op))) return false;
     if (kind == bc::Kind::kBin && v.form > bc::kFormKR) return false;  // a row operand
     return Body(v) == SelectHandler(in);                               // not specialised already
   };
