@@ -858,9 +858,6 @@ bool Kept(const bc::Stage& s, int from, int to, std::initializer_list<uint32_t> 
   return true;
 }
 
-// A LOAD whose view holds one value over the whole tile (FuseUniformLoads):
-// lane 0 of its register gets that value, for a reader that takes it as a
-// row operand of one row.
 // The element offset of domain element f in view v: dims of stride 0 need
 // no remainder and the outermost none at all (f is inside the domain), so a
 // row operand of a [rows, cols] domain takes one division, where the
@@ -877,6 +874,9 @@ inline int64_t ElementOffset(const ViewRt& v, int64_t f) {
   return v.rank > 0 ? off + f * v.strides[0] : off;
 }
 
+// A LOAD whose view holds one value over the whole tile (FuseUniformLoads):
+// lane 0 of its register gets that value, for a reader that takes it as a
+// row operand of one row.
 void UniformLoadHandler(const VInst& vi, TileCtx& c) {
   if (c.n[vi.level] <= 0) return;
   const ViewRt& v = c.stage->views[vi.view];
@@ -1254,10 +1254,9 @@ void Executable::FindInPlaceStores(const bc::Stage& s, StageRt& rt) {
 // ELEM stages: a run of three or more f32 elementwise instructions
 // (arithmetic, min/max, the short float unary ops; register or constant
 // operands), LOADs in between allowed, runs as one program
-// (ChainProgramHandler), strip by strip: a
-// value that only the next instruction reads flows into it in vector
-// registers, every other result is written to its register (or forwarded
-// into its output) as before. A chain of k two-operand ops was ceil(k / 2)
+// (ChainProgramHandler), strip by strip: a value that only the next
+// instruction reads flows into it in vector registers, every other result
+// is written to its register (or forwarded into its output) as before. A chain of k two-operand ops was ceil(k / 2)
 // passes over the tile (FuseBinaryChains), each loading and storing every
 // lane. Same bits: each step rounds as its handler does. Not with in-place
 // stores of a workspace (FindInPlaceStores assumes one instruction writes
