@@ -251,9 +251,10 @@ HWY_INLINE void MapI(const VInst& vi, TileCtx& c, F f) {
 
 // Float unary -> float: the opcodes, their handlers and values of x.
 // DVM_LIGHT_UNARY: the ones a few instructions long, which fused programs
-// also run (RunChainF keeps its strip in vector registers only while every
-// step is short: with exp or tanh among them the strip was spilled and the
-// program ran 2x slower than the passes it replaced).
+// also run (bc::ProgramOp). The others stay single passes or pairs: in the
+// first, switch-dispatched version of programs, exp or tanh among the
+// cases spilled the whole strip to the stack; the threaded steps were not
+// measured with them.
 #define DVM_LIGHT_UNARY(X)                                               \
   X(SQRT, SqrtF, hn::Sqrt(x))                                            \
   X(RSQRT, RsqrtF, hn::Div(hn::Set(d, 1.0f), hn::Sqrt(x)))               \
@@ -458,15 +459,11 @@ DVM_BIN(OrI, BinIB, hn::Or(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
 struct UniformDivisor {
   VF y, rv, ny;
   bool ok;
-  HWY_INLINE explicit UniformDivisor(float yr) : UniformDivisor(yr, 1.0f / yr, InRangeDivisor(yr)) {}
+  HWY_INLINE explicit UniformDivisor(float yr) : UniformDivisor(yr, 1.0f / yr, ReciprocalDivisionExact(yr)) {}
   HWY_INLINE UniformDivisor(float yr, float recip, bool in_range) {
     const DF d;
     ok = in_range;
     y = hn::Set(d, yr), rv = hn::Set(d, recip), ny = hn::Set(d, -yr);
-  }
-  static bool InRangeDivisor(float yr) {
-    const float ay = std::fabs(yr);
-    return ay >= 0x1p-20f && ay <= 0x1p20f;
   }
   HWY_INLINE VF Quotient(VF x) const {
     const VF q0 = hn::Mul(x, rv);

@@ -123,16 +123,28 @@ Handler RowSumSqDevHandler(bool prefetch = false);
 // k: if `load`, acc = src[k]; then acc = op(acc, y) (op(y, acc) when `rev`;
 // op(acc) for a unary op), y per `operand`; if `store`, out[k] = acc. Every
 // step rounds to f32 as its instruction's handler does: the same bits.
+// Whether x / y by the reciprocal of y and one FMA correction (Markstein)
+// gives the divide's bits for every x in [2^-100, 2^100): |y| in
+// [2^-20, 2^20] (kernels.cc UniformDivisor).
+inline bool ReciprocalDivisionExact(float y) {
+  const float ay = y < 0 ? -y : y;
+  return ay >= 0x1p-20f && ay <= 0x1p20f;
+}
 enum class ChainOperand : uint8_t { kNone, kConst, kReg, kAcc };
 struct ChainStep {
   uint8_t op = 0;  // bc::Opcode
   ChainOperand operand = ChainOperand::kNone;
   bool rev = false, load = false, store = false;
-  float k = 0;                // kConst
+  float k = 0;                // kConst (set by SetConstant)
   float rk = 0;               // 1 / k in f32 (a division by k goes by reciprocal)
   bool k_ok = false;          // k in the range where that gives the divide's bits
   const void* fn = nullptr;   // ChainStepFn(*this, false)
   const void* fn1 = nullptr;  // ChainStepFn(*this, true)
+  void SetConstant(float c) {
+    k = c;
+    rk = 1.0f / c;
+    k_ok = ReciprocalDivisionExact(c);
+  }
 };
 // The threaded-code function of a step (op, operand kind and flags set),
 // for strips of eight vectors or (`one`) of one.

@@ -1329,9 +1329,7 @@ int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
       } else if (form == bc::kFormRK || form == bc::kFormKR) {
         st.operand = ChainOperand::kConst;
         st.rev = form == bc::kFormKR;
-        st.k = BitsF32(rt.code[i].kbits);
-        st.rk = 1.0f / st.k;
-        st.k_ok = std::fabs(st.k) >= 0x1p-20f && std::fabs(st.k) <= 0x1p20f;
+        st.SetConstant(BitsF32(rt.code[i].kbits));
       }
       // The result flows into the next step alone when that step takes it
       // as its accumulator and nothing after reads it.
