@@ -640,6 +640,21 @@ double ReduceTolerance(ReduceOp op, DType dt) {
 
 constexpr ReduceOp kReduceOps[] = {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kMin, ReduceOp::kProd};
 
+// f32 sums add eight values in f32 before widening to f64 (kernels.cc RowF
+// along a row, ColSum8 down eight rows): three roundings per element, each
+// at most half an ulp of a partial of at most eight inputs, so |error| <=
+// 1.5 eps * sum |x| plus the final rounding. Sum i of `want` reduces the
+// `len` elements x[i * start + j * step].
+void ExpectPairwiseSums(const Tensor& out, const std::vector<double>& want, const std::vector<double>& x, int64_t start,
+                        int64_t len, int64_t step) {
+  for (size_t i = 0; i < want.size(); ++i) {
+    double abs_sum = 0;
+    for (int64_t j = 0; j < len; ++j) abs_sum += std::fabs(x[int64_t(i) * start + j * step]);
+    const double bound = 3 * std::ldexp(abs_sum, -24) + std::fabs(want[i]) * std::ldexp(1.0, -23);
+    EXPECT_LE(std::fabs(out.at(int64_t(i)) - want[i]), bound) << "sum " << i;
+  }
+}
+
 // Reduction of the last axis of [3, K]: a ROW stage with K lanes per row.
 TEST(KernelsReduce, RowsAllLengths) {
   for (ReduceOp op : kReduceOps) {
@@ -653,16 +668,7 @@ TEST(KernelsReduce, RowsAllLengths) {
         std::vector<double> want(rows);
         for (int64_t r = 0; r < rows; ++r) want[r] = ReduceOracle(op, x, r * K, K, 1, dt);
         if (op == ReduceOp::kSum && dt == DType::kFloat32) {
-          // f32 row sums add eight vectors in f32 before widening to f64
-          // (kernels.cc RowF): three roundings per element, each at most
-          // half an ulp of a partial of at most eight inputs, so |error|
-          // <= 1.5 eps * sum |x| plus the final rounding.
-          for (int64_t r = 0; r < rows; ++r) {
-            double abs_sum = 0;
-            for (int64_t j = 0; j < K; ++j) abs_sum += std::fabs(x[r * K + j]);
-            const double bound = 3 * std::ldexp(abs_sum, -24) + std::fabs(want[r]) * std::ldexp(1.0, -23);
-            EXPECT_LE(std::fabs(out.at(r) - want[r]), bound) << "row " << r;
-          }
+          ExpectPairwiseSums(out, want, x, K, K, 1);
           continue;
         }
         ASSERT_TRUE(Matches(out, want, ReduceTolerance(op, dt)));
@@ -683,6 +689,10 @@ TEST(KernelsReduce, ColumnsAllLengths) {
             RunOne({MakeTensor(dt, {R, C}, x)}, [&](Kernel& k, auto& v) { return k.Reduce(op, v[0], {0}, false); });
         std::vector<double> want(C);
         for (int64_t c = 0; c < C; ++c) want[c] = ReduceOracle(op, x, c, R, C, dt);
+        if (op == ReduceOp::kSum && dt == DType::kFloat32) {
+          ExpectPairwiseSums(out, want, x, 1, R, C);
+          continue;
+        }
         ASSERT_TRUE(Matches(out, want, ReduceTolerance(op, dt)));
       }
     }
@@ -691,14 +701,17 @@ TEST(KernelsReduce, ColumnsAllLengths) {
 
 // The VM runs COL stages that only load and accumulate f32 rows as one
 // strip-mined pass (ColAccumulator): it must give the bits of one WACC per
-// row in row order, for every op, NaN, infinities and signed zeros included.
+// row in row order, for every op, NaN, infinities and signed zeros included;
+// except that sums take full blocks of eight rows (from the first row) as
+// one f32 pairwise sum per column, ((x0 + x1) + (x2 + x3)) + ((x4 + x5) +
+// (x6 + x7)), widened once (ColSum8).
 TEST(KernelsReduce, ColumnPassEqualsPerRowAccumulation) {
   std::mt19937 rng(77);
   std::uniform_real_distribution<float> u(-2, 2);
   const float specials[] = {0.0f, -0.0f, std::numeric_limits<float>::infinity(),
                             -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()};
   for (int op = 0; op < 4; ++op) {
-    for (int64_t rows : {1, 7, 8, 9, 70}) {
+    for (int64_t rows : {1, 7, 8, 9, 16, 23, 70}) {
       for (int64_t cols : {1, 3, 4, 5, 16, 31, 32, 33, 64, 100}) {
         SCOPED_TRACE("op " + std::to_string(op) + " rows " + std::to_string(rows) + " cols " + std::to_string(cols));
         const int64_t stride = cols + 5;
@@ -706,7 +719,16 @@ TEST(KernelsReduce, ColumnPassEqualsPerRowAccumulation) {
         for (float& v : x) v = (rng() % 16 == 0) ? specials[rng() % 5] : u(rng);
         std::vector<double> w(cols), want(cols);
         for (int64_t c = 0; c < cols; ++c) w[c] = want[c] = (c % 7 == 0) ? 0.0 : u(rng);
-        for (int64_t r = 0; r < rows; ++r)
+        int64_t r0 = 0;
+        if (op == 0) {
+          for (; r0 + 8 <= rows; r0 += 8)
+            for (int64_t c = 0; c < cols; ++c) {
+              auto e = [&](int k) { return x[(r0 + k) * stride + c]; };
+              const float s = ((e(0) + e(1)) + (e(2) + e(3))) + ((e(4) + e(5)) + (e(6) + e(7)));
+              want[c] += double(s);
+            }
+        }
+        for (int64_t r = r0; r < rows; ++r)
           for (int64_t c = 0; c < cols; ++c) {
             const double a = want[c], b = x[r * stride + c];
             if (op == 0)

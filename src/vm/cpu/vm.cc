@@ -1477,9 +1477,12 @@ int Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
 
 // COL stages whose body is only "LOAD r, v; WACC w, r" pairs (a column sum,
 // max, min or product of f32 tensors) run each pair as one pass over all rows
-// of the tile, column strips outermost (ColAccumulator): the same additions
-// in the same order per column as a LOAD and a WACC per row, without a
-// handler call and an accumulator round trip through memory per row. Needed:
+// of the tile, column strips outermost (ColAccumulator), without a handler
+// call and an accumulator round trip through memory per row. Max, min and
+// product combine as a LOAD and a WACC per row would, in the same order;
+// sums take blocks of eight rows pairwise in f32 first (ColSum8), so their
+// bits differ from the per-row path's, but which path a tile takes depends
+// only on the program and the tile, never on the thread count. Needed:
 //  * no block_init / block_merge code (blocks then do not matter);
 //  * f32 zero-copy views whose reduced rows are at a fixed stride: the full
 //    dims split into [outer | R | C] and the R dims merge for the view;
