@@ -1003,7 +1003,7 @@ TEST(KernelsFused, ProgramsEqualOpByOp) {
     double k;
     int earlier;
   };
-  int programs = 0;
+  int programs = 0, slots = 0;
   for (uint32_t seed = 1; seed <= 45; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     std::mt19937 rng(seed);
@@ -1089,9 +1089,12 @@ TEST(KernelsFused, ProgramsEqualOpByOp) {
     std::vector<NDObject*> in = {k.Load(nullptr, {n}, DType::kFloat32), k.Load(nullptr, {n}, DType::kFloat32)};
     for (NDObject* o : build(k, in)) k.Store(nullptr, o);
     k.CodeGen();
-    programs += vm::Executable(k.Bytecode()).fused_programs();
+    const vm::Executable ex(k.Bytecode());
+    programs += ex.fused_programs();
+    slots += ex.program_slots();
   }
   EXPECT_GT(programs, 30);  // the plans do fuse
+  EXPECT_GT(slots, 10);     // and keep values read by later steps in strip slots
 }
 
 // Every op codegen sizes tiles for as a fused-program op (bc::ProgramOp)

@@ -140,6 +140,10 @@ struct ChainStep {
   bool k_ok = false;          // k in the range where that gives the divide's bits
   const void* fn = nullptr;   // ChainStepFn(*this, false)
   const void* fn1 = nullptr;  // ChainStepFn(*this, true)
+  // Strip slots (0..kMaxChainSlots-1; -1: none) for values that live only
+  // inside the program: the result goes to slot out_slot, the source and
+  // the operand come from src_slot / opnd_slot, instead of tile memory.
+  int8_t src_slot = -1, opnd_slot = -1, out_slot = -1;
   void SetConstant(float c) {
     k = c;
     rk = 1.0f / c;
@@ -150,8 +154,9 @@ struct ChainStep {
 // for strips of eight vectors or (`one`) of one.
 const void* ChainStepFn(const ChainStep& st, bool one);
 constexpr int kMaxChainSteps = 32;
+constexpr int kMaxChainSlots = 8;
 // Runs `nsteps` (<= kMaxChainSteps) steps over n lanes (n a multiple of the vector length):
-// src / opnd / out hold step k's pointers.
+// src / opnd / out hold step k's pointers (unused where the step has a slot).
 using ChainRunFn = void (*)(const ChainStep* steps, int nsteps, const float* const* src, const float* const* opnd,
                             float* const* out, int64_t n);
 ChainRunFn ChainRunner();

@@ -234,10 +234,10 @@ void ChainProgramHandler(const VInst& vi, TileCtx& c) {
   float* out[kMaxChainSteps];
   for (int k = 0; k < ns; ++k) {
     const ChainStep& st = pg.steps[k];
-    src[k] = st.load ? c.R<float>(pg.src[k]) : nullptr;
-    opnd[k] = st.operand == ChainOperand::kReg ? c.R<float>(pg.opnd[k]) : nullptr;
+    src[k] = st.load && st.src_slot < 0 ? c.R<float>(pg.src[k]) : nullptr;
+    opnd[k] = st.operand == ChainOperand::kReg && st.opnd_slot < 0 ? c.R<float>(pg.opnd[k]) : nullptr;
     out[k] = nullptr;
-    if (!st.store) continue;
+    if (!st.store || st.out_slot >= 0) continue;
     void* t = pg.fwd[k] != kNoForward ? ForwardTarget(c.stage->views[pg.fwd[k]], c, 0) : nullptr;
     if (t) {
       c.p[pg.out[k]] = t;
@@ -1261,6 +1261,44 @@ void Executable::FindInPlaceStores(const bc::Stage& s, StageRt& rt) {
 // lane. Same bits: each step rounds as its handler does. Not with in-place
 // stores of a workspace (FindInPlaceStores assumes one instruction writes
 // the output that the workspace may then live in).
+// A stored result of a fused program that nothing after the program reads
+// (its register is written again by a later step, or not live after the
+// program) and that is not forwarded into an output lives in a strip slot
+// (ChainStep::out_slot), as do the reads of it by later steps: a strip
+// writes and reads it at the same lanes, which stay in L1. Adam's 300
+// tensors at one thread: three such values.
+void AssignChainSlots(const bc::Stage& s, int after, int end, ChainProgram& pg) {
+  const int n = static_cast<int>(pg.steps.size());
+  std::vector<int8_t> slot(n, -1);
+  int8_t used = 0;
+  for (int t = 0; t < n && used < kMaxChainSlots; ++t) {
+    if (!pg.steps[t].store || pg.fwd[t] != kNoForward) continue;
+    bool dies = !LiveIn(s, after, end, static_cast<int>(pg.out[t]));
+    for (int u = t + 1; u < n && !dies; ++u) dies = pg.out[u] == pg.out[t];
+    if (dies) slot[t] = pg.steps[t].out_slot = used++;
+  }
+  // The slot a read of register r by step t takes: that of the last
+  // earlier step writing r (none: r's value from before the program).
+  auto slot_of = [&](int t, uint32_t r) -> int8_t {
+    for (int u = t - 1; u >= 0; --u)
+      if (pg.out[u] == r) return slot[u];
+    return -1;
+  };
+  for (int t = 0; t < n; ++t) {
+    ChainStep& st = pg.steps[t];
+    if (st.load) st.src_slot = slot_of(t, pg.src[t]);
+    if (st.operand == ChainOperand::kReg) st.opnd_slot = slot_of(t, pg.opnd[t]);
+  }
+}
+
+int Executable::program_slots() const {
+  int n = 0;
+  for (const StageRt& rt : stages_)
+    for (const auto& pg : rt.chains)
+      for (const ChainStep& st : pg->steps) n += st.out_slot >= 0;
+  return n;
+}
+
 int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
   if (s.mode != bc::Mode::kElem) return 0;
   for (const auto& [w, o] : rt.in_place)
@@ -1351,6 +1389,7 @@ int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
       pg->fwd.push_back(rt.code[i].fwd_view);
       acc = in.dst;
     }
+    AssignChainSlots(s, idx.back() + 1, rt.sec[bc::kNumSections], *pg);
     for (int i : idx) {
       VInst& v = rt.code[i];
       const bool head = i == idx.back();

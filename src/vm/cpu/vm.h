@@ -115,6 +115,8 @@ class Executable {
   int fused_chain_sums() const { return chain_sums_; }
   // Runs of ELEM instructions FuseChainPrograms runs as one program (tests).
   int fused_programs() const { return programs_; }
+  // Values of fused programs kept in strip slots (AssignChainSlots; tests).
+  int program_slots() const;
   // Workspaces that live in an output instead (SetupOutputAliases; tests).
   int output_aliases() const { return static_cast<int>(aliases_.size()); }
   // Producers forwarded into an output with the instruction that reads them
