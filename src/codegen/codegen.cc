@@ -1460,8 +1460,13 @@ class Gen {
   // expansion as long as the tile, which shares L1 with the streams (bias +
   // residual [64, 768] at 2 threads: 4.8 us with five-row tiles, 4.35 with
   // two).
+  // Rows of 16x the tile or more take 16x tiles, each inside one row: a
+  // long-row layernorm's normalize pass [64, 32768] and [8, 262144] at 2
+  // threads 276-285 -> 264-272 and 325-357 -> 320-327 us (`bench stages`,
+  // three alternating runs each; softmax unchanged).
   int64_t StreamingTile(const bc::Stage& s) const {
     const int64_t T = 4 * t_->elem_tile;
+    if (s.full_rank >= 2 && s.full_dims[s.full_rank - 1] >= 4 * T) return 4 * T;
     if (s.full_rank < 2 || s.full_dims[s.full_rank - 1] >= T) return T;  // a long row's view is read in place
     for (const bc::View& v : s.views)
       if (v.level == Level::kFull && bc::RowInvariant(s.full_dims, v.strides, s.full_rank)) return T / 2;
