@@ -803,7 +803,39 @@ void RunChainF(const ChainStep* steps, int nsteps, const float* const* src, cons
   const VF z = hn::Zero(d);
   int64_t i = 0;
   for (; i + 8 * L <= n; i += 8 * L) ts[0].fn(ts, i, z, z, z, z, z, z, z, z);
-  for (; i < n; i += L) ts[0].fn1(ts, i, z, z, z, z, z, z, z, z);
+  for (; i + L <= n; i += L) ts[0].fn1(ts, i, z, z, z, z, z, z, z, z);
+  if (i == n) return;
+  // The last partial vector: every tile-memory pointer of the steps is
+  // redirected to a vector-sized copy of its lanes [i, n) (the rest zero),
+  // the steps run on the copies, and the written ones go back (n - i lanes).
+  HWY_ALIGN float buf[3 * kMaxChainSteps][hn::MaxLanes(d)];
+  const float* base[3 * kMaxChainSteps];
+  bool written[3 * kMaxChainSteps];
+  int nb = 0;
+  const size_t tail = static_cast<size_t>(n - i) * sizeof(float);
+  auto copy_of = [&](const float* p, bool write) -> float* {
+    if (!p) return nullptr;
+    int q = 0;
+    while (q < nb && base[q] != p) ++q;
+    if (q == nb) {
+      base[nb] = p, written[nb] = false;
+      hn::Store(hn::Zero(d), d, buf[nb]);
+      std::memcpy(buf[nb], p + i, tail);
+      ++nb;
+    }
+    written[q] = written[q] || write;
+    return buf[q];
+  };
+  for (int k = 0; k < nsteps; ++k) {
+    const ChainStep& st = steps[k];
+    ThreadedStep& t = ts[k];
+    if (st.load && st.src_slot < 0) t.src = copy_of(src[k], false), t.msrc = 0;
+    if (st.operand == ChainOperand::kReg && st.opnd_slot < 0) t.opnd = copy_of(opnd[k], false), t.mopnd = 0;
+    if (st.store && st.out_slot < 0) t.out = copy_of(out[k], true), t.mout = 0;
+  }
+  ts[0].fn1(ts, 0, z, z, z, z, z, z, z, z);
+  for (int q = 0; q < nb; ++q)
+    if (written[q]) std::memcpy(const_cast<float*>(base[q]) + i, buf[q], tail);
 }
 
 // A layernorm's tail in one pass (vm.cc FuseBinaryChains): ((x - m) * r) *

@@ -34,6 +34,9 @@ struct TileCtx {
   void* bind_ptr = nullptr;
   uint8_t* inv = nullptr;   // this thread's expanded row-invariant loads
   uint32_t inv_filled = 0;  // which of them this job has expanded
+  // A tile whose length is not a multiple of 16 runs in place (StageRt::
+  // ragged): its consumers never read or write past n lanes.
+  bool ragged = false;
 
   template <typename T>
   const T* R(uint32_t r) const {
@@ -155,8 +158,9 @@ struct ChainStep {
 const void* ChainStepFn(const ChainStep& st, bool one);
 constexpr int kMaxChainSteps = 32;
 constexpr int kMaxChainSlots = 8;
-// Runs `nsteps` (<= kMaxChainSteps) steps over n lanes (n a multiple of the vector length):
-// src / opnd / out hold step k's pointers (unused where the step has a slot).
+// Runs `nsteps` (<= kMaxChainSteps) steps over n lanes: src / opnd / out
+// hold step k's pointers (unused where the step has a slot). Lanes past n
+// are neither read nor written: a last partial vector goes through copies.
 using ChainRunFn = void (*)(const ChainStep* steps, int nsteps, const float* const* src, const float* const* opnd,
                             float* const* out, int64_t n);
 ChainRunFn ChainRunner();

@@ -159,7 +159,7 @@ void LoadHandler(const VInst& vi, TileCtx& c) {
     // Kernels read whole vectors (up to 15 lanes past n): only when those
     // stay inside the tensor.
     const int64_t off = ContiguousRun(v, f, n);
-    if (off >= 0 && off + ((n + 15) & ~int64_t{15}) <= v.numel) {
+    if (off >= 0 && off + (c.ragged ? n : (n + 15) & ~int64_t{15}) <= v.numel) {
       c.p[vi.dst] = base + off * 4;
       return;
     }
@@ -191,7 +191,7 @@ void InvariantLoadHandler(const VInst& vi, TileCtx& c) {
 // length is a multiple of 16 (kernels write whole vectors), else null.
 inline void* ForwardTarget(const ViewRt& v, const TileCtx& c, int level) {
   const int64_t n = c.n[level];
-  if (!v.zero_copy || n <= 0 || (n & 15) != 0) return nullptr;
+  if (!v.zero_copy || n <= 0 || ((n & 15) != 0 && !c.ragged)) return nullptr;
   const int64_t off = ContiguousRun(v, c.start[level], n);
   return off < 0 ? nullptr : static_cast<uint8_t*>(c.ptrs[v.tensor]) + off * 4;
 }
@@ -337,6 +337,12 @@ inline void RunElemOnce(const StageRt& s, int64_t start, int64_t n, TileCtx& c) 
 // of 64..16384 elements: stacked and separate launches 1.08x faster.
 inline void RunElem(const StageRt& s, int64_t start, int64_t n, TileCtx& c) {
   const int64_t head = n & ~int64_t{15};
+  if (s.ragged && head != n) {  // in place as one (StageRt::ragged)
+    c.ragged = true;
+    RunElemOnce(s, start, n, c);
+    c.ragged = false;
+    return;
+  }
   if (head > 0 && head != n) {
     RunElemOnce(s, start, head, c);
     RunElemOnce(s, start + head, n - head, c);
@@ -701,6 +707,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
   for (size_t si = 0; si < stages_.size(); ++si) {
     producers_forwarded_ += ForwardProducers(prog_.stages[si], stages_[si]);
     DropNops(stages_[si]);
+    SetupRagged(stages_[si]);
   }
   SetupRowLocal();
 }
@@ -889,6 +896,26 @@ void UniformLoadHandler(const VInst& vi, TileCtx& c) {
 // just lets r name a's lanes.
 void AliasHandler(const VInst& vi, TileCtx& c) { c.p[vi.dst] = c.p[vi.a]; }
 }  // namespace
+
+// An ELEM stage whose code is only plain LOADs, STOREs and fused programs
+// runs a tile whose length is not a multiple of 16 (a tensor's last) as one,
+// in place, instead of its whole vectors and then the rest through copies
+// (RunElem): a LOAD then points into the tensor with only n lanes valid, a
+// STORE copies n lanes, and a program runs its last partial vector through
+// copies (RunChainF), so nothing reads or writes past the tile. 300 stacked
+// Adam tensors of 64..16384 elements: 5-10% faster (all lengths rounded to
+// 16 measured as much faster as this).
+void Executable::SetupRagged(StageRt& rt) {
+  if (rt.mode != bc::Mode::kElem) return;
+  bool program = false;
+  for (int k = 0; k < bc::kNumSections; ++k)
+    for (int i = rt.sec[k]; i < rt.sec[k + 1]; ++i) {
+      const Handler h = rt.code[i].fn;
+      if (k != bc::kBody || (h != &LoadHandler && h != &StoreHandler && h != &ChainProgramHandler)) return;
+      program = program || h == &ChainProgramHandler;
+    }
+  rt.ragged = program;
+}
 
 // Instructions that fusion made no-ops leave the code (run once per tile):
 // the decode passes above index code by bytecode instruction, so this runs

@@ -61,6 +61,9 @@ struct ChainProgram {
 struct StageRt {
   bc::Mode mode = bc::Mode::kElem;
   bool concurrent = false;
+  // ELEM: the body is only in-place-capable LOADs, STOREs and fused
+  // programs, which take a tile of any length at once (SetupRagged).
+  bool ragged = false;
   bool row_join = false;  // continues the row group of the stage before
   int64_t group_rows = 0;
   std::vector<RowLocalWs> row_local;  // the first stage of a row group: its row-local workspaces
@@ -149,6 +152,7 @@ class Executable {
   static int FuseBinaryChains(const bc::Stage& s, StageRt& rt);  // returns the pairs fused
   static int FuseChainSums(const bc::Stage& s, StageRt& rt);     // returns the chain + RSUM pairs fused
   int FuseChainPrograms(const bc::Stage& s, StageRt& rt) const;  // returns the programs made
+  static void SetupRagged(StageRt& rt);
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
