@@ -662,19 +662,14 @@ void ChainF(const VInst& vi, TileCtx& c) {
 // mispredicted about once per step and strip: a chain of six
 // multiply/adds over [65536] took 34 us against 11 for the three fused
 // pairs it replaced (9 us threaded).
-struct ThreadedStep;
-using StepFn = void (*)(const ThreadedStep* s, int64_t i, VF a0, VF a1, VF a2, VF a3, VF a4, VF a5, VF a6, VF a7);
-struct ThreadedStep {
-  StepFn fn, fn1;  // for strips of eight vectors, of one
-  const float* src;
-  const float* opnd;
-  float* out;
-  // Masks of the lane index: all ones for tile memory, zero for a strip
-  // slot (the same lanes for every strip).
-  int64_t msrc, mopnd, mout;
-  float k, rk;
-  bool k_ok;
-};
+// A step reads its op, constant and masks from its ChainStep, its
+// pointers from P (three per step), and passes s + 1, P + 3 to the next: a
+// tile sets up only the pointers it changes (the per-tile table of whole
+// steps it built before cost more stores than the tile's own work for
+// short tensors).
+using StepFn = void (*)(const ChainStep* s, const float* const* P, int64_t i, VF a0, VF a1, VF a2, VF a3, VF a4, VF a5,
+                        VF a6, VF a7);
+HWY_INLINE StepFn Fn(const void* f) { return reinterpret_cast<StepFn>(const_cast<void*>(f)); }
 
 template <int kOpc>
 HWY_INLINE VF LightUnary(DF d, VF x) {
@@ -696,16 +691,17 @@ HWY_INLINE VF ChainBinary(DF d, VF a, VF b) {
   return MinP(d, a, b);
 }
 
-void EndStep(const ThreadedStep*, int64_t, VF, VF, VF, VF, VF, VF, VF, VF) {}
+void EndStep(const ChainStep*, const float* const*, int64_t, VF, VF, VF, VF, VF, VF, VF, VF) {}
 
 // S = 8 (full strips) or 1 (the strip's last vectors: a1..a7 unused).
 template <int S, int kOpc, int kOperand, bool kRev, bool kLoad, bool kStore>
-void StepT(const ThreadedStep* s, int64_t i, VF a0, VF a1, VF a2, VF a3, VF a4, VF a5, VF a6, VF a7) {
+void StepT(const ChainStep* s, const float* const* P, int64_t i, VF a0, VF a1, VF a2, VF a3, VF a4, VF a5, VF a6,
+           VF a7) {
   const DF d;
   const int64_t L = hn::Lanes(d);
-  const float* const src = s->src + (i & s->msrc);  // locals: the stores below may alias *s
-  const float* const opnd = s->opnd + (i & s->mopnd);
-  float* const out = s->out + (i & s->mout);
+  const float* const src = P[0] + (i & s->msrc);  // locals: the stores below may alias *s and P
+  const float* const opnd = P[1] + (i & s->mopnd);
+  float* const out = const_cast<float*>(P[2]) + (i & s->mout);
   // a_j = f(a_j, j) for the eight vectors (named, not an array: an array of
   // vectors went through the stack).
   auto each = [&](auto f) HWY_ATTR {
@@ -737,7 +733,7 @@ void StepT(const ThreadedStep* s, int64_t i, VF a0, VF a1, VF a2, VF a3, VF a4, 
       return x;
     });
   }
-  return (S == 8 ? s[1].fn : s[1].fn1)(s + 1, i, a0, a1, a2, a3, a4, a5, a6, a7);
+  return Fn(S == 8 ? s[1].fn : s[1].fn1)(s + 1, P + 3, i, a0, a1, a2, a3, a4, a5, a6, a7);
 }
 
 // The ops of fused programs, in the index order of the step table.
@@ -768,6 +764,7 @@ StepFn StepLookup(size_t i, std::index_sequence<I...>) {
 }
 // The step function of st for strips of eight vectors (one: `one`).
 StepFn StepFor(const ChainStep& st, bool one) {
+  if (st.op == kChainEnd) return &EndStep;
   int opi = 0;
   while (opi < kNumChainOps && kChainOps[opi] != bc::Opcode(st.op)) ++opi;
   const size_t i = static_cast<size_t>(
@@ -775,8 +772,7 @@ StepFn StepFor(const ChainStep& st, bool one) {
   return opi < kNumChainOps ? StepLookup(i, std::make_index_sequence<2 * kNumChainOps * 32>()) : nullptr;
 }
 
-void RunChainF(const ChainStep* steps, int nsteps, const float* const* src, const float* const* opnd, float* const* out,
-               int64_t n) {
+void RunChainF(const ChainStep* steps, int nsteps, const float** P, int64_t n) {
   const DF d;
   const int64_t L = hn::Lanes(d);
   // Values that live only inside the program go through strip slots: a
@@ -784,56 +780,45 @@ void RunChainF(const ChainStep* steps, int nsteps, const float* const* src, cons
   // tile memory would walk the tile (three 16 KB streams beside Adam's
   // seven, which cost 1.5x in a hand-written loop that did the same).
   HWY_ALIGN float slots[kMaxChainSlots][8 * hn::MaxLanes(d)];
-  auto at = [&](int8_t slot, auto* mem, int64_t& mask) {
-    mask = slot < 0 ? ~int64_t{0} : 0;
-    return slot < 0 ? mem : slots[slot];
-  };
-  ThreadedStep ts[kMaxChainSteps + 1];
   for (int k = 0; k < nsteps; ++k) {
     const ChainStep& st = steps[k];
-    ThreadedStep& t = ts[k];
-    t.fn = reinterpret_cast<StepFn>(const_cast<void*>(st.fn));
-    t.fn1 = reinterpret_cast<StepFn>(const_cast<void*>(st.fn1));
-    t.src = at(st.src_slot, src[k], t.msrc);
-    t.opnd = at(st.opnd_slot, opnd[k], t.mopnd);
-    t.out = at(st.out_slot, out[k], t.mout);
-    t.k = st.k, t.rk = st.rk, t.k_ok = st.k_ok;
+    if (st.src_slot >= 0) P[3 * k] = slots[st.src_slot];
+    if (st.opnd_slot >= 0) P[3 * k + 1] = slots[st.opnd_slot];
+    if (st.out_slot >= 0) P[3 * k + 2] = slots[st.out_slot];
   }
-  ts[nsteps].fn = ts[nsteps].fn1 = &EndStep;
   const VF z = hn::Zero(d);
+  const StepFn first = Fn(steps[0].fn), first1 = Fn(steps[0].fn1);
   int64_t i = 0;
-  for (; i + 8 * L <= n; i += 8 * L) ts[0].fn(ts, i, z, z, z, z, z, z, z, z);
-  for (; i + L <= n; i += L) ts[0].fn1(ts, i, z, z, z, z, z, z, z, z);
+  for (; i + 8 * L <= n; i += 8 * L) first(steps, P, i, z, z, z, z, z, z, z, z);
+  for (; i + L <= n; i += L) first1(steps, P, i, z, z, z, z, z, z, z, z);
   if (i == n) return;
   // The last partial vector: every tile-memory pointer of the steps is
   // redirected to a vector-sized copy of its lanes [i, n) (the rest zero),
-  // the steps run on the copies, and the written ones go back (n - i lanes).
+  // the steps run on the copies (lane index 0), and the written ones go
+  // back (n - i lanes).
   HWY_ALIGN float buf[3 * kMaxChainSteps][hn::MaxLanes(d)];
   const float* base[3 * kMaxChainSteps];
   bool written[3 * kMaxChainSteps];
+  const float* Q[3 * kMaxChainSteps];
   int nb = 0;
   const size_t tail = static_cast<size_t>(n - i) * sizeof(float);
-  auto copy_of = [&](const float* p, bool write) -> float* {
-    if (!p) return nullptr;
+  for (int k = 0; k < 3 * nsteps; ++k) {
+    const ChainStep& st = steps[k / 3];
+    const int64_t mask = k % 3 == 0 ? st.msrc : k % 3 == 1 ? st.mopnd : st.mout;
+    Q[k] = P[k];
+    if (mask == 0) continue;  // a slot or unused
     int q = 0;
-    while (q < nb && base[q] != p) ++q;
+    while (q < nb && base[q] != P[k]) ++q;
     if (q == nb) {
-      base[nb] = p, written[nb] = false;
+      base[nb] = P[k], written[nb] = false;
       hn::Store(hn::Zero(d), d, buf[nb]);
-      std::memcpy(buf[nb], p + i, tail);
+      std::memcpy(buf[nb], P[k] + i, tail);
       ++nb;
     }
-    written[q] = written[q] || write;
-    return buf[q];
-  };
-  for (int k = 0; k < nsteps; ++k) {
-    const ChainStep& st = steps[k];
-    ThreadedStep& t = ts[k];
-    if (st.load && st.src_slot < 0) t.src = copy_of(src[k], false), t.msrc = 0;
-    if (st.operand == ChainOperand::kReg && st.opnd_slot < 0) t.opnd = copy_of(opnd[k], false), t.mopnd = 0;
-    if (st.store && st.out_slot < 0) t.out = copy_of(out[k], true), t.mout = 0;
+    written[q] = written[q] || k % 3 == 2;
+    Q[k] = buf[q];
   }
-  ts[0].fn1(ts, 0, z, z, z, z, z, z, z, z);
+  first1(steps, Q, 0, z, z, z, z, z, z, z, z);
   for (int q = 0; q < nb; ++q)
     if (written[q]) std::memcpy(const_cast<float*>(base[q]) + i, buf[q], tail);
 }

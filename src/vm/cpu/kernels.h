@@ -147,6 +147,15 @@ struct ChainStep {
   // inside the program: the result goes to slot out_slot, the source and
   // the operand come from src_slot / opnd_slot, instead of tile memory.
   int8_t src_slot = -1, opnd_slot = -1, out_slot = -1;
+  // Masks of the lane index for the source, operand and result pointers:
+  // all ones for tile memory, zero for a slot (the same lanes every strip)
+  // or an unused pointer (SetMasks, after the slots are set).
+  int64_t msrc = 0, mopnd = 0, mout = 0;
+  void SetMasks() {
+    msrc = load && src_slot < 0 ? ~int64_t{0} : 0;
+    mopnd = operand == ChainOperand::kReg && opnd_slot < 0 ? ~int64_t{0} : 0;
+    mout = store && out_slot < 0 ? ~int64_t{0} : 0;
+  }
   void SetConstant(float c) {
     k = c;
     rk = 1.0f / c;
@@ -154,15 +163,18 @@ struct ChainStep {
   }
 };
 // The threaded-code function of a step (op, operand kind and flags set),
-// for strips of eight vectors or (`one`) of one.
+// for strips of eight vectors or (`one`) of one; for op kChainEnd, the
+// function that ends a program.
+constexpr uint8_t kChainEnd = 0xff;
 const void* ChainStepFn(const ChainStep& st, bool one);
 constexpr int kMaxChainSteps = 32;
 constexpr int kMaxChainSlots = 8;
-// Runs `nsteps` (<= kMaxChainSteps) steps over n lanes: src / opnd / out
-// hold step k's pointers (unused where the step has a slot). Lanes past n
-// are neither read nor written: a last partial vector goes through copies.
-using ChainRunFn = void (*)(const ChainStep* steps, int nsteps, const float* const* src, const float* const* opnd,
-                            float* const* out, int64_t n);
+// Runs `nsteps` (<= kMaxChainSteps) steps over n lanes; steps[nsteps] is a
+// kChainEnd step. P[3k], P[3k + 1], P[3k + 2] are step k's source, operand
+// and result pointers in tile memory (set where the step's mask is not
+// zero; RunChainF sets its slots' pointers). Lanes past n are neither read
+// nor written: a last partial vector goes through copies.
+using ChainRunFn = void (*)(const ChainStep* steps, int nsteps, const float** P, int64_t n);
 ChainRunFn ChainRunner();
 
 // erf approximation used by the ERF handler (scalar twin, for tests).

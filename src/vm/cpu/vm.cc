@@ -228,25 +228,23 @@ void StoreHandler(const VInst& vi, TileCtx& c) {
 void ChainProgramHandler(const VInst& vi, TileCtx& c) {
   static const ChainRunFn run = ChainRunner();
   const auto& pg = *static_cast<const ChainProgram*>(vi.aux);
-  const int ns = static_cast<int>(pg.steps.size());
-  const float* src[kMaxChainSteps];
-  const float* opnd[kMaxChainSteps];
-  float* out[kMaxChainSteps];
+  const int ns = static_cast<int>(pg.steps.size()) - 1;  // the last is kChainEnd
+  const float* P[3 * kMaxChainSteps];
   for (int k = 0; k < ns; ++k) {
     const ChainStep& st = pg.steps[k];
-    src[k] = st.load && st.src_slot < 0 ? c.R<float>(pg.src[k]) : nullptr;
-    opnd[k] = st.operand == ChainOperand::kReg && st.opnd_slot < 0 ? c.R<float>(pg.opnd[k]) : nullptr;
-    out[k] = nullptr;
-    if (!st.store || st.out_slot >= 0) continue;
+    P[3 * k] = st.msrc ? c.R<float>(pg.src[k]) : nullptr;
+    P[3 * k + 1] = st.mopnd ? c.R<float>(pg.opnd[k]) : nullptr;
+    P[3 * k + 2] = nullptr;
+    if (!st.mout) continue;
     void* t = pg.fwd[k] != kNoForward ? ForwardTarget(c.stage->views[pg.fwd[k]], c, 0) : nullptr;
     if (t) {
       c.p[pg.out[k]] = t;
-      out[k] = static_cast<float*>(t);
+      P[3 * k + 2] = static_cast<float*>(t);
     } else {
-      out[k] = c.W<float>(pg.out[k]);
+      P[3 * k + 2] = c.W<float>(pg.out[k]);
     }
   }
-  run(pg.steps.data(), ns, src, opnd, out, c.n[0]);
+  run(pg.steps.data(), ns, P, c.n[0]);
 }
 
 void FillHandler(const VInst& vi, TileCtx& c) {
@@ -1315,6 +1313,7 @@ void AssignChainSlots(const bc::Stage& s, int after, int end, ChainProgram& pg) 
     ChainStep& st = pg.steps[t];
     if (st.load) st.src_slot = slot_of(t, pg.src[t]);
     if (st.operand == ChainOperand::kReg) st.opnd_slot = slot_of(t, pg.opnd[t]);
+    st.SetMasks();
   }
 }
 
@@ -1417,6 +1416,11 @@ int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
       acc = in.dst;
     }
     AssignChainSlots(s, idx.back() + 1, rt.sec[bc::kNumSections], *pg);
+    ChainStep end;
+    end.op = kChainEnd;
+    end.fn = ChainStepFn(end, false);
+    end.fn1 = ChainStepFn(end, true);
+    pg->steps.push_back(end);
     for (int i : idx) {
       VInst& v = rt.code[i];
       const bool head = i == idx.back();

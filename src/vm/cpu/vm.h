@@ -53,7 +53,7 @@ struct RowLocalWs {
 // operand and result live in, and the view its result is forwarded into
 // (kNoForward: none).
 struct ChainProgram {
-  std::vector<ChainStep> steps;
+  std::vector<ChainStep> steps;  // the last a kChainEnd step
   std::vector<uint32_t> src, opnd, out;
   std::vector<uint16_t> fwd;
 };
