@@ -1515,7 +1515,7 @@ class Gen {
       }
       ++scratch;
     }
-    return scratch <= 2 || cheap || ProgramBody(e, s);
+    return scratch <= 2 || cheap;
   }
 
   // A fused-program body's tile: an eighth of the elements, within 4x..16x
@@ -1531,12 +1531,11 @@ class Gen {
   }
 
   // A body of in-place loads, stores and at least three ops that the VM
-  // runs as one fused program (bc::ProgramOp, f32): values flowing between
-  // its ops stay in registers and the values it stores are written and
-  // read back strip by strip, so 4x tiles keep to L1 as well and pay the
-  // per-tile cost 4x less often (Adam [830000] at one thread 1022 -> 785-825
-  // us, [65536] 47.6 -> 43.2 us; 300 stacked Adam tensors at two threads
-  // 495-540 -> 470-481 us).
+  // runs as one fused program (bc::ProgramOp, f32), which takes
+  // ProgramTile's longer tiles: values flowing between its ops stay in
+  // registers or strip slots, so the tile's length costs no L1 and the
+  // per-tile cost is paid less often (4x tiles, session 12: Adam [830000]
+  // at one thread 1022 -> 785-825 us, [65536] 47.6 -> 43.2 us).
   bool ProgramBody(const StageEmit& e, const bc::Stage& s) const {
     const int rank = s.full_rank;
     int ops = 0;

@@ -119,13 +119,6 @@ Handler RowSumSquaresHandler();
 // while the pass runs: same bits.
 Handler RowSumSqDevHandler(bool prefetch = false);
 
-// One instruction of a fused elementwise program (vm.cc FuseChainPrograms):
-// a run of f32 ELEM instructions executed strip by strip, a few vectors at
-// a time, with the value flowing from one instruction into the next held
-// in vector registers (the accumulator) instead of a tile in memory. Step
-// k: if `load`, acc = src[k]; then acc = op(acc, y) (op(y, acc) when `rev`;
-// op(acc) for a unary op), y per `operand`; if `store`, out[k] = acc. Every
-// step rounds to f32 as its instruction's handler does: the same bits.
 // Whether x / y by the reciprocal of y and one FMA correction (Markstein)
 // gives the divide's bits for every x in [2^-100, 2^100): |y| in
 // [2^-20, 2^20] (kernels.cc UniformDivisor).
@@ -133,6 +126,14 @@ inline bool ReciprocalDivisionExact(float y) {
   const float ay = y < 0 ? -y : y;
   return ay >= 0x1p-20f && ay <= 0x1p20f;
 }
+
+// One instruction of a fused elementwise program (vm.cc FuseChainPrograms):
+// a run of f32 ELEM instructions executed strip by strip, a few vectors at
+// a time, with the value flowing from one instruction into the next held
+// in vector registers (the accumulator) instead of a tile in memory. Step
+// k: if `load`, acc = src[k]; then acc = op(acc, y) (op(y, acc) when `rev`;
+// op(acc) for a unary op), y per `operand`; if `store`, out[k] = acc. Every
+// step rounds to f32 as its instruction's handler does: the same bits.
 enum class ChainOperand : uint8_t { kNone, kConst, kReg, kAcc };
 struct ChainStep {
   uint8_t op = 0;  // bc::Opcode

@@ -1276,16 +1276,6 @@ void Executable::FindInPlaceStores(const bc::Stage& s, StageRt& rt) {
   }
 }
 
-// ELEM stages: a run of three or more f32 elementwise instructions
-// (arithmetic, min/max, the short float unary ops; register or constant
-// operands), LOADs in between allowed, runs as one program
-// (ChainProgramHandler), strip by strip: a value that only the next
-// instruction reads flows into it in vector registers, every other result
-// is written to its register (or forwarded into its output) as before. A chain of k two-operand ops was ceil(k / 2)
-// passes over the tile (FuseBinaryChains), each loading and storing every
-// lane. Same bits: each step rounds as its handler does. Not with in-place
-// stores of a workspace (FindInPlaceStores assumes one instruction writes
-// the output that the workspace may then live in).
 // A stored result of a fused program that nothing after the program reads
 // (its register is written again by a later step, or not live after the
 // program) and that is not forwarded into an output lives in a strip slot
@@ -1325,6 +1315,17 @@ int Executable::program_slots() const {
   return n;
 }
 
+// ELEM stages: a run of three or more f32 elementwise instructions
+// (arithmetic, min/max, the short float unary ops; register or constant
+// operands), LOADs in between allowed, runs as one program
+// (ChainProgramHandler), strip by strip: a value that only the next
+// instruction reads flows into it in vector registers, every other result
+// is written to its register, a strip slot (AssignChainSlots) or forwarded
+// into its output. A chain of k two-operand ops was ceil(k / 2) passes
+// over the tile (FuseBinaryChains), each loading and storing every lane.
+// Same bits: each step rounds as its handler does. Not with in-place
+// stores of a workspace (FindInPlaceStores assumes one instruction writes
+// the output that the workspace may then live in).
 int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
   if (s.mode != bc::Mode::kElem) return 0;
   for (const auto& [w, o] : rt.in_place)
