@@ -998,22 +998,30 @@ TEST(KernelsFused, ProgramsEqualOpByOp) {
                          UnaryOp::kRelu, UnaryOp::kFloor, UnaryOp::kCeil, UnaryOp::kRound};
   const int64_t lengths[] = {1, 7, 16, 127, 128, 129, 1000, 4099, 65543};
   struct Step {
-    int kind;  // 0 unary, 1 x op k, 2 k op x, 3 x op b, 4 b op x, 5 x op x, 6 x op earlier
+    // 0 unary, 1 x op k, 2 k op x, 3 x op b, 4 b op x, 5 x op x, 6 x op earlier,
+    // 7 (input op2 k2) op (x op3 k): a loaded value scaled into a later op
+    // (FoldOperandSteps when op2 is +, - or *)
+    int kind;
     int op;
     double k;
     int earlier;
+    int op2, op3;
+    double k2;
   };
-  int programs = 0, slots = 0;
+  int programs = 0, slots = 0, folds = 0;
   for (uint32_t seed = 1; seed <= 45; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     std::mt19937 rng(seed);
     const int64_t n = lengths[seed % std::size(lengths)];
     std::vector<Step> plan(3 + rng() % 14);
     for (Step& st : plan) {
-      st.kind = static_cast<int>(rng() % 7);
+      st.kind = static_cast<int>(rng() % 8);
       st.op = static_cast<int>(rng() % (st.kind == 0 ? std::size(uns) : std::size(bins)));
       st.k = std::ldexp(static_cast<double>(rng() % 2001) - 1000.0, -7);
       st.earlier = static_cast<int>(rng() % 1000);
+      st.op2 = static_cast<int>(rng() % std::size(bins));
+      st.op3 = static_cast<int>(rng() % std::size(bins));
+      st.k2 = std::ldexp(static_cast<double>(rng() % 2001) - 1000.0, -8);
     }
     std::vector<double> va = Values(DType::kFloat32, n, seed, -3, 3), vb = Values(DType::kFloat32, n, seed + 99, -3, 3);
     const double specials[] = {0.0, -0.0, kInf, -kInf, kNaN, 1e-40, 0.5, 2.5, -1.5};
@@ -1045,9 +1053,14 @@ TEST(KernelsFused, ProgramsEqualOpByOp) {
           case 5:
             vals.push_back(k.Binary(op, x, x));
             break;
-          default:
+          case 6:
             vals.push_back(k.Binary(op, x, vals[st.earlier % vals.size()]));
             break;
+          default: {
+            NDObject* scaled = k.Binary(bins[st.op2], in[st.earlier % 2], st.k2);
+            vals.push_back(k.Binary(op, scaled, k.Binary(bins[st.op3], x, st.k)));
+            break;
+          }
         }
       }
       return std::vector<NDObject*>{vals[mid + 1], vals.back()};
@@ -1078,9 +1091,16 @@ TEST(KernelsFused, ProgramsEqualOpByOp) {
         case 5:
           vals.push_back(RunOne({x}, [&](Kernel& k, auto& v) { return k.Binary(op, v[0], v[0]); }));
           break;
-        default:
+        case 6:
           vals.push_back(RunOne({x, e}, [&](Kernel& k, auto& v) { return k.Binary(op, v[0], v[1]); }));
           break;
+        default: {
+          const Tensor scaled =
+              RunOne({st.earlier % 2 ? b : a}, [&](Kernel& k, auto& v) { return k.Binary(bins[st.op2], v[0], st.k2); });
+          const Tensor y = RunOne({x}, [&](Kernel& k, auto& v) { return k.Binary(bins[st.op3], v[0], st.k); });
+          vals.push_back(RunOne({scaled, y}, [&](Kernel& k, auto& v) { return k.Binary(op, v[0], v[1]); }));
+          break;
+        }
       }
     }
     EXPECT_TRUE(Matches(fused[0], vals[mid + 1].values(), 0));
@@ -1092,9 +1112,74 @@ TEST(KernelsFused, ProgramsEqualOpByOp) {
     const vm::Executable ex(k.Bytecode());
     programs += ex.fused_programs();
     slots += ex.program_slots();
+    folds += ex.folded_operands();
   }
   EXPECT_GT(programs, 30);  // the plans do fuse
   EXPECT_GT(slots, 10);     // and keep values read by later steps in strip slots
+  EXPECT_GT(folds, 10);     // and fold scaled loads into their readers (23 in 45)
+}
+
+// Adam's update (bench stack): m * b1 and v * b2 are each loaded, scaled
+// and read once by a later add, so they fold into those adds
+// (FoldOperandSteps), leaving one strip slot ((m' / bc1) * lr, read by the
+// last division); every output has the bits of the ops run one by one.
+TEST(KernelsFused, AdamFoldsScaledLoadsIntoItsAdds) {
+  const double b1 = 0.9, c1 = 0.1, b2 = 0.999, c2 = 0.001, bc1 = 1 - std::pow(0.9, 10), bc2 = 1 - std::pow(0.999, 10);
+  const double lr = 1e-3, eps = 1e-8;
+  for (int64_t n : {1, 7, 16, 129, 4099, 40000}) {
+    SCOPED_TRACE("n=" + std::to_string(n));
+    const Tensor p = MakeTensor(DType::kFloat32, {n}, Values(DType::kFloat32, n, 1 + n, -1, 1));
+    const Tensor g = MakeTensor(DType::kFloat32, {n}, Values(DType::kFloat32, n, 2 + n, -0.1, 0.1));
+    const Tensor m = MakeTensor(DType::kFloat32, {n}, Values(DType::kFloat32, n, 3 + n, -0.01, 0.01));
+    const Tensor v = MakeTensor(DType::kFloat32, {n}, Values(DType::kFloat32, n, 4 + n, 0, 1e-4));
+    auto build = [&](Kernel& k, const std::vector<NDObject*>& in) {
+      NDObject* m1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[2], b1), k.Binary(BinaryOp::kMul, in[1], c1));
+      NDObject* v1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[3], b2),
+                              k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, in[1], in[1]), c2));
+      NDObject* den = k.Binary(BinaryOp::kAdd, k.Unary(UnaryOp::kSqrt, k.Binary(BinaryOp::kDiv, v1, bc2)), eps);
+      NDObject* upd = k.Binary(BinaryOp::kDiv, k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kDiv, m1, bc1), lr), den);
+      return std::vector<NDObject*>{k.Binary(BinaryOp::kSub, in[0], upd), m1, v1};
+    };
+    const std::vector<Tensor> fused = dvm::Run({p, g, m, v}, build);
+    auto one = [&](const Tensor& x, BinaryOp op, double c) {
+      return RunOne({x}, [&](Kernel& k, auto& in) { return k.Binary(op, in[0], c); });
+    };
+    auto two = [&](const Tensor& x, BinaryOp op, const Tensor& y) {
+      return RunOne({x, y}, [&](Kernel& k, auto& in) { return k.Binary(op, in[0], in[1]); });
+    };
+    const Tensor m1 = two(one(m, BinaryOp::kMul, b1), BinaryOp::kAdd, one(g, BinaryOp::kMul, c1));
+    const Tensor v1 =
+        two(one(v, BinaryOp::kMul, b2), BinaryOp::kAdd, one(two(g, BinaryOp::kMul, g), BinaryOp::kMul, c2));
+    const Tensor vh = one(v1, BinaryOp::kDiv, bc2);
+    const Tensor den =
+        one(RunOne({vh}, [&](Kernel& k, auto& in) { return k.Unary(UnaryOp::kSqrt, in[0]); }), BinaryOp::kAdd, eps);
+    const Tensor upd = two(one(one(m1, BinaryOp::kDiv, bc1), BinaryOp::kMul, lr), BinaryOp::kDiv, den);
+    EXPECT_TRUE(Matches(fused[0], two(p, BinaryOp::kSub, upd).values(), 0));
+    EXPECT_TRUE(Matches(fused[1], m1.values(), 0));
+    EXPECT_TRUE(Matches(fused[2], v1.values(), 0));
+    Kernel k;
+    std::vector<NDObject*> in;
+    for (int i = 0; i < 4; ++i) in.push_back(k.Load(nullptr, {n}, DType::kFloat32));
+    for (NDObject* o : build(k, in)) k.Store(nullptr, o);
+    k.CodeGen();
+    const vm::Executable ex(k.Bytecode());
+    EXPECT_EQ(ex.fused_programs(), 1) << k.Das();
+    EXPECT_EQ(ex.folded_operands(), 2) << k.Das();
+    EXPECT_EQ(ex.program_slots(), 1) << k.Das();
+    // In place, as an optimizer steps (p', m', v' over p, m, v): a folded
+    // step reads m and v again where their outputs are written, before.
+    std::vector<float> bufs[3];
+    const Tensor* src[3] = {&p, &m, &v};
+    for (int i = 0; i < 3; ++i) {
+      bufs[i].resize(n);
+      std::memcpy(bufs[i].data(), src[i]->bytes.data(), n * sizeof(float));
+    }
+    void* ins[] = {bufs[0].data(), const_cast<uint8_t*>(g.bytes.data()), bufs[1].data(), bufs[2].data()};
+    void* outs[] = {bufs[0].data(), bufs[1].data(), bufs[2].data()};
+    k.Launch(std::span<void* const>(ins), std::span<void* const>(outs));
+    for (int i = 0; i < 3; ++i)
+      EXPECT_EQ(0, std::memcmp(bufs[i].data(), fused[i].bytes.data(), n * sizeof(float))) << "output " << i;
+  }
 }
 
 // Every op codegen sizes tiles for as a fused-program op (bc::ProgramOp)

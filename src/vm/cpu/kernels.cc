@@ -722,8 +722,14 @@ void StepT(const ChainStep* s, const float* const* P, int64_t i, VF a0, VF a1, V
     u.Divide4(a4, a5, a6, a7);
   } else {
     const VF k = hn::Set(d, s->k);
+    constexpr int kOp2 = static_cast<int>(operand == ChainOperand::kRegAdd   ? bc::Opcode::ADD
+                                          : operand == ChainOperand::kRegSub ? bc::Opcode::SUB
+                                                                             : bc::Opcode::MUL);
     each([&](VF x, int j) HWY_ATTR {
-      const VF y = operand == ChainOperand::kReg ? hn::LoadU(d, opnd + j * L) : operand == ChainOperand::kConst ? k : x;
+      VF y = x;
+      if constexpr (operand == ChainOperand::kReg) y = hn::LoadU(d, opnd + j * L);
+      if constexpr (operand == ChainOperand::kConst) y = k;
+      if constexpr (operand >= ChainOperand::kRegAdd) y = ChainBinary<kOp2>(d, hn::LoadU(d, opnd + j * L), k);
       return kRev ? ChainBinary<kOpc>(d, y, x) : ChainBinary<kOpc>(d, x, y);
     });
   }
@@ -748,8 +754,9 @@ constexpr int kNumBinaryChainOps = 6;
 
 template <size_t I>
 constexpr StepFn StepAt() {
-  constexpr int S = I / (kNumChainOps * 32) ? 1 : 8;
-  constexpr int opi = static_cast<int>(I / 32 % kNumChainOps), operand = static_cast<int>(I / 8 % 4);
+  constexpr int S = I / (kNumChainOps * kNumChainOperands * 8) ? 1 : 8;
+  constexpr int opi = static_cast<int>(I / (kNumChainOperands * 8) % kNumChainOps);
+  constexpr int operand = static_cast<int>(I / 8 % kNumChainOperands);
   constexpr bool rev = I / 4 % 2, load = I / 2 % 2, store = I % 2;
   constexpr bool binary = opi < kNumBinaryChainOps;
   if constexpr (binary == (operand == static_cast<int>(ChainOperand::kNone)) || (!binary && rev))
@@ -768,8 +775,11 @@ StepFn StepFor(const ChainStep& st, bool one) {
   int opi = 0;
   while (opi < kNumChainOps && kChainOps[opi] != bc::Opcode(st.op)) ++opi;
   const size_t i = static_cast<size_t>(
-      ((((one * kNumChainOps + opi) * 4 + static_cast<int>(st.operand)) * 2 + st.rev) * 2 + st.load) * 2 + st.store);
-  return opi < kNumChainOps ? StepLookup(i, std::make_index_sequence<2 * kNumChainOps * 32>()) : nullptr;
+      ((((one * kNumChainOps + opi) * kNumChainOperands + static_cast<int>(st.operand)) * 2 + st.rev) * 2 + st.load) *
+          2 +
+      st.store);
+  return opi < kNumChainOps ? StepLookup(i, std::make_index_sequence<2 * kNumChainOps * kNumChainOperands * 8>())
+                            : nullptr;
 }
 
 void RunChainF(const ChainStep* steps, int nsteps, const float** P, int64_t n) {

@@ -134,12 +134,16 @@ inline bool ReciprocalDivisionExact(float y) {
 // k: if `load`, acc = src[k]; then acc = op(acc, y) (op(y, acc) when `rev`;
 // op(acc) for a unary op), y per `operand`; if `store`, out[k] = acc. Every
 // step rounds to f32 as its instruction's handler does: the same bits.
-enum class ChainOperand : uint8_t { kNone, kConst, kReg, kAcc };
+// kRegAdd/kRegSub/kRegMul: y = opnd[k] + / - / * k, the step of a loaded
+// value and a constant folded into its one reader (vm.cc FoldOperandSteps).
+enum class ChainOperand : uint8_t { kNone, kConst, kReg, kAcc, kRegAdd, kRegSub, kRegMul };
+constexpr int kNumChainOperands = 7;
+constexpr bool ReadsOperand(ChainOperand o) { return o == ChainOperand::kReg || o >= ChainOperand::kRegAdd; }
 struct ChainStep {
   uint8_t op = 0;  // bc::Opcode
   ChainOperand operand = ChainOperand::kNone;
   bool rev = false, load = false, store = false;
-  float k = 0;                // kConst (set by SetConstant)
+  float k = 0;                // kConst, kRegAdd/Sub/Mul (set by SetConstant)
   float rk = 0;               // 1 / k in f32 (a division by k goes by reciprocal)
   bool k_ok = false;          // k in the range where that gives the divide's bits
   const void* fn = nullptr;   // ChainStepFn(*this, false)
@@ -154,7 +158,7 @@ struct ChainStep {
   int64_t msrc = 0, mopnd = 0, mout = 0;
   void SetMasks() {
     msrc = load && src_slot < 0 ? ~int64_t{0} : 0;
-    mopnd = operand == ChainOperand::kReg && opnd_slot < 0 ? ~int64_t{0} : 0;
+    mopnd = ReadsOperand(operand) && opnd_slot < 0 ? ~int64_t{0} : 0;
     mout = store && out_slot < 0 ? ~int64_t{0} : 0;
   }
   void SetConstant(float c) {

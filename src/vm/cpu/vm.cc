@@ -1302,9 +1302,66 @@ void AssignChainSlots(const bc::Stage& s, int after, int end, ChainProgram& pg) 
   for (int t = 0; t < n; ++t) {
     ChainStep& st = pg.steps[t];
     if (st.load) st.src_slot = slot_of(t, pg.src[t]);
-    if (st.operand == ChainOperand::kReg) st.opnd_slot = slot_of(t, pg.opnd[t]);
+    if (ReadsOperand(st.operand)) st.opnd_slot = slot_of(t, pg.opnd[t]);
     st.SetMasks();
   }
+}
+
+// A step that loads a value and adds, subtracts or multiplies it by a
+// constant into a strip slot that one later step alone reads, as its
+// operand, is folded into that reader (ChainOperand::kRegAdd/Sub/Mul): the
+// reader loads the value and applies the constant itself. One step, a
+// slot's stores and loads less per strip, with the same bits (the same two
+// roundings, in the same order). Needed: the next step loads its own value
+// (the accumulator is free); no step in between writes the loaded register
+// or any tile memory (so the reader sees the same lanes); the slot has no
+// other reader. Adam: m * b1 and v * b2 fold into their adds (14 steps and
+// three slots to 12 and one).
+void FoldOperandSteps(ChainProgram& pg) {
+  for (size_t a = 0; a + 1 < pg.steps.size();) {
+    const ChainStep& A = pg.steps[a];
+    const bc::Opcode op = bc::Opcode(A.op);
+    if (!A.load || A.src_slot >= 0 || A.operand != ChainOperand::kConst || A.rev || !A.store || A.out_slot < 0 ||
+        (op != bc::Opcode::ADD && op != bc::Opcode::SUB && op != bc::Opcode::MUL) || !pg.steps[a + 1].load) {
+      ++a;
+      continue;
+    }
+    size_t reader = 0;
+    int readers = 0;
+    bool ok = true;
+    for (size_t t = a + 1; t < pg.steps.size() && ok; ++t) {
+      const ChainStep& st = pg.steps[t];
+      if (st.load && st.src_slot == A.out_slot) ok = false;
+      if (ReadsOperand(st.operand) && st.opnd_slot == A.out_slot) reader = t, ++readers;
+    }
+    for (size_t t = a + 1; t < reader && ok; ++t)
+      ok = !(pg.steps[t].store && (pg.steps[t].out_slot < 0 || pg.out[t] == pg.src[a]));
+    if (!ok || readers != 1 || pg.steps[reader].operand != ChainOperand::kReg) {
+      ++a;
+      continue;
+    }
+    ChainStep& B = pg.steps[reader];
+    B.operand = op == bc::Opcode::ADD   ? ChainOperand::kRegAdd
+                : op == bc::Opcode::SUB ? ChainOperand::kRegSub
+                                        : ChainOperand::kRegMul;
+    B.SetConstant(A.k);
+    B.opnd_slot = -1;
+    B.SetMasks();
+    B.fn = ChainStepFn(B, false);
+    B.fn1 = ChainStepFn(B, true);
+    pg.opnd[reader] = pg.src[a];
+    pg.steps.erase(pg.steps.begin() + a);
+    for (auto* v : {&pg.src, &pg.opnd, &pg.out}) v->erase(v->begin() + a);
+    pg.fwd.erase(pg.fwd.begin() + a);  // the step now at a is the next one
+  }
+}
+
+int Executable::folded_operands() const {
+  int n = 0;
+  for (const StageRt& rt : stages_)
+    for (const auto& pg : rt.chains)
+      for (const ChainStep& st : pg->steps) n += st.operand >= ChainOperand::kRegAdd;
+  return n;
 }
 
 int Executable::program_slots() const {
@@ -1417,6 +1474,7 @@ int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
       acc = in.dst;
     }
     AssignChainSlots(s, idx.back() + 1, rt.sec[bc::kNumSections], *pg);
+    FoldOperandSteps(*pg);
     ChainStep end;
     end.op = kChainEnd;
     end.fn = ChainStepFn(end, false);

@@ -120,6 +120,9 @@ class Executable {
   int fused_programs() const { return programs_; }
   // Values of fused programs kept in strip slots (AssignChainSlots; tests).
   int program_slots() const;
+  // Steps of a loaded value and a constant folded into their reader
+  // (FoldOperandSteps; tests).
+  int folded_operands() const;
   // Workspaces that live in an output instead (SetupOutputAliases; tests).
   int output_aliases() const { return static_cast<int>(aliases_.size()); }
   // Producers forwarded into an output with the instruction that reads them
