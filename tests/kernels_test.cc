@@ -1192,8 +1192,9 @@ TEST(KernelsFused, ProgramOpsHaveSteps) {
     st.op = static_cast<uint8_t>(o);
     st.operand = binary ? vm::ChainOperand::kReg : vm::ChainOperand::kNone;
     st.load = st.store = true;
-    for (bool one : {false, true})
-      EXPECT_EQ(vm::ChainStepFn(st, one) != nullptr, bc::ProgramOp(op)) << bc::kOpInfo[o].name << " one=" << one;
+    for (vm::StepWidth w : {vm::StepWidth::kStrip, vm::StepWidth::kOne})
+      EXPECT_EQ(vm::ChainStepFn(st, w) != nullptr, bc::ProgramOp(op))
+          << bc::kOpInfo[o].name << " width " << static_cast<int>(w);
   }
 }
 

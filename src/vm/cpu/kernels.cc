@@ -693,12 +693,35 @@ HWY_INLINE VF ChainBinary(DF d, VF a, VF b) {
 
 void EndStep(const ChainStep*, const float* const*, int64_t, VF, VF, VF, VF, VF, VF, VF, VF) {}
 
-// S = 8 (full strips) or 1 (the strip's last vectors: a1..a7 unused).
+// Masked loads and stores that touch no lane outside the mask (AVX2's
+// maskload/maskstore, AVX-512's masked moves): a program's last partial
+// vector runs in place (kPartial steps).
+#if HWY_TARGET <= HWY_AVX2
+constexpr bool kPartialSteps = true;
+#else
+constexpr bool kPartialSteps = false;
+#endif
+
+// S = 8 (full strips), 1 (the strip's last vectors: a1..a7 unused) or 0
+// (the last partial vector: the lanes of mask a1, a2..a7 unused).
 template <int S, int kOpc, int kOperand, bool kRev, bool kLoad, bool kStore>
 void StepT(const ChainStep* s, const float* const* P, int64_t i, VF a0, VF a1, VF a2, VF a3, VF a4, VF a5, VF a6,
            VF a7) {
   const DF d;
   const int64_t L = hn::Lanes(d);
+  // Loads and stores of the step's lanes (S = 0: those of the mask).
+  auto load = [&](const float* p) HWY_ATTR {
+    if constexpr (S == 0)
+      return hn::MaskedLoad(hn::MaskFromVec(a1), d, p);
+    else
+      return hn::LoadU(d, p);
+  };
+  auto store = [&](VF x, float* p) HWY_ATTR {
+    if constexpr (S == 0)
+      hn::BlendedStore(x, hn::MaskFromVec(a1), d, p);
+    else
+      hn::StoreU(x, d, p);
+  };
   const float* const src = P[0] + (i & s->msrc);  // locals: the stores below may alias *s and P
   const float* const opnd = P[1] + (i & s->mopnd);
   float* const out = const_cast<float*>(P[2]) + (i & s->mout);
@@ -711,7 +734,7 @@ void StepT(const ChainStep* s, const float* const* P, int64_t i, VF a0, VF a1, V
       a4 = f(a4, 4), a5 = f(a5, 5), a6 = f(a6, 6), a7 = f(a7, 7);
     }
   };
-  if constexpr (kLoad) each([&](VF, int j) HWY_ATTR { return hn::LoadU(d, src + j * L); });
+  if constexpr (kLoad) each([&](VF, int j) HWY_ATTR { return load(src + j * L); });
   constexpr auto operand = static_cast<ChainOperand>(kOperand);
   if constexpr (operand == ChainOperand::kNone) {
     each([&](VF x, int) HWY_ATTR { return LightUnary<kOpc>(d, x); });
@@ -727,19 +750,19 @@ void StepT(const ChainStep* s, const float* const* P, int64_t i, VF a0, VF a1, V
                                                                              : bc::Opcode::MUL);
     each([&](VF x, int j) HWY_ATTR {
       VF y = x;
-      if constexpr (operand == ChainOperand::kReg) y = hn::LoadU(d, opnd + j * L);
+      if constexpr (operand == ChainOperand::kReg) y = load(opnd + j * L);
       if constexpr (operand == ChainOperand::kConst) y = k;
-      if constexpr (operand >= ChainOperand::kRegAdd) y = ChainBinary<kOp2>(d, hn::LoadU(d, opnd + j * L), k);
+      if constexpr (operand >= ChainOperand::kRegAdd) y = ChainBinary<kOp2>(d, load(opnd + j * L), k);
       return kRev ? ChainBinary<kOpc>(d, y, x) : ChainBinary<kOpc>(d, x, y);
     });
   }
   if constexpr (kStore) {
     each([&](VF x, int j) HWY_ATTR {
-      hn::StoreU(x, d, out + j * L);
+      store(x, out + j * L);
       return x;
     });
   }
-  return Fn(S == 8 ? s[1].fn : s[1].fn1)(s + 1, P + 3, i, a0, a1, a2, a3, a4, a5, a6, a7);
+  return Fn(S == 8 ? s[1].fn : S == 1 ? s[1].fn1 : s[1].fn0)(s + 1, P + 3, i, a0, a1, a2, a3, a4, a5, a6, a7);
 }
 
 // The ops of fused programs, in the index order of the step table.
@@ -754,12 +777,14 @@ constexpr int kNumBinaryChainOps = 6;
 
 template <size_t I>
 constexpr StepFn StepAt() {
-  constexpr int S = I / (kNumChainOps * kNumChainOperands * 8) ? 1 : 8;
+  constexpr int kWidth = static_cast<int>(I / (kNumChainOps * kNumChainOperands * 8));
+  constexpr int S = kWidth == 0 ? 8 : kWidth == 1 ? 1 : 0;
   constexpr int opi = static_cast<int>(I / (kNumChainOperands * 8) % kNumChainOps);
   constexpr int operand = static_cast<int>(I / 8 % kNumChainOperands);
   constexpr bool rev = I / 4 % 2, load = I / 2 % 2, store = I % 2;
   constexpr bool binary = opi < kNumBinaryChainOps;
-  if constexpr (binary == (operand == static_cast<int>(ChainOperand::kNone)) || (!binary && rev))
+  if constexpr (binary == (operand == static_cast<int>(ChainOperand::kNone)) || (!binary && rev) ||
+                (S == 0 && !kPartialSteps))
     return nullptr;
   else
     return &StepT<S, static_cast<int>(kChainOps[opi]), operand, rev, load, store>;
@@ -769,16 +794,17 @@ StepFn StepLookup(size_t i, std::index_sequence<I...>) {
   static constexpr StepFn kTable[] = {StepAt<I>()...};
   return kTable[i];
 }
-// The step function of st for strips of eight vectors (one: `one`).
-StepFn StepFor(const ChainStep& st, bool one) {
+// The step function of st for strips of width w.
+StepFn StepFor(const ChainStep& st, StepWidth w) {
   if (st.op == kChainEnd) return &EndStep;
   int opi = 0;
   while (opi < kNumChainOps && kChainOps[opi] != bc::Opcode(st.op)) ++opi;
+  const int wi = static_cast<int>(w);
   const size_t i = static_cast<size_t>(
-      ((((one * kNumChainOps + opi) * kNumChainOperands + static_cast<int>(st.operand)) * 2 + st.rev) * 2 + st.load) *
+      ((((wi * kNumChainOps + opi) * kNumChainOperands + static_cast<int>(st.operand)) * 2 + st.rev) * 2 + st.load) *
           2 +
       st.store);
-  return opi < kNumChainOps ? StepLookup(i, std::make_index_sequence<2 * kNumChainOps * kNumChainOperands * 8>())
+  return opi < kNumChainOps ? StepLookup(i, std::make_index_sequence<3 * kNumChainOps * kNumChainOperands * 8>())
                             : nullptr;
 }
 
@@ -802,6 +828,11 @@ void RunChainF(const ChainStep* steps, int nsteps, const float** P, int64_t n) {
   for (; i + 8 * L <= n; i += 8 * L) first(steps, P, i, z, z, z, z, z, z, z, z);
   for (; i + L <= n; i += L) first1(steps, P, i, z, z, z, z, z, z, z, z);
   if (i == n) return;
+  if constexpr (kPartialSteps) {  // in place, masked
+    const VF mask = hn::VecFromMask(d, hn::FirstN(d, static_cast<size_t>(n - i)));
+    Fn(steps[0].fn0)(steps, P, i, z, mask, z, z, z, z, z, z);
+    return;
+  }
   // The last partial vector: every tile-memory pointer of the steps is
   // redirected to a vector-sized copy of its lanes [i, n) (the rest zero),
   // the steps run on the copies (lane index 0), and the written ones go
@@ -1836,7 +1867,7 @@ float ErfScalarT(float x) {
 
 const char* TargetNameT() { return hwy::TargetName(HWY_TARGET); }
 ChainRunFn ChainRunnerT() { return &RunChainF; }
-const void* ChainStepFnT(const ChainStep& st, bool one) { return reinterpret_cast<const void*>(StepFor(st, one)); }
+const void* ChainStepFnT(const ChainStep& st, StepWidth w) { return reinterpret_cast<const void*>(StepFor(st, w)); }
 
 }  // namespace dvm::vm::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
@@ -1874,7 +1905,7 @@ ConvertFn StoreConverter(DType t) { return HWY_DYNAMIC_DISPATCH(StoreConverterT)
 float ErfApprox(float x) { return HWY_DYNAMIC_DISPATCH(ErfScalarT)(x); }
 const char* TargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameT)(); }
 ChainRunFn ChainRunner() { return HWY_DYNAMIC_DISPATCH(ChainRunnerT)(); }
-const void* ChainStepFn(const ChainStep& st, bool one) { return HWY_DYNAMIC_DISPATCH(ChainStepFnT)(st, one); }
+const void* ChainStepFn(const ChainStep& st, StepWidth w) { return HWY_DYNAMIC_DISPATCH(ChainStepFnT)(st, w); }
 
 }  // namespace dvm::vm
 #endif

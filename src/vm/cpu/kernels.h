@@ -146,8 +146,9 @@ struct ChainStep {
   float k = 0;                // kConst, kRegAdd/Sub/Mul (set by SetConstant)
   float rk = 0;               // 1 / k in f32 (a division by k goes by reciprocal)
   bool k_ok = false;          // k in the range where that gives the divide's bits
-  const void* fn = nullptr;   // ChainStepFn(*this, false)
-  const void* fn1 = nullptr;  // ChainStepFn(*this, true)
+  const void* fn = nullptr;   // ChainStepFn(*this, kStrip)
+  const void* fn1 = nullptr;  // ChainStepFn(*this, kOne)
+  const void* fn0 = nullptr;  // ChainStepFn(*this, kPartial)
   // Strip slots (0..kMaxChainSlots-1; -1: none) for values that live only
   // inside the program: the result goes to slot out_slot, the source and
   // the operand come from src_slot / opnd_slot, instead of tile memory.
@@ -168,10 +169,18 @@ struct ChainStep {
   }
 };
 // The threaded-code function of a step (op, operand kind and flags set),
-// for strips of eight vectors or (`one`) of one; for op kChainEnd, the
-// function that ends a program.
+// for strips of eight vectors, of one, or of the lanes of one vector that a
+// mask (passed in the second vector argument) selects (null where masked
+// loads could read past them: before AVX2); for op kChainEnd, the function
+// that ends a program. SetStepFns sets all three.
+enum class StepWidth : uint8_t { kStrip, kOne, kPartial };
 constexpr uint8_t kChainEnd = 0xff;
-const void* ChainStepFn(const ChainStep& st, bool one);
+const void* ChainStepFn(const ChainStep& st, StepWidth w);
+inline void SetStepFns(ChainStep& st) {
+  st.fn = ChainStepFn(st, StepWidth::kStrip);
+  st.fn1 = ChainStepFn(st, StepWidth::kOne);
+  st.fn0 = ChainStepFn(st, StepWidth::kPartial);
+}
 constexpr int kMaxChainSteps = 32;
 constexpr int kMaxChainSlots = 8;
 // Runs `nsteps` (<= kMaxChainSteps) steps over n lanes; steps[nsteps] is a

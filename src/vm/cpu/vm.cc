@@ -1347,8 +1347,7 @@ void FoldOperandSteps(ChainProgram& pg) {
     B.SetConstant(A.k);
     B.opnd_slot = -1;
     B.SetMasks();
-    B.fn = ChainStepFn(B, false);
-    B.fn1 = ChainStepFn(B, true);
+    SetStepFns(B);
     pg.opnd[reader] = pg.src[a];
     pg.steps.erase(pg.steps.begin() + a);
     for (auto* v : {&pg.src, &pg.opnd, &pg.out}) v->erase(v->begin() + a);
@@ -1464,8 +1463,7 @@ int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
         flows = takes && (nx.dst == in.dst || !LiveIn(s, next + 1, rt.sec[bc::kNumSections], in.dst));
       }
       st.store = !flows;
-      st.fn = ChainStepFn(st, false);
-      st.fn1 = ChainStepFn(st, true);
+      SetStepFns(st);
       pg->steps.push_back(st);
       pg->src.push_back(src);
       pg->opnd.push_back(opnd);
@@ -1477,8 +1475,7 @@ int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
     FoldOperandSteps(*pg);
     ChainStep end;
     end.op = kChainEnd;
-    end.fn = ChainStepFn(end, false);
-    end.fn1 = ChainStepFn(end, true);
+    SetStepFns(end);
     pg->steps.push_back(end);
     for (int i : idx) {
       VInst& v = rt.code[i];
