@@ -1008,7 +1008,7 @@ TEST(KernelsFused, ProgramsEqualOpByOp) {
     int op2, op3;
     double k2;
   };
-  int programs = 0, slots = 0, folds = 0;
+  int programs = 0, slots = 0, folds = 0, direct = 0;
   for (uint32_t seed = 1; seed <= 45; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     std::mt19937 rng(seed);
@@ -1113,10 +1113,12 @@ TEST(KernelsFused, ProgramsEqualOpByOp) {
     programs += ex.fused_programs();
     slots += ex.program_slots();
     folds += ex.folded_operands();
+    direct += ex.direct_stages();
   }
   EXPECT_GT(programs, 30);  // the plans do fuse
   EXPECT_GT(slots, 10);     // and keep values read by later steps in strip slots
   EXPECT_GT(folds, 10);     // and fold scaled loads into their readers (23 in 45)
+  EXPECT_GT(direct, 20);    // and run tiles without the handlers (33 in 45)
 }
 
 // Adam's update (bench stack): m * b1 and v * b2 are each loaded, scaled
@@ -1166,6 +1168,7 @@ TEST(KernelsFused, AdamFoldsScaledLoadsIntoItsAdds) {
     EXPECT_EQ(ex.fused_programs(), 1) << k.Das();
     EXPECT_EQ(ex.folded_operands(), 2) << k.Das();
     EXPECT_EQ(ex.program_slots(), 1) << k.Das();
+    EXPECT_EQ(ex.direct_stages(), n > 1 ? 1 : 0) << k.Das();  // [1] is a scalar view
     // In place, as an optimizer steps (p', m', v' over p, m, v): a folded
     // step reads m and v again where their outputs are written, before.
     std::vector<float> bufs[3];
@@ -1179,6 +1182,45 @@ TEST(KernelsFused, AdamFoldsScaledLoadsIntoItsAdds) {
     k.Launch(std::span<void* const>(ins), std::span<void* const>(outs));
     for (int i = 0; i < 3; ++i)
       EXPECT_EQ(0, std::memcmp(bufs[i].data(), fused[i].bytes.data(), n * sizeof(float))) << "output " << i;
+  }
+}
+
+// A fused program over slices (views at an offset) and whole tensors, one
+// tile or many, lengths on and off the vector: its tiles run it directly
+// (Executable::SetupDirect, each view's offset plus the tile's start), with
+// the bits of the ops run one by one on copies of the slices.
+TEST(KernelsFused, DirectProgramsOverSlices) {
+  for (int64_t n : {5, 16, 300, 4099, 40000, 70001}) {
+    SCOPED_TRACE("n=" + std::to_string(n));
+    const int64_t pad = 13;
+    const Tensor big = MakeTensor(DType::kFloat32, {n + pad}, Values(DType::kFloat32, n + pad, 5 + n, -2, 2));
+    const Tensor y = MakeTensor(DType::kFloat32, {n}, Values(DType::kFloat32, n, 6 + n, -2, 2));
+    std::vector<double> part;
+    for (int64_t i = 0; i < n; ++i) part.push_back(big.at(7 + i));
+    const Tensor x = MakeTensor(DType::kFloat32, {n}, part);
+    auto program = [](Kernel& k, NDObject* xs, NDObject* ys) {
+      NDObject* t = k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, xs, 1.5), ys), 0.75);
+      return std::vector<NDObject*>{k.Binary(BinaryOp::kSub, t, xs), t};
+    };
+    Kernel k;
+    const int64_t full[] = {n + pad}, start[] = {7}, size[] = {n};
+    NDObject* xs = k.SliceLoad(nullptr, Dims(full, 1), DType::kFloat32, Dims(start, 1), Dims(size, 1));
+    NDObject* ys = k.Load(nullptr, {n}, DType::kFloat32);
+    for (NDObject* o : program(k, xs, ys)) k.Store(nullptr, o);
+    k.CodeGen();
+    const vm::Executable ex(k.Bytecode());
+    EXPECT_EQ(ex.direct_stages(), 1) << k.Das();
+    std::vector<float> o0(n), o1(n);
+    void* ins[] = {const_cast<uint8_t*>(big.bytes.data()), const_cast<uint8_t*>(y.bytes.data())};
+    void* outs[] = {o0.data(), o1.data()};
+    k.Launch(std::span<void* const>(ins), std::span<void* const>(outs));
+    const Tensor t =
+        RunOne({RunOne({RunOne({x}, [](Kernel& q, auto& v) { return q.Binary(BinaryOp::kMul, v[0], 1.5); }), y},
+                       [](Kernel& q, auto& v) { return q.Binary(BinaryOp::kAdd, v[0], v[1]); })},
+               [](Kernel& q, auto& v) { return q.Binary(BinaryOp::kMul, v[0], 0.75); });
+    const Tensor want0 = RunOne({t, x}, [](Kernel& q, auto& v) { return q.Binary(BinaryOp::kSub, v[0], v[1]); });
+    EXPECT_EQ(0, std::memcmp(o0.data(), want0.bytes.data(), n * 4));
+    EXPECT_EQ(0, std::memcmp(o1.data(), t.bytes.data(), n * 4));
   }
 }
 

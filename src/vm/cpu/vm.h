@@ -83,6 +83,17 @@ struct StageRt {
   // element (Executable::FindInPlaceStores; candidates for an alias).
   std::vector<std::pair<uint16_t, uint16_t>> in_place;
   std::vector<std::unique_ptr<ChainProgram>> chains;  // VInst::aux of ChainProgramHandler points here
+  // An ELEM body of in-place LOADs, fused programs and STOREs of what they
+  // forwarded (SetupDirect): a tile sets the programs' pointers from this
+  // recipe and runs them, without the handlers (DirectTile).
+  struct DirectPtr {
+    enum Kind : uint8_t { kNull, kView, kScratch } kind = kNull;
+    uint16_t tensor = 0;  // kView
+    uint32_t reg = 0;     // kScratch
+    int64_t offset = 0;   // kView: the view's offset (elements)
+  };
+  std::vector<const ChainProgram*> direct;  // in body order
+  std::vector<DirectPtr> direct_ptrs;       // three per step of each, as ChainProgramHandler sets them
 };
 
 class Executable {
@@ -123,6 +134,12 @@ class Executable {
   // Steps of a loaded value and a constant folded into their reader
   // (FoldOperandSteps; tests).
   int folded_operands() const;
+  // Stages whose tiles run their fused program directly (SetupDirect; tests).
+  int direct_stages() const {
+    int n = 0;
+    for (const StageRt& s : stages_) n += !s.direct.empty();
+    return n;
+  }
   // Workspaces that live in an output instead (SetupOutputAliases; tests).
   int output_aliases() const { return static_cast<int>(aliases_.size()); }
   // Producers forwarded into an output with the instruction that reads them
@@ -156,6 +173,7 @@ class Executable {
   static int FuseChainSums(const bc::Stage& s, StageRt& rt);     // returns the chain + RSUM pairs fused
   int FuseChainPrograms(const bc::Stage& s, StageRt& rt) const;  // returns the programs made
   static void SetupRagged(StageRt& rt);
+  void SetupDirect(StageRt& rt) const;
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
