@@ -167,7 +167,7 @@ struct Kernel::Impl {
   // The program for these launch arguments (generated on a new shape set).
   Program& Prepare(std::span<const TensorArg> inputs, size_t num_outputs);
   // The cache entry of the program Prepare returned last (front of the cache).
-  std::shared_ptr<Program> Front() const { return cache.front(); }
+  const std::shared_ptr<Program>& Front() const { return cache.front(); }
   // Checks the buffers (null, capacity) and binds them into p.ptrs; in(i)
   // and out(i) give {pointer, capacity in bytes or 0}. Nothing runs.
   template <class In, class Out>
@@ -617,7 +617,6 @@ struct KernelStack::Impl {
   struct Entry {
     Kernel::Impl* kernel;
     std::shared_ptr<Program> program;  // kept alive even if the kernel's cache evicts it
-    std::vector<void*> ptrs;           // the program's tensor table, inputs/outputs bound
   };
   // A stacked program: the entries' programs merged stage by stage.
   struct Stacked {
@@ -625,13 +624,15 @@ struct KernelStack::Impl {
     std::vector<uint8_t> bytecode;
     std::unique_ptr<vm::Executable> exe;
     WorkspaceLayout ws;
-    std::vector<std::pair<int, int>> source;  // per tensor: (entry, its tensor), entry -1 = workspace
-    std::vector<void*> ptrs;
   };
   // entries[0, count) are this step's; Clear keeps the rest, so that Add
   // reuses their storage (no allocation per Add once warm).
   std::vector<Entry> entries;
   size_t count = 0;
+  // The entries' tensor tables, inputs and outputs bound, one after the
+  // other: the stacked program's table (MergeProgram appends each program's
+  // tensors in order), its workspaces bound at Launch.
+  std::vector<void*> ptrs;
   std::vector<uint64_t> key;  // Build's lookup key, reused
   std::list<Stacked> cache;
   Stacked* last = nullptr;
@@ -682,13 +683,7 @@ KernelStack::Impl::Stacked& KernelStack::Impl::Build() {
   st.key = key;
   bc::Program all;
   std::vector<std::vector<bc::Stage>> by_depth;
-  for (size_t ei = 0; ei < count; ++ei) {
-    const bc::Program& q = entries[ei].program->exe->program();
-    for (size_t t = 0; t < q.tensors.size(); ++t)
-      st.source.emplace_back(q.tensors[t].kind == bc::TensorKind::kWorkspace ? -1 : static_cast<int>(ei),
-                             static_cast<int>(t));
-    MergeProgram(q, all, by_depth);
-  }
+  for (size_t ei = 0; ei < count; ++ei) MergeProgram(entries[ei].program->exe->program(), all, by_depth);
   for (auto& group : by_depth)
     for (size_t i = 0; i < group.size(); ++i) {
       group[i].concurrent = i > 0;
@@ -698,7 +693,6 @@ KernelStack::Impl::Stacked& KernelStack::Impl::Build() {
   st.exe = std::make_unique<vm::Executable>(st.bytecode);
   // Workspaces of the stacked program are its own: a kernel added twice
   // runs twice at once.
-  st.ptrs.assign(all.tensors.size(), nullptr);
   st.ws.Plan(all);
   cache.push_front(std::move(st));
   while (cache.size() > 4) cache.pop_back();
@@ -718,8 +712,8 @@ void KernelStack::Add(Kernel& k, std::span<const TensorArg> inputs, std::span<co
   if (s.count == s.entries.size()) s.entries.emplace_back();
   Impl::Entry& e = s.entries[s.count++];
   e.kernel = &ki;
-  e.program = ki.Front();
-  e.ptrs.assign(p.ptrs.begin(), p.ptrs.end());
+  if (e.program != ki.Front()) e.program = ki.Front();  // no reference count traffic when unchanged
+  s.ptrs.insert(s.ptrs.end(), p.ptrs.begin(), p.ptrs.end());
 }
 
 void KernelStack::Launch() {
@@ -727,16 +721,15 @@ void KernelStack::Launch() {
   if (s.count == 0) return;
   Impl::Stacked& st = s.Build();
   s.last = &st;
-  for (size_t t = 0; t < st.source.size(); ++t) {
-    const auto [e, idx] = st.source[t];
-    if (e >= 0) st.ptrs[t] = s.entries[e].ptrs[idx];
-  }
-  st.ws.Bind(st.ptrs);
-  st.exe->Run(st.ptrs.data());
+  st.ws.Bind(s.ptrs);
+  st.exe->Run(s.ptrs.data());
   for (size_t i = 0; i < s.count; ++i) ++s.entries[i].kernel->stats.launches;
 }
 
-void KernelStack::Clear() { impl_->count = 0; }
+void KernelStack::Clear() {
+  impl_->count = 0;
+  impl_->ptrs.clear();
+}
 size_t KernelStack::size() const { return impl_->count; }
 std::string KernelStack::Das() const {
   if (!impl_->last) return "; no stacked program yet\n";
