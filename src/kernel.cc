@@ -71,7 +71,9 @@ struct WorkspaceLayout {
 // One generated program: bytecode, decoded executable and its workspace layout.
 struct Program {
   uint64_t serial = 0;     // unique per generated program (stack cache keys)
-  std::vector<Shape> key;  // input shapes
+  // Input shapes, flat: per input its rank, then its dims (one allocation,
+  // a line or two, for Find to compare).
+  std::vector<int64_t> key;
   codegen::Result res;
   std::unique_ptr<vm::Executable> exe;
   WorkspaceLayout ws;
@@ -126,12 +128,21 @@ struct Kernel::Impl {
   }
 
   // The cached program whose input shapes are at(0..n-1), moved to the front.
+  // The flat key compares inline: a memcmp call per input, on a heap block
+  // per shape, was half of a stacked Adam's 300 Adds.
   template <class ShapeAt>
   Program* Find(size_t n, ShapeAt at) {
     for (auto it = cache.begin(); it != cache.end(); ++it) {
-      const std::vector<Shape>& key = (*it)->key;
-      bool match = key.size() == n;
-      for (size_t i = 0; i < n && match; ++i) match = key[i] == at(i);
+      const std::vector<int64_t>& key = (*it)->key;
+      size_t q = 0;
+      bool match = true;
+      for (size_t i = 0; i < n && match; ++i) {
+        const Shape& sh = at(i);
+        match = q + 1 + sh.size() <= key.size() && key[q] == static_cast<int64_t>(sh.size());
+        for (size_t d = 0; d < sh.size() && match; ++d) match = key[q + 1 + d] == sh[d];
+        q += 1 + sh.size();
+      }
+      match = match && q == key.size();
       if (match) {
         if (it != cache.begin()) cache.splice(cache.begin(), cache, it);
         ++stats.cache_hits;
@@ -498,7 +509,11 @@ Program& Kernel::Impl::GetProgram(std::span<const Shape> in_shapes) {
   static std::atomic<uint64_t> next_serial{1};
   auto p = std::make_shared<Program>();
   p->serial = next_serial.fetch_add(1);
-  p->key.assign(in_shapes.begin(), in_shapes.end());
+  p->key.clear();
+  for (const Shape& sh : in_shapes) {
+    p->key.push_back(static_cast<int64_t>(sh.size()));
+    p->key.insert(p->key.end(), sh.begin(), sh.end());
+  }
   codegen::Generate(g, in_shapes, p->res);
   p->exe = std::make_unique<vm::Executable>(p->res.bytecode);
   const bc::Program& prog = p->exe->program();
