@@ -11,6 +11,7 @@
 #include "vm/cpu/kernels.h"
 
 #include <gtest/gtest.h>
+#include <hwy/targets.h>
 
 #include <cmath>
 #include <cstdio>
@@ -1221,6 +1222,38 @@ TEST(KernelsFused, DirectProgramsOverSlices) {
     const Tensor want0 = RunOne({t, x}, [](Kernel& q, auto& v) { return q.Binary(BinaryOp::kSub, v[0], v[1]); });
     EXPECT_EQ(0, std::memcmp(o0.data(), want0.bytes.data(), n * 4));
     EXPECT_EQ(0, std::memcmp(o1.data(), t.bytes.data(), n * 4));
+  }
+}
+
+// Fused programs give the same bits on every SIMD target this machine runs
+// (each forced in turn; programs decoded after the switch take that target's
+// steps): full strips, single vectors and the partial last vector (masked on
+// AVX2 and AVX-512, through copies before), divisions by constants (by
+// reciprocal only where FMA is native), folded operands and direct tiles.
+TEST(KernelsFused, ProgramsAgreeOnEveryTarget) {
+  auto build = [](Kernel& k, const std::vector<NDObject*>& in) {
+    NDObject* m1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[2], 0.9), k.Binary(BinaryOp::kMul, in[1], 0.1));
+    NDObject* v1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[3], 0.999),
+                            k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, in[1], in[1]), 0.001));
+    NDObject* den = k.Binary(BinaryOp::kAdd, k.Unary(UnaryOp::kSqrt, k.Binary(BinaryOp::kDiv, v1, 0.00995512)), 1e-8);
+    NDObject* upd =
+        k.Binary(BinaryOp::kDiv, k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kDiv, m1, 0.651322), 1e-3), den);
+    NDObject* q = k.Binary(BinaryOp::kMinimum, k.Binary(BinaryOp::kDiv, in[0], 3.0), k.Unary(UnaryOp::kRelu, m1));
+    return std::vector<NDObject*>{k.Binary(BinaryOp::kSub, in[0], upd), m1, v1, q};
+  };
+  for (int64_t n : {5, 77, 300, 4099}) {
+    SCOPED_TRACE("n=" + std::to_string(n));
+    std::vector<Tensor> ins;
+    for (int i = 0; i < 4; ++i)
+      ins.push_back(MakeTensor(DType::kFloat32, {n}, Values(DType::kFloat32, n, 40 + 4 * n + i, i == 3 ? 0 : -1, 1)));
+    const std::vector<Tensor> want = dvm::Run(ins, build);
+    for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+      hwy::SetSupportedTargetsForTest(target);
+      SCOPED_TRACE(std::string("target ") + vm::TargetName());
+      const std::vector<Tensor> got = dvm::Run(ins, build);
+      for (size_t o = 0; o < want.size(); ++o) EXPECT_EQ(got[o].bytes, want[o].bytes) << "output " << o;
+    }
+    hwy::SetSupportedTargetsForTest(0);
   }
 }
 

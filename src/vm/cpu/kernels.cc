@@ -455,14 +455,16 @@ DVM_BIN(OrI, BinIB, hn::Or(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
 // when nothing underflows or overflows: |y| in [2^-20, 2^20] (`ok`, checked
 // once per divisor) and |x| in [2^-100, 2^100) (InRange: checked per four
 // vectors, one unsigned compare of the largest biased magnitude); zeros,
-// NaN, infinities and other magnitudes take the divide.
+// NaN, infinities and other magnitudes take the divide. The correction
+// needs fused multiply-adds: targets without them (SSE4 and older, where
+// MulAdd rounds twice) always divide.
 struct UniformDivisor {
   VF y, rv, ny;
   bool ok;
   HWY_INLINE explicit UniformDivisor(float yr) : UniformDivisor(yr, 1.0f / yr, ReciprocalDivisionExact(yr)) {}
   HWY_INLINE UniformDivisor(float yr, float recip, bool in_range) {
     const DF d;
-    ok = in_range;
+    ok = in_range && HWY_NATIVE_FMA;
     y = hn::Set(d, yr), rv = hn::Set(d, recip), ny = hn::Set(d, -yr);
   }
   HWY_INLINE VF Quotient(VF x) const {

@@ -226,7 +226,6 @@ void StoreHandler(const VInst& vi, TileCtx& c) {
 // into their outputs where the tile allows (as ForwardedHandler does; the
 // STOREs then find them there), then the strips run.
 void ChainProgramHandler(const VInst& vi, TileCtx& c) {
-  static const ChainRunFn run = ChainRunner();
   const auto& pg = *static_cast<const ChainProgram*>(vi.aux);
   const int ns = static_cast<int>(pg.steps.size()) - 1;  // the last is kChainEnd
   const float* P[3 * kMaxChainSteps];
@@ -244,7 +243,7 @@ void ChainProgramHandler(const VInst& vi, TileCtx& c) {
       P[3 * k + 2] = c.W<float>(pg.out[k]);
     }
   }
-  run(pg.steps.data(), ns, P, c.n[0]);
+  pg.run(pg.steps.data(), ns, P, c.n[0]);
 }
 
 void FillHandler(const VInst& vi, TileCtx& c) {
@@ -335,7 +334,6 @@ inline void RunElemOnce(const StageRt& s, int64_t start, int64_t n, TileCtx& c) 
 // of 64..16384 elements: stacked and separate launches 1.08x faster.
 // A tile of a stage with a direct program (Executable::SetupDirect).
 void DirectTile(const StageRt& s, int64_t start, int64_t n, TileCtx& c) {
-  static const ChainRunFn run = ChainRunner();
   const StageRt::DirectPtr* d = s.direct_ptrs.data();
   for (const ChainProgram* pg : s.direct) {
     const float* P[3 * kMaxChainSteps];
@@ -344,7 +342,7 @@ void DirectTile(const StageRt& s, int64_t start, int64_t n, TileCtx& c) {
       P[k] = d->kind == StageRt::DirectPtr::kView ? static_cast<const float*>(c.ptrs[d->tensor]) + d->offset + start
              : d->kind == StageRt::DirectPtr::kScratch ? reinterpret_cast<const float*>(c.regs + d->reg * c.slot_bytes)
                                                        : nullptr;
-    run(pg->steps.data(), ns, P, n);
+    pg->run(pg->steps.data(), ns, P, n);
   }
 }
 
@@ -1510,6 +1508,7 @@ int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
       continue;
     }
     auto pg = std::make_unique<ChainProgram>();
+    pg->run = ChainRunner();
     int acc = -1;  // the register whose value the accumulator holds
     for (size_t t = 0; t < idx.size(); ++t) {
       const int i = idx[t];

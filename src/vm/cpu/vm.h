@@ -53,6 +53,7 @@ struct RowLocalWs {
 // operand and result live in, and the view its result is forwarded into
 // (kNoForward: none).
 struct ChainProgram {
+  ChainRunFn run = nullptr;      // RunChainF of the target the steps were chosen for
   std::vector<ChainStep> steps;  // the last a kChainEnd step
   std::vector<uint32_t> src, opnd, out;
   std::vector<uint16_t> fwd;
