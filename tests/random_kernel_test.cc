@@ -36,6 +36,7 @@
 //                       the kernel behind a crash or hang)
 //   DVM_RANDOM_STACKS   number of stacked groups (default 150)
 #include <gtest/gtest.h>
+#include <hwy/targets.h>
 
 #include <algorithm>
 #include <chrono>
@@ -971,6 +972,36 @@ TEST(RandomKernels, MatchReference) {
               count, failures, secs, slowest_secs, static_cast<unsigned long long>(slowest_seed),
               static_cast<long long>(elements), hist.c_str());
   EXPECT_EQ(failures, 0) << failures << " of " << count << " random kernels failed";
+}
+
+// The same check on every SIMD target this machine runs, each forced in
+// turn (kernels generated after the switch take that target's handlers):
+// DVM_RANDOM_TARGET_KERNELS per target (default 200), other seeds.
+TEST(RandomKernels, MatchReferenceOnEveryTarget) {
+  const uint64_t base = EnvU64("DVM_SEED", 20241125) ^ 0x54475453;
+  const int count = static_cast<int>(EnvU64("DVM_RANDOM_TARGET_KERNELS", 200));
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    int failures = 0;
+    for (int i = 0; i < count; ++i) {
+      const uint64_t seed = SplitMix64(SplitMix64(base) + static_cast<uint64_t>(i));
+      std::string problem;
+      RandomKernel rk(seed);
+      try {
+        rk.Build();
+        auto res = CheckKernel(rk.kernel(), rk.inputs());
+        if (!res) problem = res.message();
+      } catch (const std::exception& e) {
+        problem = std::string("exception: ") + e.what() + "\n" + rk.kernel().Dump();
+      }
+      if (!problem.empty() && failures++ < 3)
+        ADD_FAILURE() << "target " << hwy::TargetName(target) << ": random kernel " << i
+                      << " failed; reproduce with DVM_KERNEL_SEED=" << seed << " on that target\n"
+                      << problem;
+    }
+    std::printf("[ random   ] %s: %d kernels, %d failed\n", hwy::TargetName(target), count, failures);
+  }
+  hwy::SetSupportedTargetsForTest(0);
 }
 
 // Groups of 2 to 6 random kernels (a kernel may appear twice) launched as

@@ -216,9 +216,27 @@ inline VF RoundBF16(DF df, VF v) {
   return hn::BitCast(df, hn::IfThenElse(hn::RebindMask(di, hn::IsNaN(v)), nan, r));
 }
 
+// f16 conversions in hardware (F16C, AVX2 and up). Highway 1.0's
+// emulation for older targets truncates the mantissa instead of rounding to
+// nearest even (RandomKernels.MatchReferenceOnEveryTarget: f16 results one
+// ulp low on SSE4, SSSE3 and scalar), so those convert lane by lane with
+// ir/dtype.h's F32ToF16 / F16ToF32.
+#if HWY_TARGET <= HWY_AVX2 && !defined(HWY_DISABLE_F16C)
+constexpr bool kNativeF16 = true;
+#else
+constexpr bool kNativeF16 = false;
+#endif
+
 inline VF RoundF16(DF df, VF v) {
-  const hn::Rebind<hwy::float16_t, DF> dh;
-  return hn::PromoteTo(df, hn::DemoteTo(dh, v));
+  if constexpr (kNativeF16) {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    return hn::PromoteTo(df, hn::DemoteTo(dh, v));
+  } else {
+    HWY_ALIGN float lanes[hn::MaxLanes(df)];
+    hn::Store(v, df, lanes);
+    for (size_t i = 0; i < hn::Lanes(df); ++i) lanes[i] = F16ToF32(F32ToF16(lanes[i]));
+    return hn::Load(df, lanes);
+  }
 }
 
 // ---- handler templates ----------------------------------------------------
@@ -1497,8 +1515,9 @@ void LoadF16(void* dst, const void* src, int64_t n) {
   auto* o = static_cast<float*>(dst);
   auto* s = static_cast<const hwy::float16_t*>(src);
   int64_t i = 0;
-  for (; i + static_cast<int64_t>(hn::Lanes(d)) <= n; i += hn::Lanes(d))
-    hn::StoreU(hn::PromoteTo(d, hn::LoadU(dh, s + i)), d, o + i);
+  if constexpr (kNativeF16)
+    for (; i + static_cast<int64_t>(hn::Lanes(d)) <= n; i += hn::Lanes(d))
+      hn::StoreU(hn::PromoteTo(d, hn::LoadU(dh, s + i)), d, o + i);
   for (; i < n; ++i) {
     uint16_t h;
     std::memcpy(&h, s + i, 2);
@@ -1534,8 +1553,9 @@ void StoreF16(void* dst, const void* src, int64_t n) {
   auto* o = static_cast<hwy::float16_t*>(dst);
   auto* s = static_cast<const float*>(src);
   int64_t i = 0;
-  for (; i + static_cast<int64_t>(hn::Lanes(d)) <= n; i += hn::Lanes(d))
-    hn::StoreU(hn::DemoteTo(dh, hn::LoadU(d, s + i)), dh, o + i);
+  if constexpr (kNativeF16)
+    for (; i + static_cast<int64_t>(hn::Lanes(d)) <= n; i += hn::Lanes(d))
+      hn::StoreU(hn::DemoteTo(dh, hn::LoadU(d, s + i)), dh, o + i);
   for (; i < n; ++i) {
     uint16_t h = F32ToF16(s[i]);
     std::memcpy(o + i, &h, 2);
