@@ -61,6 +61,44 @@ TEST(KernelStack, EqualsSeparateLaunches) {
   SetNumThreads(2);
 }
 
+// Kernels with the same program but for their constants, and the same
+// kernel over many tensors, stacked: equal programs share one decoded copy
+// (vm ShareChainPrograms), programs that differ in a constant, a flag or
+// an operand do not; every launch equals its separate launch bit for bit.
+TEST(KernelStack, SimilarProgramsKeepTheirConstants) {
+  Rng rng(17);
+  auto make = [](Kernel& k, double a, double b, bool sub) {
+    auto* x = k.Load(nullptr, {-1}, DType::kFloat32);
+    auto* y = k.Load(nullptr, {-1}, DType::kFloat32);
+    auto* t = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, x, a), k.Binary(BinaryOp::kMul, y, b));
+    k.Store(nullptr, k.Binary(sub ? BinaryOp::kSub : BinaryOp::kAdd, k.Binary(BinaryOp::kDiv, t, 3.0), x));
+  };
+  std::vector<std::unique_ptr<Kernel>> ks;
+  const double consts[][2] = {{0.9, 0.1}, {0.5, 0.1}, {0.9, 0.25}, {0.9, 0.1}};
+  for (int i = 0; i < 5; ++i) {
+    ks.push_back(std::make_unique<Kernel>(KernelType::kDynamic));
+    make(*ks.back(), consts[i % 4][0], consts[i % 4][1], i == 4);
+  }
+  std::vector<Launch> launches;
+  for (int rep = 0; rep < 3; ++rep)
+    for (auto& k : ks) {
+      const int64_t n = 50 + 37 * static_cast<int64_t>(launches.size());
+      launches.push_back({k.get(),
+                          {MakeTensor(DType::kFloat32, {n}, Uniform(-1, 1), rng),
+                           MakeTensor(DType::kFloat32, {n}, Uniform(-1, 1), rng)}});
+    }
+  std::vector<LaunchBuffers> sep, stk;
+  for (auto& l : launches) {
+    sep.emplace_back(*l.k, l.inputs);
+    stk.emplace_back(*l.k, l.inputs);
+  }
+  for (size_t i = 0; i < launches.size(); ++i) launches[i].k->Launch(sep[i].in_args, sep[i].out_args);
+  KernelStack stack;
+  for (size_t i = 0; i < launches.size(); ++i) stack.Add(*launches[i].k, stk[i].in_args, stk[i].out_args);
+  stack.Launch();
+  for (size_t i = 0; i < launches.size(); ++i) EXPECT_EQ(stk[i].out, sep[i].out) << "launch " << i;
+}
+
 TEST(KernelStack, ManyShapesBeyondTheKernelCache) {
   // More distinct shapes than the kernel keeps programs for: the stack keeps
   // the programs it recorded alive.

@@ -175,6 +175,7 @@ class Executable {
   int FuseChainPrograms(const bc::Stage& s, StageRt& rt) const;  // returns the programs made
   static void SetupRagged(StageRt& rt);
   void SetupDirect(StageRt& rt) const;
+  void ShareChainPrograms();
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
