@@ -12,6 +12,28 @@ struct Launch {
   std::vector<ref::Tensor> inputs;
 };
 
+// Runs every launch on its own and all of them as one stack, twice (the
+// second launch reuses the cached stacked program): each stacked output
+// equals its separate one bit for bit. Returns the stack's disassembly.
+std::string ExpectStackEqualsSeparate(std::vector<Launch>& launches) {
+  std::vector<LaunchBuffers> sep, stk;
+  for (auto& l : launches) {
+    sep.emplace_back(*l.k, l.inputs);
+    stk.emplace_back(*l.k, l.inputs);
+  }
+  for (size_t i = 0; i < launches.size(); ++i) launches[i].k->Launch(sep[i].in_args, sep[i].out_args);
+  KernelStack stack;
+  for (int rep = 0; rep < 2; ++rep) {
+    stack.Clear();
+    for (size_t i = 0; i < launches.size(); ++i) stack.Add(*launches[i].k, stk[i].in_args, stk[i].out_args);
+    EXPECT_EQ(stack.size(), launches.size());
+    stack.Launch();
+    for (size_t i = 0; i < launches.size(); ++i)
+      for (size_t o = 0; o < sep[i].out.size(); ++o) EXPECT_EQ(sep[i].out[o], stk[i].out[o]) << "launch " << i;
+  }
+  return stack.Das();
+}
+
 TEST(KernelStack, EqualsSeparateLaunches) {
   Rng rng(11);
   // An elementwise kernel, a row softmax, a full reduction (two stages) and
@@ -40,22 +62,7 @@ TEST(KernelStack, EqualsSeparateLaunches) {
   for (int threads : {1, 2}) {
     SCOPED_TRACE("threads " + std::to_string(threads));
     SetNumThreads(threads);
-    std::vector<LaunchBuffers> sep, stk;
-    for (auto& l : launches) {
-      sep.emplace_back(*l.k, l.inputs);
-      stk.emplace_back(*l.k, l.inputs);
-    }
-    for (size_t i = 0; i < launches.size(); ++i) launches[i].k->Launch(sep[i].in_args, sep[i].out_args);
-    KernelStack stack;
-    for (int rep = 0; rep < 2; ++rep) {  // the second launch reuses the cached stacked program
-      stack.Clear();
-      for (size_t i = 0; i < launches.size(); ++i) stack.Add(*launches[i].k, stk[i].in_args, stk[i].out_args);
-      EXPECT_EQ(stack.size(), launches.size());
-      stack.Launch();
-      for (size_t i = 0; i < launches.size(); ++i)
-        for (size_t o = 0; o < sep[i].out.size(); ++o) EXPECT_EQ(sep[i].out[o], stk[i].out[o]) << "launch " << i;
-    }
-    const std::string das = stack.Das();
+    const std::string das = ExpectStackEqualsSeparate(launches);
     EXPECT_NE(das.find("concurrent"), std::string::npos) << das;
   }
   SetNumThreads(2);
@@ -87,16 +94,7 @@ TEST(KernelStack, SimilarProgramsKeepTheirConstants) {
                           {MakeTensor(DType::kFloat32, {n}, Uniform(-1, 1), rng),
                            MakeTensor(DType::kFloat32, {n}, Uniform(-1, 1), rng)}});
     }
-  std::vector<LaunchBuffers> sep, stk;
-  for (auto& l : launches) {
-    sep.emplace_back(*l.k, l.inputs);
-    stk.emplace_back(*l.k, l.inputs);
-  }
-  for (size_t i = 0; i < launches.size(); ++i) launches[i].k->Launch(sep[i].in_args, sep[i].out_args);
-  KernelStack stack;
-  for (size_t i = 0; i < launches.size(); ++i) stack.Add(*launches[i].k, stk[i].in_args, stk[i].out_args);
-  stack.Launch();
-  for (size_t i = 0; i < launches.size(); ++i) EXPECT_EQ(stk[i].out, sep[i].out) << "launch " << i;
+  ExpectStackEqualsSeparate(launches);
 }
 
 TEST(KernelStack, ManyShapesBeyondTheKernelCache) {
