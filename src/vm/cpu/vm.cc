@@ -326,12 +326,6 @@ inline void RunElemOnce(const StageRt& s, int64_t start, int64_t n, TileCtx& c) 
   c.n[1] = 1;
   RunCode(s.code.data() + s.sec[bc::kBody], s.code.data() + s.sec[bc::kBody + 1], c);
 }
-// A tile whose length is not a multiple of 16 (a tensor's last) runs as
-// its whole vectors, in place, then the rest: run as one, every load of it
-// copied all n lanes to scratch (kernels read whole vectors, which would
-// pass the tensor's end) and no result could be written in place. The
-// values are the same (ELEM bodies are elementwise). Adam over 300 tensors
-// of 64..16384 elements: stacked and separate launches 1.08x faster.
 // A tile of a stage with a direct program (Executable::SetupDirect).
 void DirectTile(const StageRt& s, int64_t start, int64_t n, TileCtx& c) {
   const StageRt::DirectPtr* d = s.direct_ptrs.data();
@@ -346,6 +340,12 @@ void DirectTile(const StageRt& s, int64_t start, int64_t n, TileCtx& c) {
   }
 }
 
+// A tile whose length is not a multiple of 16 (a tensor's last) runs as
+// its whole vectors, in place, then the rest: run as one, every load of it
+// copied all n lanes to scratch (kernels read whole vectors, which would
+// pass the tensor's end) and no result could be written in place. The
+// values are the same (ELEM bodies are elementwise). Adam over 300 tensors
+// of 64..16384 elements: stacked and separate launches 1.08x faster.
 inline void RunElem(const StageRt& s, int64_t start, int64_t n, TileCtx& c) {
   if (!s.direct.empty()) {
     DirectTile(s, start, n, c);
@@ -914,19 +914,11 @@ void UniformLoadHandler(const VInst& vi, TileCtx& c) {
 void AliasHandler(const VInst& vi, TileCtx& c) { c.p[vi.dst] = c.p[vi.a]; }
 }  // namespace
 
-// An ELEM stage whose code is only plain LOADs, STOREs and fused programs
-// runs a tile whose length is not a multiple of 16 (a tensor's last) as one,
-// in place, instead of its whole vectors and then the rest through copies
-// (RunElem): a LOAD then points into the tensor with only n lanes valid, a
-// STORE copies n lanes, and a program runs its last partial vector through
-// copies (RunChainF), so nothing reads or writes past the tile. 300 stacked
-// Adam tensors of 64..16384 elements: 5-10% faster (all lengths rounded to
-// 16 measured as much faster as this).
 // A ragged stage (SetupRagged) whose LOADs all read f32 views that are one
-// contiguous run over the whole domain (so in place for any tile), with one
-// fused program whose results are forwarded into such views or kept in
+// contiguous run over the whole domain (so in place for any tile), with
+// fused programs whose results are forwarded into such views or kept in
 // scratch, and whose STOREs find their values already forwarded: the
-// program's pointers for a tile are a view's base plus the tile start, a
+// programs' pointers for a tile are a view's base plus the tile start, a
 // scratch register, or null, known here (StageRt::direct_ptrs). A tile then
 // skips the LOAD, STORE and program handlers' checks (DirectTile): 300
 // stacked Adam tensors of 77 elements at one thread 54 -> 46 us (64: 49 ->
@@ -1022,6 +1014,14 @@ void Executable::ShareChainPrograms() {
   }
 }
 
+// An ELEM stage whose code is only plain LOADs, STOREs and fused programs
+// runs a tile whose length is not a multiple of 16 (a tensor's last) as one,
+// in place, instead of its whole vectors and then the rest through copies
+// (RunElem): a LOAD then points into the tensor with only n lanes valid, a
+// STORE copies n lanes, and a program runs its last partial vector through
+// copies (RunChainF), so nothing reads or writes past the tile. 300 stacked
+// Adam tensors of 64..16384 elements: 5-10% faster (all lengths rounded to
+// 16 measured as much faster as this).
 void Executable::SetupRagged(StageRt& rt) {
   if (rt.mode != bc::Mode::kElem) return;
   bool program = false;
@@ -1474,20 +1474,19 @@ void FoldOperandSteps(ChainProgram& pg) {
   }
 }
 
-int Executable::folded_operands() const {
+template <class Pred>
+int Executable::CountChainSteps(Pred pred) const {
   int n = 0;
   for (const StageRt& rt : stages_)
     for (const auto& pg : rt.chains)
-      for (const ChainStep& st : pg->steps) n += st.operand >= ChainOperand::kRegAdd;
+      for (const ChainStep& st : pg->steps) n += pred(st);
   return n;
 }
-
+int Executable::folded_operands() const {
+  return CountChainSteps([](const ChainStep& st) { return st.operand >= ChainOperand::kRegAdd; });
+}
 int Executable::program_slots() const {
-  int n = 0;
-  for (const StageRt& rt : stages_)
-    for (const auto& pg : rt.chains)
-      for (const ChainStep& st : pg->steps) n += st.out_slot >= 0;
-  return n;
+  return CountChainSteps([](const ChainStep& st) { return st.out_slot >= 0; });
 }
 
 // ELEM stages: a run of three or more f32 elementwise instructions

@@ -176,6 +176,8 @@ class Executable {
   static void SetupRagged(StageRt& rt);
   void SetupDirect(StageRt& rt) const;
   void ShareChainPrograms();
+  template <class Pred>
+  int CountChainSteps(Pred pred) const;  // steps of the stages' programs for which pred holds
 
   bc::Program prog_;
   std::vector<StageRt> stages_;
