@@ -1009,7 +1009,7 @@ TEST(KernelsFused, ProgramsEqualOpByOp) {
     int op2, op3;
     double k2;
   };
-  int programs = 0, slots = 0, folds = 0, direct = 0;
+  int programs = 0, slots = 0, folds = 0, direct = 0, half = 0;
   for (uint32_t seed = 1; seed <= 45; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     std::mt19937 rng(seed);
@@ -1115,11 +1115,13 @@ TEST(KernelsFused, ProgramsEqualOpByOp) {
     slots += ex.program_slots();
     folds += ex.folded_operands();
     direct += ex.direct_stages();
+    half += ex.half_strip_programs();
   }
   EXPECT_GT(programs, 30);  // the plans do fuse
   EXPECT_GT(slots, 10);     // and keep values read by later steps in strip slots
   EXPECT_GT(folds, 10);     // and fold scaled loads into their readers (23 in 45)
   EXPECT_GT(direct, 20);    // and run tiles without the handlers (33 in 45)
+  EXPECT_GT(half, 5);       // and run long programs in strips of four vectors
 }
 
 // Adam's update (bench stack): m * b1 and v * b2 are each loaded, scaled
@@ -1169,6 +1171,7 @@ TEST(KernelsFused, AdamFoldsScaledLoadsIntoItsAdds) {
     EXPECT_EQ(ex.fused_programs(), 1) << k.Das();
     EXPECT_EQ(ex.folded_operands(), 2) << k.Das();
     EXPECT_EQ(ex.program_slots(), 1) << k.Das();
+    EXPECT_EQ(ex.half_strip_programs(), 1) << k.Das();        // twelve steps: strips of four vectors
     EXPECT_EQ(ex.direct_stages(), n > 1 ? 1 : 0) << k.Das();  // [1] is a scalar view
     // In place, as an optimizer steps (p', m', v' over p, m, v): a folded
     // step reads m and v again where their outputs are written, before.
@@ -1267,7 +1270,7 @@ TEST(KernelsFused, ProgramOpsHaveSteps) {
     st.op = static_cast<uint8_t>(o);
     st.operand = binary ? vm::ChainOperand::kReg : vm::ChainOperand::kNone;
     st.load = st.store = true;
-    for (vm::StepWidth w : {vm::StepWidth::kStrip, vm::StepWidth::kOne})
+    for (vm::StepWidth w : {vm::StepWidth::kStrip, vm::StepWidth::kOne, vm::StepWidth::kHalfStrip})
       EXPECT_EQ(vm::ChainStepFn(st, w) != nullptr, bc::ProgramOp(op))
           << bc::kOpInfo[o].name << " width " << static_cast<int>(w);
   }

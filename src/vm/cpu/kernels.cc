@@ -749,20 +749,18 @@ void StepT(const ChainStep* s, const float* const* P, int64_t i, VF a0, VF a1, V
   // vectors went through the stack).
   auto each = [&](auto f) HWY_ATTR {
     a0 = f(a0, 0);
-    if constexpr (S == 8) {
-      a1 = f(a1, 1), a2 = f(a2, 2), a3 = f(a3, 3);
-      a4 = f(a4, 4), a5 = f(a5, 5), a6 = f(a6, 6), a7 = f(a7, 7);
-    }
+    if constexpr (S >= 4) a1 = f(a1, 1), a2 = f(a2, 2), a3 = f(a3, 3);
+    if constexpr (S == 8) a4 = f(a4, 4), a5 = f(a5, 5), a6 = f(a6, 6), a7 = f(a7, 7);
   };
   if constexpr (kLoad) each([&](VF, int j) HWY_ATTR { return load(src + j * L); });
   constexpr auto operand = static_cast<ChainOperand>(kOperand);
   if constexpr (operand == ChainOperand::kNone) {
     each([&](VF x, int) HWY_ATTR { return LightUnary<kOpc>(d, x); });
-  } else if constexpr (S == 8 && kOpc == static_cast<int>(bc::Opcode::DIV) && operand == ChainOperand::kConst &&
+  } else if constexpr (S >= 4 && kOpc == static_cast<int>(bc::Opcode::DIV) && operand == ChainOperand::kConst &&
                        !kRev) {
     const UniformDivisor u(s->k, s->rk, s->k_ok);  // by reciprocal: the same bits
     u.Divide4(a0, a1, a2, a3);
-    u.Divide4(a4, a5, a6, a7);
+    if constexpr (S == 8) u.Divide4(a4, a5, a6, a7);
   } else {
     const VF k = hn::Set(d, s->k);
     constexpr int kOp2 = static_cast<int>(operand == ChainOperand::kRegAdd   ? bc::Opcode::ADD
@@ -782,7 +780,7 @@ void StepT(const ChainStep* s, const float* const* P, int64_t i, VF a0, VF a1, V
       return x;
     });
   }
-  return Fn(S == 8 ? s[1].fn : S == 1 ? s[1].fn1 : s[1].fn0)(s + 1, P + 3, i, a0, a1, a2, a3, a4, a5, a6, a7);
+  return Fn(S >= 4 ? s[1].fn : S == 1 ? s[1].fn1 : s[1].fn0)(s + 1, P + 3, i, a0, a1, a2, a3, a4, a5, a6, a7);
 }
 
 // The ops of fused programs, in the index order of the step table.
@@ -798,7 +796,7 @@ constexpr int kNumBinaryChainOps = 6;
 template <size_t I>
 constexpr StepFn StepAt() {
   constexpr int kWidth = static_cast<int>(I / (kNumChainOps * kNumChainOperands * 8));
-  constexpr int S = kWidth == 0 ? 8 : kWidth == 1 ? 1 : 0;
+  constexpr int S = kWidth == 0 ? 8 : kWidth == 1 ? 1 : kWidth == 2 ? 0 : 4;
   constexpr int opi = static_cast<int>(I / (kNumChainOperands * 8) % kNumChainOps);
   constexpr int operand = static_cast<int>(I / 8 % kNumChainOperands);
   constexpr bool rev = I / 4 % 2, load = I / 2 % 2, store = I % 2;
@@ -824,10 +822,12 @@ StepFn StepFor(const ChainStep& st, StepWidth w) {
       ((((wi * kNumChainOps + opi) * kNumChainOperands + static_cast<int>(st.operand)) * 2 + st.rev) * 2 + st.load) *
           2 +
       st.store);
-  return opi < kNumChainOps ? StepLookup(i, std::make_index_sequence<3 * kNumChainOps * kNumChainOperands * 8>())
+  return opi < kNumChainOps ? StepLookup(i, std::make_index_sequence<4 * kNumChainOps * kNumChainOperands * 8>())
                             : nullptr;
 }
 
+// kS: vectors per strip (8, or 4 for long programs: kHalfStripSteps).
+template <int kS>
 void RunChainF(const ChainStep* steps, int nsteps, const float** P, int64_t n) {
   const DF d;
   const int64_t L = hn::Lanes(d);
@@ -845,7 +845,7 @@ void RunChainF(const ChainStep* steps, int nsteps, const float** P, int64_t n) {
   const VF z = hn::Zero(d);
   const StepFn first = Fn(steps[0].fn), first1 = Fn(steps[0].fn1);
   int64_t i = 0;
-  for (; i + 8 * L <= n; i += 8 * L) first(steps, P, i, z, z, z, z, z, z, z, z);
+  for (; i + kS * L <= n; i += kS * L) first(steps, P, i, z, z, z, z, z, z, z, z);
   for (; i + L <= n; i += L) first1(steps, P, i, z, z, z, z, z, z, z, z);
   if (i == n) return;
   if constexpr (kPartialSteps) {  // in place, masked
@@ -1888,7 +1888,7 @@ float ErfScalarT(float x) {
 }
 
 const char* TargetNameT() { return hwy::TargetName(HWY_TARGET); }
-ChainRunFn ChainRunnerT() { return &RunChainF; }
+ChainRunFn ChainRunnerT(bool half) { return half ? &RunChainF<4> : &RunChainF<8>; }
 const void* ChainStepFnT(const ChainStep& st, StepWidth w) { return reinterpret_cast<const void*>(StepFor(st, w)); }
 
 }  // namespace dvm::vm::HWY_NAMESPACE
@@ -1926,7 +1926,7 @@ Handler ChainExpSumHandler(int op1, int y_kind) { return HWY_DYNAMIC_DISPATCH(Ch
 ConvertFn StoreConverter(DType t) { return HWY_DYNAMIC_DISPATCH(StoreConverterT)(t); }
 float ErfApprox(float x) { return HWY_DYNAMIC_DISPATCH(ErfScalarT)(x); }
 const char* TargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameT)(); }
-ChainRunFn ChainRunner() { return HWY_DYNAMIC_DISPATCH(ChainRunnerT)(); }
+ChainRunFn ChainRunner(bool half) { return HWY_DYNAMIC_DISPATCH(ChainRunnerT)(half); }
 const void* ChainStepFn(const ChainStep& st, StepWidth w) { return HWY_DYNAMIC_DISPATCH(ChainStepFnT)(st, w); }
 
 }  // namespace dvm::vm

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "bytecode/isa.h"
 #include "dvm/dvm.h"
@@ -169,11 +170,12 @@ struct ChainStep {
   }
 };
 // The threaded-code function of a step (op, operand kind and flags set),
-// for strips of eight vectors, of one, or of the lanes of one vector that a
+// for strips of eight vectors, of one, of the lanes of one vector that a
 // mask (passed in the second vector argument) selects (null where masked
-// loads could read past them: before AVX2); for op kChainEnd, the function
-// that ends a program. SetStepFns sets all three.
-enum class StepWidth : uint8_t { kStrip, kOne, kPartial };
+// loads could read past them: before AVX2), or of four vectors; for op
+// kChainEnd, the function that ends a program. SetStepFns sets the first
+// three (UseHalfStrips then replaces the strip function).
+enum class StepWidth : uint8_t { kStrip, kOne, kPartial, kHalfStrip };
 constexpr uint8_t kChainEnd = 0xff;
 const void* ChainStepFn(const ChainStep& st, StepWidth w);
 inline void SetStepFns(ChainStep& st) {
@@ -189,7 +191,21 @@ constexpr int kMaxChainSlots = 8;
 // zero; RunChainF sets its slots' pointers). Lanes past n are neither read
 // nor written: a last partial vector goes through copies.
 using ChainRunFn = void (*)(const ChainStep* steps, int nsteps, const float** P, int64_t n);
-ChainRunFn ChainRunner();
+// The runner for strips of eight vectors, or of four (`half`: every step's
+// fn then the kHalfStrip function).
+ChainRunFn ChainRunner(bool half = false);
+// Programs of at least this many steps (kChainEnd not counted) run in
+// strips of four vectors. A strip of eight through Adam's twelve steps is
+// ~380 uops, more than the core's reorder window (320 on Zen 4), so one
+// strip's divider-bound tail does not overlap the next strip's loads; with
+// four, two strips are in flight (300 stacked Adam tensors, one thread,
+// out of L2: 707-801 -> 657-732 us; a threaded-code model of it 13-20%).
+// Short programs keep eight: six steps over [65536] in L2 take 2-9% longer
+// in strips of four (more step overhead per element, nothing to overlap).
+constexpr int kHalfStripSteps = 10;
+inline void UseHalfStrips(std::vector<ChainStep>& steps) {
+  for (ChainStep& st : steps) st.fn = ChainStepFn(st, StepWidth::kHalfStrip);
+}
 
 // erf approximation used by the ERF handler (scalar twin, for tests).
 float ErfApprox(float x);

@@ -1485,6 +1485,12 @@ int Executable::CountChainSteps(Pred pred) const {
 int Executable::folded_operands() const {
   return CountChainSteps([](const ChainStep& st) { return st.operand >= ChainOperand::kRegAdd; });
 }
+int Executable::half_strip_programs() const {
+  int n = 0;
+  for (const StageRt& rt : stages_)
+    for (const auto& pg : rt.chains) n += pg->run == ChainRunner(true);
+  return n;
+}
 int Executable::program_slots() const {
   return CountChainSteps([](const ChainStep& st) { return st.out_slot >= 0; });
 }
@@ -1544,7 +1550,6 @@ int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
       continue;
     }
     auto pg = std::make_unique<ChainProgram>();
-    pg->run = ChainRunner();
     int acc = -1;  // the register whose value the accumulator holds
     for (size_t t = 0; t < idx.size(); ++t) {
       const int i = idx[t];
@@ -1596,6 +1601,9 @@ int Executable::FuseChainPrograms(const bc::Stage& s, StageRt& rt) const {
     end.op = kChainEnd;
     SetStepFns(end);
     pg->steps.push_back(end);
+    const bool half = static_cast<int>(pg->steps.size()) - 1 >= kHalfStripSteps;
+    if (half) UseHalfStrips(pg->steps);
+    pg->run = ChainRunner(half);
     for (int i : idx) {
       VInst& v = rt.code[i];
       const bool head = i == idx.back();

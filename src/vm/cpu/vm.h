@@ -135,6 +135,9 @@ class Executable {
   // Steps of a loaded value and a constant folded into their reader
   // (FoldOperandSteps; tests).
   int folded_operands() const;
+  // Fused programs long enough to run in strips of four vectors
+  // (kHalfStripSteps; tests).
+  int half_strip_programs() const;
   // Stages whose tiles run their fused program directly (SetupDirect; tests).
   int direct_stages() const {
     int n = 0;
