@@ -1435,6 +1435,22 @@ TEST(Cache, CodegenPerDistinctShapeSet) {
   EXPECT_EQ(k2.stats().codegens, 4u);
 }
 
+// A dynamic kernel built further after a launch generates again: its
+// cached programs are of the old graph (a new output would not be written).
+TEST(Cache, DynamicKernelGrownAfterLaunch) {
+  Kernel k(KernelType::kDynamic);
+  NDObject* x = k.Load(nullptr, {-1}, DType::kFloat32);
+  k.Store(nullptr, k.Binary(BinaryOp::kAdd, x, 1.0));
+  std::vector<float> in(8, 1.0f), y(8, -7.0f), z(8, -7.0f);
+  k.Launch({{in.data(), {8}, 32}}, {{y.data(), {}, 32}});
+  EXPECT_EQ(y[0], 2.0f);
+  k.Store(nullptr, k.Binary(BinaryOp::kMul, x, 3.0));
+  k.Launch({{in.data(), {8}, 32}}, {{y.data(), {}, 32}, {z.data(), {}, 32}});
+  EXPECT_EQ(y[7], 2.0f);
+  EXPECT_EQ(z[7], 3.0f);
+  EXPECT_EQ(k.stats().codegens, 2u);
+}
+
 TEST(Cache, StaticKernelGeneratesOnce) {
   Kernel k;
   NDObject* x = k.Load(nullptr, {4, 1025}, DType::kFloat32);

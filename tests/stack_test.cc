@@ -133,5 +133,53 @@ TEST(KernelStack, BadArgumentsAreRejectedAtAdd) {
   EXPECT_EQ(b[0], 3.0f);
 }
 
+// Add takes the launch recorded at its position last step again only while
+// it is the same kernel, unchanged, at the same shapes: steps that change
+// shapes, order or kernels, grow a kernel, or pass a bad buffer where the
+// last step's was good all run as recorded, and errors still come.
+TEST(KernelStack, StepsFollowChangesAtEachPosition) {
+  Rng rng(21);
+  Kernel a(KernelType::kDynamic), b(KernelType::kDynamic);
+  auto* xa = a.Load(nullptr, {-1}, DType::kFloat32);
+  a.Store(nullptr, a.Binary(BinaryOp::kMul, a.Binary(BinaryOp::kAdd, xa, 1.0), 0.5));
+  auto* xb = b.Load(nullptr, {-1, -1}, DType::kFloat32);
+  b.Store(nullptr, b.Reduce(ReduceOp::kSum, xb, {1}, false));
+  auto T = [&](Shape sh) { return MakeTensor(DType::kFloat32, sh, Uniform(-1, 1), rng); };
+  KernelStack stack;
+  // Each step: its launches, checked against the reference.
+  auto step = [&](std::vector<std::pair<Kernel*, std::vector<ref::Tensor>>> ls) {
+    std::vector<LaunchBuffers> bufs;
+    for (auto& [k, in] : ls) bufs.emplace_back(*k, in);
+    stack.Clear();
+    for (size_t i = 0; i < ls.size(); ++i) stack.Add(*ls[i].first, bufs[i].in_args, bufs[i].out_args);
+    stack.Launch();
+    for (size_t i = 0; i < ls.size(); ++i) {
+      const auto want = ref::Evaluate(GetGraph(*ls[i].first), ls[i].second);
+      for (size_t o = 0; o < want.size(); ++o) {
+        const auto got = ref::FromBytes(bufs[i].out[o].data(), DType::kFloat32, want[o].shape);
+        EXPECT_TRUE(AllClose(want[o], got, DType::kFloat32)) << "launch " << i << " output " << o;
+      }
+    }
+  };
+  step({{&a, {T({100})}}, {&b, {T({3, 50})}}});
+  step({{&a, {T({100})}}, {&b, {T({3, 50})}}});                 // taken again
+  step({{&a, {T({101})}}, {&b, {T({3, 50})}}});                 // a's shape changes
+  step({{&a, {T({101})}}, {&b, {T({5, 20})}}});                 // b's shape changes, same element count
+  step({{&b, {T({5, 20})}}, {&a, {T({101})}}});                 // order swapped
+  step({{&a, {T({101})}}, {&a, {T({7})}}, {&b, {T({2, 2})}}});  // longer
+  step({{&a, {T({7})}}});                                       // shorter
+  // a grows a second output: the recorded program (one output) is stale.
+  a.Store(nullptr, a.Binary(BinaryOp::kSub, xa, 2.0));
+  step({{&a, {T({7})}}, {&b, {T({2, 2})}}});
+  // A bad buffer where the recorded launch had a good one.
+  std::vector<float> in(7, 1.0f), out0(7, 5.0f);
+  stack.Clear();
+  EXPECT_THROW(stack.Add(a, {{in.data(), {7}}}, {{out0.data(), {}}, {nullptr, {}}}), Error);
+  EXPECT_THROW(stack.Add(a, {{in.data(), {7}}}, {{out0.data(), {}}, {out0.data(), {}, 8}}), Error);  // 8 < 28
+  EXPECT_EQ(stack.size(), 0u);
+  EXPECT_EQ(out0[0], 5.0f);
+  step({{&a, {T({7})}}, {&b, {T({2, 2})}}});
+}
+
 }  // namespace
 }  // namespace dvm::test
