@@ -6,6 +6,9 @@
 #include "vm/cpu/kernels.h"
 
 #include <algorithm>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -13,6 +16,21 @@
 #include <utility>
 
 #include "ir/dtype.h"
+
+#ifndef DVM_KERNELS_NATIVE_BF16
+#define DVM_KERNELS_NATIVE_BF16
+namespace dvm::vm {
+// f32 -> bf16 by AVX512-BF16's vcvtne2ps2bf16 where the CPU has it (Zen 4,
+// Cooper Lake, Sapphire Rapids); Highway 1.0 has no target for it. The
+// instruction rounds to nearest even and quiets NaNs as F32ToBF16 does, but
+// flushes denormal inputs to zero: checked against F32ToBF16 on all 2^32
+// inputs, only the denormals differ, so a pair of vectors with a denormal
+// lane converts lane by lane. Converts whole pairs of 16 lanes and returns
+// how many lanes it did.
+extern const bool kNativeBF16;
+int64_t StoreBF16Native(uint16_t* o, const float* s, int64_t n);
+}  // namespace dvm::vm
+#endif
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "vm/cpu/kernels.cc"
@@ -1580,6 +1598,10 @@ void StoreBF16(void* dst, const void* src, int64_t n) {
     return hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), hn::Or(u, quiet), r);
   };
   int64_t i = 0;
+#if HWY_TARGET <= HWY_AVX3 && HWY_ARCH_X86
+  // A [65536] cast to bf16 in L2, one thread: 4.19 -> 3.74 us.
+  if (kNativeBF16) i = StoreBF16Native(o, s, n);
+#endif
 #if HWY_TARGET != HWY_SCALAR
   for (; i + 2 * L <= n; i += 2 * L) {
     const auto lo = round(Opaque(d, hn::LoadU(d, s + i))), hi = round(Opaque(d, hn::LoadU(d, s + i + L)));
@@ -1896,6 +1918,31 @@ HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 namespace dvm::vm {
+
+#if HWY_ARCH_X86
+const bool kNativeBF16 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") != 0;
+}();
+__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16"))) int64_t StoreBF16Native(uint16_t* o,
+                                                                                                 const float* s,
+                                                                                                 int64_t n) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 lo = _mm512_loadu_ps(s + i), hi = _mm512_loadu_ps(s + i + 16);
+    constexpr int kDenormal = 0x20;  // vfpclassps category
+    if (_kortestz_mask16_u8(_mm512_fpclass_ps_mask(lo, kDenormal), _mm512_fpclass_ps_mask(hi, kDenormal))) {
+      _mm512_storeu_si512(static_cast<void*>(o + i), reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+    } else {
+      for (int j = 0; j < 32; ++j) o[i + j] = F32ToBF16(s[i + j]);
+    }
+  }
+  return i;
+}
+#else
+const bool kNativeBF16 = false;
+int64_t StoreBF16Native(uint16_t*, const float*, int64_t) { return 0; }
+#endif
 
 HWY_EXPORT(SelectHandlerT);
 HWY_EXPORT(LoadConverterT);
