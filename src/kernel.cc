@@ -687,7 +687,7 @@ struct KernelStack::Impl {
     uint32_t key_at = 0, key_len = 0;  // program->key in keys
     uint32_t bind_at = 0, bind_len = 0;
     uint32_t ntensors = 0;
-    uint32_t ninputs = 0, noutputs = 0;
+    uint32_t noutputs = 0;  // the input count is in the key
   };
   std::vector<int64_t> keys;
   std::vector<TensorBind> binds;
@@ -788,8 +788,7 @@ void KernelStack::Add(Kernel& k, std::span<const TensorArg> inputs, std::span<co
   bool same = false;
   if (s.count < s.entries.size()) {
     const Impl::Entry& e = s.entries[s.count];
-    same = e.kernel == &ki && e.generation == ki.generation && e.ninputs == inputs.size() &&
-           e.noutputs == outputs.size() &&
+    same = e.kernel == &ki && e.generation == ki.generation && e.noutputs == outputs.size() &&
            KeyMatches(std::span<const int64_t>(s.keys.data() + e.key_at, e.key_len), inputs.size(), shape_at);
   }
   if (same) {
@@ -814,7 +813,7 @@ void KernelStack::Add(Kernel& k, std::span<const TensorArg> inputs, std::span<co
     e.key_at = static_cast<uint32_t>(key_at), e.key_len = static_cast<uint32_t>(p.key.size());
     e.bind_at = static_cast<uint32_t>(bind_at), e.bind_len = static_cast<uint32_t>(p.binds.size());
     e.ntensors = static_cast<uint32_t>(p.ptrs.size());
-    e.ninputs = static_cast<uint32_t>(inputs.size()), e.noutputs = static_cast<uint32_t>(outputs.size());
+    e.noutputs = static_cast<uint32_t>(outputs.size());
   }
   const Impl::Entry& e = s.entries[s.count];
   if (s.ptrs.size() < s.nptrs + e.ntensors) s.ptrs.resize(s.nptrs + e.ntensors, nullptr);
