@@ -1797,6 +1797,64 @@ TEST(KernelsFused, RowInvariantLoadsExpandedPerLaunch) {
   EXPECT_EQ(vm::Executable(k.Bytecode()).invariant_loads(), 2) << k.Das();
 }
 
+// A row-invariant operand of a fused chain (a bias) is read in place, row
+// by row (ChainHandler kind 3), where tiles hold several rows: the bits of
+// the same program with the operand given as a full [R, K] tensor (read
+// element for element), for y and z operands, swapped commuting operands,
+// both at once, two rows, a unary second op, tiles that start and end
+// inside rows; and the forms it cannot take keep the expansion.
+TEST(KernelsFused, RowInvariantOperandsReadInPlace) {
+  using F = std::function<NDObject*(Kernel&, NDObject*, NDObject*, NDObject*, NDObject*)>;
+  auto bin = [](BinaryOp op) { return [op](Kernel& k, NDObject* a, NDObject* b) { return k.Binary(op, a, b); }; };
+  auto add = bin(BinaryOp::kAdd), sub = bin(BinaryOp::kSub), mul = bin(BinaryOp::kMul), div = bin(BinaryOp::kDiv);
+  struct Form {
+    const char* name;
+    F f;
+    int periodic;  // row-invariant loads read in place
+  };
+  const std::vector<Form> forms = {
+      {"(x + b) + r", [&](Kernel& k, auto* x, auto* b, auto*, auto* r) { return add(k, add(k, x, b), r); }, 1},
+      {"(b + x) * r", [&](Kernel& k, auto* x, auto* b, auto*, auto* r) { return mul(k, add(k, b, x), r); }, 1},
+      {"(x * r) - b", [&](Kernel& k, auto* x, auto* b, auto*, auto* r) { return sub(k, mul(k, x, r), b); }, 1},
+      {"(x - r) / b", [&](Kernel& k, auto* x, auto* b, auto*, auto* r) { return div(k, sub(k, x, r), b); }, 1},
+      {"b - (x / b)", [&](Kernel& k, auto* x, auto* b, auto*, auto*) { return sub(k, b, div(k, x, b)); }, 1},
+      {"(x * b) + c", [&](Kernel& k, auto* x, auto* b, auto* c, auto*) { return add(k, mul(k, x, b), c); }, 2},
+      {"exp(x - b)", [&](Kernel& k, auto* x, auto* b, auto*, auto*) { return k.Unary(UnaryOp::kExp, sub(k, x, b)); },
+       1},
+      {"(b - x) + r", [&](Kernel& k, auto* x, auto* b, auto*, auto* r) { return add(k, sub(k, b, x), r); }, 0},
+  };
+  for (const Form& form : forms) {
+    for (auto [R, K] : std::vector<std::pair<int64_t, int64_t>>{{3, 7}, {64, 768}, {5, 33}, {1023, 16}, {300, 48}}) {
+      SCOPED_TRACE(std::string(form.name) + " R=" + std::to_string(R) + " K=" + std::to_string(K));
+      const Tensor x = MakeTensor(DType::kFloat32, {R, K}, Values(DType::kFloat32, R * K, 51, -3, 3));
+      const Tensor r = MakeTensor(DType::kFloat32, {R, K}, Values(DType::kFloat32, R * K, 52, -3, 3));
+      std::vector<double> bv = Values(DType::kFloat32, K, 53, 0.5, 2), cv = Values(DType::kFloat32, K, 54, -2, 2);
+      std::vector<double> bf(R * K), cf(R * K);
+      for (int64_t i = 0; i < R * K; ++i) bf[i] = bv[i % K], cf[i] = cv[i % K];
+      auto body = [&](Kernel& k, auto& v) { return form.f(k, v[0], v[1], v[2], v[3]); };
+      const Tensor got =
+          RunOne({x, MakeTensor(DType::kFloat32, {K}, bv), MakeTensor(DType::kFloat32, {K}, cv), r}, body);
+      const Tensor want =
+          RunOne({x, MakeTensor(DType::kFloat32, {R, K}, bf), MakeTensor(DType::kFloat32, {R, K}, cf), r}, body);
+      EXPECT_EQ(got.bytes, want.bytes);
+      Kernel k;
+      NDObject* xs = k.Load(nullptr, {R, K}, DType::kFloat32);
+      NDObject* bs = k.Load(nullptr, {K}, DType::kFloat32);
+      NDObject* cs = k.Load(nullptr, {K}, DType::kFloat32);
+      NDObject* rs = k.Load(nullptr, {R, K}, DType::kFloat32);
+      k.Store(nullptr, form.f(k, xs, bs, cs, rs));
+      k.CodeGen();
+      const vm::Executable ex(k.Bytecode());
+      if (ex.invariant_loads() + ex.periodic_loads() > 0) {  // tiles of several rows
+        EXPECT_EQ(ex.periodic_loads(), form.periodic) << k.Das();
+      }
+      if (R * K >= 4096) {
+        EXPECT_GT(ex.invariant_loads() + ex.periodic_loads(), 0) << k.Das();
+      }
+    }
+  }
+}
+
 // ---- data movement: loads and stores of every dtype, every path ------------------------
 
 // Contiguous runs (vector + scalar tail), strided runs (element at a time),

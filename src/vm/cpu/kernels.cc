@@ -605,9 +605,11 @@ HWY_INLINE VF ChainOp(VF x, VF y) {
     return hn::Div(x, y);
 }
 
-// See ChainHandler (kernels.h). Rows (a row-broadcast operand) are walked
-// like BinRowFF, their tails through buffers so that no lane of the next row
-// is touched (dst may be a, b or c).
+// See ChainHandler (kernels.h). Rows (a row-broadcast operand, kind 2, or a
+// row-periodic one, kind 3) are walked like BinRowFF, their tails through
+// buffers so that no lane of the next row is touched (dst may be a, b or c)
+// and no lane past a periodic operand's row is read (it may be the
+// tensor's own row).
 template <int kOp1, int kOp2, int kY, int kZ, bool kZFirst>
 void ChainF(const VInst& vi, TileCtx& c) {
   const DF d;
@@ -630,27 +632,44 @@ void ChainF(const VInst& vi, TileCtx& c) {
   auto f = [&](VF x, VF y, VF w) HWY_ATTR {
     return second(Opaque(d, ChainOp<kOp1>(x, y)), w);  // t rounded, never contracted into an FMA
   };
+  // A run of `len` lanes: y and z lanes from yb / zb (kinds 0 and 3) or
+  // the vectors yr / zr; the tail through buffers.
+  constexpr bool kLoadY = kY == 0 || kY == 3, kLoadZ = kZ == 0 || kZ == 3;
+  auto run = [&](const float* ar, const float* yb, const float* zb, float* orow, int64_t len, VF yr, VF zr) HWY_ATTR {
+    int64_t j = 0;
+    for (; j + L <= len; j += L) {
+      const VF y = kLoadY ? hn::LoadU(d, yb + j) : yr, w = kLoadZ ? hn::LoadU(d, zb + j) : zr;
+      hn::StoreU(f(hn::LoadU(d, ar + j), y, w), d, orow + j);
+    }
+    if (j < len) {
+      HWY_ALIGN float ba[hn::MaxLanes(d)] = {}, bb[hn::MaxLanes(d)] = {}, bz[hn::MaxLanes(d)] = {};
+      const size_t tail = sizeof(float) * static_cast<size_t>(len - j);
+      std::memcpy(ba, ar + j, tail);
+      if (kLoadY) std::memcpy(bb, yb + j, tail);
+      if (kLoadZ) std::memcpy(bz, zb + j, tail);
+      const VF y = kLoadY ? hn::Load(d, bb) : yr, w = kLoadZ ? hn::Load(d, bz) : zr;
+      hn::Store(f(hn::Load(d, ba), y, w), d, ba);
+      std::memcpy(orow + j, ba, tail);
+    }
+  };
   if constexpr (kY == 2 || kZ == 2) {
+    // The tile's n[1] rows of n[0] / n[1] lanes, each with its row value.
     const int64_t rows = c.n[1];
     const int64_t K = rows ? c.n[0] / rows : 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const VF yr = kY == 2 ? hn::Set(d, b[r]) : k1, zr = kZ == 2 ? hn::Set(d, z[r]) : k2;
-      int64_t i = r * K;
-      const int64_t e = i + K;
-      for (; i + L <= e; i += L) {
-        const VF y = kY == 0 ? hn::LoadU(d, b + i) : yr, w = kZ == 0 ? hn::LoadU(d, z + i) : zr;
-        hn::StoreU(f(hn::LoadU(d, a + i), y, w), d, o + i);
-      }
-      if (i < e) {
-        HWY_ALIGN float ba[hn::MaxLanes(d)] = {}, bb[hn::MaxLanes(d)] = {}, bz[hn::MaxLanes(d)] = {};
-        const size_t tail = sizeof(float) * static_cast<size_t>(e - i);
-        std::memcpy(ba, a + i, tail);
-        if (kY == 0) std::memcpy(bb, b + i, tail);
-        if (kZ == 0) std::memcpy(bz, z + i, tail);
-        const VF y = kY == 0 ? hn::Load(d, bb) : yr, w = kZ == 0 ? hn::Load(d, bz) : zr;
-        hn::Store(f(hn::Load(d, ba), y, w), d, ba);
-        std::memcpy(o + i, ba, tail);
-      }
+    for (int64_t r = 0; r < rows; ++r)
+      run(a + r * K, kY == 0 ? b + r * K : b, kZ == 0 ? z + r * K : z, o + r * K, K, kY == 2 ? hn::Set(d, b[r]) : k1,
+          kZ == 2 ? hn::Set(d, z[r]) : k2);
+  } else if constexpr (kY == 3 || kZ == 3) {
+    // A row of K lanes (kbits / kbits2) repeated: lane i of the tile is
+    // column (start + i) % K. Runs end at row ends, so a kind-3 operand
+    // reads only its K lanes.
+    const int64_t K = kY == 3 ? vi.kbits : vi.kbits2, n = c.n[vi.level];
+    int64_t col = K > 0 ? c.start[vi.level] % K : 0;
+    for (int64_t i = 0; i < n;) {
+      const int64_t len = std::min(K - col, n - i);
+      run(a + i, kY == 3 ? b + col : kY == 0 ? b + i : b, kZ == 3 ? z + col : kZ == 0 ? z + i : z, o + i, len, k1, k2);
+      i += len;
+      col = 0;
     }
   } else {
     const int64_t n = c.n[vi.level];
@@ -940,21 +959,28 @@ void NormAffineF(const VInst& vi, TileCtx& c) {
   }
 }
 
-// The tables: binary second ops (op1, op2 < 4: 144), z_first only for op2
-// = sub or div (add and mul commute: 72), unary second ops (op2 4..6: 36).
+// The tables, operand kinds 0..3 each (a row value, kind 2, never with a
+// row-periodic operand, kind 3: nullptr): binary second ops (op1, op2 < 4:
+// 256), z_first only for op2 = sub or div (add and mul commute: 128), unary
+// second ops (op2 4..6, no z: 48).
+template <int op1, int op2, int y, int z, bool first>
+constexpr Handler ChainOrNull() {
+  if constexpr ((y == 2 && z == 3) || (y == 3 && z == 2))
+    return nullptr;
+  else
+    return &ChainF<op1, op2, y, z, first>;
+}
 template <size_t I>
 constexpr Handler ChainAt() {
-  constexpr int op1 = I / 36, op2 = I / 9 % 4, y = I / 3 % 3, z = I % 3;
-  return &ChainF<op1, op2, y, z, false>;
+  return ChainOrNull<I / 64, I / 16 % 4, I / 4 % 4, I % 4, false>();
 }
 template <size_t I>
 constexpr Handler ChainFirstAt() {
-  constexpr int op1 = I / 18, op2 = I / 9 % 2 ? 3 : 1, y = I / 3 % 3, z = I % 3;
-  return &ChainF<op1, op2, y, z, true>;
+  return ChainOrNull < I / 32, I / 16 % 2 ? 3 : 1, I / 4 % 4, I % 4, true > ();
 }
 template <size_t I>
 constexpr Handler ChainUnaryAt() {
-  return &ChainF<I / 3 % 4, 4 + I / 12, I % 3, 1, false>;
+  return &ChainF<I / 4 % 4, 4 + I / 16, I % 4, 1, false>;
 }
 template <size_t... I, size_t... J, size_t... E>
 Handler ChainLookup(size_t i, int kind, std::index_sequence<I...>, std::index_sequence<J...>,
@@ -962,7 +988,7 @@ Handler ChainLookup(size_t i, int kind, std::index_sequence<I...>, std::index_se
   static const Handler kPlain[] = {ChainAt<I>()...};
   static const Handler kFirst[] = {ChainFirstAt<J>()...};
   static const Handler kUnary[] = {ChainUnaryAt<E>()...};
-  return kind == 1 ? kFirst[i % 72] : kind == 2 ? kUnary[i % 36] : kPlain[i % 144];
+  return kind == 1 ? kFirst[i % 128] : kind == 2 ? kUnary[i % 48] : kPlain[i % 256];
 }
 
 DVM_BINROW(AddRowF, hn::Add(x, y))
@@ -1820,14 +1846,15 @@ Handler ChainExpSumHandlerT(int op1, int y_kind) {
 }
 
 Handler ChainHandlerT(int op1, int op2, int y_kind, int z_kind, bool z_first) {
-  if (op1 < 0 || op1 > 3 || op2 < 0 || op2 > 6 || y_kind < 0 || y_kind > 2 || z_kind < 0 || z_kind > 2) return nullptr;
+  if (op1 < 0 || op1 > 3 || op2 < 0 || op2 > 6 || y_kind < 0 || y_kind > 3 || z_kind < 0 || z_kind > 3) return nullptr;
   if (z_first && op2 != 1 && op2 != 3) z_first = false;  // add and mul commute
   const int kind = op2 >= 4 ? 2 : z_first ? 1 : 0;       // 2: a unary op of the first result
-  const size_t i = kind == 2   ? static_cast<size_t>(((op2 - 4) * 4 + op1) * 3 + y_kind)
-                   : kind == 1 ? static_cast<size_t>(((op1 * 2 + (op2 == 3)) * 3 + y_kind) * 3 + z_kind)
-                               : static_cast<size_t>(((op1 * 4 + op2) * 3 + y_kind) * 3 + z_kind);
-  return ChainLookup(i, kind, std::make_index_sequence<144>(), std::make_index_sequence<72>(),
-                     std::make_index_sequence<36>());
+  if (kind == 2 && z_kind != 1) return nullptr;
+  const size_t i = kind == 2   ? static_cast<size_t>(((op2 - 4) * 4 + op1) * 4 + y_kind)
+                   : kind == 1 ? static_cast<size_t>(((op1 * 2 + (op2 == 3)) * 4 + y_kind) * 4 + z_kind)
+                               : static_cast<size_t>(((op1 * 4 + op2) * 4 + y_kind) * 4 + z_kind);
+  return ChainLookup(i, kind, std::make_index_sequence<256>(), std::make_index_sequence<128>(),
+                     std::make_index_sequence<48>());
 }
 
 Handler RowBroadcastHandlerT(const bc::Inst& in) {

@@ -99,7 +99,10 @@ Handler RowBroadcastHandler(const bc::Inst& in);
 // op 0 add, 1 sub, 2 mul, 3 div (op2 may also be a unary op of the first
 // result, no z: 4 exp, 5 GELU (tanh form), 6 sqrt); y / z kinds: 0 register
 // (b / c), 1 constant (kbits / kbits2), 2 reduced register broadcast per
-// row (b / c; ROW stages, or one value per tile). The intermediate is
+// row (b / c; ROW stages, or one value per tile), 3 a row of K lanes
+// repeated along the domain (b / c point at the row's K lanes, K in kbits /
+// kbits2; lane i of the tile reads column (start + i) % K: a bias read in
+// place, vm.cc FindInvariantLoads; never with kind 2). The intermediate is
 // rounded to f32 as the two instructions round it. nullptr for a
 // combination that is not provided.
 Handler ChainHandler(int op1, int op2, int y_kind, int z_kind, bool z_first);

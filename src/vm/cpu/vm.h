@@ -151,6 +151,9 @@ class Executable {
   int forwarded_producers() const { return producers_forwarded_; }
   // Row-invariant LOADs expanded once per thread and launch (tests).
   int invariant_loads() const { return inv_loads_; }
+  // Row-invariant LOADs whose readers read the row itself, row by row
+  // (FindInvariantLoads; tests).
+  int periodic_loads() const { return periodic_loads_; }
   // Fused deviation passes that prefetch their stage's next chunk (FuseSquareSums).
   int prefetching_passes() const { return prefetching_passes_; }
   // Workspaces that row groups keep one slab per thread of (tests).
@@ -168,12 +171,21 @@ class Executable {
   static void ForwardStores(const bc::Stage& s, StageRt& rt);
   int ForwardProducers(const bc::Stage& s, StageRt& rt);
   static void SetupColFast(const bc::Stage& s, StageRt& rt);
-  void FindInvariantLoads(const bc::Stage& s, StageRt& rt);
+  // A pair FuseBinaryChains fused: op1 at j (now a nop), op2 at k, which
+  // runs ChainHandler(op1, op2, y_kind, z_kind, z_first).
+  struct ChainSig {
+    int j, k, op1, op2, y_kind, z_kind;
+    bool z_first;
+  };
+  void FindInvariantLoads(const bc::Stage& s, StageRt& rt, std::vector<ChainSig>& chains);
+  static bool PeriodicReaders(const bc::Stage& s, const StageRt& rt, int load, std::vector<ChainSig>& chains,
+                              bool apply);
   static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
   static void FuseRowBroadcasts(const bc::Stage& s, StageRt& rt);
   static void FuseUniformLoads(const bc::Stage& s, StageRt& rt);
   int FuseSquareSums(const bc::Stage& s, StageRt& rt);           // returns the deviation sums fused
-  static int FuseBinaryChains(const bc::Stage& s, StageRt& rt);  // returns the pairs fused
+  // Returns the pairs fused, and records them in `chains`.
+  static int FuseBinaryChains(const bc::Stage& s, StageRt& rt, std::vector<ChainSig>& chains);
   static int FuseChainSums(const bc::Stage& s, StageRt& rt);     // returns the chain + RSUM pairs fused
   int FuseChainPrograms(const bc::Stage& s, StageRt& rt) const;  // returns the programs made
   static void SetupRagged(StageRt& rt);
@@ -192,6 +204,7 @@ class Executable {
   int producers_forwarded_ = 0;
   int prefetching_passes_ = 0;
   int inv_loads_ = 0;  // row-invariant LOADs expanded once per job (FindInvariantLoads)
+  int periodic_loads_ = 0;
   std::vector<std::pair<uint16_t, uint16_t>> aliases_;  // (workspace, output): the workspace's base is the output's
 };
 
