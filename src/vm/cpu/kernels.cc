@@ -924,8 +924,10 @@ void RunChainF(const ChainStep* steps, int nsteps, const float** P, int64_t n) {
 // A layernorm's tail in one pass (vm.cc FuseBinaryChains): ((x - m) * r) *
 // g + b (kSub) or (x * r) * g + b, with m, r row operands (R[b][row],
 // R[c][row]) and g, b registers (numbers in kbits, kbits2). Every step is
-// rounded to f32 as the separate instructions round it.
-template <bool kSub>
+// rounded to f32 as the separate instructions round it. kPG / kPB: g / b
+// point at one row of K lanes that every row of the tile reads (vm.cc
+// FindInvariantLoads).
+template <bool kSub, bool kPG, bool kPB>
 void NormAffineF(const VInst& vi, TileCtx& c) {
   const DF d;
   const int64_t L = hn::Lanes(d);
@@ -943,18 +945,21 @@ void NormAffineF(const VInst& vi, TileCtx& c) {
   };
   for (int64_t row = 0; row < rows; ++row) {
     const VF mv = hn::Set(d, kSub ? m[row] : 0.0f), rv = hn::Set(d, r[row]);
-    int64_t i = row * K;
-    const int64_t e = i + K;
-    for (; i + L <= e; i += L)
-      hn::StoreU(f(hn::LoadU(d, x + i), mv, rv, hn::LoadU(d, g + i), hn::LoadU(d, b + i)), d, o + i);
-    if (i < e) {
+    const float* const xr = x + row * K;
+    const float* const gr = kPG ? g : g + row * K;
+    const float* const br = kPB ? b : b + row * K;
+    float* const orow = o + row * K;
+    int64_t j = 0;
+    for (; j + L <= K; j += L)
+      hn::StoreU(f(hn::LoadU(d, xr + j), mv, rv, hn::LoadU(d, gr + j), hn::LoadU(d, br + j)), d, orow + j);
+    if (j < K) {
       HWY_ALIGN float bx[hn::MaxLanes(d)] = {}, bg[hn::MaxLanes(d)] = {}, bb[hn::MaxLanes(d)] = {};
-      const size_t tail = sizeof(float) * static_cast<size_t>(e - i);
-      std::memcpy(bx, x + i, tail);
-      std::memcpy(bg, g + i, tail);
-      std::memcpy(bb, b + i, tail);
+      const size_t tail = sizeof(float) * static_cast<size_t>(K - j);
+      std::memcpy(bx, xr + j, tail);
+      std::memcpy(bg, gr + j, tail);
+      std::memcpy(bb, br + j, tail);
       hn::Store(f(hn::Load(d, bx), mv, rv, hn::Load(d, bg), hn::Load(d, bb)), d, bx);
-      std::memcpy(o + i, bx, tail);
+      std::memcpy(orow + j, bx, tail);
     }
   }
 }
@@ -1834,7 +1839,13 @@ Handler SelectHandlerT(const bc::Inst& in) {
 
 Handler RowSumSquaresHandlerT() { return &RowSumSqF<false>; }
 Handler RowSumSqDevHandlerT(bool prefetch) { return prefetch ? &RowSumSqF<true, true> : &RowSumSqF<true>; }
-Handler NormAffineHandlerT(bool sub) { return sub ? &NormAffineF<true> : &NormAffineF<false>; }
+Handler NormAffineHandlerT(bool sub, bool periodic_g, bool periodic_b) {
+  static const Handler kTable[] = {&NormAffineF<false, false, false>, &NormAffineF<false, false, true>,
+                                   &NormAffineF<false, true, false>,  &NormAffineF<false, true, true>,
+                                   &NormAffineF<true, false, false>,  &NormAffineF<true, false, true>,
+                                   &NormAffineF<true, true, false>,   &NormAffineF<true, true, true>};
+  return kTable[sub * 4 + periodic_g * 2 + periodic_b];
+}
 template <size_t... I>
 Handler ChainExpSumLookup(size_t i, std::index_sequence<I...>) {
   static const Handler kTable[] = {&ChainExpSumF<I / 3, I % 3>...};
@@ -1992,7 +2003,9 @@ ColAccFn ColAccumulator(int op) { return HWY_DYNAMIC_DISPATCH(ColAccumulatorT)(o
 Handler RowBroadcastHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(RowBroadcastHandlerT)(in); }
 Handler RowSumSquaresHandler() { return HWY_DYNAMIC_DISPATCH(RowSumSquaresHandlerT)(); }
 Handler RowSumSqDevHandler(bool prefetch) { return HWY_DYNAMIC_DISPATCH(RowSumSqDevHandlerT)(prefetch); }
-Handler NormAffineHandler(bool sub) { return HWY_DYNAMIC_DISPATCH(NormAffineHandlerT)(sub); }
+Handler NormAffineHandler(bool sub, bool periodic_g, bool periodic_b) {
+  return HWY_DYNAMIC_DISPATCH(NormAffineHandlerT)(sub, periodic_g, periodic_b);
+}
 Handler ChainHandler(int op1, int op2, int y_kind, int z_kind, bool z_first) {
   return HWY_DYNAMIC_DISPATCH(ChainHandlerT)(op1, op2, y_kind, z_kind, z_first);
 }

@@ -111,8 +111,10 @@ Handler ChainHandler(int op1, int op2, int y_kind, int z_kind, bool z_first);
 // per row as RSUM writes it, bit for bit.
 Handler ChainExpSumHandler(int op1, int y_kind);
 // ((R[a] - m) * r) * g + b (sub; else (R[a] * r) * g + b) in one pass: rows
-// m = R[b], r = R[c], registers g = R[kbits], b = R[kbits2].
-Handler NormAffineHandler(bool sub);
+// m = R[b], r = R[c], registers g = R[kbits], b = R[kbits2]. periodic_g /
+// periodic_b: g / b point at one row of K lanes that every row of the tile
+// reads (ROW stages, whole rows; vm.cc FindInvariantLoads).
+Handler NormAffineHandler(bool sub, bool periodic_g = false, bool periodic_b = false);
 
 // The handler of a float RSUM of x * x (a MUL of a register by itself fused
 // into the RSUM reading it): the bits of the MUL then the RSUM.

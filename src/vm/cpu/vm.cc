@@ -1364,6 +1364,7 @@ int Executable::FuseBinaryChains(const bc::Stage& s, StageRt& rt, std::vector<Ch
     Body(c2) = NormAffineHandler(false);
     c1.fn = &NopHandler;
     c2.fused = true;
+    chains.push_back({k1, k2, -1, -1, 0, 0, false});  // g's reader (k1) and b's (k2) run at k2
     ++fused;
   }
   return fused;
@@ -1891,17 +1892,31 @@ bool Executable::PeriodicReaders(const bc::Stage& s, const StageRt& rt, int load
   bool any = false;
   for (int m = load + 1; m <= end && m < e; ++m) {  // the rewriting instruction may read it first
     if (!ReadsReg(s.insts[m], r)) continue;
-    auto sig = std::find_if(chains.begin(), chains.end(), [&](const ChainSig& c) { return c.j == m || c.k == m; });
-    if (sig == chains.end()) return false;
+    // The latest fusion that moved instruction m's reads (a layernorm's
+    // affine pass takes over chains fused before it).
+    auto sig = std::find_if(chains.rbegin(), chains.rend(), [&](const ChainSig& c) { return c.j == m || c.k == m; });
+    if (sig == chains.rend()) return false;
     VInst& w = const_cast<VInst&>(rt.code[sig->k]);
-    if (Body(w) != ChainHandler(sig->op1, sig->op2, sig->y_kind, sig->z_kind, sig->z_first)) return false;
+    const uint32_t u = static_cast<uint32_t>(r);
+    int affine = -1;  // NormAffineHandler(sub, pg, pb) as sub * 4 + pg * 2 + pb
+    for (int i = 0; i < 8 && affine < 0; ++i)
+      if (Body(w) == NormAffineHandler(i & 4, i & 2, i & 1)) affine = i;
+    if (affine >= 0) {
+      // g = R[kbits], b = R[kbits2]; whole rows only in ROW stages.
+      if (s.mode != bc::Mode::kRow || w.a == u || w.b == u || w.c == u || (w.kbits != u && w.kbits2 != u)) return false;
+      if (apply) Body(w) = NormAffineHandler(affine & 4, (affine & 2) || w.kbits == u, (affine & 1) || w.kbits2 == u);
+      any = true;
+      continue;
+    }
+    if (sig->op1 < 0 || Body(w) != ChainHandler(sig->op1, sig->op2, sig->y_kind, sig->z_kind, sig->z_first))
+      return false;
     // x op1 y with x the row: y op1 x where op1 commutes (add, mul: the
     // same bits), else no.
-    const bool swap = w.a == uint32_t(r) && w.b != uint32_t(r) && sig->y_kind == 0 && (sig->op1 == 0 || sig->op1 == 2);
-    if (w.a == uint32_t(r) && !swap) return false;
+    const bool swap = w.a == u && w.b != u && sig->y_kind == 0 && (sig->op1 == 0 || sig->op1 == 2);
+    if (w.a == u && !swap) return false;
     if (swap && apply) std::swap(w.a, w.b);
-    const bool y = sig->y_kind == 0 && (swap || w.b == uint32_t(r));
-    const bool z = sig->z_kind == 0 && sig->op2 < 4 && w.c == uint32_t(r);
+    const bool y = sig->y_kind == 0 && (swap || w.b == u);
+    const bool z = sig->z_kind == 0 && sig->op2 < 4 && w.c == u;
     if (!y && !z) return false;
     const int yk = y ? 3 : sig->y_kind, zk = z ? 3 : sig->z_kind;
     const Handler h = ChainHandler(sig->op1, sig->op2, yk, zk, sig->z_first);
