@@ -1485,10 +1485,13 @@ class Gen {
   // shorter tiles kept in L1 is gone).
   bool RowReadChain(const StageEmit& e, const bc::Stage& s) const {
     std::vector<const VInstr*> ops;
-    std::vector<int> rows;  // virtual registers of row-invariant loads
+    std::vector<int> rows, stored;  // virtual registers of row-invariant loads, of stored values
     for (const VInstr& v : e.code) {
       const bc::Opcode op = bc::Opcode(v.in.op);
-      if (op == bc::Opcode::STORE) continue;
+      if (op == bc::Opcode::STORE) {
+        stored.push_back(v.a_v);
+        continue;
+      }
       if (op == bc::Opcode::LOAD) {
         if (bc::RowInvariant(s.full_dims, s.views[v.in.c].strides, s.full_rank)) rows.push_back(v.dst_v);
         continue;
@@ -1505,14 +1508,11 @@ class Gen {
     auto reg_b = [](const VInstr& v) { return (v.in.flags & bc::kFormMask) == bc::kFormRR ? v.b_v : -1; };
     const int t = o1.dst_v;
     if ((o2.a_v == t) == (reg_b(o2) == t)) return false;  // reads t once
-    for (const VInstr& v : e.code)
-      if (bc::Opcode(v.in.op) == bc::Opcode::STORE && v.a_v == t) return false;
+    auto is_stored = [&](int r) { return std::find(stored.begin(), stored.end(), r) != stored.end(); };
+    if (is_stored(t)) return false;
     const bool commutes = bc::Opcode(o1.in.op) == bc::Opcode::ADD || bc::Opcode(o1.in.op) == bc::Opcode::MUL;
-    for (int r : rows) {
-      if (o1.a_v == r && (!commutes || reg_b(o1) < 0 || reg_b(o1) == r)) return false;
-      for (const VInstr& v : e.code)
-        if (bc::Opcode(v.in.op) == bc::Opcode::STORE && v.a_v == r) return false;
-    }
+    for (int r : rows)
+      if (is_stored(r) || (o1.a_v == r && (!commutes || reg_b(o1) < 0 || reg_b(o1) == r))) return false;
     return true;
   }
 

@@ -981,7 +981,8 @@ constexpr Handler ChainAt() {
 }
 template <size_t I>
 constexpr Handler ChainFirstAt() {
-  return ChainOrNull < I / 32, I / 16 % 2 ? 3 : 1, I / 4 % 4, I % 4, true > ();
+  constexpr int op2 = I / 16 % 2 ? 3 : 1;
+  return ChainOrNull<I / 32, op2, I / 4 % 4, I % 4, true>();
 }
 template <size_t I>
 constexpr Handler ChainUnaryAt() {

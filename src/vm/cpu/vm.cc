@@ -175,35 +175,33 @@ void LoadHandler(const VInst& vi, TileCtx& c) {
 // and kernels read whole vectors past the lanes).
 constexpr size_t InvSlotBytes(size_t slot_bytes) { return 2 * slot_bytes + 64; }
 
-void InvariantLoadHandler(const VInst& vi, TileCtx& c) {
+// This thread's copy of the first `count` lanes of the row-invariant LOAD
+// vi's view, gathered by the first tile that asks for it in a launch.
+const uint32_t* InvariantCopy(const VInst& vi, TileCtx& c, int64_t count) {
   uint32_t* buf = reinterpret_cast<uint32_t*>(c.inv + size_t(vi.inv - 1) * InvSlotBytes(c.slot_bytes));
   const uint32_t bit = 1u << (vi.inv - 1);
   if (!(c.inv_filled & bit)) {
     const ViewRt& v = c.stage->views[vi.view];
-    Gather(v, static_cast<const uint8_t*>(c.ptrs[v.tensor]), 0, vi.kbits, buf);
+    Gather(v, static_cast<const uint8_t*>(c.ptrs[v.tensor]), 0, count, buf);
     c.inv_filled |= bit;
   }
-  c.p[vi.dst] = buf + c.start[vi.level] % vi.kbits2;
+  return buf;
+}
+
+void InvariantLoadHandler(const VInst& vi, TileCtx& c) {
+  c.p[vi.dst] = InvariantCopy(vi, c, vi.kbits) + c.start[vi.level] % vi.kbits2;
 }
 
 // A row-invariant LOAD whose readers walk the tile row by row and read
 // the row's K lanes (FindInvariantLoads): the register points at the
-// tensor's row (sub: f32 lanes in a run) or at a copy of it, gathered by the
-// first tile a thread runs in a launch.
+// tensor's row (sub: f32 lanes in a run) or at a copy of it.
 void PeriodicLoadHandler(const VInst& vi, TileCtx& c) {
-  const ViewRt& v = c.stage->views[vi.view];
-  const uint8_t* base = static_cast<const uint8_t*>(c.ptrs[v.tensor]);
   if (vi.sub) {
-    c.p[vi.dst] = base + v.offset * 4;
-    return;
+    const ViewRt& v = c.stage->views[vi.view];
+    c.p[vi.dst] = static_cast<const uint8_t*>(c.ptrs[v.tensor]) + v.offset * 4;
+  } else {
+    c.p[vi.dst] = InvariantCopy(vi, c, vi.kbits);
   }
-  uint32_t* buf = reinterpret_cast<uint32_t*>(c.inv + size_t(vi.inv - 1) * InvSlotBytes(c.slot_bytes));
-  const uint32_t bit = 1u << (vi.inv - 1);
-  if (!(c.inv_filled & bit)) {
-    Gather(v, base, 0, vi.kbits, buf);
-    c.inv_filled |= bit;
-  }
-  c.p[vi.dst] = buf;
 }
 
 // Where a store's tile lands when it can be written in place by the
@@ -1831,11 +1829,13 @@ void Executable::SetupColFast(const bc::Stage& s, StageRt& rt) {
 // the row in place, paying the per-tile cost for every row: layernorm
 // [128, 768] 28.7 -> 21.7 us at one thread with two-row tiles).
 //
-// Where tiles are whole rows and every reader of the loaded value is a
-// fused chain that takes it as its y or z operand, the readers walk the
-// tile row by row and read the row itself (ChainHandler's kind 3), and
-// PeriodicLoadHandler points the register at the tensor's row (or at one
-// gathered copy of it): no expansion, and the K lanes stay in L1 where a
+// Where every reader of the loaded value is a fused chain that takes it as
+// its y or z operand, or a layernorm's affine pass in a ROW stage that
+// takes it as gamma or beta, the readers walk the tile row by row (tiles
+// may start and end inside rows) and read the row itself (ChainHandler's
+// kind 3, NormAffineHandler's periodic g / b), and PeriodicLoadHandler
+// points the register at the tensor's row (or at one gathered copy of
+// it): no expansion, and the K lanes stay in L1 where a
 // tile-long window shared it with the streams. A standalone model of
 // bias + residual [64, 768] at one thread: 5.5-6.9 us with a 1536-lane
 // window, 5.1-5.2 us reading the row (5.1-5.4 us hand-written), and
@@ -1874,12 +1874,12 @@ void Executable::FindInvariantLoads(const bc::Stage& s, StageRt& rt, std::vector
 }
 
 // Whether every reader of the value LOAD `load` writes (until its register
-// is rewritten) is a fused chain of `chains`, still as FuseBinaryChains made
-// it, that takes the value only as its y or z register operand. With
-// `apply`, those chains take it as a row-periodic operand (kind 3, K =
-// the load's row) instead.
-bool Executable::PeriodicReaders(const bc::Stage& s, const StageRt& rt, int load, std::vector<ChainSig>& chains,
-                                 bool apply) {
+// is rewritten) is a fusion of `chains`, still as FuseBinaryChains made it:
+// a chain that takes the value only as its y or z register operand, or an
+// affine pass (ROW stages) that takes it only as g or b. With `apply`,
+// those readers take it as a row-periodic operand instead (K = the load's
+// row).
+bool Executable::PeriodicReaders(const bc::Stage& s, StageRt& rt, int load, std::vector<ChainSig>& chains, bool apply) {
   const int r = s.insts[load].dst;
   int sec = 0;
   while (rt.sec[sec + 1] <= load) ++sec;
@@ -1896,7 +1896,7 @@ bool Executable::PeriodicReaders(const bc::Stage& s, const StageRt& rt, int load
     // affine pass takes over chains fused before it).
     auto sig = std::find_if(chains.rbegin(), chains.rend(), [&](const ChainSig& c) { return c.j == m || c.k == m; });
     if (sig == chains.rend()) return false;
-    VInst& w = const_cast<VInst&>(rt.code[sig->k]);
+    VInst& w = rt.code[sig->k];
     const uint32_t u = static_cast<uint32_t>(r);
     int affine = -1;  // NormAffineHandler(sub, pg, pb) as sub * 4 + pg * 2 + pb
     for (int i = 0; i < 8 && affine < 0; ++i)

@@ -178,8 +178,7 @@ class Executable {
     bool z_first;
   };
   void FindInvariantLoads(const bc::Stage& s, StageRt& rt, std::vector<ChainSig>& chains);
-  static bool PeriodicReaders(const bc::Stage& s, const StageRt& rt, int load, std::vector<ChainSig>& chains,
-                              bool apply);
+  static bool PeriodicReaders(const bc::Stage& s, StageRt& rt, int load, std::vector<ChainSig>& chains, bool apply);
   static void ElideRoundingCasts(const bc::Stage& s, StageRt& rt);
   static void FuseRowBroadcasts(const bc::Stage& s, StageRt& rt);
   static void FuseUniformLoads(const bc::Stage& s, StageRt& rt);
