@@ -347,13 +347,14 @@ inline void RunElemOnce(const StageRt& s, int64_t start, int64_t n, TileCtx& c) 
 // A tile of a stage with a direct program (Executable::SetupDirect).
 void DirectTile(const StageRt& s, int64_t start, int64_t n, TileCtx& c) {
   const StageRt::DirectPtr* d = s.direct_ptrs.data();
-  for (const ChainProgram* pg : s.direct) {
+  for (const StageRt::DirectProgram& dp : s.direct) {
+    const ChainProgram* pg = dp.pg;
     const float* P[3 * kMaxChainSteps];
     const int ns = static_cast<int>(pg->steps.size()) - 1;  // the last is kChainEnd
-    for (int k = 0; k < 3 * ns; ++k, ++d)
-      P[k] = d->kind == StageRt::DirectPtr::kView ? static_cast<const float*>(c.ptrs[d->tensor]) + d->offset + start
-             : d->kind == StageRt::DirectPtr::kScratch ? reinterpret_cast<const float*>(c.regs + d->reg * c.slot_bytes)
-                                                       : nullptr;
+    std::fill_n(P, 3 * ns, nullptr);
+    for (uint32_t j = 0; j < dp.nptrs; ++j, ++d)
+      P[d->k] = d->kind == StageRt::DirectPtr::kView ? static_cast<const float*>(c.ptrs[d->tensor]) + d->offset + start
+                                                     : reinterpret_cast<const float*>(c.regs + d->reg * c.slot_bytes);
     pg->run(pg->steps.data(), ns, P, n);
   }
 }
@@ -546,16 +547,35 @@ struct StageJob : JobBase {
   int nstages;
 };
 
+// A stacked launch walks hundreds of stages whose recipes the tensors
+// streamed through the caches have evicted since the last launch. Entering
+// stage si, a thread prefetches the recipe of si + 1 (whose StageRt it
+// prefetched entering si - 1) and the StageRt of si + 2.
+inline void PrefetchLines(const void* p, size_t bytes) {
+  for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(p) + o);
+}
+inline void PrefetchStages(const StageJob& job, int si) {
+  if (si + 2 < job.nstages) PrefetchLines(job.stages[si + 2], 128);  // the fields a tile reads first
+  if (si + 1 < job.nstages) {
+    const StageRt& s = *job.stages[si + 1];
+    PrefetchLines(s.direct_ptrs.data(), s.direct_ptrs.size() * sizeof(StageRt::DirectPtr));
+  }
+}
+
 void RunStageJob(void* ctx, int self) {
   auto* job = static_cast<StageJob*>(ctx);
   const void* p[256];
   TileCtx c = job->Context(p);
-  int si = 0;
+  int si = 0, entered = -1;
   int64_t t0, t1;
   while (job->work.Claim(self, t0, t1)) {
     for (int64_t t = t0; t < t1; ++t) {
       while (t >= job->first[si + 1]) ++si;
       while (t < job->first[si]) --si;
+      if (si != entered) {
+        entered = si;
+        if (job->nstages > 1) PrefetchStages(*job, si);
+      }
       c.stage = job->stages[si];
       RunTile(*c.stage, t - job->first[si], c);
     }
@@ -949,10 +969,10 @@ void Executable::SetupDirect(StageRt& rt) const {
     const ViewRt& v = rt.views[view];
     return v.zero_copy && v.esize == 4 && v.cont_dim == 0 && v.rank > 0;
   };
-  auto of_view = [&](uint16_t view) { return DP{DP::kView, rt.views[view].tensor, 0, rt.views[view].offset}; };
+  auto of_view = [&](uint16_t view) { return DP{DP::kView, 0, rt.views[view].tensor, 0, rt.views[view].offset}; };
   std::vector<DP> reg(static_cast<size_t>(prog_.num_regs));  // where each register's value is
-  std::vector<const ChainProgram*> programs;
-  std::vector<DP> ptrs;
+  std::vector<StageRt::DirectProgram> programs;
+  std::vector<DP> ptrs;  // only the pointers a program uses, each with its index
   for (int i = rt.sec[bc::kBody]; i < rt.sec[bc::kBody + 1]; ++i) {
     const VInst& vi = rt.code[i];
     if (vi.fn == &LoadHandler) {
@@ -960,29 +980,28 @@ void Executable::SetupDirect(StageRt& rt) const {
       reg[vi.dst] = of_view(vi.view);
     } else if (vi.fn == &ChainProgramHandler) {
       const ChainProgram* pg = static_cast<const ChainProgram*>(vi.aux);
-      programs.push_back(pg);
+      const size_t first = ptrs.size();
+      auto use = [&](DP d, int k) {
+        d.k = static_cast<uint8_t>(k);
+        ptrs.push_back(d);
+      };
       const int ns = static_cast<int>(pg->steps.size()) - 1;
       for (int k = 0; k < ns; ++k) {
         const ChainStep& st = pg->steps[k];
         const uint32_t rr[2] = {pg->src[k], pg->opnd[k]};
         const int64_t masks[2] = {st.msrc, st.mopnd};
         for (int q = 0; q < 2; ++q) {
-          if (!masks[q]) {
-            ptrs.push_back({});
-            continue;
-          }
+          if (!masks[q]) continue;
           if (rr[q] >= reg.size() || reg[rr[q]].kind == DP::kNull) return;  // a value from before the body
-          ptrs.push_back(reg[rr[q]]);
+          use(reg[rr[q]], 3 * k + q);
         }
-        if (!st.mout) {
-          ptrs.push_back({});
-          continue;
-        }
+        if (!st.mout) continue;
         if (pg->out[k] >= reg.size()) return;
         const bool fwd = pg->fwd[k] != kNoForward && in_place(pg->fwd[k]);
-        reg[pg->out[k]] = fwd ? of_view(pg->fwd[k]) : DP{DP::kScratch, 0, pg->out[k], 0};
-        ptrs.push_back(reg[pg->out[k]]);
+        reg[pg->out[k]] = fwd ? of_view(pg->fwd[k]) : DP{DP::kScratch, 0, 0, pg->out[k], 0};
+        use(reg[pg->out[k]], 3 * k + 2);
       }
+      programs.push_back({pg, static_cast<uint32_t>(ptrs.size() - first)});
     } else if (vi.fn == &StoreHandler) {
       // Already there: the value was forwarded into this view.
       const DP& r = vi.a < reg.size() ? reg[vi.a] : DP{};
@@ -1027,8 +1046,8 @@ void Executable::ShareChainPrograms() {
       }
       for (VInst& v : rt.code)
         if (v.aux == pg.get()) v.aux = canon;
-      for (const ChainProgram*& d : rt.direct)
-        if (d == pg.get()) d = canon;  // pg stays in rt.chains (the tests' counts), unused
+      for (StageRt::DirectProgram& d : rt.direct)
+        if (d.pg == pg.get()) d.pg = canon;  // pg stays in rt.chains (the tests' counts), unused
     }
   }
 }

@@ -59,6 +59,9 @@ struct ChainProgram {
   std::vector<uint16_t> fwd;
 };
 
+// What a tile of a direct stage reads comes first (two cache lines: a
+// stacked launch walks hundreds of stages, each cold; RunStageJob
+// prefetches them).
 struct StageRt {
   bc::Mode mode = bc::Mode::kElem;
   bool concurrent = false;
@@ -66,11 +69,27 @@ struct StageRt {
   // programs, which take a tile of any length at once (SetupRagged).
   bool ragged = false;
   bool row_join = false;  // continues the row group of the stage before
+  int64_t n_full = 0, n_red = 0, ntiles = 0;
+  int64_t p[4] = {};
+  // An ELEM body of in-place LOADs, fused programs and STOREs of what they
+  // forwarded (SetupDirect): a tile sets the programs' pointers from this
+  // recipe and runs them, without the handlers (DirectTile).
+  struct DirectPtr {
+    enum Kind : uint8_t { kNull, kView, kScratch } kind = kNull;
+    uint8_t k = 0;        // which of the program's pointers (3 per step: source, operand, result)
+    uint16_t tensor = 0;  // kView
+    uint32_t reg = 0;     // kScratch
+    int64_t offset = 0;   // kView: the view's offset (elements)
+  };
+  struct DirectProgram {
+    const ChainProgram* pg = nullptr;
+    uint32_t nptrs = 0;  // its entries of direct_ptrs (the pointers it uses; the others are null)
+  };
+  std::vector<DirectProgram> direct;   // in body order
+  std::vector<DirectPtr> direct_ptrs;  // of each program in turn
   int64_t group_rows = 0;
   std::vector<RowLocalWs> row_local;  // the first stage of a row group: its row-local workspaces
   size_t row_local_bytes = 0;         // per thread, padded
-  int64_t n_full = 0, n_red = 0, ntiles = 0;
-  int64_t p[4] = {};
   std::vector<VInst> code;
   // The stage's bytecode instruction count: the parallelism decision weighs
   // lanes by it, not by code.size(), which fusion shrinks (a bias + residual
@@ -84,17 +103,6 @@ struct StageRt {
   // element (Executable::FindInPlaceStores; candidates for an alias).
   std::vector<std::pair<uint16_t, uint16_t>> in_place;
   std::vector<std::unique_ptr<ChainProgram>> chains;  // VInst::aux of ChainProgramHandler points here
-  // An ELEM body of in-place LOADs, fused programs and STOREs of what they
-  // forwarded (SetupDirect): a tile sets the programs' pointers from this
-  // recipe and runs them, without the handlers (DirectTile).
-  struct DirectPtr {
-    enum Kind : uint8_t { kNull, kView, kScratch } kind = kNull;
-    uint16_t tensor = 0;  // kView
-    uint32_t reg = 0;     // kScratch
-    int64_t offset = 0;   // kView: the view's offset (elements)
-  };
-  std::vector<const ChainProgram*> direct;  // in body order
-  std::vector<DirectPtr> direct_ptrs;       // three per step of each, as ChainProgramHandler sets them
 };
 
 class Executable {
