@@ -549,8 +549,9 @@ struct StageJob : JobBase {
 
 // A stacked launch walks hundreds of stages whose recipes the tensors
 // streamed through the caches have evicted since the last launch. Entering
-// stage si, a thread prefetches the recipe of si + 1 (whose StageRt it
-// prefetched entering si - 1) and the StageRt of si + 2.
+// stage si, a thread prefetches the recipe of si + 1 (its programs and
+// pointers; its StageRt was prefetched entering si - 1) and the StageRt of
+// si + 2.
 inline void PrefetchLines(const void* p, size_t bytes) {
   for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(static_cast<const char*>(p) + o);
 }
@@ -558,6 +559,7 @@ inline void PrefetchStages(const StageJob& job, int si) {
   if (si + 2 < job.nstages) PrefetchLines(job.stages[si + 2], 128);  // the fields a tile reads first
   if (si + 1 < job.nstages) {
     const StageRt& s = *job.stages[si + 1];
+    PrefetchLines(s.direct.data(), s.direct.size() * sizeof(StageRt::DirectProgram));
     PrefetchLines(s.direct_ptrs.data(), s.direct_ptrs.size() * sizeof(StageRt::DirectPtr));
   }
 }
@@ -2079,6 +2081,31 @@ void Executable::Plan(int nthreads, std::vector<LaunchGroup>& plan) const {
   }
 }
 
+std::shared_ptr<const Executable::Launches> Executable::LaunchesFor(int nthreads) const {
+  {
+    std::lock_guard<std::mutex> lock(launches_mu_);
+    if (launches_ && launches_->nthreads == nthreads) return launches_;
+  }
+  auto l = std::make_shared<Launches>();
+  l->nthreads = nthreads;
+  Plan(nthreads, l->plan);
+  for (const LaunchGroup& g : l->plan) {
+    Launches::Group& group = l->groups.emplace_back();
+    if (g.row_group) continue;
+    group.first.assign(1, 0);
+    for (size_t k = g.begin; k < g.end; ++k) {
+      const StageRt& s = stages_[k];
+      if (s.ntiles <= 0) continue;
+      group.stages.push_back(&s);
+      group.first.push_back(group.first.back() + s.ntiles);
+      group.elems += s.n_full + s.n_red;
+    }
+  }
+  std::lock_guard<std::mutex> lock(launches_mu_);
+  launches_ = l;
+  return l;
+}
+
 void Executable::Run(void* const* ptrs) const {
   const size_t scratch = size_t(prog_.num_regs) * prog_.tile_cap * 4;
   ThreadPool& pool = ThreadPool::Get();
@@ -2100,9 +2127,7 @@ void Executable::Run(void* const* ptrs) const {
     for (const auto& [w, o] : aliases_) aliased[w] = aliased[o];
     ptrs = aliased.data();
   }
-  thread_local std::vector<const StageRt*> group;
-  thread_local std::vector<int64_t> first;
-  const int nthreads = pool.num_threads();
+  const std::shared_ptr<const Launches> launches = LaunchesFor(pool.num_threads());
   auto bind = [&](JobBase& job) {
     job.ptrs = ptrs;
     job.scratch_bytes = scratch;
@@ -2110,9 +2135,8 @@ void Executable::Run(void* const* ptrs) const {
     job.inv_bytes = size_t(inv_loads_) * InvSlotBytes(job.slot_bytes);
     job.num_regs = prog_.num_regs;
   };
-  thread_local std::vector<LaunchGroup> plan;  // reused: no allocation on the launch path
-  Plan(nthreads, plan);
-  for (const LaunchGroup& g : plan) {
+  for (size_t gi = 0; gi < launches->plan.size(); ++gi) {
+    const LaunchGroup& g = launches->plan[gi];
     if (g.row_group) {
       RowGroupJob job;
       job.stages = stages_.data() + g.begin;
@@ -2134,23 +2158,14 @@ void Executable::Run(void* const* ptrs) const {
       continue;
     }
     // A group: this stage and the concurrent ones after it.
-    group.clear();
-    first.assign(1, 0);
-    int64_t elems = 0;
-    for (size_t k = g.begin; k < g.end; ++k) {
-      const StageRt& s = stages_[k];
-      if (s.ntiles <= 0) continue;
-      group.push_back(&s);
-      first.push_back(first.back() + s.ntiles);
-      elems += s.n_full + s.n_red;
-    }
-    const int64_t ntiles = first.back();
+    const Launches::Group& group = launches->groups[gi];
+    const int64_t ntiles = group.first.back();
     StageJob job;
-    job.stages = group.data();
-    job.first = first.data();
-    job.nstages = static_cast<int>(group.size());
+    job.stages = group.stages.data();
+    job.first = group.first.data();
+    job.nstages = static_cast<int>(group.stages.size());
     bind(job);
-    const int64_t per_tile = std::max<int64_t>(1, elems / ntiles);
+    const int64_t per_tile = std::max<int64_t>(1, group.elems / ntiles);
     job.work.Init(ntiles, g.threads, std::min<int64_t>(ntiles / (g.threads * 8), 16384 / per_tile + 1));
     if (g.threads <= 1)
       RunStageJob(&job, 0);

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <utility>
 #include <vector>
@@ -213,6 +214,25 @@ class Executable {
   int inv_loads_ = 0;  // row-invariant LOADs expanded once per job (FindInvariantLoads)
   int periodic_loads_ = 0;
   std::vector<std::pair<uint16_t, uint16_t>> aliases_;  // (workspace, output): the workspace's base is the output's
+
+  // Run's plan for one thread count, with each group of concurrent stages
+  // listed (its stages that have tiles, their first tile numbers): made by
+  // the first Run with that count and kept. Made per launch, it walked every
+  // StageRt on the caller before the pool woke, each of them cold in a
+  // stacked launch (300 Adam tensors: 300 stages).
+  struct Launches {
+    int nthreads = 0;
+    std::vector<LaunchGroup> plan;
+    struct Group {
+      std::vector<const StageRt*> stages;
+      std::vector<int64_t> first;  // first tile number of each stage; first.back() = tiles in all
+      int64_t elems = 0;
+    };
+    std::vector<Group> groups;  // one per plan entry (empty for row groups)
+  };
+  std::shared_ptr<const Launches> LaunchesFor(int nthreads) const;
+  mutable std::mutex launches_mu_;
+  mutable std::shared_ptr<const Launches> launches_;
 };
 
 }  // namespace dvm::vm
