@@ -133,6 +133,43 @@ TEST(KernelStack, BadArgumentsAreRejectedAtAdd) {
   EXPECT_EQ(b[0], 3.0f);
 }
 
+// A kernel's launch count takes every stacked launch that ran, once: a
+// repeated Launch counts again, Adds cleared without a Launch and a Launch
+// that fails count nothing.
+TEST(KernelStack, LaunchCountsFollowWhatRan) {
+  Kernel k(KernelType::kDynamic);
+  auto* x = k.Load(nullptr, {-1}, DType::kFloat32);
+  k.Store(nullptr, k.Binary(BinaryOp::kMul, x, 2.0));
+  std::vector<float> a(64, 1.5f), b(64);
+  const std::vector<TensorArg> in = {{a.data(), {64}, 256}}, out = {{b.data(), {}, 256}};
+  KernelStack stack;
+  stack.Add(k, in, out), stack.Add(k, in, out);
+  stack.Launch();
+  EXPECT_EQ(k.stats().launches, 2u);
+  EXPECT_EQ(b[63], 3.0f);
+  stack.Launch();
+  EXPECT_EQ(k.stats().launches, 4u);
+  stack.Clear();
+  stack.Add(k, in, out);
+  stack.Clear();  // never launched
+  EXPECT_EQ(k.stats().launches, 4u);
+  stack.Add(k, in, out), stack.Add(k, in, out), stack.Add(k, in, out);
+  stack.Launch();
+  EXPECT_EQ(k.stats().launches, 7u);
+  // Two tensors a launch: 40000 launches pass the stacked program's 65535.
+  stack.Clear();
+  for (int i = 0; i < 40000; ++i) stack.Add(k, in, out);
+  try {
+    stack.Launch();
+    ADD_FAILURE() << "a stack of 80000 tensors launched";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("too many tensors"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(k.stats().launches, 7u);
+  stack.Clear();
+  EXPECT_EQ(k.stats().launches, 7u);
+}
+
 // Add takes the launch recorded at its position last step again only while
 // it is the same kernel, unchanged, at the same shapes: steps that change
 // shapes, order or kernels, grow a kernel, or pass a bad buffer where the

@@ -109,6 +109,8 @@ struct TensorArg {
 };
 
 struct KernelStats {
+  // Launches run, stacked ones included (a KernelStack::Launch counts one
+  // for each launch it recorded).
   uint64_t launches = 0;
   uint64_t codegens = 0;       // programs generated (cache misses)
   uint64_t cache_hits = 0;     // launches served by a cached program
