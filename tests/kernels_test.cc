@@ -1264,6 +1264,49 @@ TEST(KernelsFused, DirectProgramsOverSlices) {
   }
 }
 
+// An elementwise chain longer than one program (kMaxChainSteps) runs as
+// several programs in one direct stage, the later ones reading the earlier
+// ones' values from scratch: the pointer recipe (SetupDirect) lists each
+// program's pointers in turn. The bits equal the ops run one by one.
+TEST(KernelsFused, DirectStageOfSeveralPrograms) {
+  constexpr int kOps = 2 * vm::kMaxChainSteps + 7;
+  auto step = [](Kernel& k, int i, NDObject* t, NDObject* x, NDObject* y) {
+    return i % 3 == 0 ? k.Binary(BinaryOp::kMul, t, 0.5)
+                      : k.Binary(i % 3 == 1 ? BinaryOp::kAdd : BinaryOp::kSub, t, i % 3 == 1 ? y : x);
+  };
+  for (int64_t n : {7, 64, 4099, 70001}) {
+    SCOPED_TRACE("n=" + std::to_string(n));
+    const Tensor x = MakeTensor(DType::kFloat32, {n}, Values(DType::kFloat32, n, 11 + n, -2, 2));
+    const Tensor y = MakeTensor(DType::kFloat32, {n}, Values(DType::kFloat32, n, 12 + n, -2, 2));
+    Kernel k;
+    NDObject* xs = k.Load(nullptr, {n}, DType::kFloat32);
+    NDObject* ys = k.Load(nullptr, {n}, DType::kFloat32);
+    NDObject* t = xs;
+    for (int i = 0; i < kOps; ++i) {
+      t = step(k, i, t, xs, ys);
+      if (i == 20) k.Store(nullptr, t);  // a value of the first program, stored
+    }
+    k.Store(nullptr, t);
+    k.CodeGen();
+    const vm::Executable ex(k.Bytecode());
+    EXPECT_EQ(ex.direct_stages(), 1) << k.Das();
+    EXPECT_GE(ex.fused_programs(), 3) << k.Das();
+    std::vector<float> o0(n), o1(n);
+    void* ins[] = {const_cast<uint8_t*>(x.bytes.data()), const_cast<uint8_t*>(y.bytes.data())};
+    void* outs[] = {o0.data(), o1.data()};
+    k.Launch(std::span<void* const>(ins), std::span<void* const>(outs));
+    Tensor want = x, want20 = x;
+    for (int i = 0; i < kOps; ++i) {  // t * 0.5 alone, t + y, t - x
+      const Tensor& other = i % 3 == 1 ? y : x;
+      want = i % 3 == 0 ? RunOne({want}, [&](Kernel& q, auto& v) { return step(q, i, v[0], nullptr, nullptr); })
+                        : RunOne({want, other}, [&](Kernel& q, auto& v) { return step(q, i, v[0], v[1], v[1]); });
+      if (i == 20) want20 = want;
+    }
+    EXPECT_EQ(0, std::memcmp(o0.data(), want20.bytes.data(), n * 4));
+    EXPECT_EQ(0, std::memcmp(o1.data(), want.bytes.data(), n * 4));
+  }
+}
+
 // Fused programs give the same bits on every SIMD target this machine runs
 // (each forced in turn; programs decoded after the switch take that target's
 // steps): full strips, single vectors and the partial last vector (masked on
