@@ -2090,29 +2090,37 @@ void Executable::Plan(int nthreads, std::vector<LaunchGroup>& plan) const {
   }
 }
 
-std::shared_ptr<const Executable::Launches> Executable::LaunchesFor(int nthreads) const {
-  {
-    std::lock_guard<std::mutex> lock(launches_mu_);
-    if (launches_ && launches_->nthreads == nthreads) return launches_;
-  }
-  auto l = std::make_shared<Launches>();
+const Executable::Launches& Executable::LaunchesFor(int nthreads) const {
+  const Launches* last = launches_.load(std::memory_order_acquire);
+  if (last && last->nthreads == nthreads) return *last;
+  std::lock_guard<std::mutex> lock(launches_mu_);
+  for (const auto& made : launches_made_)
+    if (made->nthreads == nthreads) {
+      launches_.store(made.get(), std::memory_order_release);
+      return *made;
+    }
+  auto l = std::make_unique<Launches>();
   l->nthreads = nthreads;
   Plan(nthreads, l->plan);
   for (const LaunchGroup& g : l->plan) {
     Launches::Group& group = l->groups.emplace_back();
     if (g.row_group) continue;
     group.first.assign(1, 0);
+    int64_t elems = 0;
     for (size_t k = g.begin; k < g.end; ++k) {
       const StageRt& s = stages_[k];
       if (s.ntiles <= 0) continue;
       group.stages.push_back(&s);
       group.first.push_back(group.first.back() + s.ntiles);
-      group.elems += s.n_full + s.n_red;
+      elems += s.n_full + s.n_red;
     }
+    const int64_t ntiles = group.first.back();
+    const int64_t per_tile = std::max<int64_t>(1, elems / ntiles);
+    group.grain = std::min<int64_t>(ntiles / (g.threads * 8), 16384 / per_tile + 1);
   }
-  std::lock_guard<std::mutex> lock(launches_mu_);
-  launches_ = l;
-  return l;
+  const Launches* made = launches_made_.emplace_back(std::move(l)).get();
+  launches_.store(made, std::memory_order_release);
+  return *made;
 }
 
 void Executable::Run(void* const* ptrs) const {
@@ -2136,7 +2144,7 @@ void Executable::Run(void* const* ptrs) const {
     for (const auto& [w, o] : aliases_) aliased[w] = aliased[o];
     ptrs = aliased.data();
   }
-  const std::shared_ptr<const Launches> launches = LaunchesFor(pool.num_threads());
+  const Launches& launches = LaunchesFor(pool.num_threads());
   auto bind = [&](JobBase& job) {
     job.ptrs = ptrs;
     job.scratch_bytes = scratch;
@@ -2144,8 +2152,8 @@ void Executable::Run(void* const* ptrs) const {
     job.inv_bytes = size_t(inv_loads_) * InvSlotBytes(job.slot_bytes);
     job.num_regs = prog_.num_regs;
   };
-  for (size_t gi = 0; gi < launches->plan.size(); ++gi) {
-    const LaunchGroup& g = launches->plan[gi];
+  for (size_t gi = 0; gi < launches.plan.size(); ++gi) {
+    const LaunchGroup& g = launches.plan[gi];
     if (g.row_group) {
       RowGroupJob job;
       job.stages = stages_.data() + g.begin;
@@ -2167,15 +2175,13 @@ void Executable::Run(void* const* ptrs) const {
       continue;
     }
     // A group: this stage and the concurrent ones after it.
-    const Launches::Group& group = launches->groups[gi];
-    const int64_t ntiles = group.first.back();
+    const Launches::Group& group = launches.groups[gi];
     StageJob job;
     job.stages = group.stages.data();
     job.first = group.first.data();
     job.nstages = static_cast<int>(group.stages.size());
     bind(job);
-    const int64_t per_tile = std::max<int64_t>(1, group.elems / ntiles);
-    job.work.Init(ntiles, g.threads, std::min<int64_t>(ntiles / (g.threads * 8), 16384 / per_tile + 1));
+    job.work.Init(group.first.back(), g.threads, group.grain);
     if (g.threads <= 1)
       RunStageJob(&job, 0);
     else

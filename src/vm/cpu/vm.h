@@ -2,6 +2,7 @@
 // instructions and runs the stages' tile loops on the thread pool.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -216,23 +217,27 @@ class Executable {
   std::vector<std::pair<uint16_t, uint16_t>> aliases_;  // (workspace, output): the workspace's base is the output's
 
   // Run's plan for one thread count, with each group of concurrent stages
-  // listed (its stages that have tiles, their first tile numbers): made by
-  // the first Run with that count and kept. Made per launch, it walked every
-  // StageRt on the caller before the pool woke, each of them cold in a
-  // stacked launch (300 Adam tensors: 300 stages).
+  // listed (its stages that have tiles, their first tile numbers, the
+  // claim size): made by the first Run with that count and kept until the
+  // executable goes (one per thread count used). Made per launch, it walked
+  // every StageRt on the caller before the pool woke, each of them cold in
+  // a stacked launch (300 Adam tensors: 300 stages).
   struct Launches {
     int nthreads = 0;
     std::vector<LaunchGroup> plan;
     struct Group {
       std::vector<const StageRt*> stages;
       std::vector<int64_t> first;  // first tile number of each stage; first.back() = tiles in all
-      int64_t elems = 0;
+      int64_t grain = 1;           // tiles a claim
     };
     std::vector<Group> groups;  // one per plan entry (empty for row groups)
   };
-  std::shared_ptr<const Launches> LaunchesFor(int nthreads) const;
+  // The launch path reads `launches_` (the last used) without a lock; a
+  // new thread count takes the mutex.
+  const Launches& LaunchesFor(int nthreads) const;
   mutable std::mutex launches_mu_;
-  mutable std::shared_ptr<const Launches> launches_;
+  mutable std::vector<std::unique_ptr<const Launches>> launches_made_;  // under launches_mu_
+  mutable std::atomic<const Launches*> launches_{nullptr};
 };
 
 }  // namespace dvm::vm
