@@ -1562,13 +1562,13 @@ TEST(KernelsFused, LongRowVarianceFromChunkMoments) {
         for (const bc::Stage& st : ex.program().stages)
           reads_x += std::any_of(st.views.begin(), st.views.end(), [](const bc::View& w) { return w.tensor == 0; });
         EXPECT_EQ(reads_x, 1) << k.Das();
-        // The deviations pass reads x in place and prefetches the next chunk.
-        EXPECT_EQ(ex.prefetching_passes(), 1) << k.Das();
+        // Each chunk's sum and squared deviations in one pass.
+        EXPECT_EQ(ex.fused_moments(), 1) << k.Das();
       }
     }
   }
-  // x gathered from every other element (no contiguous next chunk): no
-  // prefetch, same result as the contiguous copy of those elements.
+  // x gathered from every other element: the same result as the
+  // contiguous copy of those elements.
   const int64_t K = 20480;
   const Tensor x2 = MakeTensor(DType::kFloat32, {R, 2 * K}, Values(DType::kFloat32, R * 2 * K, 7, -2, 2));
   std::vector<double> every_other;
@@ -1585,8 +1585,8 @@ TEST(KernelsFused, LongRowVarianceFromChunkMoments) {
   variance(plain, plain.Load(nullptr, {R, K}, DType::kFloat32));
   strided.CodeGen();
   plain.CodeGen();
-  EXPECT_EQ(vm::Executable(strided.Bytecode()).prefetching_passes(), 0) << strided.Das();
-  EXPECT_EQ(vm::Executable(plain.Bytecode()).prefetching_passes(), 1) << plain.Das();
+  EXPECT_EQ(vm::Executable(strided.Bytecode()).fused_moments(), 1) << strided.Das();
+  EXPECT_EQ(vm::Executable(plain.Bytecode()).fused_moments(), 1) << plain.Das();
   std::vector<float> a(R), b(R);
   void* in_a[] = {const_cast<uint8_t*>(x2.bytes.data())};
   void* in_b[] = {const_cast<uint8_t*>(x1.bytes.data())};
@@ -1598,47 +1598,84 @@ TEST(KernelsFused, LongRowVarianceFromChunkMoments) {
 }
 
 // Squared deviations from each row's mean, summed (a layernorm's variance):
-// SUB of the row value, MUL and RSUM run as one handler, with the bits of
-// the three run apart (the difference stored). Short rows (ROW tiles of
-// several rows, the mean a BCAST register) and rows longer than a tile
-// (chunked, the mean a per-tile value loaded once).
-TEST(KernelsFused, SumOfSquaredDeviationsEqualsSeparateOps) {
-  for (int64_t K : {1, 17, 768, 5000, 40000}) {
-    SCOPED_TRACE("K=" + std::to_string(K));
-    const int64_t R = 5;  // 5 rows: also a row group (K = 40000)
-    std::vector<double> x = Values(DType::kFloat32, R * K, 900 + K, -3, 3);
-    const Tensor in = MakeTensor(DType::kFloat32, {R, K}, x);
-    auto build = [K](Kernel& k, NDObject* v, bool store_dev) {
-      NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, v, {1}, true), 1.0 / double(K));
-      NDObject* d = k.Binary(BinaryOp::kSub, v, mean);
-      std::vector<NDObject*> outs = {k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, false)};
-      if (store_dev) outs.push_back(d);
-      return outs;
-    };
-    std::vector<Tensor> fused =
-        dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v[0], false); });
-    std::vector<Tensor> plain =
-        dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v[0], true); });
-    ASSERT_EQ(fused[0].bytes.size(), plain[0].bytes.size());
-    EXPECT_EQ(fused[0].bytes, plain[0].bytes);
-    // As two kernels (the squares stored, then summed), as an unfused graph
-    // runs them: the same bits, so no handler may contract a square into
-    // its sum (FMA).
-    std::vector<Tensor> squares = dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) {
-      NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, v[0], {1}, true), 1.0 / double(K));
-      NDObject* d = k.Binary(BinaryOp::kSub, v[0], mean);
-      return std::vector<NDObject*>{k.Binary(BinaryOp::kMul, d, d)};
-    });
-    std::vector<Tensor> apart = dvm::Run({squares[0]}, [&](Kernel& k, const std::vector<NDObject*>& v) {
-      return std::vector<NDObject*>{k.Reduce(ReduceOp::kSum, v[0], {1}, false)};
-    });
-    EXPECT_EQ(fused[0].bytes, apart[0].bytes);
-    Kernel k;
-    NDObject* v = k.Load(nullptr, {R, K}, DType::kFloat32);
-    for (NDObject* o : build(k, v, false)) k.Store(nullptr, o);
-    k.CodeGen();
-    // (K = 1: a sum of one element is no reduction)
-    EXPECT_EQ(vm::Executable(k.Bytecode()).fused_deviations(), K > 1 ? 1 : 0) << k.Das();
+// SUB of the row value, MUL and RSUM run as one handler (FuseSquareSums),
+// and that runs inside the mean's RSUM (FuseMoments): one pass over x.
+// Short rows (ROW tiles of several rows), and long ones (chunked: each
+// chunk's moments, then combined). Within 2e-6 of the float64 sum, whether
+// d is stored too or not (the same bits). Where a row's (chunk's) first
+// vector, the shift, is far from its mean, the one-pass formula would
+// cancel (~1e-4 off for the long rows here): the handler takes the two
+// passes, with the bits of the ops run apart (kernels of their own). Rows
+// with an inf or a NaN give NaN, as the ops run apart do.
+TEST(KernelsFused, SumOfSquaredDeviationsInOnePass) {
+  for (int64_t K : {1, 17, 768, 5000, 32768}) {
+    // data: 0 around 0, 1 around 1000, 2 each chunk's first 16 lanes 1000
+    // above the rest, 3 an inf and a NaN row.
+    for (int data = 0; data < 4; ++data) {
+      SCOPED_TRACE("K=" + std::to_string(K) + " data " + std::to_string(data));
+      const int64_t R = 5;  // 5 rows: also a row group (K = 32768)
+      std::vector<double> x =
+          Values(DType::kFloat32, R * K, 900 + K + data, data == 1 ? 997.0 : -3.0, data == 1 ? 1003.0 : 3.0);
+      if (data == 2)
+        for (int64_t i = 0; i < R * K; ++i) x[i] += (i % K) % 4096 < 16 ? 1000.0 : 0.0;
+      if (data == 3) {
+        x[K / 2] = std::numeric_limits<double>::infinity();
+        x[K + K / 3] = std::numeric_limits<double>::quiet_NaN();
+      }
+      const Tensor in = MakeTensor(DType::kFloat32, {R, K}, x);
+      auto build = [K](Kernel& k, NDObject* v, bool store_dev) {
+        NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, v, {1}, true), 1.0 / double(K));
+        NDObject* d = k.Binary(BinaryOp::kSub, v, mean);
+        std::vector<NDObject*> outs = {k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, false)};
+        if (store_dev) outs.push_back(d);
+        return outs;
+      };
+      std::vector<Tensor> fused =
+          dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v[0], false); });
+      std::vector<Tensor> plain =
+          dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) { return build(k, v[0], true); });
+      ASSERT_EQ(fused[0].bytes.size(), plain[0].bytes.size());
+      if (data != 3) {
+        EXPECT_EQ(fused[0].bytes, plain[0].bytes);
+      }
+      // As two kernels (the squares stored, then summed), as an unfused
+      // graph runs them.
+      std::vector<Tensor> squares = dvm::Run({in}, [&](Kernel& k, const std::vector<NDObject*>& v) {
+        NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, v[0], {1}, true), 1.0 / double(K));
+        NDObject* d = k.Binary(BinaryOp::kSub, v[0], mean);
+        return std::vector<NDObject*>{k.Binary(BinaryOp::kMul, d, d)};
+      });
+      std::vector<Tensor> apart = dvm::Run({squares[0]}, [&](Kernel& k, const std::vector<NDObject*>& v) {
+        return std::vector<NDObject*>{k.Reduce(ReduceOp::kSum, v[0], {1}, false)};
+      });
+      for (int64_t r = 0; r < R; ++r) {
+        double mean = 0, want = 0;
+        for (int64_t c = 0; c < K; ++c) mean += static_cast<float>(x[r * K + c]);
+        mean /= double(K);
+        for (int64_t c = 0; c < K; ++c) {
+          const double dev = static_cast<float>(x[r * K + c]) - mean;
+          want += dev * dev;
+        }
+        if (!std::isfinite(want)) {
+          EXPECT_TRUE(std::isnan(fused[0].at(r))) << "row " << r;
+          EXPECT_TRUE(std::isnan(apart[0].at(r))) << "row " << r;
+          continue;
+        }
+        EXPECT_NEAR(fused[0].at(r), want, 2e-6 * want) << "row " << r;
+      }
+      // A shift far off, in rows of one tile's chunk: the two passes' bits.
+      if (data == 2 && (K == 768 || K == 5000)) {
+        EXPECT_EQ(fused[0].bytes, apart[0].bytes);
+      }
+      Kernel k;
+      NDObject* v = k.Load(nullptr, {R, K}, DType::kFloat32);
+      for (NDObject* o : build(k, v, false)) k.Store(nullptr, o);
+      k.CodeGen();
+      // (K = 1: a sum of one element is no reduction)
+      const vm::Executable ex(k.Bytecode());
+      EXPECT_EQ(ex.fused_deviations(), K > 1 ? 1 : 0) << k.Das();
+      EXPECT_EQ(ex.fused_moments(), K > 1 ? 1 : 0) << k.Das();
+    }
   }
 }
 

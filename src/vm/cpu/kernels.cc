@@ -1167,11 +1167,19 @@ HWY_INLINE double AccSD(double a, double b) {
 // order the sum reads it: gen.Vec(i) computes, stores and returns the full
 // vector at x + i; gen.Rest(i) computes [i, K) before the sum reads it from
 // x. The bits equal computing the row first and summing it after.
+// An observer (a gen with kObserve) sees the row as the sum reads it
+// instead: gen.Block<N>(p) the N full vectors at p, then gen.Rest(i) the
+// lanes [i, K) the vector blocks left; the sum's bits are unchanged.
 struct NoGen {};
-// kPrefetch (sums): prefetches the K lanes after the row as it reads it.
-template <int kOp, bool kSq = false, bool kDev = false, class Gen = NoGen, bool kPrefetch = false>
-float RowF(const float* x, int64_t K, float m = 0.0f, Gen gen = {}) {
-  constexpr bool kGen = !std::is_same_v<Gen, NoGen>;
+template <class G>
+constexpr bool kObserves = requires {
+  std::remove_cvref_t<G>::kObserve;
+};
+template <int kOp, bool kSq = false, bool kDev = false, class Gen = NoGen>
+float RowF(const float* x, int64_t K, float m = 0.0f, Gen&& gen = {}) {
+  constexpr bool kObs = kObserves<Gen>;
+  constexpr bool kGen = !std::is_same_v<std::remove_cvref_t<Gen>, NoGen> && !kObs;
+  static_assert(!kObs || (kOp == 0 && !kSq && !kDev), "an observed row is only summed");
   static_assert(!kGen || (kOp == 0 && !kSq && !kDev), "a generated row is only summed");
   const DF d;
   const int64_t L = hn::Lanes(d);
@@ -1245,14 +1253,7 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen gen = {}) {
       return hn::Add(hn::MulAdd(ldf(p), one, ldf(p + LF)), hn::MulAdd(ldf(p + 2 * LF), one, ldf(p + 3 * LF)));
     };
     for (bool odd = false; i + 8 * LF <= K; i += 8 * LF, odd = !odd) {
-      if constexpr (kPrefetch) {
-        // One prefetch per cache line. A prefetch never faults, even past
-        // the tensor; the address is formed as an integer, not a pointer
-        // past the array.
-        const uintptr_t next = reinterpret_cast<uintptr_t>(x + i) + uintptr_t(K) * sizeof(float);
-        for (int64_t q = 0; q < 8 * LF; q += 64 / int64_t{sizeof(float)})
-          hwy::Prefetch(reinterpret_cast<const float*>(next + uintptr_t(q) * sizeof(float)));
-      }
+      if constexpr (kObs) gen.template Block<8>(x + i);
       const VF s = hn::Add(quad(x + i), quad(x + i + 4 * LF));
       if (odd) {
         a2 = hn::Add(a2, hn::PromoteTo(dd, hn::LowerHalf(dhf, s)));
@@ -1263,6 +1264,7 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen gen = {}) {
       }
     }
     if (i + 4 * LF <= K) {
+      if constexpr (kObs) gen.template Block<4>(x + i);
       const VF s0 = quad(x + i);
       a0 = hn::Add(a0, hn::PromoteTo(dd, hn::LowerHalf(dhf, s0)));
       a1 = hn::Add(a1, hn::PromoteTo(dd, hn::UpperHalf(dhf, s0)));
@@ -1270,7 +1272,7 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen gen = {}) {
     }
   }
 #endif
-  if constexpr (kGen) gen.Rest(i);
+  if constexpr (kGen || kObs) gen.Rest(i);
   for (; i + 4 * LD <= K; i += 4 * LD) {
     a0 = AccD<kOp>(dd, a0, ld(x + i));
     a1 = AccD<kOp>(dd, a1, ld(x + i + LD));
@@ -1440,14 +1442,131 @@ void RowReduceF(const VInst& vi, TileCtx& c) {
 // RSUM of MUL(d, d) fused at decode (vm.cc FuseSquareSums), with d = R[a],
 // or (kDev) d = SUB(R[a], row value R[b][row]) (a layernorm's variance):
 // the bits of the separate instructions.
-template <bool kDev, bool kPrefetch = false>
+template <bool kDev>
 void RowSumSqF(const VInst& vi, TileCtx& c) {
   const int64_t rows = c.n[1];
   const int64_t K = rows ? c.n[0] / rows : 0;
   const float* x = c.R<float>(vi.a);
   const float* m = kDev ? c.R<float>(vi.b) : nullptr;
   float* o = c.W<float>(vi.dst);
-  for (int64_t r = 0; r < rows; ++r) o[r] = RowF<0, true, kDev, NoGen, kPrefetch>(x + r * K, K, kDev ? m[r] : 0.0f);
+  for (int64_t r = 0; r < rows; ++r) o[r] = RowF<0, true, kDev>(x + r * K, K, kDev ? m[r] : 0.0f);
+}
+
+// The sum of squared deviations of a row, in the pass that sums it (an
+// observer of RowF): d = x - s from a shift s near the row's mean (the mean
+// of its first vector), summed and squared into four f32 accumulators each
+// (d * d + q on the FMA units), widened into f64 every 16 blocks (at most
+// 32 terms per lane in f32), and then
+//   M2 = sum (x - mean)^2 = Q - D^2 / K,  Q = sum d^2, D = sum d.
+// The subtraction loses bits as D^2 / K nears Q (the shift far from the
+// mean, relative to the spread): RowMomentsF takes M2 only when
+// D^2 / K <= Q / 2 (at most one bit lost), else the two-pass sum. Per
+// vector: a subtraction, an add and an FMA, against a second pass's
+// subtraction, square and pairwise add over the row again (layernorm's
+// moments over [64, 32768] at one thread: 456 -> 327 k TSC cycles in a
+// standalone model, the hand-fused E[x^2] - m^2 loop's 329).
+struct RowMomentsObs {
+  static constexpr bool kObserve = true;
+  static constexpr int kFlush = 16;  // blocks of eight vectors between widenings
+  const float* x;
+  int64_t K;
+  float shift;
+  VF ns, sd0, sd1, sd2, sd3, q0, q1, q2, q3;
+  double D = 0, Q = 0;
+  int blocks = 0;
+
+  RowMomentsObs(const float* row, int64_t k, float s) : x(row), K(k), shift(s) {
+    const DF d;
+    ns = hn::Set(d, -s);
+    sd0 = sd1 = sd2 = sd3 = q0 = q1 = q2 = q3 = hn::Zero(d);
+  }
+  HWY_INLINE void Take(VF& sd, VF& q, VF v, bool on_fma) {
+    const DF d;
+    // x + (-s) on the FMA units as x * 1 - s: the same rounding (x * 1 is exact).
+    const VF dv = on_fma ? hn::MulAdd(v, hn::Set(d, 1.0f), ns) : hn::Add(v, ns);
+    sd = hn::Add(sd, dv);
+    q = hn::MulAdd(dv, dv, q);
+  }
+  HWY_INLINE void Flush() {
+    const DF d;
+    auto wide = [&](VF v) HWY_ATTR {
+#if HWY_TARGET == HWY_SCALAR
+      return static_cast<double>(hn::GetLane(v));
+#else
+      const DD dd;
+      const hn::Half<DF> dhf;
+      return hn::GetLane(hn::SumOfLanes(
+          dd, hn::Add(hn::PromoteTo(dd, hn::LowerHalf(dhf, v)), hn::PromoteTo(dd, hn::UpperHalf(dhf, v)))));
+#endif
+    };
+    D += wide(hn::Add(hn::Add(sd0, sd1), hn::Add(sd2, sd3)));
+    Q += wide(hn::Add(hn::Add(q0, q1), hn::Add(q2, q3)));
+    sd0 = sd1 = sd2 = sd3 = q0 = q1 = q2 = q3 = hn::Zero(d);
+    blocks = 0;
+  }
+  template <int N>
+  HWY_INLINE void Block(const float* p) {
+    const DF d;
+    const int64_t L = hn::Lanes(d);
+    Take(sd0, q0, hn::LoadU(d, p), true);
+    Take(sd1, q1, hn::LoadU(d, p + L), false);
+    Take(sd2, q2, hn::LoadU(d, p + 2 * L), true);
+    Take(sd3, q3, hn::LoadU(d, p + 3 * L), false);
+    if constexpr (N == 8) {
+      Take(sd0, q0, hn::LoadU(d, p + 4 * L), false);
+      Take(sd1, q1, hn::LoadU(d, p + 5 * L), true);
+      Take(sd2, q2, hn::LoadU(d, p + 6 * L), false);
+      Take(sd3, q3, hn::LoadU(d, p + 7 * L), true);
+    }
+    if (++blocks == kFlush) Flush();
+  }
+  HWY_INLINE void Rest(int64_t i) {
+    const DF d;
+    const int64_t L = hn::Lanes(d);
+    for (; i + L <= K; i += L) Take(sd0, q0, hn::LoadU(d, x + i), false);
+    Flush();
+    for (; i < K; ++i) {
+      const float dv = x[i] - shift;
+      D += dv;
+      Q += double(dv) * dv;
+    }
+  }
+};
+
+// RSUM of R[a] into R[dst] per row (RowF's bits) and, in the same pass, the
+// sum of squared deviations of each row from its mean into R[c] (vm.cc
+// FuseMoments: the RSUM, "MUL m, sum, k" and the fused SUB, MUL, RSUM of
+// (x - m)^2 after them; k in kbits). Where the one-pass formula could lose
+// more than a bit, or the row is not finite, R[c] gets the two passes'
+// bits: m = RN(sum * k), then RowSumSqDev's sum of (x - m)^2.
+// Flattened: RowF and the observer inlined, its accumulators stay in
+// vector registers (a call between them kept them in memory: 2x slower).
+HWY_FLATTEN void RowMomentsF(const VInst& vi, TileCtx& c) {
+  const DF d;
+  const int64_t L = hn::Lanes(d);
+  const int64_t rows = c.n[1];
+  const int64_t K = rows ? c.n[0] / rows : 0;
+  const float* x = c.R<float>(vi.a);
+  const float k = BitsF32(vi.kbits);
+  float* s = c.W<float>(vi.dst);
+  float* m2 = c.W<float>(vi.c);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * K;
+    float shift = 0;
+    if (K >= L) {
+      shift = hn::GetLane(hn::SumOfLanes(d, hn::LoadU(d, xr))) / static_cast<float>(L);
+    } else {
+      for (int64_t j = 0; j < K; ++j) shift += xr[j];
+      shift /= static_cast<float>(K);
+    }
+    RowMomentsObs obs(xr, K, shift);
+    const float sum = RowF<0, false, false, RowMomentsObs&>(xr, K, 0.0f, obs);
+    const double c2 = obs.D * obs.D / static_cast<double>(K);
+    double v = obs.Q - c2;
+    if (!(c2 <= 0.5 * obs.Q) || !std::isfinite(obs.Q)) v = RowF<0, true, true>(xr, K, sum * k);
+    s[r] = sum;
+    m2[r] = static_cast<float>(v);
+  }
 }
 
 // ChainF<kOp1, exp, kY, none> and the RSUM of its result (vm.cc
@@ -1839,7 +1958,8 @@ Handler SelectHandlerT(const bc::Inst& in) {
 }
 
 Handler RowSumSquaresHandlerT() { return &RowSumSqF<false>; }
-Handler RowSumSqDevHandlerT(bool prefetch) { return prefetch ? &RowSumSqF<true, true> : &RowSumSqF<true>; }
+Handler RowSumSqDevHandlerT() { return &RowSumSqF<true>; }
+Handler RowMomentsHandlerT() { return &RowMomentsF; }
 Handler NormAffineHandlerT(bool sub, bool periodic_g, bool periodic_b) {
   static const Handler kTable[] = {&NormAffineF<false, false, false>, &NormAffineF<false, false, true>,
                                    &NormAffineF<false, true, false>,  &NormAffineF<false, true, true>,
@@ -1989,6 +2109,7 @@ HWY_EXPORT(ColAccumulatorT);
 HWY_EXPORT(RowBroadcastHandlerT);
 HWY_EXPORT(RowSumSquaresHandlerT);
 HWY_EXPORT(RowSumSqDevHandlerT);
+HWY_EXPORT(RowMomentsHandlerT);
 HWY_EXPORT(NormAffineHandlerT);
 HWY_EXPORT(ChainHandlerT);
 HWY_EXPORT(ChainExpSumHandlerT);
@@ -2003,7 +2124,8 @@ ConvertFn LoadConverter(DType t) { return HWY_DYNAMIC_DISPATCH(LoadConverterT)(t
 ColAccFn ColAccumulator(int op) { return HWY_DYNAMIC_DISPATCH(ColAccumulatorT)(op); }
 Handler RowBroadcastHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(RowBroadcastHandlerT)(in); }
 Handler RowSumSquaresHandler() { return HWY_DYNAMIC_DISPATCH(RowSumSquaresHandlerT)(); }
-Handler RowSumSqDevHandler(bool prefetch) { return HWY_DYNAMIC_DISPATCH(RowSumSqDevHandlerT)(prefetch); }
+Handler RowSumSqDevHandler() { return HWY_DYNAMIC_DISPATCH(RowSumSqDevHandlerT)(); }
+Handler RowMomentsHandler() { return HWY_DYNAMIC_DISPATCH(RowMomentsHandlerT)(); }
 Handler NormAffineHandler(bool sub, bool periodic_g, bool periodic_b) {
   return HWY_DYNAMIC_DISPATCH(NormAffineHandlerT)(sub, periodic_g, periodic_b);
 }

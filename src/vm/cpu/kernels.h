@@ -120,10 +120,12 @@ Handler NormAffineHandler(bool sub, bool periodic_g = false, bool periodic_b = f
 // into the RSUM reading it): the bits of the MUL then the RSUM.
 Handler RowSumSquaresHandler();
 // The same of (R[a] - m)^2, m a row operand (R[b][row]): SUB, MUL, RSUM.
-// With `prefetch`, the lanes that follow the tile's rows in memory (the next
-// chunk of a long row, which the stage's next tile reads) are prefetched
-// while the pass runs: same bits.
-Handler RowSumSqDevHandler(bool prefetch = false);
+Handler RowSumSqDevHandler();
+// The RSUM of R[a] into R[dst] (its bits) and, in the same pass, each row's
+// sum of squared deviations from its mean m = RN(sum * k) (k the f32 in
+// kbits) into R[c]: within a bit of the two passes' result, or their bits
+// (vm.cc FuseMoments).
+Handler RowMomentsHandler();
 
 // Whether x / y by the reciprocal of y and one FMA correction (Markstein)
 // gives the divide's bits for every x in [2^-100, 2^100): |y| in

@@ -16,6 +16,9 @@
 
 namespace dvm::vm {
 namespace {
+// Registers of a tile context: the verifier allows 255 per program, and
+// the VM adds its own after them (FuseMoments).
+constexpr int kMaxRegs = 256;
 
 // ---- strided access ----------------------------------------------------------
 
@@ -575,7 +578,7 @@ inline void PrefetchStages(const StageJob& job, int si) {
 
 void RunStageJob(void* ctx, int self) {
   auto* job = static_cast<StageJob*>(ctx);
-  const void* p[256];
+  const void* p[kMaxRegs];
   TileCtx c = job->Context(p);
   int si = 0, entered = -1;
   int64_t t0, t1;
@@ -625,7 +628,7 @@ thread_local std::vector<void*> tls_row_ptrs;  // tensor bases with those slabs 
 
 void RunRowGroupJob(void* ctx, int self) {
   auto* job = static_cast<RowGroupJob*>(ctx);
-  const void* p[256];
+  const void* p[kMaxRegs];
   TileCtx c = job->Context(p);
   const StageRt& head = job->stages[0];
   uint8_t* slabs = nullptr;
@@ -652,6 +655,7 @@ void RunRowGroupJob(void* ctx, int self) {
 
 Executable::Executable(std::span<const uint8_t> bytecode) {
   bc::Parse(bytecode, prog_);
+  num_regs_ = prog_.num_regs;
   stages_.resize(prog_.stages.size());
   for (size_t si = 0; si < prog_.stages.size(); ++si) {
     const bc::Stage& s = prog_.stages[si];
@@ -761,6 +765,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
     FuseRowBroadcasts(s, rt);
     FuseUniformLoads(s, rt);
     deviations_ += FuseSquareSums(s, rt);
+    moments_ += FuseMoments(s, rt);
     programs_ += FuseChainPrograms(s, rt);
     std::vector<ChainSig> chain_sigs;
     chains_ += FuseBinaryChains(s, rt, chain_sigs);
@@ -1759,17 +1764,7 @@ int Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
     if (!Kept(s, j0 + 1, j, {vs.a, vs.b}) || !Kept(s, j + 1, k, {vs.a, vs.b}) || LiveIn(s, j0 + 1, j, ra) ||
         LiveIn(s, j + 1, k, ra) || LiveIn(s, k + 1, e, ra) || red.dst == static_cast<int>(vs.b))
       continue;
-    // A chunked stage's tiles are a long row's chunks in order: while this
-    // pass reads its chunk from L1 (the chunk sum before it fetched it), the
-    // next chunk is prefetched, so its fetch overlaps arithmetic instead of
-    // stalling the next tile's first pass (layernorm [64, 32768], moments
-    // stage at one thread: 210 -> 165 us). Only for x read in place from a
-    // contiguous tensor, where the next chunk follows in memory.
-    const int jx = LastWriter(s, b, j0, vs.a);
-    const bool next_chunk = s.p[2] > 0 && jx >= b && rt.code[jx].fn == &LoadHandler &&
-                            rt.views[rt.code[jx].view].zero_copy && rt.views[rt.code[jx].view].cont_dim == 0;
-    Body(v) = RowSumSqDevHandler(next_chunk);
-    prefetching_passes_ += next_chunk;
+    Body(v) = RowSumSqDevHandler();
     v.a = vs.a;
     v.b = vs.b;
     vs.fn = &NopHandler;
@@ -1777,6 +1772,68 @@ int Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
     ++deviations;
   }
   return deviations;
+}
+
+namespace {
+// A reduced tile's rows, R[a] to R[dst].
+void CopyRowsHandler(const VInst& vi, TileCtx& c) {
+  const float* a = c.R<float>(vi.a);
+  float* o = c.W<float>(vi.dst);
+  std::memcpy(o, a, sizeof(float) * size_t(c.n[1]));
+}
+}  // namespace
+
+// ROW stages: "RSUM.f32.red s, x", then "MUL.f32.red m, s, k" (the mean),
+// then the deviations pass of x from m that FuseSquareSums made (a
+// layernorm's mean and variance, over short rows or a long row's chunks):
+// the RSUM runs both sums in one pass over x (RowMomentsHandler) and leaves
+// the sum of squared deviations in a register of the VM's own, past the
+// program's (one per such pair in the stage); the deviations pass copies it
+// from there. The second pass over x goes: `bench stages` layernorm at 2
+// threads [64, 32768] 266-275 -> 255-256 us, [8, 262144] 314-323 ->
+// 290-299 us; `bench vm` layernorm [128, 768] 12.2-13.0 -> 8.6-10.7 us
+// (alternating runs). Not the deviations pass's bits: within about a bit
+// of them, or exactly those bits where the one-pass formula could lose
+// more (kernels.cc RowMomentsObs); the same on any thread count. Needed: x
+// kept from the RSUM to the pass, and m and s as the MUL and the RSUM left
+// them (their last writers).
+int Executable::FuseMoments(const bc::Stage& s, StageRt& rt) {
+  if (s.mode != bc::Mode::kRow) return 0;
+  const Handler dev = RowSumSqDevHandler();
+  int fused = 0;
+  const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
+  for (int k = b; k < e; ++k) {
+    VInst& vk = rt.code[k];
+    const Handler hk = Body(vk);
+    if (hk != dev) continue;
+    const uint32_t x = vk.a, m = vk.b;
+    const int jm = LastWriter(s, b, k, static_cast<int>(m));
+    if (jm < b) continue;
+    const bc::Inst& mul = s.insts[jm];
+    const VInst& vm = rt.code[jm];
+    if (bc::Opcode(mul.op) != bc::Opcode::MUL || DType(mul.type) != DType::kFloat32 || !(mul.flags & bc::kLevelRed) ||
+        (mul.flags & bc::kFormMask) == bc::kFormRR || vm.fused || vm.fn != SelectHandler(mul))
+      continue;
+    const int js = LastWriter(s, b, jm, mul.a);
+    if (js < b) continue;
+    const bc::Inst& sum = s.insts[js];
+    VInst& vs = rt.code[js];
+    if (bc::Opcode(sum.op) != bc::Opcode::RSUM || DType(sum.type) != DType::kFloat32 || sum.a != x || vs.fused ||
+        Body(vs) != SelectHandler(sum) || !Kept(s, js + 1, k, {x}))
+      continue;
+    const int h = prog_.num_regs + fused;  // the stage's next register of the VM's own
+    if (h >= kMaxRegs) continue;
+    num_regs_ = std::max(num_regs_, h + 1);
+    Body(vs) = RowMomentsHandler();
+    vs.c = static_cast<uint32_t>(h);
+    vs.kbits = vm.kbits;
+    vs.fused = true;
+    Body(vk) = &CopyRowsHandler;
+    vk.a = static_cast<uint32_t>(h);
+    vk.level = 1;
+    ++fused;
+  }
+  return fused;
 }
 
 // COL stages whose body is only "LOAD r, v; WACC w, r" pairs (a column sum,
@@ -2124,7 +2181,7 @@ const Executable::Launches& Executable::LaunchesFor(int nthreads) const {
 }
 
 void Executable::Run(void* const* ptrs) const {
-  const size_t scratch = size_t(prog_.num_regs) * prog_.tile_cap * 4;
+  const size_t scratch = size_t(num_regs_) * prog_.tile_cap * 4;
   ThreadPool& pool = ThreadPool::Get();
   // GEMM blocks run in parallel on the pool, each a single-threaded BLAS
   // call; the library's own thread count is restored afterwards.
@@ -2150,7 +2207,7 @@ void Executable::Run(void* const* ptrs) const {
     job.scratch_bytes = scratch;
     job.slot_bytes = size_t(prog_.tile_cap) * 4;
     job.inv_bytes = size_t(inv_loads_) * InvSlotBytes(job.slot_bytes);
-    job.num_regs = prog_.num_regs;
+    job.num_regs = num_regs_;
   };
   for (size_t gi = 0; gi < launches.plan.size(); ++gi) {
     const LaunchGroup& g = launches.plan[gi];

@@ -164,8 +164,10 @@ class Executable {
   // Row-invariant LOADs whose readers read the row itself, row by row
   // (FindInvariantLoads; tests).
   int periodic_loads() const { return periodic_loads_; }
-  // Fused deviation passes that prefetch their stage's next chunk (FuseSquareSums).
-  int prefetching_passes() const { return prefetching_passes_; }
+  // Sums run with the deviations pass after them in one pass (FuseMoments; tests).
+  int fused_moments() const { return moments_; }
+  // Registers per tile context: the program's, and the VM's own after them.
+  int num_regs() const { return num_regs_; }
   // Workspaces that row groups keep one slab per thread of (tests).
   int row_local_workspaces() const {
     int n = 0;
@@ -193,6 +195,7 @@ class Executable {
   static void FuseRowBroadcasts(const bc::Stage& s, StageRt& rt);
   static void FuseUniformLoads(const bc::Stage& s, StageRt& rt);
   int FuseSquareSums(const bc::Stage& s, StageRt& rt);           // returns the deviation sums fused
+  int FuseMoments(const bc::Stage& s, StageRt& rt);              // returns the sum + deviations pairs fused
   // Returns the pairs fused, and records them in `chains`.
   static int FuseBinaryChains(const bc::Stage& s, StageRt& rt, std::vector<ChainSig>& chains);
   static int FuseChainSums(const bc::Stage& s, StageRt& rt);     // returns the chain + RSUM pairs fused
@@ -211,7 +214,8 @@ class Executable {
   int chain_sums_ = 0;
   int programs_ = 0;
   int producers_forwarded_ = 0;
-  int prefetching_passes_ = 0;
+  int moments_ = 0;
+  int num_regs_ = 0;   // the program's registers and the VM's own (FuseMoments)
   int inv_loads_ = 0;  // row-invariant LOADs expanded once per job (FindInvariantLoads)
   int periodic_loads_ = 0;
   std::vector<std::pair<uint16_t, uint16_t>> aliases_;  // (workspace, output): the workspace's base is the output's
