@@ -1679,6 +1679,48 @@ TEST(KernelsFused, SumOfSquaredDeviationsInOnePass) {
   }
 }
 
+// Two variances (x's and y's) in one ROW stage (short rows) or in two
+// chunked stages (long ones): each pair of sums runs as one pass with a
+// register of the VM's own, one per pair in a stage, so neither overwrites
+// the other's value before its copy.
+TEST(KernelsFused, TwoMomentsInOneStage) {
+  for (int64_t K : {768, 32768}) {
+    SCOPED_TRACE("K=" + std::to_string(K));
+    const int64_t R = 3;
+    const Tensor x = MakeTensor(DType::kFloat32, {R, K}, Values(DType::kFloat32, R * K, 41, -3, 3));
+    const Tensor y = MakeTensor(DType::kFloat32, {R, K}, Values(DType::kFloat32, R * K, 43, 90, 110));
+    auto build = [K](Kernel& k, const std::vector<NDObject*>& v) {
+      std::vector<NDObject*> outs;
+      for (NDObject* t : v) {
+        NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, t, {1}, true), 1.0 / double(K));
+        NDObject* d = k.Binary(BinaryOp::kSub, t, mean);
+        outs.push_back(k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, false));
+      }
+      return outs;
+    };
+    const std::vector<Tensor> out = dvm::Run({x, y}, build);
+    for (int t = 0; t < 2; ++t) {
+      const Tensor& in = t == 0 ? x : y;
+      for (int64_t r = 0; r < R; ++r) {
+        double mean = 0, want = 0;
+        for (int64_t c = 0; c < K; ++c) mean += in.at(r * K + c);
+        mean /= double(K);
+        for (int64_t c = 0; c < K; ++c) want += (in.at(r * K + c) - mean) * (in.at(r * K + c) - mean);
+        EXPECT_NEAR(out[t].at(r), want, 2e-6 * want) << "output " << t << " row " << r;
+      }
+    }
+    Kernel k;
+    std::vector<NDObject*> v = {k.Load(nullptr, {R, K}, DType::kFloat32), k.Load(nullptr, {R, K}, DType::kFloat32)};
+    for (NDObject* o : build(k, v)) k.Store(nullptr, o);
+    k.CodeGen();
+    const vm::Executable ex(k.Bytecode());
+    EXPECT_EQ(ex.fused_moments(), 2) << k.Das();
+    // Short rows: one stage, two registers of the VM's own; long rows: a
+    // chunked stage each, which reuse one.
+    EXPECT_EQ(ex.num_regs(), int(ex.program().num_regs) + (K == 768 ? 2 : 1)) << k.Das();
+  }
+}
+
 // Softmax: exp(x - max) and its row sum run as one pass (FuseChainSums),
 // with the bits of the two instructions run apart (kernels of their own);
 // long rows also keep exp(x - max) in the output until the division
