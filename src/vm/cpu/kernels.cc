@@ -1960,6 +1960,7 @@ Handler SelectHandlerT(const bc::Inst& in) {
 Handler RowSumSquaresHandlerT() { return &RowSumSqF<false>; }
 Handler RowSumSqDevHandlerT() { return &RowSumSqF<true>; }
 Handler RowMomentsHandlerT() { return &RowMomentsF; }
+Handler CopyHandlerT() { return &CopyRegs; }
 Handler NormAffineHandlerT(bool sub, bool periodic_g, bool periodic_b) {
   static const Handler kTable[] = {&NormAffineF<false, false, false>, &NormAffineF<false, false, true>,
                                    &NormAffineF<false, true, false>,  &NormAffineF<false, true, true>,
@@ -2110,6 +2111,7 @@ HWY_EXPORT(RowBroadcastHandlerT);
 HWY_EXPORT(RowSumSquaresHandlerT);
 HWY_EXPORT(RowSumSqDevHandlerT);
 HWY_EXPORT(RowMomentsHandlerT);
+HWY_EXPORT(CopyHandlerT);
 HWY_EXPORT(NormAffineHandlerT);
 HWY_EXPORT(ChainHandlerT);
 HWY_EXPORT(ChainExpSumHandlerT);
@@ -2126,6 +2128,7 @@ Handler RowBroadcastHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(Ro
 Handler RowSumSquaresHandler() { return HWY_DYNAMIC_DISPATCH(RowSumSquaresHandlerT)(); }
 Handler RowSumSqDevHandler() { return HWY_DYNAMIC_DISPATCH(RowSumSqDevHandlerT)(); }
 Handler RowMomentsHandler() { return HWY_DYNAMIC_DISPATCH(RowMomentsHandlerT)(); }
+Handler CopyHandler() { return HWY_DYNAMIC_DISPATCH(CopyHandlerT)(); }
 Handler NormAffineHandler(bool sub, bool periodic_g, bool periodic_b) {
   return HWY_DYNAMIC_DISPATCH(NormAffineHandlerT)(sub, periodic_g, periodic_b);
 }

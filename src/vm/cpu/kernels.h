@@ -126,6 +126,9 @@ Handler RowSumSqDevHandler();
 // kbits) into R[c]: within a bit of the two passes' result, or their bits
 // (vm.cc FuseMoments).
 Handler RowMomentsHandler();
+// R[dst] = R[a], the n[level] lanes of the instruction's level (the
+// handler of a CAST to the same dtype).
+Handler CopyHandler();
 
 // Whether x / y by the reciprocal of y and one FMA correction (Markstein)
 // gives the divide's bits for every x in [2^-100, 2^100): |y| in

@@ -1774,15 +1774,6 @@ int Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
   return deviations;
 }
 
-namespace {
-// A reduced tile's rows, R[a] to R[dst].
-void CopyRowsHandler(const VInst& vi, TileCtx& c) {
-  const float* a = c.R<float>(vi.a);
-  float* o = c.W<float>(vi.dst);
-  std::memcpy(o, a, sizeof(float) * size_t(c.n[1]));
-}
-}  // namespace
-
 // ROW stages: "RSUM.f32.red s, x", then "MUL.f32.red m, s, k" (the mean),
 // then the deviations pass of x from m that FuseSquareSums made (a
 // layernorm's mean and variance, over short rows or a long row's chunks):
@@ -1804,8 +1795,7 @@ int Executable::FuseMoments(const bc::Stage& s, StageRt& rt) {
   const int b = rt.sec[bc::kBody], e = rt.sec[bc::kBody + 1];
   for (int k = b; k < e; ++k) {
     VInst& vk = rt.code[k];
-    const Handler hk = Body(vk);
-    if (hk != dev) continue;
+    if (Body(vk) != dev) continue;
     const uint32_t x = vk.a, m = vk.b;
     const int jm = LastWriter(s, b, k, static_cast<int>(m));
     if (jm < b) continue;
@@ -1828,7 +1818,7 @@ int Executable::FuseMoments(const bc::Stage& s, StageRt& rt) {
     vs.c = static_cast<uint32_t>(h);
     vs.kbits = vm.kbits;
     vs.fused = true;
-    Body(vk) = &CopyRowsHandler;
+    Body(vk) = CopyHandler();  // the reduced level's rows
     vk.a = static_cast<uint32_t>(h);
     vk.level = 1;
     ++fused;
