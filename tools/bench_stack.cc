@@ -6,7 +6,8 @@
 //  * stacked:  the same 300 kernels recorded into a dvm::KernelStack and run
 //              as one stacked launch; timed per step as Clear() + 300 Add()
 //              + Launch(), as an optimizer loop would call it (Launch() of an
-//              already recorded stack is reported as stacked_launch_us)
+//              already recorded stack is reported as stacked_launch_us, and
+//              the Clear + Add part of the timed steps as stacked_add_us)
 //  * aot:      one hand-written loop over all tensors (compiled -O3
 //              -march=native with this file), parallel over tensors: each
 //              thread takes a contiguous run of tensors holding ~1/threads
@@ -222,9 +223,16 @@ int BenchStackMain(Args& args) {
   auto separate = [&] {
     for (int i = 0; i < kTensors; ++i) kernels[i]->Launch(args_of[kSeparate][i].in, args_of[kSeparate][i].out);
   };
+  // The Clear + Add part of each timed stacked step, apart (a diagnostic:
+  // the Adds run on the caller alone, with the launch before them having
+  // evicted what they read).
+  std::vector<double> add_us;
+  bool timing = false;
   auto stacked = [&] {
+    const double t0 = timing ? NowUs() : 0;
     stack.Clear();
     for (int i = 0; i < kTensors; ++i) stack.Add(*kernels[i], args_of[kStacked][i].in, args_of[kStacked][i].out);
+    if (timing) add_us.push_back(NowUs() - t0);
     stack.Launch();
   };
   auto stacked_launch = [&] { stack.Launch(); };
@@ -246,6 +254,7 @@ int BenchStackMain(Args& args) {
     if (err.empty()) err = Compare(pr, kShared, kSeparate, true, err_shared);
     if (err.empty()) err = Compare(pr, kSeparate, kAot, false, err_aot);
     if (err.empty()) err = Compare(pr, kStacked, kAot, false, err_aot);
+    timing = true;
     if (err.empty())
       tm = MeasureBlocks({separate, stacked, aot, shared_run, stacked_launch}, int(opt.reps), 3,
                          [&pool] { pool.Park(); });
@@ -267,13 +276,15 @@ int BenchStackMain(Args& args) {
   const double sep_ratio = s.median / st.median, aot_ratio = a.median / st.median;
   const bool bar_sep = sep_ratio >= 2, bar_aot = aot_ratio >= 0.8;
   Table t({"impl", "us/step", "min", "max", "GB/s", "vs stacked"});
-  auto row = [&](const char* name, const Stats& x) {
-    t.Row({name, Fmt(x.median, 1), Fmt(x.min, 1), Fmt(x.max, 1), Fmt(bytes / x.median / 1e3, 1),
+  auto row = [&](const char* name, const Stats& x, bool moves = true) {
+    t.Row({name, Fmt(x.median, 1), Fmt(x.min, 1), Fmt(x.max, 1), moves ? Fmt(bytes / x.median / 1e3, 1) : "-",
            Fmt(x.median / st.median)});
   };
   row("separate (300 launches)", s);
   row("stacked (Clear+Add+Launch)", st);
   row("stacked (Launch only)", sl);
+  const Stats ad = Summarize(add_us);
+  row("  of which Clear+Add", ad, false);
   row("aot (one loop)", a);
   row("separate, one shared kernel", sh);
   t.Print();
@@ -281,7 +292,7 @@ int BenchStackMain(Args& args) {
               aot_ratio, Bar(bar_aot));
   m.Num("separate_us", s.median).Num("separate_us_min", s.min).Num("separate_us_max", s.max);
   m.Num("stacked_us", st.median).Num("stacked_us_min", st.min).Num("stacked_us_max", st.max);
-  m.Num("stacked_launch_us", sl.median);
+  m.Num("stacked_launch_us", sl.median).Num("stacked_add_us", ad.median);
   m.Num("aot_us", a.median).Num("aot_us_min", a.min).Num("aot_us_max", a.max);
   m.Num("separate_shared_us", sh.median);
   m.Num("separate_over_stacked", sep_ratio).Num("aot_over_stacked", aot_ratio);

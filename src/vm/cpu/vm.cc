@@ -563,10 +563,6 @@ struct StageJob : JobBase {
 // stage si, a thread prefetches the recipe of si + 1 (its programs and
 // pointers; its StageRt was prefetched entering si - 1) and the StageRt of
 // si + 2.
-inline void PrefetchLines(const void* p, size_t bytes) {  // every line of [p, p + bytes)
-  const uintptr_t b = reinterpret_cast<uintptr_t>(p), e = b + bytes;
-  for (uintptr_t a = b & ~uintptr_t{63}; a < e; a += 64) __builtin_prefetch(reinterpret_cast<const void*>(a));
-}
 inline void PrefetchStages(const StageJob& job, int si) {
   if (si + 2 < job.nstages) PrefetchLines(job.stages[si + 2], 128);  // the fields a tile reads first
   if (si + 1 < job.nstages) {

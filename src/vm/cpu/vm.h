@@ -30,6 +30,12 @@ struct ViewRt {
   ConvertFn load = nullptr, store = nullptr;
 };
 
+// Prefetches every cache line of [p, p + bytes) (a hint: any address will do).
+inline void PrefetchLines(const void* p, size_t bytes) {
+  const uintptr_t b = reinterpret_cast<uintptr_t>(p), e = b + bytes;
+  for (uintptr_t a = b & ~uintptr_t{63}; a < e; a += 64) __builtin_prefetch(reinterpret_cast<const void*>(a));
+}
+
 constexpr int kMaxColPairs = 8;
 
 // A COL body pair "LOAD r, view; WACC w, r" run as one strip-mined pass over
