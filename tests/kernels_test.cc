@@ -1721,6 +1721,40 @@ TEST(KernelsFused, TwoMomentsInOneStage) {
   }
 }
 
+// A layernorm's statistics kept for the backward pass (PyTorch's
+// native_layer_norm returns the mean too): the mean, an output as well, is
+// written into it as it is computed (store forwarding), and the sums still
+// run in one pass (FuseMoments looks through the forwarding). Short rows
+// and long (chunked) ones; the mean and the variance against float64.
+TEST(KernelsFused, MomentsWithTheMeanStored) {
+  for (int64_t K : {768, 32768}) {
+    SCOPED_TRACE("K=" + std::to_string(K));
+    const int64_t R = 3;
+    const Tensor x = MakeTensor(DType::kFloat32, {R, K}, Values(DType::kFloat32, R * K, 47, -2, 4));
+    auto build = [K](Kernel& k, const std::vector<NDObject*>& v) {
+      NDObject* mean = k.Binary(BinaryOp::kMul, k.Reduce(ReduceOp::kSum, v[0], {1}, true), 1.0 / double(K));
+      NDObject* d = k.Binary(BinaryOp::kSub, v[0], mean);
+      NDObject* var = k.Reduce(ReduceOp::kSum, k.Binary(BinaryOp::kMul, d, d), {1}, false);
+      return std::vector<NDObject*>{mean, var};
+    };
+    const std::vector<Tensor> out = dvm::Run({x}, build);
+    for (int64_t r = 0; r < R; ++r) {
+      double mean = 0, want = 0;
+      for (int64_t c = 0; c < K; ++c) mean += x.at(r * K + c);
+      mean /= double(K);
+      for (int64_t c = 0; c < K; ++c) want += (x.at(r * K + c) - mean) * (x.at(r * K + c) - mean);
+      EXPECT_NEAR(out[0].at(r), mean, 1e-5 + 1.3e-6 * std::abs(mean)) << "row " << r;
+      EXPECT_NEAR(out[1].at(r), want, 2e-6 * want) << "row " << r;
+    }
+    Kernel k;
+    NDObject* v = k.Load(nullptr, {R, K}, DType::kFloat32);
+    for (NDObject* o : build(k, {v})) k.Store(nullptr, o);
+    k.CodeGen();
+    const vm::Executable ex(k.Bytecode());
+    EXPECT_EQ(ex.fused_moments(), 1) << k.Das();
+  }
+}
+
 // Softmax: exp(x - max) and its row sum run as one pass (FuseChainSums),
 // with the bits of the two instructions run apart (kernels of their own);
 // long rows also keep exp(x - max) in the output until the division

@@ -1783,7 +1783,7 @@ int Executable::FuseSquareSums(const bc::Stage& s, StageRt& rt) {
 // of them, or exactly those bits where the one-pass formula could lose
 // more (kernels.cc RowMomentsObs); the same on any thread count. Needed: x
 // kept from the RSUM to the pass, and m and s as the MUL and the RSUM left
-// them (their last writers).
+// them (their last writers; either may be forwarded into an output).
 int Executable::FuseMoments(const bc::Stage& s, StageRt& rt) {
   if (s.mode != bc::Mode::kRow) return 0;
   const Handler dev = RowSumSqDevHandler();
@@ -1796,9 +1796,9 @@ int Executable::FuseMoments(const bc::Stage& s, StageRt& rt) {
     const int jm = LastWriter(s, b, k, static_cast<int>(m));
     if (jm < b) continue;
     const bc::Inst& mul = s.insts[jm];
-    const VInst& vm = rt.code[jm];
+    VInst& vm = rt.code[jm];  // (a mean that is an output too runs forwarded into it: its Body is the MUL)
     if (bc::Opcode(mul.op) != bc::Opcode::MUL || DType(mul.type) != DType::kFloat32 || !(mul.flags & bc::kLevelRed) ||
-        (mul.flags & bc::kFormMask) == bc::kFormRR || vm.fused || vm.fn != SelectHandler(mul))
+        (mul.flags & bc::kFormMask) == bc::kFormRR || vm.fused || Body(vm) != SelectHandler(mul))
       continue;
     const int js = LastWriter(s, b, jm, mul.a);
     if (js < b) continue;
