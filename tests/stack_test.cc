@@ -97,6 +97,58 @@ TEST(KernelStack, SimilarProgramsKeepTheirConstants) {
   ExpectStackEqualsSeparate(launches);
 }
 
+// A stacked launch runs the tiles of consecutive stages that share one
+// fused program as segments of one call of it (vm RunDirectRun): runs of
+// an Adam-like program (long: strips of four vectors) and of a short one
+// (strips of eight), broken where the program changes, over more stages
+// than one call takes, with tensors of several tiles (merged into one
+// segment) and ragged tails. Bit for bit the launches one by one, with 1
+// and 2 threads.
+TEST(KernelStack, RunsOfOneProgramAsSegments) {
+  Rng rng(23);
+  auto adam = [](Kernel& k) {
+    auto* p = k.Load(nullptr, {-1}, DType::kFloat32);
+    auto* g = k.Load(nullptr, {-1}, DType::kFloat32);
+    auto* m = k.Load(nullptr, {-1}, DType::kFloat32);
+    auto* v = k.Load(nullptr, {-1}, DType::kFloat32);
+    auto* m1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, m, 0.9), k.Binary(BinaryOp::kMul, g, 0.1));
+    auto* v1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, v, 0.999),
+                        k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, g, g), 0.001));
+    auto* den = k.Binary(BinaryOp::kAdd, k.Unary(UnaryOp::kSqrt, k.Binary(BinaryOp::kDiv, v1, 0.00995)), 1e-8);
+    auto* upd = k.Binary(BinaryOp::kDiv, k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kDiv, m1, 0.65), 1e-3), den);
+    k.Store(nullptr, k.Binary(BinaryOp::kSub, p, upd));
+    k.Store(nullptr, m1);
+    k.Store(nullptr, v1);
+  };
+  auto axpby = [](Kernel& k) {
+    auto* x = k.Load(nullptr, {-1}, DType::kFloat32);
+    auto* y = k.Load(nullptr, {-1}, DType::kFloat32);
+    k.Store(nullptr, k.Binary(BinaryOp::kSub, k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, x, 0.75), y), x));
+  };
+  std::vector<std::unique_ptr<Kernel>> ks;
+  for (int i = 0; i < 4; ++i) {
+    ks.push_back(std::make_unique<Kernel>(KernelType::kDynamic));
+    (i < 3 ? adam : axpby)(*ks.back());
+  }
+  std::vector<Launch> launches;
+  const int64_t sizes[] = {64, 77, 1000, 4096, 4111, 16384, 50000, 1, 17, 300, 70001, 129};
+  for (int i = 0; i < 40; ++i) {
+    // Runs of Adam (three kernels, one program), then the short program.
+    Kernel* k = ks[(i / 7) % 2 == 0 ? i % 3 : 3].get();
+    const int64_t n = sizes[i % 12];
+    std::vector<ref::Tensor> in;
+    for (int a = 0; a < (k == ks[3].get() ? 2 : 4); ++a)
+      in.push_back(MakeTensor(DType::kFloat32, {n}, a == 3 ? Uniform(0, 1e-4) : Uniform(-1, 1), rng));
+    launches.push_back({k, std::move(in)});
+  }
+  for (int threads : {1, 2}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    SetNumThreads(threads);
+    ExpectStackEqualsSeparate(launches);
+  }
+  SetNumThreads(2);
+}
+
 TEST(KernelStack, ManyShapesBeyondTheKernelCache) {
   // More distinct shapes than the kernel keeps programs for: the stack keeps
   // the programs it recorded alive.

@@ -863,22 +863,11 @@ StepFn StepFor(const ChainStep& st, StepWidth w) {
                             : nullptr;
 }
 
-// kS: vectors per strip (8, or 4 for long programs: kHalfStripSteps).
+// One segment of RunChainF: n lanes with the pointers P (slots set).
 template <int kS>
-void RunChainF(const ChainStep* steps, int nsteps, const float** P, int64_t n) {
+void RunChainSegment(const ChainStep* steps, int nsteps, const float** P, int64_t n) {
   const DF d;
   const int64_t L = hn::Lanes(d);
-  // Values that live only inside the program go through strip slots: a
-  // strip writes and reads them at the same lanes, which stay in L1, where
-  // tile memory would walk the tile (three 16 KB streams beside Adam's
-  // seven, which cost 1.5x in a hand-written loop that did the same).
-  HWY_ALIGN float slots[kMaxChainSlots][8 * hn::MaxLanes(d)];
-  for (int k = 0; k < nsteps; ++k) {
-    const ChainStep& st = steps[k];
-    if (st.src_slot >= 0) P[3 * k] = slots[st.src_slot];
-    if (st.opnd_slot >= 0) P[3 * k + 1] = slots[st.opnd_slot];
-    if (st.out_slot >= 0) P[3 * k + 2] = slots[st.out_slot];
-  }
   const VF z = hn::Zero(d);
   const StepFn first = Fn(steps[0].fn), first1 = Fn(steps[0].fn1);
   int64_t i = 0;
@@ -919,6 +908,34 @@ void RunChainF(const ChainStep* steps, int nsteps, const float** P, int64_t n) {
   first1(steps, Q, 0, z, z, z, z, z, z, z, z);
   for (int q = 0; q < nb; ++q)
     if (written[q]) std::memcpy(const_cast<float*>(base[q]) + i, buf[q], tail);
+}
+
+// kS: vectors per strip (8, or 4 for long programs: kHalfStripSteps).
+// Segments run one after the other in this call: the VM's way from one
+// tile to the next (back through its job loop, the tile's dispatch and
+// setup, into a new call here) cost more than its instructions say when
+// the tiles stream from memory. 300 stacked Adam tensors at one thread:
+// the strips ran 12-20% slower per lane than over one tensor of all their
+// lanes, and splitting that tensor's tiles 4x finer cost it 10%; split
+// into segments of one call (pointers and slots reset between them), it
+// cost nothing measurable.
+template <int kS>
+void RunChainF(const ChainStep* steps, int nsteps, const float** P, const int64_t* n, int nseg) {
+  const DF d;
+  // Values that live only inside the program go through strip slots: a
+  // strip writes and reads them at the same lanes, which stay in L1, where
+  // tile memory would walk the tile (three 16 KB streams beside Adam's
+  // seven, which cost 1.5x in a hand-written loop that did the same).
+  HWY_ALIGN float slots[kMaxChainSlots][8 * hn::MaxLanes(d)];
+  for (int j = 0; j < nseg; ++j, P += 3 * nsteps) {
+    for (int k = 0; k < nsteps; ++k) {
+      const ChainStep& st = steps[k];
+      if (st.src_slot >= 0) P[3 * k] = slots[st.src_slot];
+      if (st.opnd_slot >= 0) P[3 * k + 1] = slots[st.opnd_slot];
+      if (st.out_slot >= 0) P[3 * k + 2] = slots[st.out_slot];
+    }
+    RunChainSegment<kS>(steps, nsteps, P, n[j]);
+  }
 }
 
 // A layernorm's tail in one pass (vm.cc FuseBinaryChains): ((x - m) * r) *

@@ -199,8 +199,11 @@ constexpr int kMaxChainSlots = 8;
 // kChainEnd step. P[3k], P[3k + 1], P[3k + 2] are step k's source, operand
 // and result pointers in tile memory (set where the step's mask is not
 // zero; RunChainF sets its slots' pointers). Lanes past n are neither read
-// nor written: a last partial vector goes through copies.
-using ChainRunFn = void (*)(const ChainStep* steps, int nsteps, const float** P, int64_t n);
+// nor written: a last partial vector goes through copies. With nseg > 1,
+// the program runs over nseg segments in turn, segment j with the pointers
+// P[3 * nsteps * j ...] and n[j] lanes (a stacked launch's tiles of one
+// program, run without returning to the VM between them).
+using ChainRunFn = void (*)(const ChainStep* steps, int nsteps, const float** P, const int64_t* n, int nseg);
 // The runner for strips of eight vectors, or of four (`half`: every step's
 // fn then the kHalfStrip function).
 ChainRunFn ChainRunner(bool half = false);

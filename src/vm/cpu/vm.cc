@@ -264,7 +264,7 @@ void ChainProgramHandler(const VInst& vi, TileCtx& c) {
       P[3 * k + 2] = c.W<float>(pg.out[k]);
     }
   }
-  pg.run(pg.steps.data(), ns, P, c.n[0]);
+  pg.run(pg.steps.data(), ns, P, &c.n[0], 1);
 }
 
 void FillHandler(const VInst& vi, TileCtx& c) {
@@ -347,6 +347,15 @@ inline void RunElemOnce(const StageRt& s, int64_t start, int64_t n, TileCtx& c) 
   c.n[1] = 1;
   RunCode(s.code.data() + s.sec[bc::kBody], s.code.data() + s.sec[bc::kBody + 1], c);
 }
+// The pointers of a direct program (Executable::SetupDirect) for lanes
+// from `start`, into P (3 per step), from its recipe d[0, nptrs).
+inline void DirectPointers(const StageRt::DirectPtr* d, uint32_t nptrs, int ns, int64_t start, const TileCtx& c,
+                           const float** P) {
+  std::fill_n(P, 3 * ns, nullptr);
+  for (uint32_t j = 0; j < nptrs; ++j, ++d)
+    P[d->k] = d->kind == StageRt::DirectPtr::kView ? static_cast<const float*>(c.ptrs[d->tensor]) + d->offset + start
+                                                   : reinterpret_cast<const float*>(c.regs + d->reg * c.slot_bytes);
+}
 // A tile of a stage with a direct program (Executable::SetupDirect).
 void DirectTile(const StageRt& s, int64_t start, int64_t n, TileCtx& c) {
   const StageRt::DirectPtr* d = s.direct_ptrs.data();
@@ -354,11 +363,9 @@ void DirectTile(const StageRt& s, int64_t start, int64_t n, TileCtx& c) {
     const ChainProgram* pg = dp.pg;
     const float* P[3 * kMaxChainSteps];
     const int ns = static_cast<int>(pg->steps.size()) - 1;  // the last is kChainEnd
-    std::fill_n(P, 3 * ns, nullptr);
-    for (uint32_t j = 0; j < dp.nptrs; ++j, ++d)
-      P[d->k] = d->kind == StageRt::DirectPtr::kView ? static_cast<const float*>(c.ptrs[d->tensor]) + d->offset + start
-                                                     : reinterpret_cast<const float*>(c.regs + d->reg * c.slot_bytes);
-    pg->run(pg->steps.data(), ns, P, n);
+    DirectPointers(d, dp.nptrs, ns, start, c, P);
+    d += dp.nptrs;
+    pg->run(pg->steps.data(), ns, P, &n, 1);
   }
 }
 
@@ -572,6 +579,51 @@ inline void PrefetchStages(const StageJob& job, int si) {
   }
 }
 
+// Stage si holding tile t, entered: its recipe and the next ones prefetched.
+inline void EnterStage(const StageJob& job, int64_t t, int& si, int& entered) {
+  while (t >= job.first[si + 1]) ++si;
+  while (t < job.first[si]) --si;
+  if (si != entered) {
+    entered = si;
+    if (job.nstages > 1) PrefetchStages(job, si);
+  }
+}
+
+// Whether a stage's tiles run as segments of one call of its direct
+// program (RunDirectRun): ELEM, one program.
+inline bool DirectRunnable(const StageRt& s) { return s.mode == bc::Mode::kElem && s.direct.size() == 1; }
+
+// Tiles [t, t1) of a claim, from stage si on, as long as their stages run
+// the same direct program as si (a stacked launch of one kernel over many
+// tensors shares it: ShareChainPrograms): one call of the program, a
+// segment per stage (its tiles in the claim merged, unless its program
+// keeps values in scratch, which holds one tile). Returns the first tile
+// not run. The same lanes get the same ops as tile by tile (ELEM bodies
+// are elementwise), so the same bits. 300 stacked Adam tensors of 64..16384
+// elements: see RunChainF.
+int64_t RunDirectRun(const StageJob& job, int64_t t, int64_t t1, int& si, int& entered, TileCtx& c) {
+  constexpr int kMaxPtrs = 16 * 3 * kMaxChainSteps / 2;  // room for 16 segments of 16 steps
+  const ChainProgram* pg = job.stages[si]->direct[0].pg;
+  const int ns = static_cast<int>(pg->steps.size()) - 1;  // the last is kChainEnd
+  const int max_segs = std::max(1, std::min(16, kMaxPtrs / (3 * ns)));
+  const float* P[kMaxPtrs];
+  int64_t n[16];
+  int nseg = 0;
+  while (t < t1 && nseg < max_segs) {
+    EnterStage(job, t, si, entered);
+    const StageRt& s = *job.stages[si];
+    if (!DirectRunnable(s) || s.direct[0].pg != pg) break;
+    const int64_t f = job.first[si], T = s.p[0];
+    const int64_t last = s.direct_scratch ? t + 1 : std::min(t1, job.first[si + 1]);
+    const int64_t b = (t - f) * T, e = std::min(s.n_full, (last - f) * T);
+    DirectPointers(s.direct_ptrs.data(), s.direct[0].nptrs, ns, b, c, P + 3 * ns * nseg);
+    n[nseg++] = e - b;
+    t = last;
+  }
+  pg->run(pg->steps.data(), ns, P, n, nseg);
+  return t;
+}
+
 void RunStageJob(void* ctx, int self) {
   auto* job = static_cast<StageJob*>(ctx);
   const void* p[kMaxRegs];
@@ -579,15 +631,15 @@ void RunStageJob(void* ctx, int self) {
   int si = 0, entered = -1;
   int64_t t0, t1;
   while (job->work.Claim(self, t0, t1)) {
-    for (int64_t t = t0; t < t1; ++t) {
-      while (t >= job->first[si + 1]) ++si;
-      while (t < job->first[si]) --si;
-      if (si != entered) {
-        entered = si;
-        if (job->nstages > 1) PrefetchStages(*job, si);
-      }
+    for (int64_t t = t0; t < t1;) {
+      EnterStage(*job, t, si, entered);
       c.stage = job->stages[si];
+      if (DirectRunnable(*c.stage)) {
+        t = RunDirectRun(*job, t, t1, si, entered, c);
+        continue;
+      }
       RunTile(*c.stage, t - job->first[si], c);
+      ++t;
     }
   }
 }
@@ -1024,6 +1076,7 @@ void Executable::SetupDirect(StageRt& rt) const {
       return;
     }
   }
+  rt.direct_scratch = std::any_of(ptrs.begin(), ptrs.end(), [](const DP& d) { return d.kind == DP::kScratch; });
   rt.direct = std::move(programs);
   rt.direct_ptrs = std::move(ptrs);
 }

@@ -95,6 +95,7 @@ struct StageRt {
   };
   std::vector<DirectProgram> direct;   // in body order
   std::vector<DirectPtr> direct_ptrs;  // of each program in turn
+  bool direct_scratch = false;         // a pointer into scratch (a tile's room): no run of tiles as one
   int64_t group_rows = 0;
   std::vector<RowLocalWs> row_local;  // the first stage of a row group: its row-local workspaces
   size_t row_local_bytes = 0;         // per thread, padded
