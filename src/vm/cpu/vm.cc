@@ -602,12 +602,13 @@ inline bool DirectRunnable(const StageRt& s) { return s.mode == bc::Mode::kElem 
 // are elementwise), so the same bits. 300 stacked Adam tensors of 64..16384
 // elements: see RunChainF.
 int64_t RunDirectRun(const StageJob& job, int64_t t, int64_t t1, int& si, int& entered, TileCtx& c) {
-  constexpr int kMaxPtrs = 16 * 3 * kMaxChainSteps / 2;  // room for 16 segments of 16 steps
+  constexpr int kMaxSegs = 16;
+  constexpr int kMaxPtrs = kMaxSegs * 3 * kMaxChainSteps / 2;  // 16 segments of 16 steps, 8 of the longest
   const ChainProgram* pg = job.stages[si]->direct[0].pg;
   const int ns = static_cast<int>(pg->steps.size()) - 1;  // the last is kChainEnd
-  const int max_segs = std::max(1, std::min(16, kMaxPtrs / (3 * ns)));
+  const int max_segs = std::min(kMaxSegs, kMaxPtrs / (3 * ns));
   const float* P[kMaxPtrs];
-  int64_t n[16];
+  int64_t n[kMaxSegs];
   int nseg = 0;
   while (t < t1 && nseg < max_segs) {
     EnterStage(job, t, si, entered);
