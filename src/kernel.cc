@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <list>
+#include <memory>
 
 #include "bytecode/format.h"
 #include "codegen/codegen.h"
@@ -88,12 +89,17 @@ struct TensorBind {
   DType dtype = DType::kFloat32;
   int64_t numel = 0;
   size_t need = 0;
+  // An output's: the input slots (below 64) whose buffer may be this very
+  // buffer, a launch in place (vm::InPlaceSafe).
+  uint64_t in_place = 0;
 };
 
 // Checks the buffers (null, capacity) of `binds` and writes them into
 // ptrs[tensor]; in(i) and out(i) give {pointer, capacity in bytes or 0}.
+// Returns whether any entry of ptrs changed.
 template <class In, class Out>
-void BindTensors(std::span<const TensorBind> binds, In in, Out out, void** ptrs) {
+bool BindTensors(std::span<const TensorBind> binds, In in, Out out, void** ptrs) {
+  bool changed = false;
   for (const TensorBind& b : binds) {
     const auto [ptr, cap] = b.input ? in(b.slot) : out(b.slot);
     const char* what = b.input ? "input" : "output";
@@ -101,7 +107,42 @@ void BindTensors(std::span<const TensorBind> binds, In in, Out out, void** ptrs)
     if (cap != 0 && cap < b.need)
       Fail("launch: ", what, " ", b.slot, " buffer has ", cap, " bytes, needs ", b.need, " (", b.numel, " x ",
            DTypeName(b.dtype), ")");
+    changed = changed || ptrs[b.tensor] != ptr;
     SetPtr(ptrs[b.tensor], ptr);
+  }
+  return changed;
+}
+
+// The bytes [begin, end) a bound tensor's buffer is used for.
+inline std::pair<uintptr_t, uintptr_t> UsedRange(const void* p, size_t need) {
+  const auto b = reinterpret_cast<uintptr_t>(p);
+  return {b, b + need};
+}
+
+// What the buffers of one launch may share. Outputs never overlap each
+// other (an error). An input may overlap an output only as that output's
+// very buffer where the program reads it before writing there (in place,
+// TensorBind::in_place); the slot of any other input that overlaps an
+// output is added to `copy`: the launch must read a copy of it, or it
+// would read what it has already written (x * 2 and x + 1 with the first
+// written over x read x * 2 + 1 in all but the first lanes). ptrs[tensor]
+// holds the bound buffers (BindTensors).
+template <class Copy>
+void CheckOverlaps(std::span<const TensorBind> binds, void* const* ptrs, Copy copy) {
+  for (size_t a = 0; a < binds.size(); ++a) {
+    const TensorBind& o = binds[a];
+    if (o.input || o.need == 0) continue;
+    const auto [ob, oe] = UsedRange(ptrs[o.tensor], o.need);
+    for (size_t b = 0; b < binds.size(); ++b) {
+      const TensorBind& x = binds[b];
+      if (b == a || x.need == 0 || (!x.input && b < a)) continue;
+      const auto [xb, xe] = UsedRange(ptrs[x.tensor], x.need);
+      if (xb >= oe || ob >= xe) continue;
+      if (!x.input)
+        Fail("launch: outputs ", std::min(o.slot, x.slot), " and ", std::max(o.slot, x.slot), " overlap in memory");
+      if (xb == ob && x.need == o.need && x.slot < 64 && (o.in_place >> x.slot & 1)) continue;
+      copy(x);
+    }
   }
 }
 
@@ -212,6 +253,7 @@ struct Kernel::Impl {
     Bind(
         p, [&](size_t i) { return std::pair(inputs[i].data, inputs[i].bytes); },
         [&](size_t i) { return std::pair(outputs[i].data, outputs[i].bytes); });
+    const InputCopies copies(p);
     uint8_t* ws = nullptr;
     if (workspace) {
       if (p.ws.bytes > 0 && workspace->data == nullptr)
@@ -225,6 +267,22 @@ struct Kernel::Impl {
     p.exe->Run(p.ptrs.data());
     ++stats.launches;
   }
+  // Copies of the bound inputs that overlap an output other than in place
+  // (CheckOverlaps), bound in their stead for one launch.
+  struct InputCopies {
+    std::vector<std::unique_ptr<uint8_t[]>> bufs;
+    explicit InputCopies(Program& p) {
+      std::vector<const TensorBind*> copy;  // allocates only when an input overlaps
+      CheckOverlaps(p.binds, p.ptrs.data(), [&](const TensorBind& x) {
+        if (std::find(copy.begin(), copy.end(), &x) == copy.end()) copy.push_back(&x);
+      });
+      for (const TensorBind* b : copy) {  // after the checks: a failed launch copies nothing
+        bufs.emplace_back(new uint8_t[b->need]);
+        std::memcpy(bufs.back().get(), p.ptrs[b->tensor], b->need);
+        p.ptrs[b->tensor] = bufs.back().get();
+      }
+    }
+  };
   // The program for these launch arguments (generated on a new shape set).
   Program& Prepare(std::span<const TensorArg> inputs, size_t num_outputs);
   // The cache entry of the program Prepare returned last (front of the cache).
@@ -562,6 +620,11 @@ Program& Kernel::Impl::GetProgram(std::span<const Shape> in_shapes) {
     p->binds.push_back({static_cast<uint32_t>(i), static_cast<uint16_t>(t.slot), t.kind == bc::TensorKind::kInput,
                         t.dtype, t.numel, static_cast<size_t>(t.numel) * DTypeSize(t.dtype)});
   }
+  for (TensorBind& o : p->binds)
+    for (const TensorBind& x : p->binds)
+      if (!o.input && x.input && x.slot < 64 &&
+          vm::InPlaceSafe(prog, static_cast<int>(x.tensor), static_cast<int>(o.tensor)))
+        o.in_place |= uint64_t{1} << x.slot;
   stats.last_codegen_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   ++stats.codegens;
   cache.push_front(std::move(p));
@@ -606,6 +669,7 @@ void Kernel::Launch(std::span<void* const> inputs, std::span<void* const> output
   k.Bind(
       p, [&](size_t i) { return std::pair(inputs[i], size_t{0}); },
       [&](size_t i) { return std::pair(outputs[i], size_t{0}); });
+  const Impl::InputCopies copies(p);
   p.ws.Bind(p.ptrs);
   p.exe->Run(p.ptrs.data());
   ++k.stats.launches;
@@ -718,11 +782,16 @@ struct KernelStack::Impl {
   // this step's; Add writes an entry only where it changes (SetPtr).
   std::vector<void*> ptrs;
   size_t nptrs = 0;
+  // Whether the buffers were checked against each other (CheckAcross)
+  // since a pointer or an entry last changed.
+  bool checked = false;
+  size_t checked_count = 0;
   std::vector<uint64_t> key;  // Build's lookup key, reused
   std::list<Stacked> cache;
   Stacked* last = nullptr;
 
   Stacked& Build();
+  void CheckAcross();
 };
 
 namespace {
@@ -782,6 +851,49 @@ KernelStack::Impl::Stacked& KernelStack::Impl::Build() {
   cache.push_front(std::move(st));
   while (cache.size() > 4) cache.pop_back();
   return cache.front();
+}
+
+// The launches of a stack run at once: none may write what another reads
+// or writes. Sorts the used ranges of every bound buffer and fails on an
+// output that overlaps a buffer of another launch (an entry's own inputs
+// and outputs were checked by its Add). Run when a pointer or an entry
+// changed since the last check: an optimizer's steps over the same buffers
+// check once.
+void KernelStack::Impl::CheckAcross() {
+  struct Range {
+    uintptr_t b, e;
+    uint32_t entry;
+    uint16_t slot;
+    bool output;
+  };
+  std::vector<Range> r;
+  size_t base = 0;
+  for (size_t ei = 0; ei < count; ++ei) {
+    const Entry& e = entries[ei];
+    for (size_t k = 0; k < e.bind_len; ++k) {
+      const TensorBind& t = binds[e.bind_at + k];
+      if (t.need == 0) continue;
+      const auto [b, end] = UsedRange(ptrs[base + t.tensor], t.need);
+      r.push_back({b, end, static_cast<uint32_t>(ei), t.slot, !t.input});
+    }
+    base += e.ntensors;
+  }
+  std::sort(r.begin(), r.end(), [](const Range& x, const Range& y) { return x.b < y.b; });
+  std::vector<const Range*> open;  // ranges that may still overlap the next ones
+  for (const Range& x : r) {
+    std::erase_if(open, [&](const Range* o) { return o->e <= x.b; });
+    for (const Range* o : open)
+      if (o->entry != x.entry && (o->output || x.output)) {
+        const Range& w = o->output ? *o : x;
+        const Range& other = o->output ? x : *o;
+        Fail("kernel stack: launch ", w.entry, "'s output ", w.slot, " overlaps launch ", other.entry, "'s ",
+             other.output ? "output " : "input ", other.slot,
+             " in memory (the stacked launches run at once; launch dependent kernels one after the other)");
+      }
+    open.push_back(&x);
+  }
+  checked = true;
+  checked_count = count;
 }
 
 KernelStack::KernelStack() : impl_(std::make_unique<Impl>()) {}
@@ -846,10 +958,24 @@ void KernelStack::Add(Kernel& k, std::span<const TensorArg> inputs, std::span<co
   for (size_t i = 0; i < Impl::Entry::kHintDims; ++i)
     e.hint_dims[i] = i < inputs.size() ? inputs[i].shape.data() : nullptr;
   if (s.ptrs.size() < s.nptrs + e.ntensors) s.ptrs.resize(s.nptrs + e.ntensors, nullptr);
-  BindTensors(
-      std::span<const TensorBind>(s.binds.data() + e.bind_at, e.bind_len),
-      [&](size_t i) { return std::pair(inputs[i].data, inputs[i].bytes); },
-      [&](size_t i) { return std::pair(outputs[i].data, outputs[i].bytes); }, s.ptrs.data() + s.nptrs);
+  const std::span<const TensorBind> binds(s.binds.data() + e.bind_at, e.bind_len);
+  bool changed = false;
+  try {
+    changed = BindTensors(
+        binds, [&](size_t i) { return std::pair(inputs[i].data, inputs[i].bytes); },
+        [&](size_t i) { return std::pair(outputs[i].data, outputs[i].bytes); }, s.ptrs.data() + s.nptrs);
+  } catch (...) {
+    s.checked = false;  // some pointers of this position may have changed
+    throw;
+  }
+  if (changed || !same || !s.checked) {
+    s.checked = false;
+    CheckOverlaps(binds, s.ptrs.data() + s.nptrs, [&](const TensorBind& x) {
+      Fail("kernel stack: launch ", s.count, ": input ", x.slot,
+           " overlaps an output, and the kernel reads it after writing there; a stack does not copy inputs: pass "
+           "separate buffers, or launch this kernel on its own (Kernel::Launch reads a copy)");
+    });
+  }
   s.nptrs += e.ntensors;
   ++s.count;
 }
@@ -857,6 +983,7 @@ void KernelStack::Add(Kernel& k, std::span<const TensorArg> inputs, std::span<co
 void KernelStack::Launch() {
   Impl& s = *impl_;
   if (s.count == 0) return;
+  if (!s.checked || s.checked_count != s.count) s.CheckAcross();
   Impl::Stacked& st = s.Build();
   s.last = &st;
   s.ptrs.resize(s.nptrs);  // drops a longer earlier step's entries, writes none

@@ -140,6 +140,37 @@ TEST(GraphFusion, MlpIsTwoKernels) {
   }
 }
 
+// A graph's output written over its input, as a caller may pass it: an
+// independent kernel (the product) reads x too, in the same launch or
+// after the output was written. An input that an output overlaps is read
+// from a copy, so the outputs equal the run with separate buffers. Outputs
+// that overlap each other are an error, before any launch.
+TEST(GraphRun, OutputOverItsInput) {
+  Graph g;
+  auto w = Rand(32 * 48, 1, -0.2f, 0.2f);
+  Value x = g.Input("x", {"seq", 32}, DType::kFloat32);
+  g.Output(g.Binary(BinaryOp::kAdd, g.Binary(BinaryOp::kMul, x, 2.0), 1.0));
+  g.Output(g.MatMul(x, g.Constant("w", {32, 48}, DType::kFloat32, w.data())));
+  CompiledGraph cg(g);
+  for (int64_t seq : {1, 5, 64, 300}) {
+    const auto xs = Rand(seq * 32, seq);
+    std::vector<float> y1(seq * 32), p1(seq * 48), p2(seq * 48);
+    cg.Run({{const_cast<float*>(xs.data()), {seq, 32}}}, {{y1.data(), {}}, {p1.data(), {}}});
+    std::vector<float> buf = xs;
+    cg.Run({{buf.data(), {seq, 32}}}, {{buf.data(), {}}, {p2.data(), {}}});
+    EXPECT_EQ(buf, y1) << seq;
+    EXPECT_EQ(p2, p1) << seq;
+    std::vector<float> both(seq * 80, -3.0f);
+    try {
+      cg.Run({{const_cast<float*>(xs.data()), {seq, 32}}}, {{both.data(), {}}, {both.data() + 8, {}}});
+      ADD_FAILURE() << "overlapping outputs ran";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("outputs 0 and 1 overlap"), std::string::npos) << e.what();
+    }
+    for (float v : both) ASSERT_EQ(v, -3.0f);
+  }
+}
+
 TEST(GraphFusion, DecoderLayerKernelCount) {
   models::Gpt2Config cfg;
   cfg.layers = 1;

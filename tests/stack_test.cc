@@ -106,20 +106,7 @@ TEST(KernelStack, SimilarProgramsKeepTheirConstants) {
 // and 2 threads.
 TEST(KernelStack, RunsOfOneProgramAsSegments) {
   Rng rng(23);
-  auto adam = [](Kernel& k) {
-    auto* p = k.Load(nullptr, {-1}, DType::kFloat32);
-    auto* g = k.Load(nullptr, {-1}, DType::kFloat32);
-    auto* m = k.Load(nullptr, {-1}, DType::kFloat32);
-    auto* v = k.Load(nullptr, {-1}, DType::kFloat32);
-    auto* m1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, m, 0.9), k.Binary(BinaryOp::kMul, g, 0.1));
-    auto* v1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, v, 0.999),
-                        k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, g, g), 0.001));
-    auto* den = k.Binary(BinaryOp::kAdd, k.Unary(UnaryOp::kSqrt, k.Binary(BinaryOp::kDiv, v1, 0.00995)), 1e-8);
-    auto* upd = k.Binary(BinaryOp::kDiv, k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kDiv, m1, 0.65), 1e-3), den);
-    k.Store(nullptr, k.Binary(BinaryOp::kSub, p, upd));
-    k.Store(nullptr, m1);
-    k.Store(nullptr, v1);
-  };
+  auto adam = [](Kernel& k) { BuildAdam(k); };
   auto axpby = [](Kernel& k) {
     auto* x = k.Load(nullptr, {-1}, DType::kFloat32);
     auto* y = k.Load(nullptr, {-1}, DType::kFloat32);
@@ -145,6 +132,69 @@ TEST(KernelStack, RunsOfOneProgramAsSegments) {
     SCOPED_TRACE("threads " + std::to_string(threads));
     SetNumThreads(threads);
     ExpectStackEqualsSeparate(launches);
+  }
+  SetNumThreads(2);
+}
+
+// An optimizer's steps, as a training loop runs them: Adam over many
+// tensors in place (p', m', v' written over p, m, v), the same stack
+// recorded again each step over the same buffers, each step reading what
+// the last one wrote. Three steps stacked equal the same steps launched one
+// by one in place, bit for bit, with 1 and 2 threads: tensors of one strip
+// to several tiles, ragged, in runs of one shared program (segments).
+TEST(KernelStack, OptimizerStepsInPlace) {
+  Rng rng(29);
+  // Two kernels (two learning rates: parameter groups), one program shape.
+  Kernel k0(KernelType::kDynamic), k1(KernelType::kDynamic);
+  BuildAdam(k0, 1e-3);
+  BuildAdam(k1, 3e-4);
+  const int64_t sizes[] = {64, 77, 1000, 4096, 4111, 16384, 50000, 1, 17, 300, 70001, 129, 2};
+  const int kTensors = 30, kSteps = 3;
+  // State per tensor: p, m, v (updated in place) and g (read only).
+  struct State {
+    std::vector<float> p, g, m, v;
+  };
+  std::vector<State> init(kTensors);
+  for (int i = 0; i < kTensors; ++i) {
+    const auto n = static_cast<size_t>(sizes[i % 13]);
+    auto fill = [&](std::vector<float>& x, double lo, double hi) {
+      const ref::Tensor t = MakeTensor(DType::kFloat32, {static_cast<int64_t>(n)}, Uniform(lo, hi), rng);
+      x.resize(n);
+      std::memcpy(x.data(), ref::ToBytes(t).data(), n * sizeof(float));
+    };
+    fill(init[i].p, -1, 1), fill(init[i].g, -0.1, 0.1), fill(init[i].m, -0.01, 0.01), fill(init[i].v, 0, 1e-4);
+  }
+  auto args = [&](State& s, int i) {
+    const int64_t n = sizes[i % 13];
+    const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+    std::pair<std::vector<TensorArg>, std::vector<TensorArg>> a;
+    for (float* x : {s.p.data(), s.g.data(), s.m.data(), s.v.data()}) a.first.push_back({x, {n}, bytes});
+    for (float* x : {s.p.data(), s.m.data(), s.v.data()}) a.second.push_back({x, {}, bytes});
+    return a;
+  };
+  for (int threads : {1, 2}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    SetNumThreads(threads);
+    std::vector<State> sep = init, stk = init;
+    KernelStack stack;
+    for (int step = 0; step < kSteps; ++step) {
+      for (int i = 0; i < kTensors; ++i) {
+        auto [in, out] = args(sep[i], i);
+        (i % 4 == 3 ? k1 : k0).Launch(in, out);
+      }
+      stack.Clear();
+      std::vector<std::pair<std::vector<TensorArg>, std::vector<TensorArg>>> all;
+      for (int i = 0; i < kTensors; ++i) all.push_back(args(stk[i], i));
+      for (int i = 0; i < kTensors; ++i) stack.Add(i % 4 == 3 ? k1 : k0, all[i].first, all[i].second);
+      stack.Launch();
+      for (int i = 0; i < kTensors; ++i) {
+        SCOPED_TRACE("step " + std::to_string(step) + ", tensor " + std::to_string(i));
+        EXPECT_EQ(sep[i].p, stk[i].p);
+        EXPECT_EQ(sep[i].m, stk[i].m);
+        EXPECT_EQ(sep[i].v, stk[i].v);
+        EXPECT_NE(stk[i].p, init[i].p);  // the step wrote in place
+      }
+    }
   }
   SetNumThreads(2);
 }
@@ -192,25 +242,27 @@ TEST(KernelStack, LaunchCountsFollowWhatRan) {
   Kernel k(KernelType::kDynamic);
   auto* x = k.Load(nullptr, {-1}, DType::kFloat32);
   k.Store(nullptr, k.Binary(BinaryOp::kMul, x, 2.0));
-  std::vector<float> a(64, 1.5f), b(64);
-  const std::vector<TensorArg> in = {{a.data(), {64}, 256}}, out = {{b.data(), {}, 256}};
+  // One input, read by every launch; an output of its own for each.
+  std::vector<float> a(64, 1.5f), b(64 * 40000);
+  const std::vector<TensorArg> in = {{a.data(), {64}, 256}};
+  auto out = [&](int i) { return std::vector<TensorArg>{{b.data() + 64 * i, {}, 256}}; };
   KernelStack stack;
-  stack.Add(k, in, out), stack.Add(k, in, out);
+  stack.Add(k, in, out(0)), stack.Add(k, in, out(1));
   stack.Launch();
   EXPECT_EQ(k.stats().launches, 2u);
-  EXPECT_EQ(b[63], 3.0f);
+  EXPECT_EQ(b[127], 3.0f);
   stack.Launch();
   EXPECT_EQ(k.stats().launches, 4u);
   stack.Clear();
-  stack.Add(k, in, out);
+  stack.Add(k, in, out(0));
   stack.Clear();  // never launched
   EXPECT_EQ(k.stats().launches, 4u);
-  stack.Add(k, in, out), stack.Add(k, in, out), stack.Add(k, in, out);
+  stack.Add(k, in, out(0)), stack.Add(k, in, out(1)), stack.Add(k, in, out(2));
   stack.Launch();
   EXPECT_EQ(k.stats().launches, 7u);
   // Two tensors a launch: 40000 launches pass the stacked program's 65535.
   stack.Clear();
-  for (int i = 0; i < 40000; ++i) stack.Add(k, in, out);
+  for (int i = 0; i < 40000; ++i) stack.Add(k, in, out(i));
   try {
     stack.Launch();
     ADD_FAILURE() << "a stack of 80000 tensors launched";

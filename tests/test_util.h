@@ -302,6 +302,23 @@ inline RunOutput RunKernel(Kernel& k, const std::vector<ref::Tensor>& inputs, ui
   return r;
 }
 
+// An Adam step on dynamic [n] tensors: inputs p, g, m, v; outputs p', m',
+// v' (beta 0.9 / 0.999 at step 10, eps 1e-8).
+inline void BuildAdam(Kernel& k, double lr = 1e-3) {
+  auto* p = k.Load(nullptr, {-1}, DType::kFloat32);
+  auto* g = k.Load(nullptr, {-1}, DType::kFloat32);
+  auto* m = k.Load(nullptr, {-1}, DType::kFloat32);
+  auto* v = k.Load(nullptr, {-1}, DType::kFloat32);
+  auto* m1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, m, 0.9), k.Binary(BinaryOp::kMul, g, 0.1));
+  auto* v1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, v, 0.999),
+                      k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, g, g), 0.001));
+  auto* den = k.Binary(BinaryOp::kAdd, k.Unary(UnaryOp::kSqrt, k.Binary(BinaryOp::kDiv, v1, 0.00995)), 1e-8);
+  auto* upd = k.Binary(BinaryOp::kDiv, k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kDiv, m1, 0.65), lr), den);
+  k.Store(nullptr, k.Binary(BinaryOp::kSub, p, upd));
+  k.Store(nullptr, m1);
+  k.Store(nullptr, v1);
+}
+
 // Buffers for one launch; outputs sized from the kernel's output shapes.
 struct LaunchBuffers {
   std::vector<std::vector<uint8_t>> in, out;

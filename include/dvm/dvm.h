@@ -196,6 +196,12 @@ class Kernel {
   size_t num_outputs() const;
 
   // ---- compile and run ----------------------------------------------------
+  // Buffers a launch's arguments share: an output may be written over an
+  // input (in place: an optimizer's p' over p, x.add_(y)), and the results
+  // are those of separate buffers. The launch runs in place where its
+  // program reads every element before writing there (one elementwise pass,
+  // the output the input's very buffer and layout), and reads a copy of the
+  // input otherwise. Outputs that overlap each other are an error.
   // Static kernels: generate the program now. Dynamic kernels: validate the
   // graph; programs are generated at launch for each new shape set.
   void CodeGen();
@@ -254,7 +260,12 @@ class KernelStack {
   KernelStack& operator=(const KernelStack&) = delete;
 
   // Records one launch of `k` (its program is generated for these shapes if
-  // needed; buffers are checked now). `k` must outlive the Launch.
+  // needed; buffers are checked now). `k` must outlive the Launch. An output
+  // over one of its own inputs is accepted where the launch runs in place
+  // (see Kernel); a stack copies no inputs, so any other overlap of an
+  // input by an output is an error here, and Launch rejects launches that
+  // write what another launch of the stack reads or writes (they run at
+  // once).
   void Add(Kernel& k, std::span<const TensorArg> inputs, std::span<const TensorArg> outputs);
   void Add(Kernel& k, std::initializer_list<TensorArg> inputs, std::initializer_list<TensorArg> outputs) {
     Add(k, std::span<const TensorArg>(inputs.begin(), inputs.size()),

@@ -145,7 +145,9 @@ class CompiledGraph {
   CompiledGraph& operator=(const CompiledGraph&) = delete;
 
   // Inputs in Input() order with their shapes; outputs in Output() order
-  // (shapes ignored; `bytes` checked when set).
+  // (shapes ignored; `bytes` checked when set). An output may be written
+  // over an input (the input is then read from a copy); outputs must not
+  // overlap each other.
   void Run(std::span<const TensorArg> inputs, std::span<const TensorArg> outputs, const RunOptions& options = {},
            RunStats* stats = nullptr);
   void Run(std::initializer_list<TensorArg> inputs, std::initializer_list<TensorArg> outputs) {

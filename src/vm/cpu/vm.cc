@@ -965,6 +965,59 @@ bool LiveIn(const bc::Stage& s, int from, int to, int r) {
   return false;
 }
 
+}  // namespace
+
+bool InPlaceSafe(const bc::Program& p, int in, int out) {
+  if (p.stages.size() != 1 || in < 0 || out < 0 || in >= static_cast<int>(p.tensors.size()) ||
+      out >= static_cast<int>(p.tensors.size()) || p.tensors[in].dtype != p.tensors[out].dtype)
+    return false;
+  const bc::Stage& s = p.stages[0];
+  if (s.mode != bc::Mode::kElem) return false;
+  // Every view of either tensor addresses the same elements lane for lane.
+  const bc::View* first = nullptr;
+  for (const bc::View& v : s.views) {
+    if (v.tensor != in && v.tensor != out) continue;
+    if (v.level != bc::Level::kFull) return false;
+    if (!first) first = &v;
+    if (v.offset != first->offset || !std::equal(v.strides, v.strides + s.full_rank, first->strides)) return false;
+  }
+  auto view_of = [&](const bc::Inst& i, int t) { return i.c < s.views.size() && s.views[i.c].tensor == t; };
+  const int n = static_cast<int>(s.insts.size());
+  int last_read = -1, first_write = n;
+  for (int j = 0; j < n; ++j) {
+    const bc::Inst& i = s.insts[j];
+    const bc::Kind kind = bc::kOpInfo[i.op].kind;
+    if (kind == bc::Kind::kLoad && view_of(i, in)) {
+      last_read = std::max(last_read, j);
+      for (int k = j + 1; k < n; ++k) {
+        if (ReadsReg(s.insts[k], i.dst)) last_read = std::max(last_read, k);
+        if (WritesReg(s.insts[k], i.dst)) break;
+      }
+    }
+    if (kind == bc::Kind::kStore && view_of(i, out)) {
+      // The store, or the writer of its value (forwarded), or that one's
+      // producer of operand a (forwarded too, unless a load: LOAD, STORE and
+      // the wide, reduction and broadcast ops are never forwarded).
+      auto forwardable = [&](int k) {
+        const bc::Kind kk = bc::kOpInfo[s.insts[k].op].kind;
+        return kk != bc::Kind::kLoad && kk != bc::Kind::kStore && kk != bc::Kind::kWide && kk != bc::Kind::kRed &&
+               kk != bc::Kind::kBcast;
+      };
+      int w = j;
+      const int d = LastWriter(s, 0, j, i.a);
+      if (d >= 0 && forwardable(d)) {
+        w = d;
+        const int q = LastWriter(s, 0, d, s.insts[d].a);
+        if (q >= 0 && forwardable(q)) w = q;
+      }
+      first_write = std::min(first_write, w);
+    }
+  }
+  return last_read <= first_write;
+}
+
+namespace {
+
 void NopHandler(const VInst&, TileCtx&) {}
 
 // The handler that computes an instruction's result: fn, or fn2 behind a
@@ -2241,7 +2294,11 @@ void Executable::Run(void* const* ptrs) const {
     for (const auto& [w, o] : aliases_) aliased[w] = aliased[o];
     ptrs = aliased.data();
   }
-  const Launches& launches = LaunchesFor(pool.num_threads());
+  // The plan of the last launch when the thread count is the same (the
+  // usual case, read here: LaunchesFor's lock and search are the rare path).
+  const int nthreads = pool.num_threads();
+  const Launches* plan = launches_.load(std::memory_order_acquire);
+  const Launches& launches = plan && plan->nthreads == nthreads ? *plan : LaunchesFor(nthreads);
   auto bind = [&](JobBase& job) {
     job.ptrs = ptrs;
     job.scratch_bytes = scratch;

@@ -36,6 +36,21 @@ inline void PrefetchLines(const void* p, size_t bytes) {
   for (uintptr_t a = b & ~uintptr_t{63}; a < e; a += 64) __builtin_prefetch(reinterpret_cast<const void*>(a));
 }
 
+// Whether input tensor `in` of verified program `p` may be given the very
+// buffer of output tensor `out` (a launch in place: an optimizer's p' over
+// p, x.add_(y)), with the result of separate buffers. Holds when lane i of
+// both is the same element, read by the tile that writes it, before it
+// writes it: one ELEM stage, every view of either tensor with the same
+// offset and strides, the same dtype, and in the body every read of a
+// value loaded from `in` (zero-copy loads read where they are used) at or
+// before the first instruction that may write into `out` (its STORE, the
+// instruction whose result the store forwards and that one's producer:
+// Executable::ForwardStores, ForwardProducers). The VM keeps each lane's
+// reads and writes in instruction order (fused programs run their steps in
+// order per strip; a folded operand is not read past a store). Otherwise a
+// launch copies the input first (kernel.cc).
+bool InPlaceSafe(const bc::Program& p, int in, int out);
+
 constexpr int kMaxColPairs = 8;
 
 // A COL body pair "LOAD r, view; WACC w, r" run as one strip-mined pass over
