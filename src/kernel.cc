@@ -262,6 +262,13 @@ struct Kernel::Impl {
         Fail("launch: workspace has ", workspace->bytes, " bytes, needs ", p.ws.bytes, " (WorkspaceBytes)");
       if (reinterpret_cast<uintptr_t>(workspace->data) % 4 != 0) Fail("launch: workspace buffer is not 4-byte aligned");
       ws = static_cast<uint8_t*>(workspace->data);
+      // The stages write it while they read the inputs and write the outputs.
+      const auto [wb, we] = UsedRange(ws, p.ws.bytes);
+      for (const TensorBind& b : p.binds) {
+        const auto [tb, te] = UsedRange(p.ptrs[b.tensor], b.need);
+        if (wb < we && tb < te && wb < te && tb < we)
+          Fail("launch: workspace overlaps ", b.input ? "input " : "output ", b.slot, " in memory");
+      }
     }
     p.ws.Bind(p.ptrs, ws);
     p.exe->Run(p.ptrs.data());

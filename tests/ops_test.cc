@@ -1202,6 +1202,16 @@ TEST(StageBoundary, CallerWorkspace) {
         "workspace has " + std::to_string(need - 4) + " bytes, needs " + std::to_string(need));
   fails(TensorArg{nullptr, {}, need}, "workspace buffer is null");
   fails(TensorArg{reinterpret_cast<uint8_t*>(ws.data()) + 1, {}, need}, "not 4-byte aligned");
+  // A workspace inside the output or the input it would overwrite.
+  std::vector<float> big(R * C + need / 4 + 1, -1.0f);
+  try {
+    k.Launch(ins, std::vector<TensorArg>{{big.data(), {}, c.size() * 4}}, TensorArg{big.data() + 16, {}, need});
+    ADD_FAILURE() << "no error for a workspace inside the output";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("workspace overlaps output 0"), std::string::npos) << err.what();
+  }
+  EXPECT_TRUE(std::all_of(big.begin(), big.end(), [](float v) { return v == -1.0f; }));
+  fails(TensorArg{in.data() + 8, {}, need}, "workspace overlaps input 0");
   EXPECT_TRUE(std::all_of(c.begin(), c.end(), [](float v) { return v == -1.0f; }));
 }
 
