@@ -107,8 +107,10 @@ bool BindTensors(std::span<const TensorBind> binds, In in, Out out, void** ptrs)
     if (cap != 0 && cap < b.need)
       Fail("launch: ", what, " ", b.slot, " buffer has ", cap, " bytes, needs ", b.need, " (", b.numel, " x ",
            DTypeName(b.dtype), ")");
-    changed = changed || ptrs[b.tensor] != ptr;
-    SetPtr(ptrs[b.tensor], ptr);
+    if (ptrs[b.tensor] != ptr) {  // as SetPtr
+      ptrs[b.tensor] = ptr;
+      changed = true;
+    }
   }
   return changed;
 }
@@ -799,6 +801,17 @@ struct KernelStack::Impl {
 
   Stacked& Build();
   void CheckAcross();
+  // The entry being added, bound at ptrs[nptrs...]: its inputs and outputs
+  // may share buffers only in place (CheckOverlaps; a stack copies no
+  // inputs). Off Add's path for an unchanged entry.
+  [[gnu::noinline]] void CheckEntry(std::span<const TensorBind> binds) {
+    checked = false;
+    CheckOverlaps(binds, ptrs.data() + nptrs, [&](const TensorBind& x) {
+      Fail("kernel stack: launch ", count, ": input ", x.slot,
+           " overlaps an output, and the kernel reads it after writing there; a stack does not copy inputs: pass "
+           "separate buffers, or launch this kernel on its own (Kernel::Launch reads a copy)");
+    });
+  }
 };
 
 namespace {
@@ -975,14 +988,7 @@ void KernelStack::Add(Kernel& k, std::span<const TensorArg> inputs, std::span<co
     s.checked = false;  // some pointers of this position may have changed
     throw;
   }
-  if (changed || !same || !s.checked) {
-    s.checked = false;
-    CheckOverlaps(binds, s.ptrs.data() + s.nptrs, [&](const TensorBind& x) {
-      Fail("kernel stack: launch ", s.count, ": input ", x.slot,
-           " overlaps an output, and the kernel reads it after writing there; a stack does not copy inputs: pass "
-           "separate buffers, or launch this kernel on its own (Kernel::Launch reads a copy)");
-    });
-  }
+  if (changed || !same || !s.checked) s.CheckEntry(binds);
   s.nptrs += e.ntensors;
   ++s.count;
 }
