@@ -255,7 +255,7 @@ struct Kernel::Impl {
     Bind(
         p, [&](size_t i) { return std::pair(inputs[i].data, inputs[i].bytes); },
         [&](size_t i) { return std::pair(outputs[i].data, outputs[i].bytes); });
-    const InputCopies copies(p);
+    const InputCopies copies(p, stats);
     uint8_t* ws = nullptr;
     if (workspace) {
       if (p.ws.bytes > 0 && workspace->data == nullptr)
@@ -280,11 +280,12 @@ struct Kernel::Impl {
   // (CheckOverlaps), bound in their stead for one launch.
   struct InputCopies {
     std::vector<std::unique_ptr<uint8_t[]>> bufs;
-    explicit InputCopies(Program& p) {
+    InputCopies(Program& p, KernelStats& stats) {
       std::vector<const TensorBind*> copy;  // allocates only when an input overlaps
       CheckOverlaps(p.binds, p.ptrs.data(), [&](const TensorBind& x) {
         if (std::find(copy.begin(), copy.end(), &x) == copy.end()) copy.push_back(&x);
       });
+      stats.input_copies += copy.size();
       for (const TensorBind* b : copy) {  // after the checks: a failed launch copies nothing
         bufs.emplace_back(new uint8_t[b->need]);
         std::memcpy(bufs.back().get(), p.ptrs[b->tensor], b->need);
@@ -678,7 +679,7 @@ void Kernel::Launch(std::span<void* const> inputs, std::span<void* const> output
   k.Bind(
       p, [&](size_t i) { return std::pair(inputs[i], size_t{0}); },
       [&](size_t i) { return std::pair(outputs[i], size_t{0}); });
-  const Impl::InputCopies copies(p);
+  const Impl::InputCopies copies(p, k.stats);
   p.ws.Bind(p.ptrs);
   p.exe->Run(p.ptrs.data());
   ++k.stats.launches;

@@ -79,7 +79,10 @@ void ExpectAliasedEqualsSeparate(const Build& build, const std::vector<ref::Tens
   std::memcpy(shared.data(), al.in[in].data(), in_bytes);
   al.in_args[in].data = shared.data();
   al.out_args[out].data = shared.data() + shift * esize;
+  const uint64_t copies = k.stats().input_copies;
   k.Launch(al.in_args, al.out_args);
+  // In place exactly where the program allows it, else one copy.
+  EXPECT_EQ(k.stats().input_copies - copies, shift == 0 && InPlaceOk(k, in, out) ? 0u : 1u);
   for (size_t o = 0; o < out_shapes.size(); ++o) {
     const uint8_t* got = o == static_cast<size_t>(out) ? shared.data() + shift * esize : al.out[o].data();
     EXPECT_EQ(0, std::memcmp(got, sep.out[o].data(), sep.out[o].size())) << "output " << o << "\n" << k.Das();
@@ -153,6 +156,7 @@ TEST(Aliasing, StaticKernelOverItsInput) {
   void* ins[] = {x.data()};
   void* outs[] = {x.data(), half.data()};
   k.Launch(std::span<void* const>(ins), std::span<void* const>(outs));
+  EXPECT_EQ(k.stats().input_copies, 1u);
   for (int64_t i = 0; i < n; ++i) {
     ASSERT_EQ(x[i], x0[i] * 3.0f) << i;
     ASSERT_EQ(half[i], x0[i] + 0.5f) << i;

@@ -115,6 +115,9 @@ struct KernelStats {
   uint64_t codegens = 0;       // programs generated (cache misses)
   uint64_t cache_hits = 0;     // launches served by a cached program
   double last_codegen_us = 0;  // time of the most recent codegen
+  // Inputs a launch read from a copy: an output overlapped them other than
+  // in place (see Launch).
+  uint64_t input_copies = 0;
 };
 
 class Kernel {
