@@ -15,6 +15,7 @@
 #include "ir/ir.h"
 #include "ir/op_rules.h"
 #include "kernel_internal.h"
+#include "runtime/byte_range.h"
 #include "vm/cpu/vm.h"
 
 namespace dvm {
@@ -115,11 +116,7 @@ bool BindTensors(std::span<const TensorBind> binds, In in, Out out, void** ptrs)
   return changed;
 }
 
-// The bytes [begin, end) a bound tensor's buffer is used for.
-inline std::pair<uintptr_t, uintptr_t> UsedRange(const void* p, size_t need) {
-  const auto b = reinterpret_cast<uintptr_t>(p);
-  return {b, b + need};
-}
+using runtime::ByteRange;
 
 // What the buffers of one launch may share. Outputs never overlap each
 // other (an error). An input may overlap an output only as that output's
@@ -133,16 +130,16 @@ template <class Copy>
 void CheckOverlaps(std::span<const TensorBind> binds, void* const* ptrs, Copy copy) {
   for (size_t a = 0; a < binds.size(); ++a) {
     const TensorBind& o = binds[a];
-    if (o.input || o.need == 0) continue;
-    const auto [ob, oe] = UsedRange(ptrs[o.tensor], o.need);
+    if (o.input) continue;
+    const ByteRange ro = ByteRange::Of(ptrs[o.tensor], o.need);
     for (size_t b = 0; b < binds.size(); ++b) {
       const TensorBind& x = binds[b];
-      if (b == a || x.need == 0 || (!x.input && b < a)) continue;
-      const auto [xb, xe] = UsedRange(ptrs[x.tensor], x.need);
-      if (xb >= oe || ob >= xe) continue;
+      if (b == a || (!x.input && b < a)) continue;
+      const ByteRange rx = ByteRange::Of(ptrs[x.tensor], x.need);
+      if (!rx.Overlaps(ro)) continue;
       if (!x.input)
         Fail("launch: outputs ", std::min(o.slot, x.slot), " and ", std::max(o.slot, x.slot), " overlap in memory");
-      if (xb == ob && x.need == o.need && x.slot < 64 && (o.in_place >> x.slot & 1)) continue;
+      if (rx.b == ro.b && rx.e == ro.e && x.slot < 64 && (o.in_place >> x.slot & 1)) continue;
       copy(x);
     }
   }
@@ -265,12 +262,10 @@ struct Kernel::Impl {
       if (reinterpret_cast<uintptr_t>(workspace->data) % 4 != 0) Fail("launch: workspace buffer is not 4-byte aligned");
       ws = static_cast<uint8_t*>(workspace->data);
       // The stages write it while they read the inputs and write the outputs.
-      const auto [wb, we] = UsedRange(ws, p.ws.bytes);
-      for (const TensorBind& b : p.binds) {
-        const auto [tb, te] = UsedRange(p.ptrs[b.tensor], b.need);
-        if (wb < we && tb < te && wb < te && tb < we)
+      const ByteRange rw = ByteRange::Of(ws, p.ws.bytes);
+      for (const TensorBind& b : p.binds)
+        if (rw.Overlaps(ByteRange::Of(p.ptrs[b.tensor], b.need)))
           Fail("launch: workspace overlaps ", b.input ? "input " : "output ", b.slot, " in memory");
-      }
     }
     p.ws.Bind(p.ptrs, ws);
     p.exe->Run(p.ptrs.data());
@@ -881,8 +876,7 @@ KernelStack::Impl::Stacked& KernelStack::Impl::Build() {
 // changed since the last check: an optimizer's steps over the same buffers
 // check once.
 void KernelStack::Impl::CheckAcross() {
-  struct Range {
-    uintptr_t b, e;
+  struct Range : ByteRange {
     uint32_t entry;
     uint16_t slot;
     bool output;
@@ -893,9 +887,8 @@ void KernelStack::Impl::CheckAcross() {
     const Entry& e = entries[ei];
     for (size_t k = 0; k < e.bind_len; ++k) {
       const TensorBind& t = binds[e.bind_at + k];
-      if (t.need == 0) continue;
-      const auto [b, end] = UsedRange(ptrs[base + t.tensor], t.need);
-      r.push_back({b, end, static_cast<uint32_t>(ei), t.slot, !t.input});
+      const ByteRange used = ByteRange::Of(ptrs[base + t.tensor], t.need);
+      if (!used.empty()) r.push_back({used, static_cast<uint32_t>(ei), t.slot, !t.input});
     }
     base += e.ntensors;
   }

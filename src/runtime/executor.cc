@@ -12,6 +12,7 @@
 #include "graph/graph_ir.h"
 #include "ir/error.h"
 #include "ir/ir.h"
+#include "runtime/byte_range.h"
 #include "runtime/libops.h"
 #include "runtime/memplan.h"
 
@@ -335,31 +336,19 @@ void CompiledGraph::Run(std::span<const TensorArg> inputs, std::span<const Tenso
   // separate buffers. Checked before anything runs.
   std::vector<std::unique_ptr<uint8_t[]>> input_copies;
   {
-    auto range = [](const void* p, size_t n) {
-      const auto b = reinterpret_cast<uintptr_t>(p);
-      return std::pair(b, b + n);
-    };
+    std::vector<runtime::ByteRange> out_range;
     for (size_t o = 0; o < outputs.size(); ++o) {
       const int id = ir.outputs[o];
-      const auto [ob, oe] = range(outputs[o].data, Bytes(im.shapes[id], ir.nodes[id].dtype));
-      if (ob == oe) continue;
-      for (size_t q = o + 1; q < outputs.size(); ++q) {
-        const int qd = ir.outputs[q];
-        const auto [qb, qe] = range(outputs[q].data, Bytes(im.shapes[qd], ir.nodes[qd].dtype));
-        if (qb < oe && ob < qe) Fail("run: outputs ", o, " and ", q, " overlap in memory");
-      }
+      out_range.push_back(runtime::ByteRange::Of(outputs[o].data, Bytes(im.shapes[id], ir.nodes[id].dtype)));
+      for (size_t q = 0; q < o; ++q)
+        if (out_range[q].Overlaps(out_range[o])) Fail("run: outputs ", q, " and ", o, " overlap in memory");
     }
     for (size_t i = 0; i < inputs.size(); ++i) {
       const int id = ir.inputs[i];
       const size_t need = Bytes(im.shapes[id], ir.nodes[id].dtype);
-      const auto [ib, ie] = range(inputs[i].data, need);
-      bool overlaps = false;
-      for (size_t o = 0; o < outputs.size() && !overlaps && ib != ie; ++o) {
-        const int od = ir.outputs[o];
-        const auto [ob, oe] = range(outputs[o].data, Bytes(im.shapes[od], ir.nodes[od].dtype));
-        overlaps = ib < oe && ob < ie;
-      }
-      if (!overlaps) continue;
+      const runtime::ByteRange in_range = runtime::ByteRange::Of(inputs[i].data, need);
+      if (std::none_of(out_range.begin(), out_range.end(), [&](const auto& r) { return r.Overlaps(in_range); }))
+        continue;
       input_copies.emplace_back(new uint8_t[need]);
       std::memcpy(input_copies.back().get(), inputs[i].data, need);
       im.ptr[id] = input_copies.back().get();

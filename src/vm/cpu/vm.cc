@@ -2240,9 +2240,7 @@ void Executable::Plan(int nthreads, std::vector<LaunchGroup>& plan) const {
   }
 }
 
-const Executable::Launches& Executable::LaunchesFor(int nthreads) const {
-  const Launches* last = launches_.load(std::memory_order_acquire);
-  if (last && last->nthreads == nthreads) return *last;
+const Executable::Launches& Executable::MakeLaunches(int nthreads) const {
   std::lock_guard<std::mutex> lock(launches_mu_);
   for (const auto& made : launches_made_)
     if (made->nthreads == nthreads) {
@@ -2294,11 +2292,7 @@ void Executable::Run(void* const* ptrs) const {
     for (const auto& [w, o] : aliases_) aliased[w] = aliased[o];
     ptrs = aliased.data();
   }
-  // The plan of the last launch when the thread count is the same (the
-  // usual case, read here: LaunchesFor's lock and search are the rare path).
-  const int nthreads = pool.num_threads();
-  const Launches* plan = launches_.load(std::memory_order_acquire);
-  const Launches& launches = plan && plan->nthreads == nthreads ? *plan : LaunchesFor(nthreads);
+  const Launches& launches = LaunchesFor(pool.num_threads());
   auto bind = [&](JobBase& job) {
     job.ptrs = ptrs;
     job.scratch_bytes = scratch;

@@ -259,8 +259,12 @@ class Executable {
     std::vector<Group> groups;  // one per plan entry (empty for row groups)
   };
   // The launch path reads `launches_` (the last used) without a lock; a
-  // new thread count takes the mutex.
-  const Launches& LaunchesFor(int nthreads) const;
+  // new thread count takes the mutex (MakeLaunches).
+  const Launches& LaunchesFor(int nthreads) const {
+    const Launches* last = launches_.load(std::memory_order_acquire);
+    return last && last->nthreads == nthreads ? *last : MakeLaunches(nthreads);
+  }
+  const Launches& MakeLaunches(int nthreads) const;
   mutable std::mutex launches_mu_;
   mutable std::vector<std::unique_ptr<const Launches>> launches_made_;  // under launches_mu_
   mutable std::atomic<const Launches*> launches_{nullptr};
