@@ -1,8 +1,11 @@
 // `dvm bench matmul`: f32 GEMM through DVM (a dynamic kernel Load A, Load B,
-// Store(MatMul(A, B)); cached program) against cblas_sgemm called directly on
-// the same data in the same run, with OpenBLAS set to the same thread count.
-// DVM cuts C into blocks and runs each block as a single-threaded cblas_sgemm
-// on its own pool; OpenBLAS threads one call itself.
+// Store(MatMul(A, B)); cached program) against the libraries DVM calls, each
+// called directly on the same data in the same run with its own threading set
+// to the same thread count: OpenBLAS's cblas_sgemm and, where DVM was built
+// with it, oneDNN's dnnl_sgemm (OpenMP). DVM cuts C into blocks and runs each
+// block as a single-threaded library call on its own pool (vm/cpu/gemm.h says
+// which library a block gets); a library threads one call itself. blas_* is
+// the faster of the two libraries in each case (blas_lib names it).
 //
 // Shapes: 256^3, 1024^3 and M in {1, 32, 128, 512} x K = 768 x N in {768,
 // 3072}. Every case with M >= 32 also times a bias + GELU (tanh form)
@@ -18,14 +21,15 @@
 // BLAS result (and, for the epilogue, bias + GELU of it in double).
 //
 // Ratios: dvm_over_blas = dvm_gflops / blas_gflops (higher is better; bar
-// >= 0.9 at 1024^3 and M = 512); fused_over_gemm = fused_us / gemm_only_us
+// >= 0.9 at 1024^3 and M = 512, against the faster library); fused_over_gemm = fused_us / gemm_only_us
 // (lower is better; bar <= 1.15 at M >= 128).
 //
 // Timing follows bench vm: each implementation runs its timed blocks back to
 // back, in interleaved rounds; short calls repeat inside a block for
-// ~1 ms; before each run of blocks a pause (2 ms, or kSlowIdleMs after the BLAS
-// blocks: OpenBLAS's idle workers spin for ~100 ms before they sleep and
-// would take the cores DVM's pool needs) and >= 3 untimed calls.
+// ~1 ms; before each run of blocks a pause (2 ms, or kSlowIdleMs after a
+// library's blocks: OpenBLAS's idle workers spin for ~100 ms before they sleep
+// and would take the cores DVM's pool needs; OpenMP's spin too) and >= 3
+// untimed calls.
 #include <cblas.h>
 
 #include <algorithm>
@@ -42,6 +46,7 @@
 #include "bench_util.h"
 #include "dvm/dvm.h"
 #include "kernels.h"
+#include "vm/cpu/gemm.h"
 
 namespace dvmtool {
 namespace {
@@ -96,10 +101,19 @@ int BenchMatmulMain(Args& args) {
 
   Report rep{"matmul", nt};
   const double load = LoadAverage();
-  std::printf("dvm bench matmul: %d threads (DVM pool; OpenBLAS set to %d for its calls), reps %ld, "
-              "medians; load average %.2f\n"
-              "unfused = DVM GEMM kernel + DVM add-bias kernel + DVM GELU kernel\n\n",
-              nt, nt, opt.reps, load);
+  const bool have_onednn = [] {
+    float a = 1, b = 2, c = 0;  // also JIT-compiles oneDNN's kernels before anything is timed
+    return dvm::vm::SgemmWith(dvm::vm::GemmLib::kOneDnn, 1, false, false, 1, 1, 1, &a, 1, &b, 1, &c, 1);
+  }();
+  const std::string policy = dvm::vm::GemmPolicy();
+  Worker onednn_thread;
+  std::printf(
+      "dvm bench matmul: %d threads (DVM pool; the libraries set to %d for their own calls), reps %ld, "
+      "medians; load average %.2f\n"
+      "DVM's GEMM blocks: %s\n"
+      "blas = the faster of OpenBLAS%s called directly (blas_lib); "
+      "unfused = DVM GEMM kernel + DVM add-bias kernel + DVM GELU kernel\n\n",
+      nt, nt, opt.reps, load, policy.c_str(), have_onednn ? " and oneDNN" : "");
 
   // The DVM kernels, shared by every shape (dynamic; one cached program per shape).
   dvm::Kernel gemm(dvm::KernelType::kDynamic), fused(dvm::KernelType::kDynamic),
@@ -119,7 +133,7 @@ int BenchMatmulMain(Args& args) {
     for (dvm::Kernel* k : {&gemm, &fused, &add_bias, &gelu}) k->SetCacheCapacity(32);
   }
 
-  Table t({"case", "dvm_us", "blas_us", "dvm_GF", "blas_GF", "dvm/blas", "fused_us", "unfused_us",
+  Table t({"case", "dvm_us", "openblas_us", "onednn_us", "dvm_GF", "blas_GF", "dvm/blas", "fused_us", "unfused_us",
            "gemm_us", "fused/gemm", "max_err", "bar"});
   int failed = 0;
   bool bar_gflops = true, bar_fused = true;
@@ -131,7 +145,7 @@ int BenchMatmulMain(Args& args) {
     const int64_t M = s.m, K = s.k, N = s.n;
     const bool epilogue = M >= 32;
     const double flops = 2.0 * M * K * N;
-    Buf A(M * K), B(K * N), bias(N), c_dvm(M * N), c_blas(M * N);
+    Buf A(M * K), B(K * N), bias(N), c_dvm(M * N), c_blas(M * N), c_onednn(M * N);
     Rng rng(uint64_t(M * 1000003 + K * 1009 + N));
     rng.Fill(A.get(), A.n, -1, 1), rng.Fill(B.get(), B.n, -1, 1), rng.Fill(bias.get(), N, -1, 1);
     std::unique_ptr<Buf> c_fused, c_unfused, tmp1, tmp2;
@@ -144,13 +158,16 @@ int BenchMatmulMain(Args& args) {
     auto run_gemm = [&](float* out) {
       gemm.Launch({{A.get(), sa, 0}, {B.get(), sb, 0}}, {{out, {}, cbytes}});
     };
-    std::vector<std::function<void()>> impl = {
-        [&] { run_gemm(c_dvm.get()); },
-        [&] {
-          openblas_set_num_threads(nt);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(M), int(N), int(K), 1.0f,
-                      A.get(), int(K), B.get(), int(N), 0.0f, c_blas.get(), int(N));
-        }};
+    auto direct = [&](dvm::vm::GemmLib lib, float* c) {
+      dvm::vm::SgemmWith(lib, nt, false, false, M, N, K, A.get(), K, B.get(), N, c, N);
+    };
+    // impl: 0 DVM, 1 OpenBLAS, [2 oneDNN], then fused and unfused.
+    std::vector<std::function<void()>> impl = {[&] { run_gemm(c_dvm.get()); },
+                                               [&] { direct(dvm::vm::GemmLib::kOpenBlas, c_blas.get()); }};
+    // oneDNN's own threading runs on a thread of its own (see Worker), also
+    // for the untimed check call.
+    if (have_onednn) impl.push_back([&] { direct(dvm::vm::GemmLib::kOneDnn, c_onednn.get()); });
+    const size_t fused_at = impl.size();
     if (epilogue) {
       impl.push_back([&] {
         fused.Launch({{A.get(), sa, 0}, {B.get(), sb, 0}, {bias.get(), sbias, 0}},
@@ -169,9 +186,18 @@ int BenchMatmulMain(Args& args) {
     double max_err = 0;
     std::vector<std::vector<double>> tm;
     try {
-      for (auto& f : impl) f();
+      for (size_t k = 0; k < impl.size(); ++k)
+        if (have_onednn && k == 2)
+          onednn_thread.Run(impl[k]);
+        else
+          impl[k]();
       max_err = MaxRelErr(c_dvm.get(), c_blas.get(), M * N);
-      if (!(max_err <= kMaxRelErr)) err = "dvm GEMM differs from BLAS: max rel err " + Fmt(max_err, 8);
+      if (!(max_err <= kMaxRelErr)) err = "dvm GEMM differs from OpenBLAS: max rel err " + Fmt(max_err, 8);
+      if (err.empty() && have_onednn) {
+        const double e = MaxRelErr(c_onednn.get(), c_blas.get(), M * N);
+        max_err = std::max(max_err, e);
+        if (!(e <= kMaxRelErr)) err = "oneDNN differs from OpenBLAS: max rel err " + Fmt(e, 8);
+      }
       if (err.empty() && epilogue) {
         std::vector<float> ref(M * N);
         for (int64_t i = 0; i < M; ++i)
@@ -185,8 +211,11 @@ int BenchMatmulMain(Args& args) {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(kSlowIdleMs));  // OpenBLAS workers asleep
       // Per-call times (us) of each implementation; see the file comment
-      // (impl[1], BLAS, is the one whose idle threads spin for ~100 ms).
-      if (err.empty()) tm = MeasureBlocks(impl, int(opt.reps), 3, {}, /*slow_idle=*/1);
+      // (the libraries' own threads spin when idle).
+      std::vector<int> slow_idle = {1};
+      std::vector<Worker*> on(impl.size(), nullptr);
+      if (have_onednn) slow_idle.push_back(2), on[2] = &onednn_thread;
+      if (err.empty()) tm = MeasureBlocks(impl, int(opt.reps), 3, {}, slow_idle, on);
     } catch (const dvm::Error& e) {
       err = std::string("dvm::Error: ") + e.what();
     }
@@ -194,15 +223,21 @@ int BenchMatmulMain(Args& args) {
     if (!err.empty()) {
       ++failed;
       std::printf("%s FAILED: %s\n", name.c_str(), err.c_str());
-      t.Row({name, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "FAILED"});
+      t.Row({name, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "FAILED"});
       m.Bool("failed", true).Str("error", err);
       rep.AddCase(name, m, ShapeString({M, K}) + "x" + ShapeString({K, N}));
       continue;
     }
-    Stats d = Summarize(tm[0]), b = Summarize(tm[1]);
+    const Stats d = Summarize(tm[0]), ob = Summarize(tm[1]);
+    const Stats od = have_onednn ? Summarize(tm[2]) : Stats{};
+    const bool onednn_best = have_onednn && od.median < ob.median;
+    const Stats& b = onednn_best ? od : ob;
     const double dgf = flops / d.median / 1e3, bgf = flops / b.median / 1e3, ratio = dgf / bgf;
     m.Num("dvm_us", d.median).Num("dvm_us_min", d.min).Num("dvm_us_max", d.max);
     m.Num("dvm_gflops", dgf);
+    m.Num("openblas_us", ob.median).Num("openblas_gflops", flops / ob.median / 1e3);
+    if (have_onednn) m.Num("onednn_us", od.median).Num("onednn_gflops", flops / od.median / 1e3);
+    m.Str("blas_lib", onednn_best ? "onednn" : "openblas");
     m.Num("blas_us", b.median).Num("blas_us_min", b.min).Num("blas_us_max", b.max);
     m.Num("blas_gflops", bgf).Num("dvm_over_blas", ratio);
     std::vector<std::string> bars;
@@ -218,7 +253,7 @@ int BenchMatmulMain(Args& args) {
     }
     std::string fcol = "-", ucol = "-", gcol = "-", rcol = "-";
     if (epilogue) {
-      Stats f = Summarize(tm[2]), u = Summarize(tm[3]);
+      Stats f = Summarize(tm[fused_at]), u = Summarize(tm[fused_at + 1]);
       const double fr = f.median / d.median;
       m.Num("fused_us", f.median).Num("fused_us_min", f.min).Num("fused_us_max", f.max);
       m.Num("unfused_us", u.median).Num("unfused_us_min", u.min).Num("unfused_us_max", u.max);
@@ -239,18 +274,20 @@ int BenchMatmulMain(Args& args) {
     m.Num("reps", double(tm[0].size()));
     std::string bar;
     for (auto& x : bars) bar += (bar.empty() ? "" : " ") + x;
-    t.Row({name, Fmt(d.median, 1), Fmt(b.median, 1), Fmt(dgf, 1), Fmt(bgf, 1), Fmt(ratio), fcol,
-           ucol, gcol, rcol, Sci(max_err), bar.empty() ? "-" : bar});
+    t.Row({name, Fmt(d.median, 1), Fmt(ob.median, 1), have_onednn ? Fmt(od.median, 1) : "-", Fmt(dgf, 1), Fmt(bgf, 1),
+           Fmt(ratio), fcol, ucol, gcol, rcol, Sci(max_err), bar.empty() ? "-" : bar});
     rep.AddCase(name, m, ShapeString({M, K}) + "x" + ShapeString({K, N}));
   }
   openblas_set_num_threads(blas_threads_before);
   t.Print();
 
-  std::printf("\nbars: dvm_gflops >= 0.9 x blas_gflops at 1024^3 and M=512 (%d cases): %s%s; "
-              "fused <= 1.15 x gemm_only at M >= 128 (%d cases): %s%s\n",
-              n_bar_gflops, Bar(bar_gflops), miss_gflops.empty() ? "" : (" [" + miss_gflops + "]").c_str(),
-              n_bar_fused, Bar(bar_fused), miss_fused.empty() ? "" : (" [" + miss_fused + "]").c_str());
+  std::printf(
+      "\nbars: dvm_gflops >= 0.9 x blas_gflops (the faster library) at 1024^3 and M=512 (%d cases): %s%s; "
+      "fused <= 1.15 x gemm_only at M >= 128 (%d cases): %s%s\n",
+      n_bar_gflops, Bar(bar_gflops), miss_gflops.empty() ? "" : (" [" + miss_gflops + "]").c_str(), n_bar_fused,
+      Bar(bar_fused), miss_fused.empty() ? "" : (" [" + miss_fused + "]").c_str());
   if (failed) std::printf("FAILED: %d case(s) did not match\n", failed);
+  rep.summary.Str("gemm_policy", policy).Bool("onednn", have_onednn);
   rep.summary.Num("loadavg_1min", load).Str("unfused", "dvm gemm kernel + dvm add-bias kernel + dvm gelu kernel");
   rep.summary.Num("failed", failed);
   rep.summary.Bool("bar_dvm_gflops_ge_0_9_blas", bar_gflops).Str("bar_gflops_misses", miss_gflops);

@@ -5,12 +5,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -155,6 +157,56 @@ inline double Geomean(const std::vector<double>& v) {
   return std::exp(s / v.size());
 }
 
+// A thread of its own that runs closures handed to it, one at a time; Run
+// waits for the closure. A baseline that threads itself with OpenMP runs its
+// blocks here: a thread that has led a multi-threaded OpenMP team (libgomp)
+// and then calls oneDNN single-threaded, as DVM's GEMM blocks do, ran them
+// ~1.3x slower in this process (two such calls at once nearly serialised:
+// measured 250 -> 340 us for two 128x256x256 halves), so the main thread,
+// which launches DVM, must never lead one.
+class Worker {
+ public:
+  Worker() : thread_([this] { Loop(); }) {}
+  ~Worker() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+  void Run(const std::function<void()>& f) {
+    std::unique_lock<std::mutex> l(mu_);
+    job_ = &f;
+    done_ = false;
+    cv_.notify_all();
+    cv_.wait(l, [&] { return done_; });
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> l(mu_);
+    for (;;) {
+      cv_.wait(l, [&] { return stop_ || job_; });
+      if (stop_) return;
+      const std::function<void()>* f = job_;
+      l.unlock();
+      (*f)();
+      l.lock();
+      job_ = nullptr;
+      done_ = true;
+      cv_.notify_all();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const std::function<void()>* job_ = nullptr;
+  bool done_ = false, stop_ = false;
+  std::thread thread_;
+};
+
 // Per-call times (us) of `reps` timed blocks of each implementation f[k].
 // Each implementation runs its blocks back to back (steady state, as a
 // serving loop launches), in rounds (f[0], f[1], ..., f[0], f[1], ...; up
@@ -167,32 +219,42 @@ inline double Geomean(const std::vector<double>& v) {
 // own threads. `calib_calls` untimed calls (0: none) size a repeat count so
 // that a block of a short call lasts ~1 ms. `park`, when given, runs after
 // each calibration and each run of blocks (the baseline pool's Park()).
-// `slow_idle` names an implementation whose idle threads keep spinning for
+// `slow_idle` names implementations whose idle threads keep spinning for
 // a while (OpenBLAS: 2^28 TSC ticks; measured here, one core busy for 100 to
-// 150 ms after a 2-thread sgemm): the pause after its blocks is kSlowIdleMs,
-// and with it set the last run of blocks is followed by one too.
+// 150 ms after a 2-thread sgemm; oneDNN's OpenMP threads too): the pause
+// after their blocks is kSlowIdleMs, and with one set the last run of blocks
+// is followed by one too. `on[k]`, where given and set, runs implementation
+// k's calibration and blocks on that worker (timed there, per block).
 inline std::vector<std::vector<double>> MeasureBlocks(const std::vector<std::function<void()>>& f, int reps,
                                                       int calib_calls = 3, const std::function<void()>& park = {},
-                                                      int slow_idle = -1) {
+                                                      const std::vector<int>& slow_idle = {},
+                                                      const std::vector<Worker*>& on = {}) {
   const size_t n = f.size();
+  auto at = [&](size_t k, const std::function<void()>& body) {
+    if (k < on.size() && on[k])
+      on[k]->Run(body);
+    else
+      body();
+  };
+  auto slow = [&](int k) { return std::find(slow_idle.begin(), slow_idle.end(), k) != slow_idle.end(); };
   std::vector<int> inner(n, 1);
   if (calib_calls > 0)
     for (size_t k = 0; k < n; ++k) {
       double best = INFINITY;
-      for (int i = 0; i < calib_calls; ++i) {
-        double t0 = NowUs();
-        f[k]();
-        best = std::min(best, NowUs() - t0);
-      }
+      at(k, [&] {
+        for (int i = 0; i < calib_calls; ++i) {
+          double t0 = NowUs();
+          f[k]();
+          best = std::min(best, NowUs() - t0);
+        }
+      });
       inner[k] = int(std::clamp(1000.0 / std::max(best, 0.05), 1.0, 100000.0));
       if (park) park();
-      // The slow-idle implementation's threads must fall asleep before the
+      // A slow-idle implementation's threads must fall asleep before the
       // next one is calibrated or the first round starts.
-      if (int(k) == slow_idle) std::this_thread::sleep_for(std::chrono::milliseconds(kSlowIdleMs));
+      if (slow(int(k))) std::this_thread::sleep_for(std::chrono::milliseconds(kSlowIdleMs));
     }
-  auto pause = [&](int prev) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(prev >= 0 && prev == slow_idle ? kSlowIdleMs : 2));
-  };
+  auto pause = [&](int prev) { std::this_thread::sleep_for(std::chrono::milliseconds(slow(prev) ? kSlowIdleMs : 2)); };
   std::vector<std::vector<double>> r(n);
   int prev = -1;
   const int rounds = std::clamp(reps / 2, 2, 10);
@@ -200,16 +262,18 @@ inline std::vector<std::vector<double>> MeasureBlocks(const std::vector<std::fun
     for (size_t k = 0; k < n; ++k) {
       pause(prev);
       prev = int(k);
-      const double warm_start = NowUs();
-      for (int i = 0; i < 3 || NowUs() - warm_start < 300; ++i) f[k]();
-      for (int rep = round; rep < reps; rep += rounds) {
-        double t0 = NowUs();
-        for (int i = 0; i < inner[k]; ++i) f[k]();
-        r[k].push_back((NowUs() - t0) / inner[k]);
-      }
+      at(k, [&] {
+        const double warm_start = NowUs();
+        for (int i = 0; i < 3 || NowUs() - warm_start < 300; ++i) f[k]();
+        for (int rep = round; rep < reps; rep += rounds) {
+          double t0 = NowUs();
+          for (int i = 0; i < inner[k]; ++i) f[k]();
+          r[k].push_back((NowUs() - t0) / inner[k]);
+        }
+      });
       if (park) park();
     }
-  if (slow_idle >= 0) pause(prev);
+  if (!slow_idle.empty()) pause(prev);
   return r;
 }
 

@@ -1,7 +1,5 @@
 #include "vm/cpu/vm.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -12,6 +10,7 @@
 
 #include "ir/dtype.h"
 #include "ir/error.h"
+#include "vm/cpu/gemm.h"
 #include "vm/cpu/thread_pool.h"
 
 namespace dvm::vm {
@@ -296,8 +295,9 @@ inline void RunCode(const VInst* b, const VInst* e, TileCtx& c) {
 
 // ---- tile loops ---------------------------------------------------------------------
 
-// One block of C = op(A) @ op(B) through BLAS (single-threaded: the pool
-// runs blocks in parallel), then the fused epilogue over the block's rows.
+// One block of C = op(A) @ op(B) through the GEMM library (gemm.h; one
+// thread: the pool runs blocks in parallel), then the fused epilogue over
+// the block's rows.
 void RunGemmTile(const StageRt& s, int64_t t, TileCtx& c) {
   const bc::Gemm& g = *s.gemm;
   const int64_t M = s.p[0], N = s.p[1], K = s.p[2];
@@ -318,9 +318,7 @@ void RunGemmTile(const StageRt& s, int64_t t, TileCtx& c) {
   if (K == 0) {
     for (int64_t r = 0; r < rows; ++r) std::fill(C + r * N, C + r * N + cols, 0.0f);
   } else {
-    cblas_sgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans, g.trans_b ? CblasTrans : CblasNoTrans,
-                static_cast<int>(rows), static_cast<int>(cols), static_cast<int>(K), 1.0f, A, static_cast<int>(g.lda),
-                B, static_cast<int>(g.ldb), 0.0f, C, static_cast<int>(N));
+    Sgemm(GemmLibFor(M, N, K), g.trans_a, g.trans_b, rows, cols, K, A, g.lda, B, g.ldb, C, N);
   }
   if (s.sec[bc::kBody] == s.sec[bc::kBody + 1]) return;
   const VInst* code = s.code.data();
@@ -2274,17 +2272,7 @@ const Executable::Launches& Executable::MakeLaunches(int nthreads) const {
 void Executable::Run(void* const* ptrs) const {
   const size_t scratch = size_t(num_regs_) * prog_.tile_cap * 4;
   ThreadPool& pool = ThreadPool::Get();
-  // GEMM blocks run in parallel on the pool, each a single-threaded BLAS
-  // call; the library's own thread count is restored afterwards.
-  struct BlasThreads {
-    int saved = 0;
-    explicit BlasThreads(bool on) : saved(on ? openblas_get_num_threads() : 0) {
-      if (saved > 1) openblas_set_num_threads(1);
-    }
-    ~BlasThreads() {
-      if (saved > 1) openblas_set_num_threads(saved);
-    }
-  } blas_threads(gemm_);
+  const OneThreadBlas blas_threads(gemm_);
   // Reused per thread: no allocation on the launch path.
   thread_local std::vector<void*> aliased;
   if (!aliases_.empty()) {  // workspaces that live in an output (SetupOutputAliases)

@@ -1,0 +1,62 @@
+#pragma once
+// f32 GEMM for the VM's GEMM stages: which library runs a block (docs/blas.md).
+//
+// Each block of a GEMM stage is one single-threaded library call on a thread
+// of DVM's pool. Two libraries, chosen by measurement on the machine kinds
+// this project runs on:
+//  * oneDNN's sgemm (JIT-generated AVX-512 kernels) on CPUs with AVX-512 for
+//    GEMMs of at least kOneDnnMinMacs multiply-adds, or whose B holds at
+//    least kOneDnnMinB elements (few rows against a weight matrix: OpenBLAS
+//    runs 2..16 rows of 768x768 at a third to a half of oneDNN's speed): 1.2-3x
+//    OpenBLAS's single-thread throughput at the decoder's block shapes on Zen 4;
+//  * OpenBLAS everywhere else: small GEMMs (oneDNN's per-call cost, ~0.2-0.5
+//    us, loses 10-20% on attention's 64x64x64 head blocks and up to 6x on
+//    4x4x64) and CPUs without AVX-512 (on Zen 3, oneDNN's AVX2 path ran
+//    32x768x3072 at a third of OpenBLAS's speed).
+// The choice goes by the whole GEMM (M, N, K of one batch matrix), not by
+// the block, so every block of a GEMM, however many threads cut it, runs
+// through one library: its results do not depend on the thread count
+// (`MatMul.SameBitsForAnyThreadCount`).
+// DVM_GEMM=openblas or DVM_GEMM=onednn in the environment forces one library
+// for every block (read once, at the first GEMM).
+#include <cstdint>
+#include <string>
+
+namespace dvm::vm {
+
+enum class GemmLib { kOpenBlas, kOneDnn };
+
+inline constexpr int64_t kOneDnnMinMacs = int64_t{1} << 22;
+inline constexpr int64_t kOneDnnMinB = int64_t{1} << 19;
+
+// C[m, n] (row stride ldc) = op(A) op(B) on the calling thread alone, with
+// `lib` (GemmLibFor the whole GEMM). Row-major; op(A) is A^T when trans_a.
+void Sgemm(GemmLib lib, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float* c, int64_t ldc);
+
+// The same product through one library with its own threads (`threads`
+// of them; OpenBLAS's process-wide count is left there): the baselines of
+// `dvm bench matmul`. False when DVM was built without that library.
+bool SgemmWith(GemmLib lib, int threads, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
+               int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc);
+
+// For the length of a launch with GEMM stages (`on`): OpenBLAS's own thread
+// count 1, since the pool runs the blocks in parallel; restored after.
+class OneThreadBlas {
+ public:
+  explicit OneThreadBlas(bool on);
+  ~OneThreadBlas();
+  OneThreadBlas(const OneThreadBlas&) = delete;
+  OneThreadBlas& operator=(const OneThreadBlas&) = delete;
+
+ private:
+  int saved_ = 0;
+};
+
+// The library that runs the blocks of an M x N x K GEMM under the policy.
+GemmLib GemmLibFor(int64_t M, int64_t N, int64_t K);
+// One line for reports: the libraries and the policy in force.
+std::string GemmPolicy();
+const char* GemmLibName(GemmLib lib);
+
+}  // namespace dvm::vm
