@@ -88,8 +88,9 @@ GemmLib GemmLibFor(int64_t M, int64_t N, int64_t K) {
   if (p.forced) return GemmLib::kOneDnn;
   // In double: each dim is below 2^48 (the verifier's bound).
   const double b = static_cast<double>(K) * static_cast<double>(N);
-  const bool big =
-      b * static_cast<double>(M) >= static_cast<double>(kOneDnnMinMacs) || b >= static_cast<double>(kOneDnnMinB);
+  const double macs = b * static_cast<double>(M);
+  const bool big = macs >= static_cast<double>(kOneDnnMinMacs) || b >= static_cast<double>(kOneDnnMinB) ||
+                   (macs >= static_cast<double>(kOneDnnMinWideMacs) && N >= kOneDnnMinWideN);
   return big ? GemmLib::kOneDnn : GemmLib::kOpenBlas;
 }
 
@@ -97,7 +98,8 @@ std::string GemmPolicy() {
   const Policy& p = GetPolicy();
   if (!p.onednn) return p.forced ? "OpenBLAS (DVM_GEMM)" : "OpenBLAS";
   if (p.forced) return "oneDNN (DVM_GEMM)";
-  return "oneDNN for GEMMs of >= 2^22 multiply-adds or a B of >= 2^19 elements, OpenBLAS for smaller ones";
+  return "oneDNN for GEMMs of >= 2^22 multiply-adds, a B of >= 2^19 elements, or >= 2^20 multiply-adds with N >= 128; "
+         "OpenBLAS for the rest";
 }
 
 void Sgemm(GemmLib lib, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,

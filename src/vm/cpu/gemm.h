@@ -7,8 +7,11 @@
 //  * oneDNN's sgemm (JIT-generated AVX-512 kernels) on CPUs with AVX-512 for
 //    GEMMs of at least kOneDnnMinMacs multiply-adds, or whose B holds at
 //    least kOneDnnMinB elements (few rows against a weight matrix: OpenBLAS
-//    runs 2..16 rows of 768x768 at a third to a half of oneDNN's speed): 1.2-3x
-//    OpenBLAS's single-thread throughput at the decoder's block shapes on Zen 4;
+//    runs 2..16 rows of 768x768 at a third to a half of oneDNN's speed), or
+//    of at least kOneDnnMinWideMacs with N >= kOneDnnMinWideN (attention's
+//    12 heads of Q K^T at 128..200 tokens, 2 threads: 1.2-1.35x OpenBLAS,
+//    while P V, N = 64, is 1.1-1.2x faster on OpenBLAS): 1.2-3x OpenBLAS's
+//    single-thread throughput at the decoder's block shapes on Zen 4;
 //  * OpenBLAS everywhere else: small GEMMs (oneDNN's per-call cost, ~0.2-0.5
 //    us, loses 10-20% on attention's 64x64x64 head blocks and up to 6x on
 //    4x4x64) and CPUs without AVX-512 (on Zen 3, oneDNN's AVX2 path ran
@@ -28,6 +31,7 @@ enum class GemmLib { kOpenBlas, kOneDnn };
 
 inline constexpr int64_t kOneDnnMinMacs = int64_t{1} << 22;
 inline constexpr int64_t kOneDnnMinB = int64_t{1} << 19;
+inline constexpr int64_t kOneDnnMinWideMacs = int64_t{1} << 20, kOneDnnMinWideN = 128;
 
 // C[m, n] (row stride ldc) = op(A) op(B) on the calling thread alone, with
 // `lib` (GemmLibFor the whole GEMM). Row-major; op(A) is A^T when trans_a.
