@@ -1221,11 +1221,11 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen&& gen = {}) {
       nan = hn::Or(nan, hn::IsNaN(v0));
     }
     if (!hn::AllFalse(d, nan)) return std::numeric_limits<float>::quiet_NaN();
+    // No NaN in the lanes: max/min are exact in any order, so the lanes fold
+    // as a tree (log2 L steps) rather than one by one (L - 1 dependent steps,
+    // the per-row cost of short rows).
     a0 = acc(a0, a1);
-    HWY_ALIGN float lanes[hn::MaxLanes(d)];
-    hn::StoreU(a0, d, lanes);
-    float r = lanes[0];
-    for (int64_t l = 1; l < L; ++l) r = AccS<kOp>(r, lanes[l]);
+    float r = hn::GetLane(kOp == 1 ? hn::MaxOfLanes(d, a0) : hn::MinOfLanes(d, a0));
     for (; i < K; ++i) r = AccS<kOp>(r, x[i]);
     return r;
   }
@@ -1297,10 +1297,17 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen&& gen = {}) {
     a3 = AccD<kOp>(dd, a3, ld(x + i + 3 * LD));
   }
   a0 = AccD<kOp>(dd, AccD<kOp>(dd, a0, a1), AccD<kOp>(dd, a2, a3));
-  HWY_ALIGN double lanes[hn::MaxLanes(dd)];
-  hn::StoreU(a0, dd, lanes);
-  double r = lanes[0];
-  for (size_t l = 1; l < hn::Lanes(dd); ++l) r = AccSD<kOp>(r, lanes[l]);
+  double r;
+  if constexpr (kOp == 0) {
+    // The f64 lanes added as a tree (log2 of the lanes dependent steps, not
+    // one per lane: the per-row cost of short rows); a fixed order still.
+    r = hn::GetLane(hn::SumOfLanes(dd, a0));
+  } else {
+    HWY_ALIGN double lanes[hn::MaxLanes(dd)];
+    hn::StoreU(a0, dd, lanes);
+    r = lanes[0];
+    for (size_t l = 1; l < hn::Lanes(dd); ++l) r = AccSD<kOp>(r, lanes[l]);
+  }
   for (; i < K; ++i) {
     const float v = kDev ? x[i] - m : x[i];
     r = AccSD<kOp>(r, kSq ? v * v : v);
