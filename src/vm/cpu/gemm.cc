@@ -2,6 +2,7 @@
 
 #include <cblas.h>
 
+#include <bit>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -80,8 +81,6 @@ OneThreadBlas::~OneThreadBlas() {
   if (saved_ > 1) openblas_set_num_threads(saved_);
 }
 
-const char* GemmLibName(GemmLib lib) { return lib == GemmLib::kOneDnn ? "oneDNN" : "OpenBLAS"; }
-
 GemmLib GemmLibFor(int64_t M, int64_t N, int64_t K) {
   const Policy& p = GetPolicy();
   if (!p.onednn) return GemmLib::kOpenBlas;
@@ -98,8 +97,10 @@ std::string GemmPolicy() {
   const Policy& p = GetPolicy();
   if (!p.onednn) return p.forced ? "OpenBLAS (DVM_GEMM)" : "OpenBLAS";
   if (p.forced) return "oneDNN (DVM_GEMM)";
-  return "oneDNN for GEMMs of >= 2^22 multiply-adds, a B of >= 2^19 elements, or >= 2^20 multiply-adds with N >= 128; "
-         "OpenBLAS for the rest";
+  auto pow2 = [](int64_t v) { return "2^" + std::to_string(std::countr_zero(static_cast<uint64_t>(v))); };
+  return "oneDNN for GEMMs of >= " + pow2(kOneDnnMinMacs) + " multiply-adds, a B of >= " + pow2(kOneDnnMinB) +
+         " elements, or >= " + pow2(kOneDnnMinWideMacs) +
+         " multiply-adds with N >= " + std::to_string(kOneDnnMinWideN) + "; OpenBLAS for the rest";
 }
 
 void Sgemm(GemmLib lib, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,

@@ -61,6 +61,5 @@ class OneThreadBlas {
 GemmLib GemmLibFor(int64_t M, int64_t N, int64_t K);
 // One line for reports: the libraries and the policy in force.
 std::string GemmPolicy();
-const char* GemmLibName(GemmLib lib);
 
 }  // namespace dvm::vm

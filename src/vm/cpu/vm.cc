@@ -318,7 +318,7 @@ void RunGemmTile(const StageRt& s, int64_t t, TileCtx& c) {
   if (K == 0) {
     for (int64_t r = 0; r < rows; ++r) std::fill(C + r * N, C + r * N + cols, 0.0f);
   } else {
-    Sgemm(GemmLibFor(M, N, K), g.trans_a, g.trans_b, rows, cols, K, A, g.lda, B, g.ldb, C, N);
+    Sgemm(s.gemm_lib, g.trans_a, g.trans_b, rows, cols, K, A, g.lda, B, g.ldb, C, N);
   }
   if (s.sec[bc::kBody] == s.sec[bc::kBody + 1]) return;
   const VInst* code = s.code.data();
@@ -729,6 +729,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
         int64_t batch = 1;
         for (int i = 0; i < g.batch_rank; ++i) batch *= g.bdims[i];
         rt.gemm = &g;
+        rt.gemm_lib = GemmLibFor(s.p[0], s.p[1], s.p[2]);
         rt.ntiles = s.p[0] == 0 || s.p[1] == 0 ? 0
                                                : batch * ((s.p[0] + g.tile_rows - 1) / g.tile_rows) *
                                                      ((s.p[1] + g.tile_cols - 1) / g.tile_cols);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bytecode/format.h"
+#include "vm/cpu/gemm.h"
 #include "vm/cpu/kernels.h"
 
 namespace dvm::vm {
@@ -122,6 +123,7 @@ struct StageRt {
   int sec[bc::kNumSections + 1] = {};  // section begin offsets into code
   std::vector<ViewRt> views;
   const bc::Gemm* gemm = nullptr;  // kGemm: the product (in the Program)
+  GemmLib gemm_lib = GemmLib::kOpenBlas;  // kGemm: GemmLibFor(M, N, K), once
   std::vector<ColPair> col_fast;   // kCol: the body as strip-mined pairs (empty: generic)
   // ELEM: (workspace, output) pairs this stage reads and stores element for
   // element (Executable::FindInPlaceStores; candidates for an alias).
