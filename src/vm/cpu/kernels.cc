@@ -556,11 +556,41 @@ void DivF(const VInst& vi, TileCtx& c) {
   }
 }
 
+// The first n lanes at p (0 < n < Lanes(d)), the others `fill`, reading
+// nothing past p + n; and v's first n lanes stored to p, writing nothing
+// past p + n (a row's tail: the next row may belong to another thread).
+// Masked loads and stores on AVX2 and AVX-512 (they touch no lane outside
+// the mask), a copy through a buffer on older targets (whose masked loads
+// may read the whole vector). The copies called memmove for every row's
+// tail: softmax over rows of 8 spent ~10% of its time there.
+template <class D>
+HWY_INLINE hn::Vec<D> LoadPart(D d, const hn::TFromD<D>* p, size_t n, hn::Vec<D> fill) {
+#if HWY_TARGET <= HWY_AVX2
+  const auto m = hn::FirstN(d, n);
+  return hn::IfThenElse(m, hn::MaskedLoad(m, d, p), fill);
+#else
+  HWY_ALIGN hn::TFromD<D> buf[hn::MaxLanes(d)];
+  hn::Store(fill, d, buf);
+  std::memcpy(buf, p, n * sizeof(*p));
+  return hn::Load(d, buf);
+#endif
+}
+template <class D>
+HWY_INLINE void StorePart(D d, hn::Vec<D> v, hn::TFromD<D>* p, size_t n) {
+#if HWY_TARGET <= HWY_AVX2
+  hn::BlendedStore(v, hn::FirstN(d, n), d, p);
+#else
+  HWY_ALIGN hn::TFromD<D> buf[hn::MaxLanes(d)];
+  hn::Store(v, d, buf);
+  std::memcpy(p, buf, n * sizeof(*p));
+#endif
+}
+
 // A float binary op whose second operand is a reduced register broadcast
 // over each row (R[b][r] for lanes [r K, (r + 1) K), K = n[0] / n[1]): what
 // BCAST then the op compute, in one pass (vm.cc FuseRowBroadcasts). A row's
-// tail goes through a buffer so that the next row's lanes are not touched
-// (dst may be a).
+// tail is loaded and stored by LoadPart / StorePart, so that the next row's
+// lanes are not touched (dst may be a).
 // `head(y, a, o, i, e)`, if given, may compute a row's first elements its
 // own way and returns where f takes over.
 struct NoHead {};
@@ -580,10 +610,8 @@ HWY_INLINE void BinRowFF(const VInst& vi, TileCtx& c, F f, Head head = {}) {
     if constexpr (!std::is_same_v<Head, NoHead>) i = head(b[r], a, o, i, e);
     for (; i + L <= e; i += L) hn::StoreU(f(d, hn::LoadU(d, a + i), y), d, o + i);
     if (i < e) {
-      HWY_ALIGN float buf[hn::MaxLanes(d)] = {};
-      std::memcpy(buf, a + i, sizeof(float) * (e - i));
-      hn::Store(f(d, hn::Load(d, buf), y), d, buf);
-      std::memcpy(o + i, buf, sizeof(float) * (e - i));
+      const size_t n = static_cast<size_t>(e - i);
+      StorePart(d, f(d, LoadPart(d, a + i, n, hn::Zero(d)), y), o + i, n);
     }
   }
 }
@@ -642,14 +670,10 @@ void ChainF(const VInst& vi, TileCtx& c) {
       hn::StoreU(f(hn::LoadU(d, ar + j), y, w), d, orow + j);
     }
     if (j < len) {
-      HWY_ALIGN float ba[hn::MaxLanes(d)] = {}, bb[hn::MaxLanes(d)] = {}, bz[hn::MaxLanes(d)] = {};
-      const size_t tail = sizeof(float) * static_cast<size_t>(len - j);
-      std::memcpy(ba, ar + j, tail);
-      if (kLoadY) std::memcpy(bb, yb + j, tail);
-      if (kLoadZ) std::memcpy(bz, zb + j, tail);
-      const VF y = kLoadY ? hn::Load(d, bb) : yr, w = kLoadZ ? hn::Load(d, bz) : zr;
-      hn::Store(f(hn::Load(d, ba), y, w), d, ba);
-      std::memcpy(orow + j, ba, tail);
+      const size_t n = static_cast<size_t>(len - j);
+      const VF y = kLoadY ? LoadPart(d, yb + j, n, hn::Zero(d)) : yr;
+      const VF w = kLoadZ ? LoadPart(d, zb + j, n, hn::Zero(d)) : zr;
+      StorePart(d, f(LoadPart(d, ar + j, n, hn::Zero(d)), y, w), orow + j, n);
     }
   };
   if constexpr (kY == 2 || kZ == 2) {
@@ -970,13 +994,10 @@ void NormAffineF(const VInst& vi, TileCtx& c) {
     for (; j + L <= K; j += L)
       hn::StoreU(f(hn::LoadU(d, xr + j), mv, rv, hn::LoadU(d, gr + j), hn::LoadU(d, br + j)), d, orow + j);
     if (j < K) {
-      HWY_ALIGN float bx[hn::MaxLanes(d)] = {}, bg[hn::MaxLanes(d)] = {}, bb[hn::MaxLanes(d)] = {};
-      const size_t tail = sizeof(float) * static_cast<size_t>(K - j);
-      std::memcpy(bx, xr + j, tail);
-      std::memcpy(bg, gr + j, tail);
-      std::memcpy(bb, br + j, tail);
-      hn::Store(f(hn::Load(d, bx), mv, rv, hn::Load(d, bg), hn::Load(d, bb)), d, bx);
-      std::memcpy(orow + j, bx, tail);
+      const size_t n = static_cast<size_t>(K - j);
+      const VF z = hn::Zero(d);
+      StorePart(d, f(LoadPart(d, xr + j, n, z), mv, rv, LoadPart(d, gr + j, n, z), LoadPart(d, br + j, n, z)), orow + j,
+                n);
     }
   }
 }
@@ -1141,14 +1162,6 @@ HWY_INLINE VF AccV(DF d, VF a, VF b) {
   return hn::Mul(a, b);
 }
 template <int kOp>
-HWY_INLINE float AccS(float a, float b) {
-  if (kOp == 0) return a + b;
-  if (kOp == 3) return a * b;
-  if (std::isnan(a)) return a;
-  if (std::isnan(b)) return b;
-  return kOp == 1 ? (a > b ? a : b) : (a < b ? a : b);
-}
-template <int kOp>
 constexpr float AccInit() {
   return kOp == 0   ? 0.0f
          : kOp == 1 ? -std::numeric_limits<float>::infinity()
@@ -1220,14 +1233,17 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen&& gen = {}) {
       a0 = acc(a0, v0);
       nan = hn::Or(nan, hn::IsNaN(v0));
     }
+    if (i < K) {  // the last lanes, the others the identity (not one by one)
+      const VF v1 = LoadPart(d, x + i, static_cast<size_t>(K - i), hn::Set(d, AccInit<kOp>()));
+      a1 = acc(a1, v1);
+      nan = hn::Or(nan, hn::IsNaN(v1));
+    }
     if (!hn::AllFalse(d, nan)) return std::numeric_limits<float>::quiet_NaN();
     // No NaN in the lanes: max/min are exact in any order, so the lanes fold
     // as a tree (log2 L steps) rather than one by one (L - 1 dependent steps,
     // the per-row cost of short rows).
     a0 = acc(a0, a1);
-    float r = hn::GetLane(kOp == 1 ? hn::MaxOfLanes(d, a0) : hn::MinOfLanes(d, a0));
-    for (; i < K; ++i) r = AccS<kOp>(r, x[i]);
-    return r;
+    return hn::GetLane(kOp == 1 ? hn::MaxOfLanes(d, a0) : hn::MinOfLanes(d, a0));
   }
   const DD dd;
   const hn::Rebind<float, DD> dh;  // as many floats as dd has doubles
@@ -1296,6 +1312,24 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen&& gen = {}) {
     a2 = AccD<kOp>(dd, a2, ld(x + i + 2 * LD));
     a3 = AccD<kOp>(dd, a3, ld(x + i + 3 * LD));
   }
+  // The last lanes (fewer than 4 LD): whole f64 vectors into a0..a2, the
+  // rest into a3 with the identity in the lanes past K. One element at a
+  // time they were up to 31 dependent f64 steps per row, the per-row cost
+  // of short rows and of every row whose length is off the vector (with
+  // LoadPart / StorePart for the tails, a scaled, masked softmax over
+  // [12, n, n] at one thread: n = 8 7.1-9.0 -> 4.3-4.6 us, n = 16 7.1 ->
+  // 5.6-6.8 us, n = 200 466-490 -> 377-381 us; n = 64, 128 unchanged).
+  if (i + LD <= K) a0 = AccD<kOp>(dd, a0, ld(x + i)), i += LD;
+  if (i + LD <= K) a1 = AccD<kOp>(dd, a1, ld(x + i)), i += LD;
+  if (i + LD <= K) a2 = AccD<kOp>(dd, a2, ld(x + i)), i += LD;
+  if (i < K) {
+    const size_t n = static_cast<size_t>(K - i);
+    auto v = LoadPart(dh, x + i, n, hn::Zero(dh));
+    if (kDev) v = hn::Sub(v, mv);
+    if (kSq) v = hn::Mul(v, v);
+    a3 = AccD<kOp>(dd, a3, hn::IfThenElse(hn::FirstN(dd, n), hn::PromoteTo(dd, v), hn::Set(dd, init)));
+    i = K;
+  }
   a0 = AccD<kOp>(dd, AccD<kOp>(dd, a0, a1), AccD<kOp>(dd, a2, a3));
   double r;
   if constexpr (kOp == 0) {
@@ -1307,10 +1341,6 @@ float RowF(const float* x, int64_t K, float m = 0.0f, Gen&& gen = {}) {
     hn::StoreU(a0, dd, lanes);
     r = lanes[0];
     for (size_t l = 1; l < hn::Lanes(dd); ++l) r = AccSD<kOp>(r, lanes[l]);
-  }
-  for (; i < K; ++i) {
-    const float v = kDev ? x[i] - m : x[i];
-    r = AccSD<kOp>(r, kSq ? v * v : v);
   }
   return static_cast<float>(r);
 }
@@ -1630,12 +1660,9 @@ void ChainExpSumF(const VInst& vi, TileCtx& c) {
         const DF d;
         for (; i + L <= K; i += L) Vec(i);
         if (i < K) {
-          HWY_ALIGN float bx[hn::MaxLanes(d)] = {}, by[hn::MaxLanes(d)] = {};
-          const size_t tail = sizeof(float) * static_cast<size_t>(K - i);
-          std::memcpy(bx, ar + i, tail);
-          if (kY == 0) std::memcpy(by, br + i, tail);
-          hn::Store(fn(hn::Load(d, bx), kY == 0 ? hn::Load(d, by) : yr), d, bx);
-          std::memcpy(orow + i, bx, tail);
+          const size_t n = static_cast<size_t>(K - i);
+          const VF y = kY == 0 ? LoadPart(d, br + i, n, hn::Zero(d)) : yr;
+          StorePart(d, fn(LoadPart(d, ar + i, n, hn::Zero(d)), y), orow + i, n);
         }
       }
     };
