@@ -1,8 +1,12 @@
 // MatMul ("mix" kernels): GEMM through BLAS with fused prologues/epilogues,
 // against the float64 reference.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+
+#include <cmath>
 
 #include "test_util.h"
+#include "vm/cpu/gemm.h"
 
 namespace dvm::test {
 namespace {
@@ -122,6 +126,46 @@ TEST(MatMul, SameBitsForAnyThreadCount) {
     EXPECT_EQ(out[0], out[2]) << "1 vs 3 threads";
   }
   SetNumThreads(before);
+}
+
+// A GEMM operand whose rows are more than 2^31 - 1 elements apart (here a
+// [2, 64] slice of a [2, 2^31 + 16] tensor, its 16 GiB reserved but never
+// touched beyond the slice) does not fit OpenBLAS's 32-bit int strides,
+// which the policy would pick for so small a GEMM. It runs through oneDNN
+// (64-bit dims) where DVM has it, else fails with an error naming the
+// stride. Until session 22 OpenBLAS got the stride cut to an int, printed
+// "illegal value" and left C as it was: a wrong answer.
+TEST(MatMul, RowStrideBeyondInt) {
+  const int64_t H = (int64_t{1} << 31) + 16;
+  const size_t bytes = size_t(2) * size_t(H) * sizeof(float);
+  void* map = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (map == MAP_FAILED) GTEST_SKIP() << "cannot reserve " << bytes << " bytes of address space";
+  float* big = static_cast<float*>(map);
+  Rng rng(5);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (int64_t r = 0; r < 2; ++r)
+    for (int64_t j = 0; j < 64; ++j) big[r * H + j] = u(rng);
+  std::vector<float> b(64 * 8), c(16, std::nanf(""));
+  for (float& x : b) x = u(rng);
+  Kernel k(KernelType::kDynamic);
+  const int64_t shape[] = {2, H}, start[] = {0, 0}, size[] = {2, 64};
+  auto* A = k.SliceLoad(nullptr, shape, DType::kFloat32, start, size);
+  k.Store(nullptr, k.MatMul(A, k.Load(nullptr, {64, 8}, DType::kFloat32)));
+  try {
+    k.Launch({{big, {2, H}, bytes}, {b.data(), {64, 8}, b.size() * 4}}, {{c.data(), {}, c.size() * 4}});
+    EXPECT_TRUE(vm::HaveOneDnn()) << "ran without oneDNN";
+    for (int64_t r = 0; r < 2; ++r)
+      for (int64_t n = 0; n < 8; ++n) {
+        double want = 0;
+        for (int64_t j = 0; j < 64; ++j) want += double(big[r * H + j]) * b[size_t(j * 8 + n)];
+        EXPECT_NEAR(c[size_t(r * 8 + n)], want, 1e-5) << "C[" << r << ", " << n << "]";
+      }
+  } catch (const Error& e) {
+    EXPECT_FALSE(vm::HaveOneDnn()) << e.what();
+    EXPECT_NE(std::string(e.what()).find("lda (A's row stride) = 2147483664"), std::string::npos) << e.what();
+    for (float x : c) EXPECT_TRUE(std::isnan(x)) << "the output was written";
+  }
+  munmap(map, bytes);
 }
 
 // Batch dims that alternate between the operands do not merge: more than

@@ -6,6 +6,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+
+#include "ir/error.h"
 
 #if DVM_HAVE_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
@@ -23,8 +26,6 @@ struct Policy {
   bool onednn = false;  // oneDNN runs the large blocks (every block when forced)
   bool forced = false;  // by DVM_GEMM
 };
-
-bool HaveOneDnn() { return DVM_HAVE_ONEDNN != 0; }
 
 Policy Decide() {
   Policy p;
@@ -74,6 +75,8 @@ void OneDnn(int threads, bool ta, bool tb, int64_t m, int64_t n, int64_t k, cons
 
 }  // namespace
 
+bool HaveOneDnn() { return DVM_HAVE_ONEDNN != 0; }
+
 OneThreadBlas::OneThreadBlas(bool on) : saved_(on ? openblas_get_num_threads() : 0) {
   if (saved_ > 1) openblas_set_num_threads(1);
 }
@@ -81,7 +84,18 @@ OneThreadBlas::~OneThreadBlas() {
   if (saved_ > 1) openblas_set_num_threads(saved_);
 }
 
-GemmLib GemmLibFor(int64_t M, int64_t N, int64_t K) {
+GemmLib GemmLibFor(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb) {
+  // OpenBLAS's int: C's rows are N apart, so N is ldc too.
+  constexpr int64_t kIntMax = std::numeric_limits<int>::max();
+  const int64_t vals[] = {M, N, K, lda, ldb};
+  static const char* const kNames[] = {"M", "N", "K", "lda (A's row stride)", "ldb (B's row stride)"};
+  for (int i = 0; i < 5; ++i)
+    if (vals[i] > kIntMax) {
+      if (HaveOneDnn()) return GemmLib::kOneDnn;
+      Fail("matmul: GEMM ", M, "x", N, "x", K, ": ", kNames[i], " = ", vals[i],
+           " exceeds 2^31 - 1, the largest OpenBLAS takes (32-bit int), and this build of DVM has no oneDNN "
+           "(64-bit dims; CMake option DVM_ONEDNN)");
+    }
   const Policy& p = GetPolicy();
   if (!p.onednn) return GemmLib::kOpenBlas;
   if (p.forced) return GemmLib::kOneDnn;

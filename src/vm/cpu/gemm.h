@@ -57,8 +57,15 @@ class OneThreadBlas {
   int saved_ = 0;
 };
 
-// The library that runs the blocks of an M x N x K GEMM under the policy.
-GemmLib GemmLibFor(int64_t M, int64_t N, int64_t K);
+// The library that runs the blocks of an M x N x K GEMM whose A and B rows
+// are lda and ldb elements apart, under the policy. OpenBLAS takes its dims
+// and strides as 32-bit int: a GEMM with any of them above 2^31 - 1 goes to
+// oneDNN (64-bit dims) whatever the policy or DVM_GEMM say, and where DVM
+// was built without oneDNN it is a dvm::Error naming the value (OpenBLAS
+// would report an illegal parameter on stderr and leave C as it was).
+GemmLib GemmLibFor(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb);
+// Whether this build has oneDNN.
+bool HaveOneDnn();
 // One line for reports: the libraries and the policy in force.
 std::string GemmPolicy();
 

@@ -729,7 +729,7 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
         int64_t batch = 1;
         for (int i = 0; i < g.batch_rank; ++i) batch *= g.bdims[i];
         rt.gemm = &g;
-        rt.gemm_lib = GemmLibFor(s.p[0], s.p[1], s.p[2]);
+        rt.gemm_lib = GemmLibFor(s.p[0], s.p[1], s.p[2], g.lda, g.ldb);
         rt.ntiles = s.p[0] == 0 || s.p[1] == 0 ? 0
                                                : batch * ((s.p[0] + g.tile_rows - 1) / g.tile_rows) *
                                                      ((s.p[1] + g.tile_cols - 1) / g.tile_cols);

@@ -123,7 +123,7 @@ struct StageRt {
   int sec[bc::kNumSections + 1] = {};  // section begin offsets into code
   std::vector<ViewRt> views;
   const bc::Gemm* gemm = nullptr;  // kGemm: the product (in the Program)
-  GemmLib gemm_lib = GemmLib::kOpenBlas;  // kGemm: GemmLibFor(M, N, K), once
+  GemmLib gemm_lib = GemmLib::kOpenBlas;  // kGemm: GemmLibFor(M, N, K, lda, ldb), once
   std::vector<ColPair> col_fast;   // kCol: the body as strip-mined pairs (empty: generic)
   // ELEM: (workspace, output) pairs this stage reads and stores element for
   // element (Executable::FindInPlaceStores; candidates for an alias).
