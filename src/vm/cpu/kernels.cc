@@ -556,34 +556,38 @@ void DivF(const VInst& vi, TileCtx& c) {
   }
 }
 
+// Masked loads and stores that touch no lane outside the mask: AVX2's
+// maskload/maskstore, AVX-512's masked moves (older targets' masked loads
+// may read the whole vector).
+constexpr bool kMaskedMoves = HWY_TARGET <= HWY_AVX2;
+
 // The first n lanes at p (0 < n < Lanes(d)), the others `fill`, reading
 // nothing past p + n; and v's first n lanes stored to p, writing nothing
 // past p + n (a row's tail: the next row may belong to another thread).
-// Masked loads and stores on AVX2 and AVX-512 (they touch no lane outside
-// the mask), a copy through a buffer on older targets (whose masked loads
-// may read the whole vector). The copies called memmove for every row's
-// tail: softmax over rows of 8 spent ~10% of its time there.
+// Masked moves where kMaskedMoves, else a copy through a buffer. The copies
+// called memmove for every row's tail: softmax over rows of 8 spent ~10% of
+// its time there.
 template <class D>
 HWY_INLINE hn::Vec<D> LoadPart(D d, const hn::TFromD<D>* p, size_t n, hn::Vec<D> fill) {
-#if HWY_TARGET <= HWY_AVX2
-  const auto m = hn::FirstN(d, n);
-  return hn::IfThenElse(m, hn::MaskedLoad(m, d, p), fill);
-#else
-  HWY_ALIGN hn::TFromD<D> buf[hn::MaxLanes(d)];
-  hn::Store(fill, d, buf);
-  std::memcpy(buf, p, n * sizeof(*p));
-  return hn::Load(d, buf);
-#endif
+  if constexpr (kMaskedMoves) {
+    const auto m = hn::FirstN(d, n);
+    return hn::IfThenElse(m, hn::MaskedLoad(m, d, p), fill);
+  } else {
+    HWY_ALIGN hn::TFromD<D> buf[hn::MaxLanes(d)];
+    hn::Store(fill, d, buf);
+    std::memcpy(buf, p, n * sizeof(*p));
+    return hn::Load(d, buf);
+  }
 }
 template <class D>
 HWY_INLINE void StorePart(D d, hn::Vec<D> v, hn::TFromD<D>* p, size_t n) {
-#if HWY_TARGET <= HWY_AVX2
-  hn::BlendedStore(v, hn::FirstN(d, n), d, p);
-#else
-  HWY_ALIGN hn::TFromD<D> buf[hn::MaxLanes(d)];
-  hn::Store(v, d, buf);
-  std::memcpy(p, buf, n * sizeof(*p));
-#endif
+  if constexpr (kMaskedMoves) {
+    hn::BlendedStore(v, hn::FirstN(d, n), d, p);
+  } else {
+    HWY_ALIGN hn::TFromD<D> buf[hn::MaxLanes(d)];
+    hn::Store(v, d, buf);
+    std::memcpy(p, buf, n * sizeof(*p));
+  }
 }
 
 // A float binary op whose second operand is a reduced register broadcast
@@ -774,14 +778,9 @@ HWY_INLINE VF ChainBinary(DF d, VF a, VF b) {
 
 void EndStep(const ChainStep*, const float* const*, int64_t, VF, VF, VF, VF, VF, VF, VF, VF) {}
 
-// Masked loads and stores that touch no lane outside the mask (AVX2's
-// maskload/maskstore, AVX-512's masked moves): a program's last partial
-// vector runs in place (kPartial steps).
-#if HWY_TARGET <= HWY_AVX2
-constexpr bool kPartialSteps = true;
-#else
-constexpr bool kPartialSteps = false;
-#endif
+// A program's last partial vector runs in place (kPartial steps) where
+// masked loads and stores touch no lane outside the mask (kMaskedMoves).
+constexpr bool kPartialSteps = kMaskedMoves;
 
 // S = 8 (full strips), 1 (the strip's last vectors: a1..a7 unused) or 0
 // (the last partial vector: the lanes of mask a1, a2..a7 unused).
@@ -1331,7 +1330,6 @@ HWY_INLINE float RowF(const float* x, int64_t K, float m = 0.0f, Gen&& gen = {})
     if (kDev) v = hn::Sub(v, mv);
     if (kSq) v = hn::Mul(v, v);
     a3 = AccD<kOp>(dd, a3, hn::IfThenElse(hn::FirstN(dd, n), hn::PromoteTo(dd, v), hn::Set(dd, init)));
-    i = K;
   }
   a0 = AccD<kOp>(dd, AccD<kOp>(dd, a0, a1), AccD<kOp>(dd, a2, a3));
   double r;
