@@ -180,9 +180,10 @@ struct ChainStep {
   }
 };
 // The threaded-code function of a step (op, operand kind and flags set),
-// for strips of eight vectors, of one, of the lanes of one vector that a
-// mask (passed in the second vector argument) selects (null where masked
-// loads could read past them: before AVX2), or of four vectors; for op
+// for strips of eight vectors, of one, of the lanes of four vectors that
+// masks (passed in the last four vector arguments) select (a program's last
+// lanes; null where masked loads could read past them: before AVX2), or of
+// four vectors; for op
 // kChainEnd, the function that ends a program. SetStepFns sets the first
 // three (UseHalfStrips then replaces the strip function).
 enum class StepWidth : uint8_t { kStrip, kOne, kPartial, kHalfStrip };
@@ -199,7 +200,8 @@ constexpr int kMaxChainSlots = 8;
 // kChainEnd step. P[3k], P[3k + 1], P[3k + 2] are step k's source, operand
 // and result pointers in tile memory (set where the step's mask is not
 // zero; RunChainF sets its slots' pointers). Lanes past n are neither read
-// nor written: a last partial vector goes through copies. With nseg > 1,
+// nor written: the lanes after the last strip go by masked moves (AVX2 and
+// later) or through copies. With nseg > 1,
 // the program runs over nseg segments in turn, segment j with the pointers
 // P[3 * nsteps * j ...] and n[j] lanes (a stacked launch's tiles of one
 // program, run without returning to the VM between them).

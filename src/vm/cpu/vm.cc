@@ -1174,7 +1174,7 @@ void Executable::ShareChainPrograms() {
 // runs a tile whose length is not a multiple of 16 (a tensor's last) as one,
 // in place, instead of its whole vectors and then the rest through copies
 // (RunElem): a LOAD then points into the tensor with only n lanes valid, a
-// STORE copies n lanes, and a program runs its last partial vector through
+// STORE copies n lanes, and a program runs its last lanes masked or through
 // copies (RunChainF), so nothing reads or writes past the tile. 300 stacked
 // Adam tensors of 64..16384 elements: 5-10% faster (all lengths rounded to
 // 16 measured as much faster as this).
