@@ -1,4 +1,4 @@
-// Micro-kernel tests: every handler family of src/vm/cpu/kernels.cc through
+// Micro-kernel tests: every handler family of src/vm/cpu/kernels*.cc through
 // single-op kernels, against a scalar oracle written here, at lengths below,
 // equal to, above and a multiple of the vector length (up to 16 f32 lanes)
 // and of the VM tiles (ELEM 1024, ROW 2048, full-reduction chunks 4096).

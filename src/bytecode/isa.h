@@ -139,7 +139,7 @@ struct Inst {
 static_assert(sizeof(Inst) == 8);
 
 // The f32 elementwise ops a CPU VM fused program runs (vm.cc
-// FuseChainPrograms; kernels.cc has a step function for each: the short
+// FuseChainPrograms; kernels_steps.cc has a step function for each: the short
 // ones; EXP, TANH and the like stay single passes). Codegen sizes tiles by
 // it (a body of only these keeps just its stored values in tile scratch).
 constexpr bool ProgramOp(Opcode op) {

@@ -1,5 +1,7 @@
 // SIMD micro-kernels of the VM, compiled for several ISAs with Highway and
-// chosen at run time (HWY_DYNAMIC_DISPATCH). Transcendentals come from
+// chosen at run time (HWY_DYNAMIC_DISPATCH). Fused pairs of ops are in
+// kernels_chain.cc, fused programs' steps in kernels_steps.cc, what they
+// share in kernels-inl.h. Transcendentals come from
 // Highway's vector math; erf, which it lacks, is a rational approximation
 // (tests/kernels_test.cc bounds its error against std::erf). pow and integer
 // division have no vector instruction and run as scalar loops.
@@ -40,222 +42,12 @@ int64_t StoreBF16Native(uint16_t* o, const float* s, int64_t n);
 #include <hwy/cache_control.h>
 #include <hwy/highway.h>
 #include <hwy/contrib/math/math-inl.h>
+#include "vm/cpu/kernels-inl.h"
 // clang-format on
 
 HWY_BEFORE_NAMESPACE();
 namespace dvm::vm::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-using DF = hn::ScalableTag<float>;
-using DI = hn::ScalableTag<int32_t>;
-using VF = hn::Vec<DF>;
-using VI = hn::Vec<DI>;
-
-// ---- element functions -----------------------------------------------------
-
-// Makes a product opaque to the compiler, so that it cannot contract it with
-// a following addition into an FMA (GCC does under -ffp-contract=fast).
-HWY_INLINE VF Opaque(DF d, VF v) {
-#if HWY_ARCH_X86 && HWY_TARGET != HWY_SCALAR && HWY_TARGET != HWY_EMU128
-  asm("" : "+v"(v.raw));
-  return v;
-#else
-  HWY_ALIGN float buf[hn::MaxLanes(d)];
-  hn::Store(v, d, buf);
-  asm volatile("" : : "r"(buf) : "memory");
-  return hn::Load(d, buf);
-#endif
-}
-
-// Highway's vector math is specified on finite inputs in its documented
-// ranges; these wrappers give IEEE results outside them (inf, NaN, 0).
-// exp. Highway's Exp (range reduction in two multiplies by 2^(q/2), which
-// its documented range needs) with IEEE results outside it, for the rare
-// vectors with a lane outside [-87, 88] (and NaN).
-HWY_NOINLINE VF ExpWide(DF d, VF x) {
-  VF r = hn::Exp(d, x);
-  r = hn::IfThenElse(hn::Gt(x, hn::Set(d, 88.72283935546875f)), hn::Set(d, HUGE_VALF), r);
-  r = hn::IfThenElseZero(hn::Ge(x, hn::Set(d, -103.97208f)), r);
-  return hn::IfThenElse(hn::IsNaN(x), x, r);
-}
-// Written here rather than taken from Highway: softmax and sigmoid are
-// bound by it, and on [-87, 88] the result is a normal float, so 2^k can go
-// straight into the exponent bits (Cephes' expf polynomial, FMA reduction):
-// 0.62 vs 0.99 ns per element for Highway's Exp with the IEEE fixes, measured
-// here (AVX2, one thread); max error 1.23 ulp on a grid over [-87.3, 88.7]
-// (KernelsAccuracy pins <= 2). A causal-masked softmax [12, 128, 128]:
-// 1.52 -> 0.93 ns per element (one thread) with lanes below -103.97 kept
-// on this path.
-// ExpInRange is the kernel, for x known to lie in [-87, 88] (TanhV's
-// argument); ExpV checks the range and handles the rest.
-inline VF ExpInRange(DF d, VF x) {
-  // k = x / ln 2 rounded to nearest even by adding 1.5 * 2^23 (exact for
-  // |x / ln 2| < 2^22, the same k as Round): its low bits are then k as an
-  // integer, without a conversion and its out-of-range fix-ups.
-  const VF magic = hn::Set(d, 12582912.0f);
-  const VF kb = hn::Add(Opaque(d, hn::Mul(x, hn::Set(d, 1.44269504088896341f))), magic);
-  const VF k = hn::Sub(kb, magic);
-  VF r = hn::NegMulAdd(k, hn::Set(d, 0.693359375f), x);
-  r = hn::NegMulAdd(k, hn::Set(d, -2.12194440e-4f), r);
-  VF p = hn::Set(d, 1.9875691500e-4f);
-  p = hn::MulAdd(p, r, hn::Set(d, 1.3981999507e-3f));
-  p = hn::MulAdd(p, r, hn::Set(d, 8.3334519073e-3f));
-  p = hn::MulAdd(p, r, hn::Set(d, 4.1665795894e-2f));
-  p = hn::MulAdd(p, r, hn::Set(d, 1.6666665459e-1f));
-  p = hn::MulAdd(p, r, hn::Set(d, 5.0000001201e-1f));
-  p = hn::MulAdd(hn::Mul(p, r), r, hn::Add(r, hn::Set(d, 1.0f)));
-  const DI di;
-  const VI ki = hn::Sub(hn::BitCast(di, kb), hn::BitCast(di, magic));
-  return hn::BitCast(d, hn::Add(hn::BitCast(di, p), hn::ShiftLeft<23>(ki)));
-}
-inline VF ExpV(DF d, VF x) {
-  const auto ok = hn::And(hn::Ge(x, hn::Set(d, -87.0f)), hn::Le(x, hn::Set(d, 88.0f)));
-  const VF y = ExpInRange(d, x);
-  if (HWY_LIKELY(hn::AllTrue(d, ok))) return y;
-  // Lanes below -103.97208 are 0 in ExpWide too: a masked softmax (causal
-  // attention adds -1e9 or -inf) stays off the slow path.
-  const auto zero = hn::Lt(x, hn::Set(d, -103.97208f));
-  if (hn::AllTrue(d, hn::Or(ok, zero))) return hn::IfThenZeroElse(zero, y);
-  return hn::IfThenElse(ok, y, ExpWide(d, x));
-}
-inline VF LogV(DF d, VF x) {
-  VF r = hn::Log(d, x);
-  r = hn::IfThenElse(hn::Eq(x, hn::Zero(d)), hn::Set(d, -HUGE_VALF), r);
-  r = hn::IfThenElse(hn::Eq(x, hn::Set(d, HUGE_VALF)), x, r);
-  const VF nan = hn::Set(d, std::numeric_limits<float>::quiet_NaN());
-  r = hn::IfThenElse(hn::Lt(x, hn::Zero(d)), nan, r);
-  return hn::IfThenElse(hn::IsNaN(x), x, r);
-}
-// tanh as a 13/6-degree rational function of x on [-9, 9] (the
-// coefficients of Eigen's generic_fast_tanh_float), the result clamped to
-// [-1, 1] (it reaches 1 + 2 ulp near 9) and x itself below |x| = 4e-4
-// (where the quotient loses digits as x^2 underflows); tanh is 1 in f32 from
-// 9.02 on. One division and ten FMAs, against Cephes' form on an exp
-// (1 - 2 / (exp(2|x|) + 1), an odd polynomial below 0.625: about twice the
-// instructions), which bound GELU. Measured against tanh in double on every
-// third float in [2^-126, 12]: 92% exact, max 5 ulp (15 inputs, near 3.7),
-// 2.7% at 2-5 ulp; Cephes' form was within 4. KernelsAccuracy pins <= 5.
-inline VF TanhV(DF d, VF x) {
-  const VF one = hn::Set(d, 1.0f);
-  const VF xc = hn::Min(hn::Max(x, hn::Set(d, -9.0f)), hn::Set(d, 9.0f));
-  const VF x2 = hn::Mul(xc, xc);
-  VF p = hn::MulAdd(x2, hn::Set(d, -2.76076847742355e-16f), hn::Set(d, 2.00018790482477e-13f));
-  p = hn::MulAdd(x2, p, hn::Set(d, -8.60467152213735e-11f));
-  p = hn::MulAdd(x2, p, hn::Set(d, 5.12229709037114e-08f));
-  p = hn::MulAdd(x2, p, hn::Set(d, 1.48572235717979e-05f));
-  p = hn::MulAdd(x2, p, hn::Set(d, 6.37261928875436e-04f));
-  p = hn::MulAdd(x2, p, hn::Set(d, 4.89352455891786e-03f));
-  p = hn::Mul(xc, p);
-  VF q = hn::MulAdd(x2, hn::Set(d, 1.19825839466702e-06f), hn::Set(d, 1.18534705686654e-04f));
-  q = hn::MulAdd(x2, q, hn::Set(d, 2.26843463243900e-03f));
-  q = hn::MulAdd(x2, q, hn::Set(d, 4.89352518554385e-03f));
-  VF r = hn::Min(hn::Max(hn::Div(p, q), hn::Neg(one)), one);
-  r = hn::IfThenElse(hn::Lt(hn::Abs(x), hn::Set(d, 4e-4f)), x, r);
-  return hn::IfThenElse(hn::IsNaN(x), x, r);
-}
-// sin/cos: Highway's range reduction holds for |x| <= 39000; other lanes
-// (rare) take the scalar library path.
-template <bool kSin>
-inline VF SinCosV(DF d, VF x) {
-  VF r = kSin ? hn::Sin(d, x) : hn::Cos(d, x);
-  const auto bad = hn::Not(hn::Le(hn::Abs(x), hn::Set(d, 39000.0f)));
-  if (HWY_UNLIKELY(!hn::AllFalse(d, bad))) {
-    HWY_ALIGN float in[hn::MaxLanes(d)], out[hn::MaxLanes(d)];
-    hn::Store(x, d, in);
-    hn::Store(r, d, out);
-    for (size_t i = 0; i < hn::Lanes(d); ++i)
-      if (!(std::fabs(in[i]) <= 39000.0f)) out[i] = kSin ? std::sin(in[i]) : std::cos(in[i]);
-    r = hn::Load(d, out);
-  }
-  return r;
-}
-
-inline VF ErfV(DF d, VF x) {
-  // Rational approximation on [-4, 4] (as in Eigen / XLA); |error| < 5e-7
-  // (tests/kernels_test.cc measures it against std::erf).
-  const VF x_in = x;
-  x = hn::Min(hn::Max(x, hn::Set(d, -4.0f)), hn::Set(d, 4.0f));
-  const VF x2 = hn::Mul(x, x);
-  VF p = hn::Set(d, -2.72614225801306e-10f);
-  p = hn::MulAdd(x2, p, hn::Set(d, 2.77068142495902e-08f));
-  p = hn::MulAdd(x2, p, hn::Set(d, -2.10102402082508e-06f));
-  p = hn::MulAdd(x2, p, hn::Set(d, -5.69250639462346e-05f));
-  p = hn::MulAdd(x2, p, hn::Set(d, -7.34990630326855e-04f));
-  p = hn::MulAdd(x2, p, hn::Set(d, -2.95459980854025e-03f));
-  p = hn::MulAdd(x2, p, hn::Set(d, -1.60960333262415e-02f));
-  p = hn::Mul(x, p);
-  VF q = hn::Set(d, -1.45660718464996e-05f);
-  q = hn::MulAdd(x2, q, hn::Set(d, -2.13374055278905e-04f));
-  q = hn::MulAdd(x2, q, hn::Set(d, -1.68282697438203e-03f));
-  q = hn::MulAdd(x2, q, hn::Set(d, -7.37332916720468e-03f));
-  q = hn::MulAdd(x2, q, hn::Set(d, -1.42647390514189e-02f));
-  const VF one = hn::Set(d, 1.0f);
-  const VF r = hn::Min(hn::Max(hn::Div(p, q), hn::Neg(one)), one);  // |erf| <= 1
-  return hn::IfThenElse(hn::IsNaN(x_in), x_in, r);
-}
-
-// GELU, tanh form: the MUL/ADD/TANH sequence codegen fuses into one GELU,
-// with the same roundings in the same order (no contraction into FMA: each
-// step is rounded, as the separate instructions round it).
-inline VF GeluTanhV(DF d, VF x) {
-  const VF x3 = hn::Mul(hn::Mul(x, x), x);
-  const VF u = hn::Add(x, Opaque(d, hn::Mul(x3, hn::Set(d, bc::kGeluA))));
-  const VF th = TanhV(d, hn::Mul(u, hn::Set(d, bc::kGeluC)));
-  return hn::Mul(hn::Mul(x, hn::Set(d, 0.5f)), hn::Add(th, hn::Set(d, 1.0f)));
-}
-
-// NaN-propagating max/min, as torch.maximum.
-inline VF MaxP(DF d, VF a, VF b) {
-  VF m = hn::Max(a, b);
-  m = hn::IfThenElse(hn::IsNaN(b), b, m);
-  return hn::IfThenElse(hn::IsNaN(a), a, m);
-}
-inline VF MinP(DF d, VF a, VF b) {
-  VF m = hn::Min(a, b);
-  m = hn::IfThenElse(hn::IsNaN(b), b, m);
-  return hn::IfThenElse(hn::IsNaN(a), a, m);
-}
-
-inline VI Bool(DI di, hn::Mask<DI> m) { return hn::IfThenElseZero(m, hn::Set(di, 1)); }
-inline VI BoolF(DF df, hn::Mask<DF> m) {
-  const DI di;
-  return Bool(di, hn::RebindMask(di, m));
-}
-inline VI Wrap8(VI v) { return hn::ShiftRight<24>(hn::ShiftLeft<24>(v)); }
-
-// Rounds f32 lanes to bf16 precision (nearest even), keeping them in f32.
-inline VF RoundBF16(DF df, VF v) {
-  const DI di;
-  VI u = hn::BitCast(di, v);
-  VI lsb = hn::And(hn::ShiftRight<16>(u), hn::Set(di, 1));
-  VI r = hn::Add(u, hn::Add(hn::Set(di, 0x7fff), lsb));
-  r = hn::And(r, hn::Set(di, static_cast<int32_t>(0xffff0000u)));
-  VI nan = hn::Or(hn::And(u, hn::Set(di, static_cast<int32_t>(0xffff0000u))), hn::Set(di, 0x400000));
-  return hn::BitCast(df, hn::IfThenElse(hn::RebindMask(di, hn::IsNaN(v)), nan, r));
-}
-
-// f16 conversions in hardware (F16C, AVX2 and up). Highway 1.0's
-// emulation for older targets truncates the mantissa instead of rounding to
-// nearest even (RandomKernels.MatchReferenceOnEveryTarget: f16 results one
-// ulp low on SSE4, SSSE3 and scalar), so those convert lane by lane with
-// ir/dtype.h's F32ToF16 / F16ToF32.
-#if HWY_TARGET <= HWY_AVX2 && !defined(HWY_DISABLE_F16C)
-constexpr bool kNativeF16 = true;
-#else
-constexpr bool kNativeF16 = false;
-#endif
-
-inline VF RoundF16(DF df, VF v) {
-  if constexpr (kNativeF16) {
-    const hn::Rebind<hwy::float16_t, DF> dh;
-    return hn::PromoteTo(df, hn::DemoteTo(dh, v));
-  } else {
-    HWY_ALIGN float lanes[hn::MaxLanes(df)];
-    hn::Store(v, df, lanes);
-    for (size_t i = 0; i < hn::Lanes(df); ++i) lanes[i] = F16ToF32(F32ToF16(lanes[i]));
-    return hn::Load(df, lanes);
-  }
-}
 
 // ---- handler templates ----------------------------------------------------
 
@@ -286,21 +78,6 @@ HWY_INLINE void MapI(const VInst& vi, TileCtx& c, F f) {
 }
 
 // Float unary -> float: the opcodes, their handlers and values of x.
-// DVM_LIGHT_UNARY: the ones a few instructions long, which fused programs
-// also run (bc::ProgramOp). The others stay single passes or pairs: in the
-// first, switch-dispatched version of programs, exp or tanh among the
-// cases spilled the whole strip to the stack; the threaded steps were not
-// measured with them.
-#define DVM_LIGHT_UNARY(X)                                               \
-  X(SQRT, SqrtF, hn::Sqrt(x))                                            \
-  X(RSQRT, RsqrtF, hn::Div(hn::Set(d, 1.0f), hn::Sqrt(x)))               \
-  X(ABS, AbsF, hn::Abs(x))                                               \
-  X(NEG, NegF, hn::Neg(x))                                               \
-  X(RECIP, RecipF, hn::Div(hn::Set(d, 1.0f), x))                         \
-  X(RELU, ReluF, hn::IfThenElse(hn::Lt(x, hn::Zero(d)), hn::Zero(d), x)) \
-  X(FLOOR, FloorF, hn::Floor(x))                                         \
-  X(CEIL, CeilF, hn::Ceil(x))                                            \
-  X(ROUND, RoundF, hn::Round(x))
 #define DVM_UNF(OP, NAME, EXPR)                            \
   void NAME(const VInst& vi, TileCtx& c) {                 \
     MapF(vi, c, [](DF d, VF x) HWY_ATTR { return EXPR; }); \
@@ -479,66 +256,6 @@ DVM_BIN(OrI, BinIB, hn::Or(hn::Ne(x, hn::Zero(d)), hn::Ne(y, hn::Zero(d))))
 #undef DVM_BIN
 #undef DVM_BINI
 
-// Division by one value y for many x (a row value, a constant). A divide is
-// one instruction, but on Zen 4 it holds the divider for ~6 cycles per
-// vector (a [64, 32768] softmax's last pass: 220 of ~1000 us at one thread,
-// where hand-fused code multiplies by the reciprocal). Where the operands
-// are in range, the quotient comes from the reciprocal r = RN(1 / y) and one
-// correction (Markstein): q0 = RN(x r), e = x - q0 y (exact, by FMA),
-// q = RN(q0 + e r) is the correctly rounded x / y, the bits of the divide
-// (KernelsFused.RowDivisionEqualsDivide and ConstantDivisionEqualsDivide
-// check every f32 significand of x against a set of divisors). It holds
-// when nothing underflows or overflows: |y| in [2^-20, 2^20] (`ok`, checked
-// once per divisor) and |x| in [2^-100, 2^100) (InRange: checked per four
-// vectors, one unsigned compare of the largest biased magnitude); zeros,
-// NaN, infinities and other magnitudes take the divide. The correction
-// needs fused multiply-adds: targets without them (SSE4 and older, where
-// MulAdd rounds twice) always divide.
-struct UniformDivisor {
-  VF y, rv, ny;
-  bool ok;
-  HWY_INLINE explicit UniformDivisor(float yr) : UniformDivisor(yr, 1.0f / yr, ReciprocalDivisionExact(yr)) {}
-  HWY_INLINE UniformDivisor(float yr, float recip, bool in_range) {
-    const DF d;
-    ok = in_range && HWY_NATIVE_FMA;
-    y = hn::Set(d, yr), rv = hn::Set(d, recip), ny = hn::Set(d, -yr);
-  }
-  HWY_INLINE VF Quotient(VF x) const {
-    const VF q0 = hn::Mul(x, rv);
-    return hn::MulAdd(hn::MulAdd(ny, q0, x), rv, q0);
-  }
-  // Whether Quotient is exact for every lane of x0..x3.
-  static HWY_INLINE bool InRange(VF x0, VF x1, VF x2, VF x3) {
-    const hn::RebindToUnsigned<DF> du;
-    const auto abs_mask = hn::Set(du, 0x7fffffffu), lo = hn::Set(du, 0x0d800000u), span = hn::Set(du, 0x64000000u);
-    auto biased = [&](VF x) HWY_ATTR { return hn::Sub(hn::And(hn::BitCast(du, x), abs_mask), lo); };
-    const auto t = hn::Max(hn::Max(biased(x0), biased(x1)), hn::Max(biased(x2), biased(x3)));
-    return hn::AllTrue(du, hn::Lt(t, span));
-  }
-  // The quotients of x0..x3 into xj: by reciprocal where in range.
-  HWY_INLINE void Divide4(VF& x0, VF& x1, VF& x2, VF& x3) const {
-    if (HWY_LIKELY(ok && InRange(x0, x1, x2, x3))) {
-      x0 = Quotient(x0), x1 = Quotient(x1), x2 = Quotient(x2), x3 = Quotient(x3);
-    } else {
-      x0 = hn::Div(x0, y), x1 = hn::Div(x1, y), x2 = hn::Div(x2, y), x3 = hn::Div(x3, y);
-    }
-  }
-  // o[j] = a[j] / y for j in [i, e), four vectors at a time; returns where
-  // it stopped (fewer than four vectors left).
-  HWY_INLINE int64_t DivideRun(const float* a, float* o, int64_t i, int64_t e) const {
-    const DF d;
-    const int64_t L = hn::Lanes(d);
-    for (; i + 4 * L <= e; i += 4 * L) {
-      VF x0 = hn::LoadU(d, a + i), x1 = hn::LoadU(d, a + i + L);
-      VF x2 = hn::LoadU(d, a + i + 2 * L), x3 = hn::LoadU(d, a + i + 3 * L);
-      Divide4(x0, x1, x2, x3);
-      hn::StoreU(x0, d, o + i), hn::StoreU(x1, d, o + i + L);
-      hn::StoreU(x2, d, o + i + 2 * L), hn::StoreU(x3, d, o + i + 3 * L);
-    }
-    return i;
-  }
-};
-
 // x / k for a constant k: by reciprocal (UniformDivisor), the bits of the
 // divide. x / y and k / y take the divide.
 template <int kForm>
@@ -553,40 +270,6 @@ void DivF(const VInst& vi, TileCtx& c) {
       hn::StoreU(hn::Div(hn::LoadU(d, a + i), u.y), d, o + i);
   } else {
     DivPlainF<kForm>(vi, c);
-  }
-}
-
-// Masked loads and stores that touch no lane outside the mask: AVX2's
-// maskload/maskstore, AVX-512's masked moves (older targets' masked loads
-// may read the whole vector).
-constexpr bool kMaskedMoves = HWY_TARGET <= HWY_AVX2;
-
-// The first n lanes at p (0 < n < Lanes(d)), the others `fill`, reading
-// nothing past p + n; and v's first n lanes stored to p, writing nothing
-// past p + n (a row's tail: the next row may belong to another thread).
-// Masked moves where kMaskedMoves, else a copy through a buffer. The copies
-// called memmove for every row's tail: softmax over rows of 8 spent ~10% of
-// its time there.
-template <class D>
-HWY_INLINE hn::Vec<D> LoadPart(D d, const hn::TFromD<D>* p, size_t n, hn::Vec<D> fill) {
-  if constexpr (kMaskedMoves) {
-    const auto m = hn::FirstN(d, n);
-    return hn::IfThenElse(m, hn::MaskedLoad(m, d, p), fill);
-  } else {
-    HWY_ALIGN hn::TFromD<D> buf[hn::MaxLanes(d)];
-    hn::Store(fill, d, buf);
-    std::memcpy(buf, p, n * sizeof(*p));
-    return hn::Load(d, buf);
-  }
-}
-template <class D>
-HWY_INLINE void StorePart(D d, hn::Vec<D> v, hn::TFromD<D>* p, size_t n) {
-  if constexpr (kMaskedMoves) {
-    hn::BlendedStore(v, hn::FirstN(d, n), d, p);
-  } else {
-    HWY_ALIGN hn::TFromD<D> buf[hn::MaxLanes(d)];
-    hn::Store(v, d, buf);
-    std::memcpy(p, buf, n * sizeof(*p));
   }
 }
 
@@ -623,356 +306,6 @@ HWY_INLINE void BinRowFF(const VInst& vi, TileCtx& c, F f, Head head = {}) {
   void NAME(const VInst& vi, TileCtx& c) {                           \
     BinRowFF(vi, c, [](DF d, VF x, VF y) HWY_ATTR { return EXPR; }); \
   }
-// ---- fused chains of two binary ops (vm.cc FuseBinaryChains) ------------------
-
-template <int kOp>
-HWY_INLINE VF ChainOp(VF x, VF y) {
-  if constexpr (kOp == 0)
-    return hn::Add(x, y);
-  else if constexpr (kOp == 1)
-    return hn::Sub(x, y);
-  else if constexpr (kOp == 2)
-    return hn::Mul(x, y);
-  else
-    return hn::Div(x, y);
-}
-
-// See ChainHandler (kernels.h). Rows (a row-broadcast operand, kind 2, or a
-// row-periodic one, kind 3) are walked like BinRowFF, their tails through
-// buffers so that no lane of the next row is touched (dst may be a, b or c)
-// and no lane past a periodic operand's row is read (it may be the
-// tensor's own row).
-template <int kOp1, int kOp2, int kY, int kZ, bool kZFirst>
-void ChainF(const VInst& vi, TileCtx& c) {
-  const DF d;
-  const int64_t L = hn::Lanes(d);
-  const float* a = c.R<float>(vi.a);
-  const float* b = kY != 1 ? c.R<float>(vi.b) : nullptr;
-  const float* z = kZ != 1 ? c.R<float>(vi.c) : nullptr;
-  float* o = c.W<float>(vi.dst);
-  const VF k1 = hn::Set(d, BitsF32(vi.kbits)), k2 = hn::Set(d, BitsF32(vi.kbits2));
-  auto second = [&](VF t, VF w) HWY_ATTR {
-    if constexpr (kOp2 == 4)
-      return ExpV(d, t);  // a unary second op: z unused
-    else if constexpr (kOp2 == 5)
-      return GeluTanhV(d, t);  // GEMM epilogues: GELU(C + bias)
-    else if constexpr (kOp2 == 6)
-      return hn::Sqrt(t);
-    else
-      return kZFirst ? ChainOp<kOp2>(w, t) : ChainOp<kOp2>(t, w);
-  };
-  auto f = [&](VF x, VF y, VF w) HWY_ATTR {
-    return second(Opaque(d, ChainOp<kOp1>(x, y)), w);  // t rounded, never contracted into an FMA
-  };
-  // A run of `len` lanes: y and z lanes from yb / zb (kinds 0 and 3) or
-  // the vectors yr / zr; the tail through buffers.
-  constexpr bool kLoadY = kY == 0 || kY == 3, kLoadZ = kZ == 0 || kZ == 3;
-  auto run = [&](const float* ar, const float* yb, const float* zb, float* orow, int64_t len, VF yr, VF zr) HWY_ATTR {
-    int64_t j = 0;
-    for (; j + L <= len; j += L) {
-      const VF y = kLoadY ? hn::LoadU(d, yb + j) : yr, w = kLoadZ ? hn::LoadU(d, zb + j) : zr;
-      hn::StoreU(f(hn::LoadU(d, ar + j), y, w), d, orow + j);
-    }
-    if (j < len) {
-      const size_t n = static_cast<size_t>(len - j);
-      const VF y = kLoadY ? LoadPart(d, yb + j, n, hn::Zero(d)) : yr;
-      const VF w = kLoadZ ? LoadPart(d, zb + j, n, hn::Zero(d)) : zr;
-      StorePart(d, f(LoadPart(d, ar + j, n, hn::Zero(d)), y, w), orow + j, n);
-    }
-  };
-  if constexpr (kY == 2 || kZ == 2) {
-    // The tile's n[1] rows of n[0] / n[1] lanes, each with its row value.
-    const int64_t rows = c.n[1];
-    const int64_t K = rows ? c.n[0] / rows : 0;
-    for (int64_t r = 0; r < rows; ++r)
-      run(a + r * K, kY == 0 ? b + r * K : b, kZ == 0 ? z + r * K : z, o + r * K, K, kY == 2 ? hn::Set(d, b[r]) : k1,
-          kZ == 2 ? hn::Set(d, z[r]) : k2);
-  } else if constexpr (kY == 3 || kZ == 3) {
-    // A row of K lanes (kbits / kbits2) repeated: lane i of the tile is
-    // column (start + i) % K. Runs end at row ends, so a kind-3 operand
-    // reads only its K lanes.
-    const int64_t K = kY == 3 ? vi.kbits : vi.kbits2, n = c.n[vi.level];
-    int64_t col = K > 0 ? c.start[vi.level] % K : 0;
-    for (int64_t i = 0; i < n;) {
-      const int64_t len = std::min(K - col, n - i);
-      run(a + i, kY == 3 ? b + col : kY == 0 ? b + i : b, kZ == 3 ? z + col : kZ == 0 ? z + i : z, o + i, len, k1, k2);
-      i += len;
-      col = 0;
-    }
-  } else {
-    const int64_t n = c.n[vi.level];
-    int64_t i = 0;
-    // A division by a constant (x / k1 first, or t / k2 second) goes by
-    // reciprocal, four vectors at a time (UniformDivisor): the same bits.
-    constexpr bool kDiv1 = kOp1 == 3 && kY == 1, kDiv2 = kOp2 == 3 && kZ == 1 && !kZFirst;
-    if constexpr (kDiv1 || kDiv2) {
-      const UniformDivisor u1(BitsF32(vi.kbits)), u2(BitsF32(vi.kbits2));
-      for (; i + 4 * L <= n; i += 4 * L) {
-        VF t0 = hn::LoadU(d, a + i), t1 = hn::LoadU(d, a + i + L);
-        VF t2 = hn::LoadU(d, a + i + 2 * L), t3 = hn::LoadU(d, a + i + 3 * L);
-        auto y = [&](int64_t j) HWY_ATTR { return kY == 0 ? hn::LoadU(d, b + j) : k1; };
-        auto w = [&](int64_t j) HWY_ATTR { return kZ == 0 ? hn::LoadU(d, z + j) : k2; };
-        if constexpr (kDiv1) {
-          u1.Divide4(t0, t1, t2, t3);
-        } else {
-          t0 = ChainOp<kOp1>(t0, y(i)), t1 = ChainOp<kOp1>(t1, y(i + L));
-          t2 = ChainOp<kOp1>(t2, y(i + 2 * L)), t3 = ChainOp<kOp1>(t3, y(i + 3 * L));
-        }
-        t0 = Opaque(d, t0), t1 = Opaque(d, t1), t2 = Opaque(d, t2), t3 = Opaque(d, t3);
-        if constexpr (kDiv2) {
-          u2.Divide4(t0, t1, t2, t3);
-        } else {
-          t0 = second(t0, w(i)), t1 = second(t1, w(i + L));
-          t2 = second(t2, w(i + 2 * L)), t3 = second(t3, w(i + 3 * L));
-        }
-        hn::StoreU(t0, d, o + i), hn::StoreU(t1, d, o + i + L);
-        hn::StoreU(t2, d, o + i + 2 * L), hn::StoreU(t3, d, o + i + 3 * L);
-      }
-    }
-    for (; i < n; i += L) {
-      const VF y = kY == 0 ? hn::LoadU(d, b + i) : k1, w = kZ == 0 ? hn::LoadU(d, z + i) : k2;
-      hn::StoreU(f(hn::LoadU(d, a + i), y, w), d, o + i);
-    }
-  }
-}
-
-// ---- fused elementwise programs (vm.cc FuseChainPrograms) ---------------------
-
-// A fused program runs over the tile in strips of eight vectors, then one
-// vector at a time for the rest, as threaded code: each step is a function
-// specialised for its op, operand kind and flags (StepT) that takes the
-// value in eight vector registers (arguments) and ends in a tail call of
-// the next step, so every step has an indirect jump of its own that the
-// predictor learns. One loop dispatching steps through a switch
-// mispredicted about once per step and strip: a chain of six
-// multiply/adds over [65536] took 34 us against 11 for the three fused
-// pairs it replaced (9 us threaded).
-// A step reads its op, constant and masks from its ChainStep, its
-// pointers from P (three per step), and passes s + 1, P + 3 to the next: a
-// tile sets up only the pointers it changes (the per-tile table of whole
-// steps it built before cost more stores than the tile's own work for
-// short tensors).
-using StepFn = void (*)(const ChainStep* s, const float* const* P, int64_t i, VF a0, VF a1, VF a2, VF a3, VF a4, VF a5,
-                        VF a6, VF a7);
-HWY_INLINE StepFn Fn(const void* f) { return reinterpret_cast<StepFn>(const_cast<void*>(f)); }
-
-template <int kOpc>
-HWY_INLINE VF LightUnary(DF d, VF x) {
-#define DVM_LU(OP, NAME, EXPR) \
-  if constexpr (kOpc == static_cast<int>(bc::Opcode::OP)) return EXPR;
-  DVM_LIGHT_UNARY(DVM_LU)
-#undef DVM_LU
-  (void)d;
-  return x;
-}
-template <int kOpc>
-HWY_INLINE VF ChainBinary(DF d, VF a, VF b) {
-  using bc::Opcode;
-  if constexpr (kOpc == static_cast<int>(Opcode::ADD)) return hn::Add(a, b);
-  if constexpr (kOpc == static_cast<int>(Opcode::SUB)) return hn::Sub(a, b);
-  if constexpr (kOpc == static_cast<int>(Opcode::MUL)) return Opaque(d, hn::Mul(a, b));
-  if constexpr (kOpc == static_cast<int>(Opcode::DIV)) return hn::Div(a, b);
-  if constexpr (kOpc == static_cast<int>(Opcode::MAX)) return MaxP(d, a, b);
-  return MinP(d, a, b);
-}
-
-void EndStep(const ChainStep*, const float* const*, int64_t, VF, VF, VF, VF, VF, VF, VF, VF) {}
-
-// A program's last partial vector runs in place (kPartial steps) where
-// masked loads and stores touch no lane outside the mask (kMaskedMoves).
-constexpr bool kPartialSteps = kMaskedMoves;
-
-// S = 8 or 4 (full strips), 1 (the strip's last vectors: a1..a7 unused)
-// or 0 (a program's last lanes, fewer than a strip of four: four vectors
-// a0..a3 whose lanes the masks a4..a7 select).
-template <int S, int kOpc, int kOperand, bool kRev, bool kLoad, bool kStore>
-void StepT(const ChainStep* s, const float* const* P, int64_t i, VF a0, VF a1, VF a2, VF a3, VF a4, VF a5, VF a6,
-           VF a7) {
-  const DF d;
-  const int64_t L = hn::Lanes(d);
-  // Loads and stores of vector j of the step's lanes (S = 0: those of its
-  // mask).
-  auto mask = [&](int j) HWY_ATTR { return hn::MaskFromVec(j == 0 ? a4 : j == 1 ? a5 : j == 2 ? a6 : a7); };
-  auto load = [&](const float* p, int j) HWY_ATTR {
-    if constexpr (S == 0)
-      return hn::MaskedLoad(mask(j), d, p);
-    else
-      return hn::LoadU(d, p);
-  };
-  auto store = [&](VF x, float* p, int j) HWY_ATTR {
-    if constexpr (S == 0)
-      hn::BlendedStore(x, mask(j), d, p);
-    else
-      hn::StoreU(x, d, p);
-  };
-  const float* const src = P[0] + (i & s->msrc);  // locals: the stores below may alias *s and P
-  const float* const opnd = P[1] + (i & s->mopnd);
-  float* const out = const_cast<float*>(P[2]) + (i & s->mout);
-  // a_j = f(a_j, j) for the eight vectors (named, not an array: an array of
-  // vectors went through the stack).
-  auto each = [&](auto f) HWY_ATTR {
-    a0 = f(a0, 0);
-    if constexpr (S != 1) a1 = f(a1, 1), a2 = f(a2, 2), a3 = f(a3, 3);
-    if constexpr (S == 8) a4 = f(a4, 4), a5 = f(a5, 5), a6 = f(a6, 6), a7 = f(a7, 7);
-  };
-  if constexpr (kLoad) each([&](VF, int j) HWY_ATTR { return load(src + j * L, j); });
-  constexpr auto operand = static_cast<ChainOperand>(kOperand);
-  if constexpr (operand == ChainOperand::kNone) {
-    each([&](VF x, int) HWY_ATTR { return LightUnary<kOpc>(d, x); });
-  } else if constexpr (S != 1 && kOpc == static_cast<int>(bc::Opcode::DIV) && operand == ChainOperand::kConst &&
-                       !kRev) {
-    const UniformDivisor u(s->k, s->rk, s->k_ok);  // by reciprocal: the same bits
-    u.Divide4(a0, a1, a2, a3);
-    if constexpr (S == 8) u.Divide4(a4, a5, a6, a7);
-  } else {
-    const VF k = hn::Set(d, s->k);
-    constexpr int kOp2 = static_cast<int>(operand == ChainOperand::kRegAdd   ? bc::Opcode::ADD
-                                          : operand == ChainOperand::kRegSub ? bc::Opcode::SUB
-                                                                             : bc::Opcode::MUL);
-    each([&](VF x, int j) HWY_ATTR {
-      VF y = x;
-      if constexpr (operand == ChainOperand::kReg) y = load(opnd + j * L, j);
-      if constexpr (operand == ChainOperand::kConst) y = k;
-      if constexpr (operand >= ChainOperand::kRegAdd) y = ChainBinary<kOp2>(d, load(opnd + j * L, j), k);
-      return kRev ? ChainBinary<kOpc>(d, y, x) : ChainBinary<kOpc>(d, x, y);
-    });
-  }
-  if constexpr (kStore) {
-    each([&](VF x, int j) HWY_ATTR {
-      store(x, out + j * L, j);
-      return x;
-    });
-  }
-  return Fn(S >= 4 ? s[1].fn : S == 1 ? s[1].fn1 : s[1].fn0)(s + 1, P + 3, i, a0, a1, a2, a3, a4, a5, a6, a7);
-}
-
-// The ops of fused programs, in the index order of the step table.
-constexpr bc::Opcode kChainOps[] = {bc::Opcode::ADD,        bc::Opcode::SUB, bc::Opcode::MUL,
-                                    bc::Opcode::DIV,        bc::Opcode::MAX, bc::Opcode::MIN,
-#define DVM_LU(OP, NAME, EXPR) bc::Opcode::OP,
-                                    DVM_LIGHT_UNARY(DVM_LU)
-#undef DVM_LU
-};
-constexpr int kNumChainOps = static_cast<int>(std::size(kChainOps));
-constexpr int kNumBinaryChainOps = 6;
-
-template <size_t I>
-constexpr StepFn StepAt() {
-  constexpr int kWidth = static_cast<int>(I / (kNumChainOps * kNumChainOperands * 8));
-  constexpr int S = kWidth == 0 ? 8 : kWidth == 1 ? 1 : kWidth == 2 ? 0 : 4;
-  constexpr int opi = static_cast<int>(I / (kNumChainOperands * 8) % kNumChainOps);
-  constexpr int operand = static_cast<int>(I / 8 % kNumChainOperands);
-  constexpr bool rev = I / 4 % 2, load = I / 2 % 2, store = I % 2;
-  constexpr bool binary = opi < kNumBinaryChainOps;
-  if constexpr (binary == (operand == static_cast<int>(ChainOperand::kNone)) || (!binary && rev) ||
-                (S == 0 && !kPartialSteps))
-    return nullptr;
-  else
-    return &StepT<S, static_cast<int>(kChainOps[opi]), operand, rev, load, store>;
-}
-template <size_t... I>
-StepFn StepLookup(size_t i, std::index_sequence<I...>) {
-  static constexpr StepFn kTable[] = {StepAt<I>()...};
-  return kTable[i];
-}
-// The step function of st for strips of width w.
-StepFn StepFor(const ChainStep& st, StepWidth w) {
-  if (st.op == kChainEnd) return &EndStep;
-  int opi = 0;
-  while (opi < kNumChainOps && kChainOps[opi] != bc::Opcode(st.op)) ++opi;
-  const int wi = static_cast<int>(w);
-  const size_t i = static_cast<size_t>(
-      ((((wi * kNumChainOps + opi) * kNumChainOperands + static_cast<int>(st.operand)) * 2 + st.rev) * 2 + st.load) *
-          2 +
-      st.store);
-  return opi < kNumChainOps ? StepLookup(i, std::make_index_sequence<4 * kNumChainOps * kNumChainOperands * 8>())
-                            : nullptr;
-}
-
-// One segment of RunChainF: n lanes with the pointers P (slots set).
-template <int kS>
-void RunChainSegment(const ChainStep* steps, int nsteps, const float** P, int64_t n) {
-  const DF d;
-  const int64_t L = hn::Lanes(d);
-  const VF z = hn::Zero(d);
-  const StepFn first = Fn(steps[0].fn), first1 = Fn(steps[0].fn1);
-  int64_t i = 0;
-  for (; i + kS * L <= n; i += kS * L) first(steps, P, i, z, z, z, z, z, z, z, z);
-  if constexpr (kPartialSteps) {
-    // The rest in place, four masked vectors a pass: one pass through the
-    // steps where each whole vector (and then the partial one) went through
-    // them alone. Stacked Adam over 2000 tensors of 100..400 elements, 2
-    // threads: Launch 205-207 -> 194-197 us; over bench stack's 300 tensors
-    // no change outside the noise.
-    const StepFn first0 = Fn(steps[0].fn0);
-    for (; i < n; i += 4 * L) {
-      auto m = [&](int64_t j) HWY_ATTR {
-        return hn::VecFromMask(d, hn::FirstN(d, static_cast<size_t>(std::clamp<int64_t>(n - i - j * L, 0, L))));
-      };
-      first0(steps, P, i, z, z, z, z, m(0), m(1), m(2), m(3));
-    }
-    return;
-  }
-  for (; i + L <= n; i += L) first1(steps, P, i, z, z, z, z, z, z, z, z);
-  if (i == n) return;
-  // The last partial vector: every tile-memory pointer of the steps is
-  // redirected to a vector-sized copy of its lanes [i, n) (the rest zero),
-  // the steps run on the copies (lane index 0), and the written ones go
-  // back (n - i lanes).
-  HWY_ALIGN float buf[3 * kMaxChainSteps][hn::MaxLanes(d)];
-  const float* base[3 * kMaxChainSteps];
-  bool written[3 * kMaxChainSteps];
-  const float* Q[3 * kMaxChainSteps];
-  int nb = 0;
-  const size_t tail = static_cast<size_t>(n - i) * sizeof(float);
-  for (int k = 0; k < 3 * nsteps; ++k) {
-    const ChainStep& st = steps[k / 3];
-    const int64_t mask = k % 3 == 0 ? st.msrc : k % 3 == 1 ? st.mopnd : st.mout;
-    Q[k] = P[k];
-    if (mask == 0) continue;  // a slot or unused
-    int q = 0;
-    while (q < nb && base[q] != P[k]) ++q;
-    if (q == nb) {
-      base[nb] = P[k], written[nb] = false;
-      hn::Store(hn::Zero(d), d, buf[nb]);
-      std::memcpy(buf[nb], P[k] + i, tail);
-      ++nb;
-    }
-    written[q] = written[q] || k % 3 == 2;
-    Q[k] = buf[q];
-  }
-  first1(steps, Q, 0, z, z, z, z, z, z, z, z);
-  for (int q = 0; q < nb; ++q)
-    if (written[q]) std::memcpy(const_cast<float*>(base[q]) + i, buf[q], tail);
-}
-
-// kS: vectors per strip (8, or 4 for long programs: kHalfStripSteps).
-// Segments run one after the other in this call: the VM's way from one
-// tile to the next (back through its job loop, the tile's dispatch and
-// setup, into a new call here) cost more than its instructions say when
-// the tiles stream from memory. 300 stacked Adam tensors at one thread:
-// the strips ran 12-20% slower per lane than over one tensor of all their
-// lanes, and splitting that tensor's tiles 4x finer cost it 10%; split
-// into segments of one call (pointers and slots reset between them), it
-// cost nothing measurable.
-template <int kS>
-void RunChainF(const ChainStep* steps, int nsteps, const float** P, const int64_t* n, int nseg) {
-  const DF d;
-  // Values that live only inside the program go through strip slots: a
-  // strip writes and reads them at the same lanes, which stay in L1, where
-  // tile memory would walk the tile (three 16 KB streams beside Adam's
-  // seven, which cost 1.5x in a hand-written loop that did the same).
-  HWY_ALIGN float slots[kMaxChainSlots][8 * hn::MaxLanes(d)];
-  for (int j = 0; j < nseg; ++j, P += 3 * nsteps) {
-    for (int k = 0; k < nsteps; ++k) {
-      const ChainStep& st = steps[k];
-      if (st.src_slot >= 0) P[3 * k] = slots[st.src_slot];
-      if (st.opnd_slot >= 0) P[3 * k + 1] = slots[st.opnd_slot];
-      if (st.out_slot >= 0) P[3 * k + 2] = slots[st.out_slot];
-    }
-    RunChainSegment<kS>(steps, nsteps, P, n[j]);
-  }
-}
 
 // A layernorm's tail in one pass (vm.cc FuseBinaryChains): ((x - m) * r) *
 // g + b (kSub) or (x * r) * g + b, with m, r row operands (R[b][row],
@@ -1012,39 +345,6 @@ void NormAffineF(const VInst& vi, TileCtx& c) {
                 n);
     }
   }
-}
-
-// The tables, operand kinds 0..3 each (a row value, kind 2, never with a
-// row-periodic operand, kind 3: nullptr): binary second ops (op1, op2 < 4:
-// 256), z_first only for op2 = sub or div (add and mul commute: 128), unary
-// second ops (op2 4..6, no z: 48).
-template <int op1, int op2, int y, int z, bool first>
-constexpr Handler ChainOrNull() {
-  if constexpr ((y == 2 && z == 3) || (y == 3 && z == 2))
-    return nullptr;
-  else
-    return &ChainF<op1, op2, y, z, first>;
-}
-template <size_t I>
-constexpr Handler ChainAt() {
-  return ChainOrNull<I / 64, I / 16 % 4, I / 4 % 4, I % 4, false>();
-}
-template <size_t I>
-constexpr Handler ChainFirstAt() {
-  constexpr int op2 = I / 16 % 2 ? 3 : 1;
-  return ChainOrNull<I / 32, op2, I / 4 % 4, I % 4, true>();
-}
-template <size_t I>
-constexpr Handler ChainUnaryAt() {
-  return &ChainF<I / 4 % 4, 4 + I / 16, I % 4, 1, false>;
-}
-template <size_t... I, size_t... J, size_t... E>
-Handler ChainLookup(size_t i, int kind, std::index_sequence<I...>, std::index_sequence<J...>,
-                    std::index_sequence<E...>) {
-  static const Handler kPlain[] = {ChainAt<I>()...};
-  static const Handler kFirst[] = {ChainFirstAt<J>()...};
-  static const Handler kUnary[] = {ChainUnaryAt<E>()...};
-  return kind == 1 ? kFirst[i % 128] : kind == 2 ? kUnary[i % 48] : kPlain[i % 256];
 }
 
 DVM_BINROW(AddRowF, hn::Add(x, y))
@@ -2043,18 +1343,6 @@ Handler ChainExpSumHandlerT(int op1, int y_kind) {
   return ChainExpSumLookup(static_cast<size_t>(op1 * 3 + y_kind), std::make_index_sequence<12>());
 }
 
-Handler ChainHandlerT(int op1, int op2, int y_kind, int z_kind, bool z_first) {
-  if (op1 < 0 || op1 > 3 || op2 < 0 || op2 > 6 || y_kind < 0 || y_kind > 3 || z_kind < 0 || z_kind > 3) return nullptr;
-  if (z_first && op2 != 1 && op2 != 3) z_first = false;  // add and mul commute
-  const int kind = op2 >= 4 ? 2 : z_first ? 1 : 0;       // 2: a unary op of the first result
-  if (kind == 2 && z_kind != 1) return nullptr;
-  const size_t i = kind == 2   ? static_cast<size_t>(((op2 - 4) * 4 + op1) * 4 + y_kind)
-                   : kind == 1 ? static_cast<size_t>(((op1 * 2 + (op2 == 3)) * 4 + y_kind) * 4 + z_kind)
-                               : static_cast<size_t>(((op1 * 4 + op2) * 4 + y_kind) * 4 + z_kind);
-  return ChainLookup(i, kind, std::make_index_sequence<256>(), std::make_index_sequence<128>(),
-                     std::make_index_sequence<48>());
-}
-
 Handler RowBroadcastHandlerT(const bc::Inst& in) {
   using bc::Opcode;
   const DType src = DType((in.flags & bc::kSrcMask) >> bc::kSrcShift);
@@ -2135,8 +1423,6 @@ float ErfScalarT(float x) {
 }
 
 const char* TargetNameT() { return hwy::TargetName(HWY_TARGET); }
-ChainRunFn ChainRunnerT(bool half) { return half ? &RunChainF<4> : &RunChainF<8>; }
-const void* ChainStepFnT(const ChainStep& st, StepWidth w) { return reinterpret_cast<const void*>(StepFor(st, w)); }
 
 }  // namespace dvm::vm::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
@@ -2178,13 +1464,10 @@ HWY_EXPORT(RowSumSqDevHandlerT);
 HWY_EXPORT(RowMomentsHandlerT);
 HWY_EXPORT(CopyHandlerT);
 HWY_EXPORT(NormAffineHandlerT);
-HWY_EXPORT(ChainHandlerT);
 HWY_EXPORT(ChainExpSumHandlerT);
 HWY_EXPORT(StoreConverterT);
 HWY_EXPORT(ErfScalarT);
 HWY_EXPORT(TargetNameT);
-HWY_EXPORT(ChainRunnerT);
-HWY_EXPORT(ChainStepFnT);
 
 Handler SelectHandler(const bc::Inst& in) { return HWY_DYNAMIC_DISPATCH(SelectHandlerT)(in); }
 ConvertFn LoadConverter(DType t) { return HWY_DYNAMIC_DISPATCH(LoadConverterT)(t); }
@@ -2197,15 +1480,10 @@ Handler CopyHandler() { return HWY_DYNAMIC_DISPATCH(CopyHandlerT)(); }
 Handler NormAffineHandler(bool sub, bool periodic_g, bool periodic_b) {
   return HWY_DYNAMIC_DISPATCH(NormAffineHandlerT)(sub, periodic_g, periodic_b);
 }
-Handler ChainHandler(int op1, int op2, int y_kind, int z_kind, bool z_first) {
-  return HWY_DYNAMIC_DISPATCH(ChainHandlerT)(op1, op2, y_kind, z_kind, z_first);
-}
 Handler ChainExpSumHandler(int op1, int y_kind) { return HWY_DYNAMIC_DISPATCH(ChainExpSumHandlerT)(op1, y_kind); }
 ConvertFn StoreConverter(DType t) { return HWY_DYNAMIC_DISPATCH(StoreConverterT)(t); }
 float ErfApprox(float x) { return HWY_DYNAMIC_DISPATCH(ErfScalarT)(x); }
 const char* TargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameT)(); }
-ChainRunFn ChainRunner(bool half) { return HWY_DYNAMIC_DISPATCH(ChainRunnerT)(half); }
-const void* ChainStepFn(const ChainStep& st, StepWidth w) { return HWY_DYNAMIC_DISPATCH(ChainStepFnT)(st, w); }
 
 }  // namespace dvm::vm
 #endif
