@@ -1264,6 +1264,17 @@ TEST(KernelsFused, DirectProgramsOverSlices) {
   }
 }
 
+// An Adam step (lr 1e-3, betas 0.9 / 0.999, step 10) over inputs p, g, m,
+// v: outputs p', m', v' (twelve program steps: strips of four).
+std::vector<NDObject*> AdamStep(Kernel& k, const std::vector<NDObject*>& in) {
+  NDObject* m1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[2], 0.9), k.Binary(BinaryOp::kMul, in[1], 0.1));
+  NDObject* v1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[3], 0.999),
+                          k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, in[1], in[1]), 0.001));
+  NDObject* den = k.Binary(BinaryOp::kAdd, k.Unary(UnaryOp::kSqrt, k.Binary(BinaryOp::kDiv, v1, 0.00995512)), 1e-8);
+  NDObject* upd = k.Binary(BinaryOp::kDiv, k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kDiv, m1, 0.651322), 1e-3), den);
+  return std::vector<NDObject*>{k.Binary(BinaryOp::kSub, in[0], upd), m1, v1};
+}
+
 // Fused programs over buffers that start off a vector boundary (RunChainF
 // then takes the lanes up to the first written stream's boundary in a
 // masked pass): every stream at the same offset, and inputs and outputs at
@@ -1275,15 +1286,6 @@ TEST(KernelsFused, ProgramsOverMisalignedBuffers) {
   auto short_program = [](Kernel& k, const std::vector<NDObject*>& in) {
     NDObject* t = k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[0], 1.5), in[1]), 0.75);
     return std::vector<NDObject*>{k.Binary(BinaryOp::kSub, t, in[0]), t};
-  };
-  auto adam = [](Kernel& k, const std::vector<NDObject*>& in) {
-    NDObject* m1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[2], 0.9), k.Binary(BinaryOp::kMul, in[1], 0.1));
-    NDObject* v1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[3], 0.999),
-                            k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, in[1], in[1]), 0.001));
-    NDObject* den = k.Binary(BinaryOp::kAdd, k.Unary(UnaryOp::kSqrt, k.Binary(BinaryOp::kDiv, v1, 0.00995512)), 1e-8);
-    NDObject* upd =
-        k.Binary(BinaryOp::kDiv, k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kDiv, m1, 0.651322), 1e-3), den);
-    return std::vector<NDObject*>{k.Binary(BinaryOp::kSub, in[0], upd), m1, v1};
   };
   constexpr int64_t kGuard = 32;
   constexpr float kSentinel = -12345.0f;
@@ -1304,7 +1306,7 @@ TEST(KernelsFused, ProgramsOverMisalignedBuffers) {
         Kernel k;  // decoded for this target
         std::vector<NDObject*> loads;
         for (int i = 0; i < nin; ++i) loads.push_back(k.Load(nullptr, {n}, DType::kFloat32));
-        const std::vector<NDObject*> outs = program == 0 ? short_program(k, loads) : adam(k, loads);
+        const std::vector<NDObject*> outs = program == 0 ? short_program(k, loads) : AdamStep(k, loads);
         for (NDObject* o : outs) k.Store(nullptr, o);
         // (in offset, out offset): the same, or different.
         for (auto [ioff, ooff] : {std::pair<int64_t, int64_t>{0, 0}, {4, 4}, {13, 13}, {1, 9}, {0, 7}, {15, 0}}) {
@@ -1390,14 +1392,9 @@ TEST(KernelsFused, DirectStageOfSeveralPrograms) {
 // reciprocal only where FMA is native), folded operands and direct tiles.
 TEST(KernelsFused, ProgramsAgreeOnEveryTarget) {
   auto build = [](Kernel& k, const std::vector<NDObject*>& in) {
-    NDObject* m1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[2], 0.9), k.Binary(BinaryOp::kMul, in[1], 0.1));
-    NDObject* v1 = k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[3], 0.999),
-                            k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kMul, in[1], in[1]), 0.001));
-    NDObject* den = k.Binary(BinaryOp::kAdd, k.Unary(UnaryOp::kSqrt, k.Binary(BinaryOp::kDiv, v1, 0.00995512)), 1e-8);
-    NDObject* upd =
-        k.Binary(BinaryOp::kDiv, k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kDiv, m1, 0.651322), 1e-3), den);
-    NDObject* q = k.Binary(BinaryOp::kMinimum, k.Binary(BinaryOp::kDiv, in[0], 3.0), k.Unary(UnaryOp::kRelu, m1));
-    return std::vector<NDObject*>{k.Binary(BinaryOp::kSub, in[0], upd), m1, v1, q};
+    std::vector<NDObject*> out = AdamStep(k, in);
+    out.push_back(k.Binary(BinaryOp::kMinimum, k.Binary(BinaryOp::kDiv, in[0], 3.0), k.Unary(UnaryOp::kRelu, out[1])));
+    return out;
   };
   for (int64_t n : {5, 77, 300, 4099}) {
     SCOPED_TRACE("n=" + std::to_string(n));
