@@ -183,8 +183,8 @@ struct ChainStep {
 // for strips of eight vectors, of one, of the lanes of four vectors that
 // masks (passed in the last four vector arguments) select (a program's last
 // lanes; null where masked loads could read past them: before AVX2), or of
-// four vectors; for op
-// kChainEnd, the function that ends a program. SetStepFns sets the first
+// four vectors; for op kChainEnd, the function that ends a program.
+// SetStepFns sets the first
 // three (UseHalfStrips then replaces the strip function).
 enum class StepWidth : uint8_t { kStrip, kOne, kPartial, kHalfStrip };
 constexpr uint8_t kChainEnd = 0xff;

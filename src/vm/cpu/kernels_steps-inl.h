@@ -36,8 +36,9 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 // ---- fused elementwise programs (vm.cc FuseChainPrograms) ---------------------
 
-// A fused program runs over the tile in strips of eight vectors, then one
-// vector at a time for the rest, as threaded code: each step is a function
+// A fused program runs over the tile in strips of eight (or four) vectors,
+// then the rest in masked passes (one vector at a time before AVX2), as
+// threaded code: each step is a function
 // specialised for its op, operand kind and flags (StepT) that takes the
 // value in eight vector registers (arguments) and ends in a tail call of
 // the next step, so every step has an indirect jump of its own that the

@@ -30,7 +30,14 @@ void RunChainSegment(const ChainStep* steps, int nsteps, const float** P, int64_
   const DF d;
   const int64_t L = hn::Lanes(d);
   const VF z = hn::Zero(d);
-  const StepFn first = Fn(steps[0].fn), first1 = Fn(steps[0].fn1);
+  const StepFn first = Fn(steps[0].fn), first1 = Fn(steps[0].fn1), first0 = Fn(steps[0].fn0);
+  // One masked pass over the lanes [at, min(end, at + 4 L)) (kPartialSteps).
+  auto masked = [&](int64_t at, int64_t end) HWY_ATTR {
+    auto m = [&](int64_t j) HWY_ATTR {
+      return hn::VecFromMask(d, hn::FirstN(d, static_cast<size_t>(std::clamp<int64_t>(end - at - j * L, 0, L))));
+    };
+    first0(steps, P, at, z, z, z, z, m(0), m(1), m(2), m(3));
+  };
   int64_t i = 0;
   if constexpr (kPartialSteps) {
     // Strips off a vector boundary move every vector across two cache
@@ -49,9 +56,8 @@ void RunChainSegment(const ChainStep* steps, int nsteps, const float** P, int64_
         if (steps[k].msrc) ref = P[3 * k];
       const auto off = static_cast<int64_t>(reinterpret_cast<uintptr_t>(ref) / sizeof(float) % L);
       if (off != 0) {
-        const VF head = hn::VecFromMask(d, hn::FirstN(d, static_cast<size_t>(L - off)));
-        Fn(steps[0].fn0)(steps, P, 0, z, z, z, z, head, z, z, z);
         i = L - off;
+        masked(0, i);
       }
     }
   }
@@ -62,13 +68,7 @@ void RunChainSegment(const ChainStep* steps, int nsteps, const float** P, int64_
     // them alone. Stacked Adam over 2000 tensors of 100..400 elements, 2
     // threads: Launch 205-207 -> 194-197 us; over bench stack's 300 tensors
     // no change outside the noise.
-    const StepFn first0 = Fn(steps[0].fn0);
-    for (; i < n; i += 4 * L) {
-      auto m = [&](int64_t j) HWY_ATTR {
-        return hn::VecFromMask(d, hn::FirstN(d, static_cast<size_t>(std::clamp<int64_t>(n - i - j * L, 0, L))));
-      };
-      first0(steps, P, i, z, z, z, z, m(0), m(1), m(2), m(3));
-    }
+    for (; i < n; i += 4 * L) masked(i, n);
     return;
   }
   for (; i + L <= n; i += L) first1(steps, P, i, z, z, z, z, z, z, z, z);
