@@ -2,11 +2,13 @@
 
 #include <cblas.h>
 
+#include <atomic>
 #include <bit>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
 
 #include "ir/error.h"
 
@@ -73,9 +75,24 @@ void OneDnn(int threads, bool ta, bool tb, int64_t m, int64_t n, int64_t k, cons
 }
 #endif
 
+std::atomic<bool> gemm_warmed{false};
+
 }  // namespace
 
 bool HaveOneDnn() { return DVM_HAVE_ONEDNN != 0; }
+
+void WarmGemm() {
+#if DVM_HAVE_ONEDNN
+  static std::once_flag once;
+  if (GetPolicy().onednn)
+    std::call_once(once, [] {
+      float a[64] = {}, b[64] = {}, c[64];
+      OneDnn(1, false, false, 8, 8, 8, a, 8, b, 8, c, 8);
+      gemm_warmed.store(true);
+    });
+#endif
+}
+bool GemmWarmed() { return gemm_warmed.load(); }
 
 OneThreadBlas::OneThreadBlas(bool on) : saved_(on ? openblas_get_num_threads() : 0) {
   if (saved_ > 1) openblas_set_num_threads(1);

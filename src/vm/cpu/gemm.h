@@ -21,7 +21,7 @@
 // through one library: its results do not depend on the thread count
 // (`MatMul.SameBitsForAnyThreadCount`).
 // DVM_GEMM=openblas or DVM_GEMM=onednn in the environment forces one library
-// for every block (read once, at the first GEMM).
+// for every block (read once, at the first GEMM or WarmGemm).
 #include <cstdint>
 #include <string>
 
@@ -66,6 +66,17 @@ class OneThreadBlas {
 GemmLib GemmLibFor(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb);
 // Whether this build has oneDNN.
 bool HaveOneDnn();
+// oneDNN JIT-compiles its sgemm kernels at its first call in a process, of
+// whatever size (28-38 ms on Zen 4; every later call, any shape or
+// transpose, finds them), and that landed on a model's first large GEMM.
+// WarmGemm makes that first call (8x8x8) now, once per process, where the
+// policy uses oneDNN: CompiledGraph calls it for a graph with a matmul, so
+// the cost goes to compiling rather than to the first request. (A thread
+// doing it in the background raced oneDNN's exit-time destructors when the
+// process ended within those milliseconds: crashes at exit.)
+void WarmGemm();
+// Whether WarmGemm has made that call in this process (tests).
+bool GemmWarmed();
 // One line for reports: the libraries and the policy in force.
 std::string GemmPolicy();
 
