@@ -16,6 +16,7 @@
 #include "ir/op_rules.h"
 #include "kernel_internal.h"
 #include "runtime/byte_range.h"
+#include "vm/cpu/gemm.h"
 #include "vm/cpu/vm.h"
 
 namespace dvm {
@@ -659,6 +660,10 @@ void Kernel::CodeGen() {
   Impl& k = *impl_;
   if (k.g.outputs.empty()) Fail("codegen: kernel has no outputs");
   k.codegen_called = true;
+  // oneDNN's one-time JIT here, the kernel's compile step, rather than in
+  // its first launch (vm::WarmGemm).
+  if (std::any_of(k.g.nodes.begin(), k.g.nodes.end(), [](const ir::Node& n) { return n.op == ir::Op::kMatMul; }))
+    vm::WarmGemm();
   if (k.g.type == KernelType::kStatic) k.GetProgram(BuiltInputShapes(k.g));
 }
 

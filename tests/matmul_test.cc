@@ -168,6 +168,16 @@ TEST(MatMul, RowStrideBeyondInt) {
   munmap(map, bytes);
 }
 
+// A kernel's explicit compile step takes oneDNN's one-time JIT where the
+// policy sends large GEMMs to oneDNN (vm::WarmGemm), not its first launch.
+// CTest runs each test in a process of its own, where no GEMM ran before.
+TEST(MatMul, CodeGenWarmsGemm) {
+  Kernel k;
+  k.Store(nullptr, k.MatMul(k.Load(nullptr, {4, 8}, DType::kFloat32), k.Load(nullptr, {8, 2}, DType::kFloat32)));
+  k.CodeGen();
+  EXPECT_EQ(vm::GemmWarmed(), vm::GemmLibFor(256, 256, 256, 256, 256) == vm::GemmLib::kOneDnn);
+}
+
 // Batch dims that alternate between the operands do not merge: more than
 // the format's four is an error that names the operands, not a crash.
 TEST(MatMulErrors, TooManyUnmergeableBatchDims) {
