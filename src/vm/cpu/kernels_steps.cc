@@ -121,13 +121,20 @@ void RunChainF(const ChainStep* steps, int nsteps, const float** P, const int64_
   // tile memory would walk the tile (three 16 KB streams beside Adam's
   // seven, which cost 1.5x in a hand-written loop that did the same).
   HWY_ALIGN float slots[kMaxChainSlots][8 * hn::MaxLanes(d)];
+  // The pointers that are slots, listed once: the same in every segment.
+  // Scanning the steps per segment held 5% of the samples of 300 stacked
+  // Adam tensors of 64..512 elements, 2 threads; listed, that Launch went
+  // from a median of ~31 to ~29 us (12 alternating pairs, lower in 8).
+  int at[3 * kMaxChainSteps];
+  float* slot_of[3 * kMaxChainSteps];
+  int nslots = 0;
+  for (int k = 0; k < nsteps; ++k) {
+    const int8_t sl[3] = {steps[k].src_slot, steps[k].opnd_slot, steps[k].out_slot};
+    for (int q = 0; q < 3; ++q)
+      if (sl[q] >= 0) at[nslots] = 3 * k + q, slot_of[nslots++] = slots[sl[q]];
+  }
   for (int j = 0; j < nseg; ++j, P += 3 * nsteps) {
-    for (int k = 0; k < nsteps; ++k) {
-      const ChainStep& st = steps[k];
-      if (st.src_slot >= 0) P[3 * k] = slots[st.src_slot];
-      if (st.opnd_slot >= 0) P[3 * k + 1] = slots[st.opnd_slot];
-      if (st.out_slot >= 0) P[3 * k + 2] = slots[st.out_slot];
-    }
+    for (int q = 0; q < nslots; ++q) P[at[q]] = slot_of[q];
     RunChainSegment<kS>(steps, nsteps, P, n[j]);
   }
 }
