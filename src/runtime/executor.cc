@@ -15,7 +15,6 @@
 #include "runtime/byte_range.h"
 #include "runtime/libops.h"
 #include "runtime/memplan.h"
-#include "vm/cpu/gemm.h"
 
 namespace dvm {
 
@@ -176,8 +175,6 @@ CompiledGraph::CompiledGraph(const Graph& g, const CompileOptions& options) : im
       im.BuildKernel(static_cast<int>(gi));
       im.num_matmul_kernels += groups[gi].has_matmul;
     }
-  // oneDNN's one-time JIT (~30 ms) here, not in the first Run (gemm.h).
-  if (im.num_matmul_kernels > 0) vm::WarmGemm();
   im.launch_of.assign(groups.size(), -1);
   im.stacks.resize(im.part.launches.size());
   for (size_t l = 0; l < im.part.launches.size(); ++l) {

@@ -70,9 +70,9 @@ bool HaveOneDnn();
 // whatever size (28-38 ms on Zen 4; every later call, any shape or
 // transpose, finds them), and that landed on a model's first large GEMM.
 // WarmGemm makes that first call (8x8x8) now, once per process, where the
-// policy uses oneDNN: Kernel::CodeGen and CompiledGraph call it for a
-// kernel or graph with a matmul, so the cost goes to compiling rather than
-// to the first launch or request. (A thread
+// policy uses oneDNN: Kernel::CodeGen calls it for a kernel with a matmul
+// (CompiledGraph's kernels go through it), so the cost goes to compiling
+// rather than to the first launch or request. (A thread
 // doing it in the background raced oneDNN's exit-time destructors when the
 // process ended within those milliseconds: crashes at exit.)
 void WarmGemm();
