@@ -17,7 +17,7 @@ echo "== tests (Release)"
 if [ "${DVM_SKIP_SANITIZERS:-0}" != "1" ]; then
   echo "== build (ASan + UBSan)"
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDVM_SANITIZE=ON >/dev/null
-  cmake --build build-asan -j "$jobs" --target dvm_tests
+  cmake --build build-asan -j "$jobs" --target dvm_tests dvm_cli
   echo "== tests (ASan + UBSan)"
   (cd build-asan && DVM_RANDOM_KERNELS=${DVM_ASAN_RANDOM_KERNELS:-300} \
      ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

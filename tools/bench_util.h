@@ -38,7 +38,8 @@ struct UsageError : std::runtime_error {
 // argument must be consumed: Finish() rejects what no command asked for.
 class Args {
  public:
-  Args(int argc, char** argv, int first) : a_(argv + first, argv + argc), used_(a_.size()) {}
+  // The arguments argv[first, argc) (none when first >= argc).
+  Args(int argc, char** argv, int first) : a_(argv + std::min(first, argc), argv + argc), used_(a_.size()) {}
 
   bool Flag(const std::string& name) {
     for (size_t i = 0; i < a_.size(); ++i)

@@ -147,7 +147,9 @@ int Main(int argc, char** argv) {
     return 0;
   }
   if (cmd == "bench") {
-    std::string suite = argc > 2 ? argv[2] : "";
+    const std::string suite = argc > 2 ? argv[2] : "";
+    if (suite.empty())
+      throw UsageError("bench needs a suite: 'codegen', 'vm', 'matmul', 'stages', 'stack', 'graph' or 'eager'");
     Args args(argc, argv, 3);
     if (suite == "codegen") return BenchCodegenMain(args);
     if (suite == "vm") return BenchVmMain(args);
