@@ -109,6 +109,13 @@ struct BenchOptions {
   // OPENBLAS_NUM_THREADS=1).
   int StartThreads() const {
     if (threads > 0) dvm::SetNumThreads(int(threads));
+    // More threads than CPUs time-slice DVM's pool and the baselines'
+    // differently (DVM's caller does not wait for a worker that has not
+    // joined; the baselines wait for all): the ratios then say little.
+    const unsigned cpus = std::thread::hardware_concurrency();
+    if (cpus > 0 && threads > long(cpus))
+      std::fprintf(stderr, "dvm: note: --threads %ld on %u CPUs: oversubscribed, the timings are not comparable\n",
+                   threads, cpus);
     std::this_thread::sleep_for(std::chrono::milliseconds(kSlowIdleMs));
     return dvm::GetNumThreads();
   }
