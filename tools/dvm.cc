@@ -147,9 +147,9 @@ int Main(int argc, char** argv) {
     return 0;
   }
   if (cmd == "bench") {
+    static constexpr const char* kSuites = "'codegen', 'vm', 'matmul', 'stages', 'stack', 'graph' or 'eager'";
     const std::string suite = argc > 2 ? argv[2] : "";
-    if (suite.empty())
-      throw UsageError("bench needs a suite: 'codegen', 'vm', 'matmul', 'stages', 'stack', 'graph' or 'eager'");
+    if (suite.empty()) throw UsageError(std::string("bench needs a suite: ") + kSuites);
     Args args(argc, argv, 3);
     if (suite == "codegen") return BenchCodegenMain(args);
     if (suite == "vm") return BenchVmMain(args);
@@ -158,7 +158,7 @@ int Main(int argc, char** argv) {
     if (suite == "stack") return BenchStackMain(args);
     if (suite == "graph") return BenchGraphMain(args);
     if (suite == "eager") return BenchEagerMain(args);
-    throw UsageError("bench wants 'codegen', 'vm', 'matmul', 'stages', 'stack', 'graph' or 'eager'");
+    throw UsageError(std::string("bench wants ") + kSuites);
   }
   Args args(argc, argv, 2);
   if (cmd == "demo") return DemoMain(args);
