@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what DVM needs to build and test (Debian packages). Idempotent.
 set -euo pipefail
-pkgs=(cmake ninja-build g++ pkg-config libhwy-dev libgtest-dev libbenchmark-dev libopenblas-dev libdnnl-dev
+pkgs=(cmake ninja-build g++ pkg-config libhwy-dev libgtest-dev libbenchmark-dev libopenblas-dev libdnnl-dev libxbyak-dev
       clang libclang-rt-14-dev clang-format)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -1028,7 +1028,27 @@ TEST(KernelsFused, ConstantDivisionEqualsDivide) {
 // either side, the other input, the value with itself, an earlier value),
 // with a middle value stored too, on lengths below, at and past the strip
 // and tile sizes. Bit for bit (NaN payloads aside); seeds printed.
-TEST(KernelsFused, ProgramsEqualOpByOp) {
+std::vector<NDObject*> AdamStep(Kernel& k, const std::vector<NDObject*>& in);
+
+// n floats at `off` floats past a 64-byte boundary inside `store`, with
+// kGuard sentinels on either side; ExpectGuards checks they are intact.
+constexpr int64_t kGuard = 32;
+constexpr float kSentinel = -12345.0f;
+float* PlaceGuarded(std::vector<float>& store, int64_t n, int64_t off) {
+  store.assign(static_cast<size_t>(n + 2 * kGuard + 32), kSentinel);
+  const auto mis = static_cast<int64_t>(reinterpret_cast<uintptr_t>(store.data()) / 4 % 16);
+  return store.data() + kGuard + (16 - mis) % 16 + off;
+}
+void ExpectGuards(const float* got, int64_t n, size_t output) {
+  for (int64_t g = 1; g <= kGuard; ++g) {
+    EXPECT_EQ(got[-g], kSentinel) << "output " << output << " lane " << -g;
+    EXPECT_EQ(got[n - 1 + g], kSentinel) << "output " << output << " lane " << n - 1 + g;
+  }
+}
+
+// Random fused programs (3-16 steps of every op, operand kind and fold)
+// against the same ops run one kernel each: the bits, for each seed.
+void CheckProgramsEqualOpByOp() {
   const BinaryOp bins[] = {BinaryOp::kAdd, BinaryOp::kSub,     BinaryOp::kMul,
                            BinaryOp::kDiv, BinaryOp::kMaximum, BinaryOp::kMinimum};
   const UnaryOp uns[] = {UnaryOp::kSqrt, UnaryOp::kRsqrt, UnaryOp::kAbs,  UnaryOp::kNeg,  UnaryOp::kReciprocal,
@@ -1160,6 +1180,108 @@ TEST(KernelsFused, ProgramsEqualOpByOp) {
   EXPECT_GT(half, 5);       // and run long programs in strips of four vectors
 }
 
+TEST(KernelsFused, ProgramsEqualOpByOp) { CheckProgramsEqualOpByOp(); }
+
+// Sets the lanes after which executables compile their programs (jit.h)
+// for a scope.
+class NativeThreshold {
+ public:
+  explicit NativeThreshold(int64_t lanes) : old_(vm::NativeThresholdLanes()) { vm::SetNativeThresholdLanes(lanes); }
+  ~NativeThreshold() { vm::SetNativeThresholdLanes(old_); }
+
+ private:
+  int64_t old_;
+};
+
+// The same random programs compiled to native code at their first launch:
+// the bits of the ops one by one (special values included: NaN, infinities,
+// signed zeros, a denormal), and the programs were compiled.
+TEST(KernelsFused, NativeProgramsEqualOpByOp) {
+  if (!vm::NativeSupported()) GTEST_SKIP() << "no native programs in this build or on this CPU";
+  NativeThreshold native(0);
+  const int64_t before = vm::NativeProgramsCompiled();
+  CheckProgramsEqualOpByOp();
+  EXPECT_GT(vm::NativeProgramsCompiled() - before, 30);
+}
+
+// Native and threaded code of the same programs over buffers on and off
+// vector boundaries (the native code's alignment pass and masked tail),
+// lengths around the strip (64 lanes) and the alignment threshold (256),
+// in place and not: equal bits, and nothing written outside the outputs.
+TEST(KernelsFused, NativeEqualsThreadedCode) {
+  if (!vm::NativeSupported()) GTEST_SKIP() << "no native programs in this build or on this CPU";
+  auto short_program = [](Kernel& k, const std::vector<NDObject*>& in) {
+    NDObject* t = k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[0], 1.5), in[1]), 0.75);
+    return std::vector<NDObject*>{k.Binary(BinaryOp::kSub, t, in[0]), k.Unary(UnaryOp::kRelu, t)};
+  };
+  auto minmax_program = [](Kernel& k, const std::vector<NDObject*>& in) {
+    NDObject* t = k.Binary(BinaryOp::kMaximum, k.Binary(BinaryOp::kMul, in[0], -0.5), in[1]);
+    NDObject* u = k.Unary(UnaryOp::kFloor, k.Binary(BinaryOp::kMinimum, 3.25, k.Binary(BinaryOp::kDiv, t, 0.3)));
+    return std::vector<NDObject*>{k.Unary(UnaryOp::kRsqrt, k.Unary(UnaryOp::kAbs, u)), k.Unary(UnaryOp::kNeg, u)};
+  };
+  const int64_t before = vm::NativeProgramsCompiled();
+  for (int program = 0; program < 3; ++program) {
+    const int nin = program == 1 ? 4 : 2;
+    for (int64_t n : {1, 15, 16, 63, 64, 65, 255, 256, 257, 300, 1000, 4099, 40000}) {
+      std::vector<std::vector<double>> vals;
+      for (int i = 0; i < nin; ++i) {
+        vals.push_back(Values(DType::kFloat32, n, 90 + 3 * n + i, i == 3 ? 0 : -2, 2));
+        const double specials[] = {kNaN, -0.0, kInf, -kInf, 1e-40, 0.0};
+        for (size_t q = 0; q < std::size(specials) && static_cast<int64_t>(q * 7 + i) < n; ++q)
+          vals[i][q * 7 + i] = specials[q];
+      }
+      auto build = [&](Kernel& k) {
+        std::vector<NDObject*> loads;
+        for (int i = 0; i < nin; ++i) loads.push_back(k.Load(nullptr, {n}, DType::kFloat32));
+        const std::vector<NDObject*> outs = program == 0   ? short_program(k, loads)
+                                            : program == 1 ? AdamStep(k, loads)
+                                                           : minmax_program(k, loads);
+        for (NDObject* o : outs) k.Store(nullptr, o);
+        return outs.size();
+      };
+      Kernel threaded, native;
+      const size_t nout = build(threaded);
+      build(native);
+      for (auto [ioff, ooff] : {std::pair<int64_t, int64_t>{0, 0}, {13, 13}, {1, 9}, {15, 0}}) {
+        for (bool in_place : {false, true}) {
+          // In place: Adam's p', m', v' over p, m, v (inputs 0, 2, 3).
+          if (in_place && (program != 1 || ioff != ooff)) continue;
+          SCOPED_TRACE("program " + std::to_string(program) + " n=" + std::to_string(n) + " offsets " +
+                       std::to_string(ioff) + "/" + std::to_string(ooff) + (in_place ? " in place" : ""));
+          std::vector<float> got_store[4], want_store[4], gin_store[4], win_store[4];
+          std::vector<void*> gin, win, gout, wout;
+          for (int i = 0; i < nin; ++i) {
+            float* g = PlaceGuarded(gin_store[i], n, ioff);
+            float* w = PlaceGuarded(win_store[i], n, ioff);
+            for (int64_t j = 0; j < n; ++j) g[j] = w[j] = static_cast<float>(vals[i][j]);
+            gin.push_back(g), win.push_back(w);
+          }
+          for (size_t o = 0; o < nout; ++o) {
+            const int src = o == 0 ? 0 : o == 1 ? 2 : 3;
+            gout.push_back(in_place ? gin[src] : PlaceGuarded(got_store[o], n, ooff));
+            wout.push_back(in_place ? win[src] : PlaceGuarded(want_store[o], n, ooff));
+          }
+          {
+            NativeThreshold off(-1);
+            threaded.Launch(std::span<void* const>(win), std::span<void* const>(wout));
+          }
+          {
+            NativeThreshold now(0);
+            native.Launch(std::span<void* const>(gin), std::span<void* const>(gout));
+          }
+          for (size_t o = 0; o < nout; ++o) {
+            const float* got = static_cast<const float*>(gout[o]);
+            const float* want = static_cast<const float*>(wout[o]);
+            EXPECT_EQ(0, std::memcmp(got, want, static_cast<size_t>(n) * 4)) << "output " << o;
+            ExpectGuards(got, n, o);
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(vm::NativeProgramsCompiled() - before, 20);
+}
+
 // Adam's update (bench stack): m * b1 and v * b2 are each loaded, scaled
 // and read once by a later add, so they fold into those adds
 // (FoldOperandSteps), leaving one strip slot ((m' / bc1) * lr, read by the
@@ -1287,15 +1409,6 @@ TEST(KernelsFused, ProgramsOverMisalignedBuffers) {
     NDObject* t = k.Binary(BinaryOp::kMul, k.Binary(BinaryOp::kAdd, k.Binary(BinaryOp::kMul, in[0], 1.5), in[1]), 0.75);
     return std::vector<NDObject*>{k.Binary(BinaryOp::kSub, t, in[0]), t};
   };
-  constexpr int64_t kGuard = 32;
-  constexpr float kSentinel = -12345.0f;
-  // n floats at `off` floats past a 64-byte boundary inside `store`, with
-  // kGuard sentinels on either side.
-  auto place = [&](std::vector<float>& store, int64_t n, int64_t off) {
-    store.assign(static_cast<size_t>(n + 2 * kGuard + 32), kSentinel);
-    const auto mis = static_cast<int64_t>(reinterpret_cast<uintptr_t>(store.data()) / 4 % 16);
-    return store.data() + kGuard + (16 - mis) % 16 + off;
-  };
   for (int program = 0; program < 2; ++program) {
     const int nin = program == 0 ? 2 : 4;
     for (int64_t n : {255, 300, 700, 4099}) {
@@ -1316,24 +1429,21 @@ TEST(KernelsFused, ProgramsOverMisalignedBuffers) {
           std::vector<void*> in_ptrs, out_ptrs, aligned_in, want_ptrs;
           std::vector<std::vector<float>> aligned_store(nin);
           for (int i = 0; i < nin; ++i) {
-            float* p = place(in_store[i], n, ioff);
-            float* a = place(aligned_store[i], n, 0);
+            float* p = PlaceGuarded(in_store[i], n, ioff);
+            float* a = PlaceGuarded(aligned_store[i], n, 0);
             for (int64_t j = 0; j < n; ++j) p[j] = a[j] = static_cast<float>(vals[i][j]);
             in_ptrs.push_back(p), aligned_in.push_back(a);
           }
           for (size_t o = 0; o < outs.size(); ++o) {
-            out_ptrs.push_back(place(out_store[o], n, ooff));
-            want_ptrs.push_back(place(want_store[o], n, 0));
+            out_ptrs.push_back(PlaceGuarded(out_store[o], n, ooff));
+            want_ptrs.push_back(PlaceGuarded(want_store[o], n, 0));
           }
           k.Launch(std::span<void* const>(aligned_in), std::span<void* const>(want_ptrs));
           k.Launch(std::span<void* const>(in_ptrs), std::span<void* const>(out_ptrs));
           for (size_t o = 0; o < outs.size(); ++o) {
             const float* got = static_cast<const float*>(out_ptrs[o]);
             EXPECT_EQ(0, std::memcmp(got, want_ptrs[o], static_cast<size_t>(n) * 4)) << "output " << o;
-            for (int64_t g = 1; g <= kGuard; ++g) {
-              EXPECT_EQ(got[-g], kSentinel) << "output " << o << " lane " << -g;
-              EXPECT_EQ(got[n - 1 + g], kSentinel) << "output " << o << " lane " << n - 1 + g;
-            }
+            ExpectGuards(got, n, o);
           }
         }
       }

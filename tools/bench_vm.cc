@@ -11,6 +11,7 @@
 // must come before the includes (and aot_util.h repeats it).
 #pragma GCC optimize("no-trapping-math")
 
+#include <algorithm>
 #include <bit>
 #include <cstdio>
 #include <cstdlib>
@@ -482,6 +483,12 @@ int BenchVmMain(Args& args) {
         if (name == "add_dram") extra.push_back([&copier] { copier.Run(); });
         tm = Measure(c, pool, c.dram ? dram_reps : int(opt.reps), extra);
         if (name == "add_dram") copy_gbps = copier.Gbps(Summarize(tm[3]).median);
+        // Checked again on the timed calls' outputs: a program run often
+        // enough is compiled to native code while it is timed (jit.h).
+        double after = 0;
+        err = Compare(c, after);
+        if (!err.empty()) err = "after timing: " + err;
+        max_err = std::max(max_err, after);
       }
     } catch (const dvm::Error& e) {
       err = std::string("dvm::Error: ") + e.what();

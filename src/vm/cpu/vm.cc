@@ -263,7 +263,7 @@ void ChainProgramHandler(const VInst& vi, TileCtx& c) {
       P[3 * k + 2] = c.W<float>(pg.out[k]);
     }
   }
-  pg.run(pg.steps.data(), ns, P, &c.n[0], 1);
+  RunProgram(pg, ns, P, &c.n[0], 1);
 }
 
 void FillHandler(const VInst& vi, TileCtx& c) {
@@ -363,7 +363,7 @@ void DirectTile(const StageRt& s, int64_t start, int64_t n, TileCtx& c) {
     const int ns = static_cast<int>(pg->steps.size()) - 1;  // the last is kChainEnd
     DirectPointers(d, dp.nptrs, ns, start, c, P);
     d += dp.nptrs;
-    pg->run(pg->steps.data(), ns, P, &n, 1);
+    RunProgram(*pg, ns, P, &n, 1);
   }
 }
 
@@ -619,7 +619,7 @@ int64_t RunDirectRun(const StageJob& job, int64_t t, int64_t t1, int& si, int& e
     n[nseg++] = e - b;
     t = last;
   }
-  pg->run(pg->steps.data(), ns, P, n, nseg);
+  RunProgram(*pg, ns, P, n, nseg);
   return t;
 }
 
@@ -830,6 +830,35 @@ Executable::Executable(std::span<const uint8_t> bytecode) {
   }
   ShareChainPrograms();
   SetupRowLocal();
+  for (const StageRt& rt : stages_)
+    if (!rt.chains.empty()) program_lanes_ += rt.n_full;
+  if (program_lanes_ == 0) native_done_.store(true, std::memory_order_relaxed);
+}
+
+void Executable::CompileNativePrograms() const {
+  const int64_t threshold = NativeThresholdLanes();
+  if (threshold < 0) return;
+  const int64_t run = program_lanes_run_.fetch_add(program_lanes_, std::memory_order_relaxed) + program_lanes_;
+  if (run < threshold) return;
+  std::lock_guard<std::mutex> lock(native_mu_);
+  if (native_done_.load(std::memory_order_relaxed)) return;
+  // The programs the stages run (ShareChainPrograms left one of each kind
+  // referenced), each compiled once.
+  std::vector<const ChainProgram*> seen;
+  auto compile = [&](const ChainProgram* pg) {
+    if (pg == nullptr || std::find(seen.begin(), seen.end(), pg) != seen.end()) return;
+    seen.push_back(pg);
+    auto code = vm::CompileNative(pg->steps.data(), static_cast<int>(pg->steps.size()) - 1);
+    if (!code) return;
+    pg->native_code = std::move(code);
+    pg->native.store(pg->native_code->fn(), std::memory_order_release);
+  };
+  for (const StageRt& rt : stages_) {
+    for (const VInst& v : rt.code)
+      if (v.fn == &ChainProgramHandler) compile(static_cast<const ChainProgram*>(v.aux));
+    for (const StageRt::DirectProgram& d : rt.direct) compile(d.pg);
+  }
+  native_done_.store(true, std::memory_order_release);
 }
 
 // A workspace written by earlier stages and read last by an ELEM stage that
@@ -2271,6 +2300,7 @@ const Executable::Launches& Executable::MakeLaunches(int nthreads) const {
 }
 
 void Executable::Run(void* const* ptrs) const {
+  if (!native_done_.load(std::memory_order_relaxed)) CompileNativePrograms();
   const size_t scratch = size_t(num_regs_) * prog_.tile_cap * 4;
   ThreadPool& pool = ThreadPool::Get();
   const OneThreadBlas blas_threads(gemm_);

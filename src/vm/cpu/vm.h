@@ -12,6 +12,7 @@
 
 #include "bytecode/format.h"
 #include "vm/cpu/gemm.h"
+#include "vm/cpu/jit.h"
 #include "vm/cpu/kernels.h"
 
 namespace dvm::vm {
@@ -81,7 +82,18 @@ struct ChainProgram {
   std::vector<ChainStep> steps;  // the last a kChainEnd step
   std::vector<uint32_t> src, opnd, out;
   std::vector<uint16_t> fwd;
+  // The program's native code (jit.h), set once its executable has compiled
+  // it (Executable::CompileNative; launches running meanwhile keep `run`).
+  mutable std::atomic<ChainRunFn> native{nullptr};
+  mutable std::unique_ptr<NativeCode> native_code;
 };
+
+// Runs a program's steps over segments (ChainRunFn's arguments), natively
+// where it has been compiled.
+inline void RunProgram(const ChainProgram& pg, int ns, const float** P, const int64_t* n, int nseg) {
+  const ChainRunFn native = pg.native.load(std::memory_order_acquire);
+  (native ? native : pg.run)(pg.steps.data(), ns, P, n, nseg);
+}
 
 // What a tile of a direct stage reads comes first (two cache lines: a
 // stacked launch walks hundreds of stages, each cold; RunStageJob
@@ -227,6 +239,9 @@ class Executable {
   static void SetupRagged(StageRt& rt);
   void SetupDirect(StageRt& rt) const;
   void ShareChainPrograms();
+  // Compiles the programs the stages run (jit.h) once they have run
+  // NativeThresholdLanes() lanes in all (Run calls it; program_lanes_ a launch).
+  void CompileNativePrograms() const;
   template <class Pred>
   int CountChainSteps(Pred pred) const;  // steps of the stages' programs for which pred holds
 
@@ -242,6 +257,10 @@ class Executable {
   int num_regs_ = 0;   // the program's registers and the VM's own (FuseMoments)
   int inv_loads_ = 0;  // row-invariant LOADs expanded once per job (FindInvariantLoads)
   int periodic_loads_ = 0;
+  int64_t program_lanes_ = 0;                          // lanes a launch runs fused programs over
+  mutable std::atomic<int64_t> program_lanes_run_{0};  // summed over launches, until compiled
+  mutable std::atomic<bool> native_done_{false};       // compiled (or never to be)
+  mutable std::mutex native_mu_;
   std::vector<std::pair<uint16_t, uint16_t>> aliases_;  // (workspace, output): the workspace's base is the output's
 
   // Run's plan for one thread count, with each group of concurrent stages
