@@ -362,6 +362,7 @@ class XbyakCode : public NativeCode {
  public:
   explicit XbyakCode(std::unique_ptr<ProgramGen> gen) : gen_(std::move(gen)) {}
   ChainRunFn fn() const override { return gen_->getCode<ChainRunFn>(); }
+  size_t bytes() const override { return gen_->getSize(); }
 
  private:
   std::unique_ptr<ProgramGen> gen_;
