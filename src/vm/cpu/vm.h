@@ -89,8 +89,13 @@ struct ChainProgram {
 };
 
 // Runs a program's steps over segments (ChainRunFn's arguments), natively
-// where it has been compiled.
-inline void RunProgram(const ChainProgram& pg, int ns, const float** P, const int64_t* n, int nseg) {
+// where it has been compiled. Clang's -fsanitize=function would read a type
+// signature in front of the callee, which generated code does not carry.
+#if defined(__clang__)
+__attribute__((no_sanitize("function")))
+#endif
+inline void
+RunProgram(const ChainProgram& pg, int ns, const float** P, const int64_t* n, int nseg) {
   const ChainRunFn native = pg.native.load(std::memory_order_acquire);
   (native ? native : pg.run)(pg.steps.data(), ns, P, n, nseg);
 }
