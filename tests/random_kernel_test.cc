@@ -46,6 +46,7 @@
 #include <numeric>
 
 #include "test_util.h"
+#include "vm/cpu/jit.h"
 
 namespace dvm::test {
 namespace {
@@ -936,6 +937,7 @@ TEST(RandomKernels, MatchReference) {
   double slowest_secs = 0;
   uint64_t slowest_seed = 0;
   const auto t0 = std::chrono::steady_clock::now();
+  const int64_t native0 = dvm::vm::NativeProgramsCompiled();
   for (int i = 0; i < count; ++i) {
     const uint64_t seed = only ? only : SplitMix64(SplitMix64(base) + static_cast<uint64_t>(i));
     std::string problem;
@@ -968,9 +970,12 @@ TEST(RandomKernels, MatchReference) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::string hist;
   for (const auto& [name, n] : totals) hist += " " + name + "=" + std::to_string(n);
-  std::printf("[ random   ] %d kernels, %d failed, %.1f s (slowest %.3f s: seed %llu), %lld input elements; ops:%s\n",
-              count, failures, secs, slowest_secs, static_cast<unsigned long long>(slowest_seed),
-              static_cast<long long>(elements), hist.c_str());
+  std::printf(
+      "[ random   ] %d kernels, %d failed, %.1f s (slowest %.3f s: seed %llu), %lld input elements, %lld programs "
+      "compiled to native code; ops:%s\n",
+      count, failures, secs, slowest_secs, static_cast<unsigned long long>(slowest_seed),
+      static_cast<long long>(elements), static_cast<long long>(dvm::vm::NativeProgramsCompiled() - native0),
+      hist.c_str());
   EXPECT_EQ(failures, 0) << failures << " of " << count << " random kernels failed";
 }
 
