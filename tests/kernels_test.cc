@@ -1204,6 +1204,58 @@ TEST(KernelsFused, NativeProgramsEqualOpByOp) {
   EXPECT_GT(vm::NativeProgramsCompiled() - before, 30);
 }
 
+// An executable compiles its programs once they have run the threshold's
+// lanes, summed over its launches (program stages' lanes a launch), and
+// never with a negative threshold; every launch gives the same bits.
+TEST(KernelsFused, NativeAfterThresholdLanes) {
+  if (!vm::NativeSupported()) GTEST_SKIP() << "no native programs in this build or on this CPU";
+  const int64_t n = 4096;
+  std::vector<std::vector<float>> in(4);
+  for (int i = 0; i < 4; ++i) {
+    const std::vector<double> v = Values(DType::kFloat32, n, 200 + i, i == 3 ? 0 : -1, 1);
+    in[i].assign(v.begin(), v.end());
+  }
+  auto launch = [&](Kernel& k, std::vector<std::vector<float>>& out) {
+    out.assign(3, std::vector<float>(n));
+    void* ins[] = {in[0].data(), in[1].data(), in[2].data(), in[3].data()};
+    void* outs[] = {out[0].data(), out[1].data(), out[2].data()};
+    k.Launch(std::span<void* const>(ins), std::span<void* const>(outs));
+  };
+  auto adam = [&](Kernel& k) {
+    std::vector<NDObject*> loads;
+    for (int i = 0; i < 4; ++i) loads.push_back(k.Load(nullptr, {n}, DType::kFloat32));
+    for (NDObject* o : AdamStep(k, loads)) k.Store(nullptr, o);
+  };
+  std::vector<std::vector<float>> first, out;
+  {
+    NativeThreshold at(10000);  // compiled at the third launch's start: 3 x 4096 >= 10000
+    Kernel k;
+    adam(k);
+    const int64_t before = vm::NativeProgramsCompiled();
+    launch(k, first);
+    launch(k, out);
+    EXPECT_EQ(vm::NativeProgramsCompiled(), before) << "compiled before 10000 lanes had run";
+    EXPECT_EQ(out, first);
+    launch(k, out);
+    EXPECT_EQ(vm::NativeProgramsCompiled(), before + 1) << "Adam's one program, compiled at the third launch";
+    EXPECT_EQ(out, first);
+    launch(k, out);
+    EXPECT_EQ(vm::NativeProgramsCompiled(), before + 1) << "compiled once";
+    EXPECT_EQ(out, first);
+  }
+  {
+    NativeThreshold never(-1);
+    Kernel k;
+    adam(k);
+    const int64_t before = vm::NativeProgramsCompiled();
+    for (int r = 0; r < 5; ++r) {
+      launch(k, out);
+      EXPECT_EQ(out, first);
+    }
+    EXPECT_EQ(vm::NativeProgramsCompiled(), before);
+  }
+}
+
 // Native and threaded code of the same programs over buffers on and off
 // vector boundaries (the native code's alignment pass and masked tail),
 // lengths around the strip (64 lanes) and the alignment threshold (256),
