@@ -288,6 +288,36 @@ class ProgramGen : public Xbyak::CodeGenerator {
     }
   }
 
+  // x / k for the four vectors as UniformDivisor::Divide4 does it: by the
+  // reciprocal with one FMA correction where every lane is in the range
+  // where that gives the division's bits (k itself is: s.k_ok), else a
+  // true division. (In a masked pass the lanes outside the masks only make
+  // the check fail more often: either way the lanes kept get the bits.)
+  void DivideByConstant(const ChainStep& s) {
+    const int abs_mask = Const(0x7fffffffu), lo = Const(0x0d800000u), span = Const(0x64000000u);
+    const int k = ConstF(s.k), rk = ConstF(s.rk), nk = ConstF(-s.k);
+    Xbyak::Label slow, join;
+    for (int j = 0; j < kVecs; ++j) {
+      vpandd(T(j), X(j), Bcast(abs_mask));
+      vpsubd(T(j), T(j), Bcast(lo));
+    }
+    vpmaxud(T(0), T(0), T(1));
+    vpmaxud(T(2), T(2), T(3));
+    vpmaxud(T(0), T(0), T(2));
+    vpcmpud(k5, T(0), Bcast(span), 1);  // unsigned less than
+    kortestw(k5, k5);                   // CF: all 16 lanes
+    jnc(slow, T_NEAR);
+    for (int j = 0; j < kVecs; ++j) {
+      vmulps(T(j), X(j), Bcast(rk));       // q0 = x * (1 / k)
+      vfmadd231ps(X(j), T(j), Bcast(nk));  // e = x - q0 * k (exact)
+      vfmadd132ps(X(j), T(j), Bcast(rk));  // q = e * (1 / k) + q0
+    }
+    jmp(join, T_NEAR);
+    L(slow);
+    for (int j = 0; j < kVecs; ++j) vdivps(X(j), X(j), Bcast(k));
+    L(join);
+  }
+
   // One strip (masked: the lanes the masks k1..k4 select).
   void Body(bool masked) {
     for (int k = 0; k < ns_; ++k) Step(k, masked);
@@ -307,6 +337,8 @@ class ProgramGen : public Xbyak::CodeGenerator {
     const ChainOperand o = s.operand;
     if (o == ChainOperand::kNone) {
       for (int j = 0; j < kVecs; ++j) Unary(op, X(j), j);
+    } else if (o == ChainOperand::kConst && !s.rev && op == Opcode::DIV && s.k_ok) {
+      DivideByConstant(s);
     } else if (o == ChainOperand::kConst && !s.rev && op != Opcode::MAX && op != Opcode::MIN) {
       for (int j = 0; j < kVecs; ++j) Binary(op, X(j), X(j), Bcast(ConstF(s.k)), j);
     } else {

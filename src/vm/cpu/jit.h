@@ -7,9 +7,9 @@
 // has them compiled once to x86-64 AVX-512 code (Xbyak), which then runs in
 // place of the runner with the same arguments and the same bits: the same
 // operations per lane in the same order, nothing contracted into an FMA, a
-// division by a constant a true division (the threaded steps divide by the
-// reciprocal only where that gives the division's bits). Values that live
-// inside the program (strip slots) stay in vector registers.
+// division by a constant by its reciprocal only where that gives the
+// division's bits (as the threaded steps). Values that live inside the
+// program (strip slots) stay in vector registers.
 #ifndef DVM_VM_CPU_JIT_H_
 #define DVM_VM_CPU_JIT_H_
 
