@@ -184,6 +184,7 @@ int BenchStackMain(Args& args) {
   const int nt = opt.StartThreads();
   Pool pool(nt);
   const AdamConsts ac;
+  const int64_t native_before = dvm::vm::NativeProgramsCompiled();
 
   Problem pr = MakeProblem(uint64_t(seed));
   const double bytes = 7.0 * double(pr.total) * 4;  // 4 arrays read, 3 written
@@ -309,6 +310,7 @@ int BenchStackMain(Args& args) {
   rep.AddCase("adam", m, std::to_string(kTensors) + " tensors");
   rep.summary.Num("loadavg_1min", load).Num("failed", 0);
   rep.summary.Bool("bar_separate_over_stacked_ge_2", bar_sep).Bool("bar_aot_over_stacked_ge_0_8", bar_aot);
+  NoteNativePrograms(rep.summary, native_before);
   bool wrote = rep.Write(opt.json);
   return wrote ? 0 : 1;
 }

@@ -180,6 +180,7 @@ int BenchStagesMain(Args& args) {
   const BenchOptions opt = BenchOptions::Read(args);
   args.Finish();
   const int nt = opt.StartThreads();
+  const int64_t native_before = dvm::vm::NativeProgramsCompiled();
   Pool pool(nt);
 
   Report rep{"stages", nt};
@@ -263,6 +264,7 @@ int BenchStagesMain(Args& args) {
   if (failed) std::printf("FAILED: %d case(s) did not match\n", failed);
   rep.summary.Num("loadavg_1min", load).Num("min_aot_over_dvm", min_ratio).Str("min_case", min_case);
   rep.summary.Num("failed", failed).Bool("bar_aot_over_dvm_ge_0_8", bar);
+  NoteNativePrograms(rep.summary, native_before);
   bool wrote = rep.Write(opt.json);
   return failed || !wrote ? 1 : 0;
 }

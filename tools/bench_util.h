@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "dvm/dvm.h"
+#include "vm/cpu/jit.h"
 
 namespace dvmtool {
 
@@ -462,5 +463,16 @@ struct Report {
 };
 
 inline const char* Bar(bool ok) { return ok ? "PASS" : "MISS"; }
+
+// Which code ran the fused programs a bench timed (src/vm/cpu/jit.h): a
+// line under its table, and two fields of its JSON summary. `before` is
+// dvm::vm::NativeProgramsCompiled() at the bench's start.
+inline void NoteNativePrograms(JsonObject& summary, int64_t before) {
+  const bool on = dvm::vm::NativeSupported() && dvm::vm::NativeThresholdLanes() >= 0;
+  const auto compiled = static_cast<long long>(dvm::vm::NativeProgramsCompiled() - before);
+  std::printf("native programs: %s (threshold %lld lanes, DVM_JIT_LANES), %lld compiled during this run\n",
+              on ? "on" : "off", static_cast<long long>(dvm::vm::NativeThresholdLanes()), compiled);
+  summary.Bool("native_programs", on).Num("native_programs_compiled", static_cast<double>(compiled));
+}
 
 }  // namespace dvmtool

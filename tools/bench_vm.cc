@@ -441,6 +441,7 @@ int BenchVmMain(Args& args) {
   const BenchOptions opt = BenchOptions::Read(args);
   args.Finish();
   const int nt = opt.StartThreads();
+  const int64_t native_before = dvm::vm::NativeProgramsCompiled();
   Pool pool(nt);
   const int dram_reps = std::max(3, int(opt.reps / 2));
 
@@ -539,6 +540,7 @@ int BenchVmMain(Args& args) {
   rep.summary.Num("failed", failed);
   rep.summary.Bool("bar_geomean_ge_0_8", bar_geo).Bool("bar_min_ge_0_6", bar_min);
   rep.summary.Bool("bar_add_dram_ge_80pct_copy", bar_bw);
+  NoteNativePrograms(rep.summary, native_before);
   bool wrote = rep.Write(opt.json);
   return failed || !wrote ? 1 : 0;
 }
