@@ -1048,7 +1048,7 @@ void ExpectGuards(const float* got, int64_t n, size_t output) {
 
 // Random fused programs (3-16 steps of every op, operand kind and fold)
 // against the same ops run one kernel each: the bits, for each seed.
-void CheckProgramsEqualOpByOp() {
+void CheckProgramsEqualOpByOp(uint32_t seeds) {
   const BinaryOp bins[] = {BinaryOp::kAdd, BinaryOp::kSub,     BinaryOp::kMul,
                            BinaryOp::kDiv, BinaryOp::kMaximum, BinaryOp::kMinimum};
   const UnaryOp uns[] = {UnaryOp::kSqrt, UnaryOp::kRsqrt, UnaryOp::kAbs,  UnaryOp::kNeg,  UnaryOp::kReciprocal,
@@ -1066,7 +1066,7 @@ void CheckProgramsEqualOpByOp() {
     double k2;
   };
   int programs = 0, slots = 0, folds = 0, direct = 0, half = 0;
-  for (uint32_t seed = 1; seed <= 45; ++seed) {
+  for (uint32_t seed = 1; seed <= seeds; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     std::mt19937 rng(seed);
     const int64_t n = lengths[seed % std::size(lengths)];
@@ -1180,7 +1180,7 @@ void CheckProgramsEqualOpByOp() {
   EXPECT_GT(half, 5);       // and run long programs in strips of four vectors
 }
 
-TEST(KernelsFused, ProgramsEqualOpByOp) { CheckProgramsEqualOpByOp(); }
+TEST(KernelsFused, ProgramsEqualOpByOp) { CheckProgramsEqualOpByOp(45); }
 
 // Sets the lanes after which executables compile their programs (jit.h)
 // for a scope.
@@ -1193,14 +1193,18 @@ class NativeThreshold {
   int64_t old_;
 };
 
-// The same random programs compiled to native code at their first launch:
-// the bits of the ops one by one (special values included: NaN, infinities,
-// signed zeros, a denormal), and the programs were compiled.
+// The same random programs, more of them, compiled to native code at their
+// first launch: the bits of the ops one by one (special values included:
+// NaN, infinities, signed zeros, a denormal), and the programs were
+// compiled. 500 plans include steps that read a value an earlier step
+// stored to tile memory (seeds 179, 317, 479): loads the native code issues
+// at the strip's start must not take those (with that check removed, 45
+// seeds passed).
 TEST(KernelsFused, NativeProgramsEqualOpByOp) {
   if (!vm::NativeSupported()) GTEST_SKIP() << "no native programs in this build or on this CPU";
   NativeThreshold native(0);
   const int64_t before = vm::NativeProgramsCompiled();
-  CheckProgramsEqualOpByOp();
+  CheckProgramsEqualOpByOp(500);
   EXPECT_GT(vm::NativeProgramsCompiled() - before, 30);
 }
 

@@ -5,9 +5,11 @@
 // vector boundary, strips of four vectors, a masked pass over the rest.
 #include "vm/cpu/jit.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <utility>
 #include <vector>
 
@@ -61,8 +63,8 @@ constexpr uint8_t kRoundFloor = 0x09, kRoundCeil = 0x0a, kRoundNearest = 0x08;
 
 class ProgramGen : public Xbyak::CodeGenerator {
  public:
-  ProgramGen(const ChainStep* steps, int ns, size_t bytes)
-      : CodeGenerator(bytes, Xbyak::DontSetProtectRWE), st_(steps), ns_(ns) {}
+  ProgramGen(const ChainStep* steps, int ns, const uint32_t* const* regs, size_t bytes)
+      : CodeGenerator(bytes, Xbyak::DontSetProtectRWE), st_(steps), ns_(ns), regs_(regs) {}
 
   // False where the program has something this generator does not emit.
   bool Supported() const {
@@ -78,6 +80,7 @@ class ProgramGen : public Xbyak::CodeGenerator {
 
   void Generate() {
     AssignPointers();
+    AssignHoists();
     const Reg64 P = r15, N = r14, segs = r13, i = r12, end = r11, t = r10;
     Xbyak::Label seg, done, strips, tail, next, masked;
     for (const Reg64& r : kSaved) push(r);
@@ -176,6 +179,54 @@ class ProgramGen : public Xbyak::CodeGenerator {
       if (st_[k].mout) ref_ = 3 * k + 2;
     for (int k = 0; k < ns_ && ref_ < 0; ++k)
       if (st_[k].msrc) ref_ = 3 * k;
+  }
+  // Loads issued at the strip's start into the strip-slot registers the
+  // program leaves free (four vectors each): tile registers the program
+  // reads (as a source or an operand) that no earlier step has stored to,
+  // the ones first read latest first, each loaded once for all its readers.
+  // Earlier is safe: a tile register an earlier step wrote is not taken, and
+  // an input that is also an output's buffer is read before any write to it
+  // (InPlaceSafe). A stream the program reads late then starts its misses
+  // with the strip's first ones.
+  void AssignHoists() {
+    std::fill(std::begin(hoist_), std::end(hoist_), -1);
+    if (regs_ == nullptr) return;
+    int used = 0;
+    for (int k = 0; k < ns_; ++k)
+      for (int8_t sl : {st_[k].src_slot, st_[k].opnd_slot, st_[k].out_slot}) used = std::max(used, sl + 1);
+    auto reads_tile = [&](int k, int q) {
+      const ChainStep& s = st_[k];
+      return q == 0 ? s.load && s.msrc != 0 : ReadsOperand(s.operand) && s.mopnd != 0;
+    };
+    auto stored_before = [&](int k, uint32_t r) {
+      for (int j = 0; j < k; ++j)
+        if (st_[j].store && st_[j].mout && regs_[2][j] == r) return true;
+      return false;
+    };
+    // First reads of each register, none at step 0 (already the strip's start).
+    std::vector<std::pair<int, uint32_t>> first;  // (step, register)
+    for (int k = 0; k < ns_; ++k)
+      for (int q = 0; q < 2; ++q) {
+        if (!reads_tile(k, q)) continue;
+        const uint32_t r = regs_[q][k];
+        bool seen = false;
+        for (const auto& f : first) seen = seen || f.second == r;
+        if (!seen) first.emplace_back(k, r);
+      }
+    int group = used;
+    for (size_t f = first.size(); f-- > 0 && group < kRegSlots;) {
+      const auto [k0, r] = first[f];
+      if (k0 == 0 || stored_before(k0, r)) continue;
+      bool any = false;
+      for (int k = k0; k < ns_ && !stored_before(k, r); ++k)
+        for (int q = 0; q < 2; ++q)
+          if (reads_tile(k, q) && regs_[q][k] == r) {
+            if (!any) hoisted_.push_back(3 * k + q);  // loaded through the first reader's pointer
+            hoist_[3 * k + q] = group;
+            any = true;
+          }
+      group += any;
+    }
   }
   // The register holding pointer idx (r9, loaded here, where none does).
   Reg64 PtrReg(int idx) {
@@ -320,6 +371,10 @@ class ProgramGen : public Xbyak::CodeGenerator {
 
   // One strip (masked: the lanes the masks k1..k4 select).
   void Body(bool masked) {
+    for (int idx : hoisted_) {
+      const Reg64 b = PtrReg(idx);
+      for (int j = 0; j < kVecs; ++j) Load(Slot(hoist_[idx], j), b, j, masked);
+    }
     for (int k = 0; k < ns_; ++k) Step(k, masked);
   }
 
@@ -327,7 +382,9 @@ class ProgramGen : public Xbyak::CodeGenerator {
     const ChainStep& s = st_[k];
     const Opcode op = Opcode(s.op);
     if (s.load) {
-      if (s.msrc) {
+      if (hoist_[3 * k] >= 0) {
+        for (int j = 0; j < kVecs; ++j) vmovaps(X(j), Slot(hoist_[3 * k], j));
+      } else if (s.msrc) {
         const Reg64 b = PtrReg(3 * k);
         for (int j = 0; j < kVecs; ++j) Load(X(j), b, j, masked);
       } else {
@@ -348,6 +405,8 @@ class ProgramGen : public Xbyak::CodeGenerator {
         for (Zmm& z : y) z = Y(0);
       } else if (o == ChainOperand::kAcc) {
         for (int j = 0; j < kVecs; ++j) y[j] = X(j);
+      } else if (hoist_[3 * k + 1] >= 0) {  // loaded at the strip's start
+        for (int j = 0; j < kVecs; ++j) y[j] = Slot(hoist_[3 * k + 1], j);
       } else if (s.mopnd) {  // from tile memory
         const Reg64 b = PtrReg(3 * k + 1);
         for (int j = 0; j < kVecs; ++j) Load(Y(j), b, j, masked);
@@ -383,7 +442,10 @@ class ProgramGen : public Xbyak::CodeGenerator {
 
   const ChainStep* st_;
   int ns_;
+  const uint32_t* const* regs_;
   int reg_of_[3 * kMaxChainSteps] = {};
+  int hoist_[3 * kMaxChainSteps] = {};  // register group of a load issued at the strip's start, or -1
+  std::vector<int> hoisted_;
   std::vector<std::pair<int, Reg64>> assigned_;
   int ref_ = -1;
   std::vector<uint32_t> const_bits_;
@@ -413,13 +475,13 @@ bool CpuOk() {
 
 bool NativeSupported() { return CpuOk(); }
 
-std::unique_ptr<NativeCode> CompileNative(const ChainStep* steps, int nsteps) {
+std::unique_ptr<NativeCode> CompileNative(const ChainStep* steps, int nsteps, const uint32_t* const regs[3]) {
   if (!CpuOk() || nsteps <= 0 || nsteps > kMaxChainSteps) return nullptr;
   // Code bytes: two bodies (strips, masked pass) of at most ~12 instructions
   // of at most 11 bytes per step and vector, the loops and the constants.
   const size_t bytes = (4096 + static_cast<size_t>(nsteps) * 2 * kVecs * 12 * 11 + 4095) / 4096 * 4096;
   try {
-    auto gen = std::make_unique<ProgramGen>(steps, nsteps, bytes);
+    auto gen = std::make_unique<ProgramGen>(steps, nsteps, regs, bytes);
     if (!gen->Supported()) return nullptr;
     gen->Generate();
     if (!gen->setProtectModeRE(false)) return nullptr;
@@ -435,7 +497,7 @@ std::unique_ptr<NativeCode> CompileNative(const ChainStep* steps, int nsteps) {
 #else  // no Xbyak in this build: the threaded code runs everywhere
 
 bool NativeSupported() { return false; }
-std::unique_ptr<NativeCode> CompileNative(const ChainStep*, int) { return nullptr; }
+std::unique_ptr<NativeCode> CompileNative(const ChainStep*, int, const uint32_t* const*) { return nullptr; }
 
 #endif
 

@@ -33,7 +33,10 @@ class NativeCode {
 // null where this build (no Xbyak), the CPU (AVX-512F/BW and BMI2 needed) or
 // the program (more strip slots than there are registers for) is not
 // supported, or where the code could not be made executable.
-std::unique_ptr<NativeCode> CompileNative(const ChainStep* steps, int nsteps);
+// regs[q][k] (q: source, operand, result; may be null) are step k's tile
+// registers (ChainProgram::src, opnd, out): a load no earlier step's stored
+// result feeds is issued at the strip's start where registers allow.
+std::unique_ptr<NativeCode> CompileNative(const ChainStep* steps, int nsteps, const uint32_t* const regs[3] = nullptr);
 
 // Lanes an executable's fused programs run, summed over its launches, before
 // it compiles them (default 2^20; the environment variable DVM_JIT_LANES sets

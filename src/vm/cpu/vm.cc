@@ -848,7 +848,8 @@ void Executable::CompileNativePrograms() const {
   auto compile = [&](const ChainProgram* pg) {
     if (pg == nullptr || std::find(seen.begin(), seen.end(), pg) != seen.end()) return;
     seen.push_back(pg);
-    auto code = vm::CompileNative(pg->steps.data(), static_cast<int>(pg->steps.size()) - 1);
+    const uint32_t* const regs[3] = {pg->src.data(), pg->opnd.data(), pg->out.data()};
+    auto code = vm::CompileNative(pg->steps.data(), static_cast<int>(pg->steps.size()) - 1, regs);
     if (!code) return;
     pg->native_code = std::move(code);
     pg->native.store(pg->native_code->fn(), std::memory_order_release);

@@ -83,7 +83,7 @@ struct ChainProgram {
   std::vector<uint32_t> src, opnd, out;
   std::vector<uint16_t> fwd;
   // The program's native code (jit.h), set once its executable has compiled
-  // it (Executable::CompileNative; launches running meanwhile keep `run`).
+  // it (Executable::CompileNativePrograms; launches running meanwhile keep `run`).
   mutable std::atomic<ChainRunFn> native{nullptr};
   mutable std::unique_ptr<NativeCode> native_code;
 };
