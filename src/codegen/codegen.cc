@@ -923,10 +923,24 @@ class Gen {
       const bool upgrade = nest && last.mode == Mode::kElem && p.mode != Mode::kElem;
       bool same = nest && ((last.mode == p.mode && last.rmask == p.rmask) || elem_into || upgrade);
       // A GEMM stage's epilogue reads C: each block is computed before the
-      // epilogue runs on it. Any other read of the stage's writes splits.
+      // epilogue runs on it, so the epilogue may read C only at the element
+      // it computes (the load's view C's own layout over the domain). A
+      // transposed or broadcast read reaches into blocks not yet computed
+      // (a random kernel's maximum(transpose(transpose(C)), C) read other
+      // blocks' C: 8424 of 32768 elements wrong). Any other read of the
+      // stage's writes splits too.
       const int gemm_c = last.mode == Mode::kGemm ? last.writes.front() : -1;
       for (int t : reads)
         if (t != gemm_c && std::find(last.writes.begin(), last.writes.end(), t) != last.writes.end()) same = false;
+      if (gemm_c >= 0 && same) {
+        auto aligned = [&](const LNode& l) {
+          return l.op != L::kLoad || l.tensor != gemm_c ||
+                 (l.offset == 0 && l.shape == last.dom && l.strides == Contiguous(l.shape));
+        };
+        for (int n : slice)
+          for (int k = 0; k < ln_[n].num_in() && same; ++k) same = aligned(ln_[Resolve(ln_[n].in[k])]);
+        if (same) same = aligned(ln_[Resolve(roots_[ri].value)]);
+      }
       if (std::find(last.writes.begin(), last.writes.end(), wt) != last.writes.end()) same = false;
       if (same) {
         if (upgrade) {
