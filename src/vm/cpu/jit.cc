@@ -307,8 +307,10 @@ class ProgramGen : public Xbyak::CodeGenerator {
       case Opcode::SQRT:
         vsqrtps(x, x);
         return;
-      case Opcode::RSQRT:
+      case Opcode::RSQRT:  // 1 / sqrt(x): two roundings, as LightUnary
         vsqrtps(x, x);
+        [[fallthrough]];
+      case Opcode::RECIP:
         vbroadcastss(T(j), Scalar(ConstF(1.0f)));
         vdivps(x, T(j), x);
         return;
@@ -317,10 +319,6 @@ class ProgramGen : public Xbyak::CodeGenerator {
         return;
       case Opcode::NEG:
         vpxord(x, x, Bcast(Const(0x80000000u)));
-        return;
-      case Opcode::RECIP:
-        vbroadcastss(T(j), Scalar(ConstF(1.0f)));
-        vdivps(x, T(j), x);
         return;
       case Opcode::RELU:
         vpxord(T(j), T(j), T(j));
@@ -456,7 +454,6 @@ class XbyakCode : public NativeCode {
  public:
   explicit XbyakCode(std::unique_ptr<ProgramGen> gen) : gen_(std::move(gen)) {}
   ChainRunFn fn() const override { return gen_->getCode<ChainRunFn>(); }
-  size_t bytes() const override { return gen_->getSize(); }
 
  private:
   std::unique_ptr<ProgramGen> gen_;

@@ -13,7 +13,6 @@
 #ifndef DVM_VM_CPU_JIT_H_
 #define DVM_VM_CPU_JIT_H_
 
-#include <cstddef>
 #include <cstdint>
 #include <memory>
 
@@ -26,7 +25,6 @@ class NativeCode {
  public:
   virtual ~NativeCode() = default;
   virtual ChainRunFn fn() const = 0;
-  virtual size_t bytes() const = 0;  // code and constants
 };
 
 // The native code of steps[0..nsteps) (steps[nsteps] the kChainEnd step), or
