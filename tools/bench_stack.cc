@@ -250,7 +250,9 @@ int BenchStackMain(Args& args) {
 
   std::string err;
   double err_stacked = 0, err_shared = 0, err_aot = 0;
-  std::vector<std::vector<double>> tm;
+  // Per-call times: t1 of stacked, aot, Launch only; t2 of separate,
+  // stacked, shared.
+  std::vector<std::vector<double>> t1, t2;
   try {
     separate(), stacked(), aot(), shared_run();
     pool.Park();
@@ -270,12 +272,9 @@ int BenchStackMain(Args& args) {
       // stacked, shared, aot, Launch only: aot/stacked below 0.8 in 0
       // against 7 (busy minutes' medians 1.06 and 1.01).
       timing = true;
-      std::vector<std::vector<double>> t1 =
-          MeasureBlocks({stacked, aot, stacked_launch}, int(opt.reps), 3, [&pool] { pool.Park(); });
+      t1 = MeasureBlocks({stacked, aot, stacked_launch}, int(opt.reps), 3, [&pool] { pool.Park(); });
       timing = false;
-      std::vector<std::vector<double>> t2 =
-          MeasureBlocks({separate, stacked, shared_run}, int(opt.reps), 3, [&pool] { pool.Park(); });
-      tm = {t2[0], t1[0], t2[2], t1[1], t1[2], t2[1]};
+      t2 = MeasureBlocks({separate, stacked, shared_run}, int(opt.reps), 3, [&pool] { pool.Park(); });
       // Checked again on the timed calls' outputs: a program run often
       // enough is compiled to native code while it is timed (jit.h).
       double e1 = 0, e2 = 0, e3 = 0;
@@ -299,8 +298,8 @@ int BenchStackMain(Args& args) {
     rep.Write(opt.json);
     return 1;
   }
-  Stats s = Summarize(tm[0]), st = Summarize(tm[1]), sh = Summarize(tm[2]), a = Summarize(tm[3]), sl = Summarize(tm[4]);
-  const Stats st2 = Summarize(tm[5]);  // the stacked step of the separate series
+  const Stats st = Summarize(t1[0]), a = Summarize(t1[1]), sl = Summarize(t1[2]);
+  const Stats s = Summarize(t2[0]), st2 = Summarize(t2[1]), sh = Summarize(t2[2]);  // st2: separate's series
   const double sep_ratio = s.median / st2.median, aot_ratio = a.median / st.median;
   const bool bar_sep = sep_ratio >= 2, bar_aot = aot_ratio >= 0.8;
   Table t({"impl", "us/step", "min", "max", "GB/s", "vs stacked"});
@@ -326,7 +325,7 @@ int BenchStackMain(Args& args) {
   m.Num("aot_us", a.median).Num("aot_us_min", a.min).Num("aot_us_max", a.max);
   m.Num("separate_shared_us", sh.median);
   m.Num("separate_over_stacked", sep_ratio).Num("aot_over_stacked", aot_ratio);
-  m.Num("stacked_gbps", bytes / st.median / 1e3).Num("reps", double(tm[0].size()));
+  m.Num("stacked_gbps", bytes / st.median / 1e3).Num("reps", double(t1[0].size()));
   rep.AddCase("adam", m, std::to_string(kTensors) + " tensors");
   rep.summary.Num("loadavg_1min", load).Num("failed", 0);
   rep.summary.Bool("bar_separate_over_stacked_ge_2", bar_sep).Bool("bar_aot_over_stacked_ge_0_8", bar_aot);
